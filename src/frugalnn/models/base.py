@@ -1,0 +1,102 @@
+"""The uniform block structure every reference model exposes.
+
+Later methods (early exits, mixture-of-experts, per-token learners, low-rank
+replacement) work on any model through this interface instead of
+model-specific code:
+
+* ``embed(x) -> state``: everything before the first block (stem, patch or
+  token embedding);
+* ``blocks``: an ``nn.ModuleList``; each block maps ``state -> state``;
+* ``classify(state) -> logits``: everything after the last block (pooling,
+  final norm, classifier);
+* ``feature_kind``: ``"image"`` (state is ``(B, C, H, W)``) or ``"tokens"``
+  (state is ``(B, T, D)``), so a method can pick a head design;
+* ``ffn_sites()``: the feed-forward layers (``fc1 -> act -> fc2``) a method may
+  replace, with a setter that installs the replacement.
+
+A state is a tensor with the batch first, or (for adapters that carry an
+attention mask) a dict of such tensors; :func:`select_rows` and
+:func:`hidden_of` handle both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+State = torch.Tensor | dict[str, torch.Tensor]
+
+
+@dataclass
+class FFNSite:
+    """One feed-forward layer ``x -> fc2(act(fc1(x)))`` inside a model.
+
+    ``install(module)`` puts ``module`` where the FFN was; the module must map
+    the FFN's input to its output (same shapes).
+    """
+
+    name: str
+    fc1: nn.Linear
+    act: nn.Module
+    fc2: nn.Linear
+    install: Callable[[nn.Module], None]
+
+
+class FeedForward(nn.Module):
+    """The FFN of a transformer block: ``fc2(dropout(act(fc1(x))))``."""
+
+    def __init__(self, dim: int, hidden: int, act: nn.Module, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = act
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(self.act(self.fc1(x))))
+
+
+class StagedModel(nn.Module):
+    """Base class of the reference models: ``classify(blocks(embed(x)))``."""
+
+    feature_kind: str = "image"
+    blocks: nn.ModuleList
+
+    def embed(self, x: Any) -> State:
+        raise NotImplementedError
+
+    def classify(self, state: State) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Any) -> torch.Tensor:
+        state = self.embed(x)
+        for block in self.blocks:
+            state = block(state)
+        return self.classify(state)
+
+    def ffn_sites(self) -> list[FFNSite]:
+        """Feed-forward layers a method may replace (none for CNNs)."""
+        return []
+
+
+def select_rows(state: State, idx: torch.Tensor) -> State:
+    """The rows ``idx`` of a state (tensor or dict of batch-first tensors)."""
+    if isinstance(state, dict):
+        return {k: v[idx] for k, v in state.items()}
+    return state[idx]
+
+
+def hidden_of(state: State) -> torch.Tensor:
+    """The feature tensor of a state (``state['hidden']`` for dict states)."""
+    return state["hidden"] if isinstance(state, dict) else state
+
+
+def replace_hidden(state: State, hidden: torch.Tensor) -> State:
+    """A copy of ``state`` whose feature tensor is ``hidden``."""
+    if isinstance(state, dict):
+        return {**state, "hidden": hidden}
+    return hidden

@@ -1,0 +1,89 @@
+"""Model registry: ``@register_model`` on a builder, ``create_model(name, **kw)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from frugalnn.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the toolkit needs to know about a registered model.
+
+    ``input_shape`` is one example's shape (no batch dimension); ``input_dtype``
+    is ``"float"`` for images or ``"long"`` for token ids; ``task`` is
+    ``"classification"`` or ``"lm"``.
+    """
+
+    name: str
+    builder: Callable[..., nn.Module]
+    input_shape: tuple[int, ...]
+    task: str = "classification"
+    input_dtype: str = "float"
+    description: str = ""
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    input_shape: tuple[int, ...],
+    task: str = "classification",
+    input_dtype: str = "float",
+    description: str = "",
+    **defaults: Any,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering a model builder under ``name``."""
+
+    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = ModelInfo(
+            name, builder, tuple(input_shape), task, input_dtype, description, dict(defaults)
+        )
+        return builder
+
+    return wrap
+
+
+def _ensure_loaded() -> None:
+    # Importing the model modules runs their @register_model decorators.
+    import frugalnn.models.zoo  # noqa: F401
+
+
+def list_models() -> list[str]:
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def model_info(name: str) -> ModelInfo:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UserError(
+            f"unknown model {name!r}; `frugalnn models` lists the available ones "
+            f"({', '.join(sorted(_REGISTRY))})"
+        ) from None
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model; keyword arguments override its defaults."""
+    info = model_info(name)
+    args = {**info.defaults, **kwargs}
+    try:
+        model = info.builder(**args)
+    except TypeError as exc:
+        raise UserError(f"bad arguments for model {name!r}: {exc}") from None
+    # Recorded so that checkpoints can rebuild the model (see frugalnn.transforms).
+    model.frugalnn_spec = {"name": name, "kwargs": kwargs}
+    model.frugalnn_transforms = []
+    return model
