@@ -1,0 +1,24 @@
+"""Reference models behind one registry: ``create_model(name, **kw)``.
+
+See ``docs/models.md``; every model is a :class:`~frugalnn.models.base.StagedModel`.
+"""
+
+from frugalnn.models.base import FeedForward, FFNSite, StagedModel
+from frugalnn.models.registry import (
+    ModelInfo,
+    create_model,
+    list_models,
+    model_info,
+    register_model,
+)
+
+__all__ = [
+    "FFNSite",
+    "FeedForward",
+    "ModelInfo",
+    "StagedModel",
+    "create_model",
+    "list_models",
+    "model_info",
+    "register_model",
+]

@@ -27,6 +27,9 @@ class ModelInfo:
     input_dtype: str = "float"
     description: str = ""
     defaults: dict[str, Any] = field(default_factory=dict)
+    # Arguments that only choose where initial weights come from (e.g. ``checkpoint``);
+    # left out of ``model.frugalnn_spec`` because a saved checkpoint carries the weights.
+    weight_args: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -39,6 +42,7 @@ def register_model(
     task: str = "classification",
     input_dtype: str = "float",
     description: str = "",
+    weight_args: tuple[str, ...] = (),
     **defaults: Any,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a model builder under ``name``."""
@@ -47,7 +51,14 @@ def register_model(
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
         _REGISTRY[name] = ModelInfo(
-            name, builder, tuple(input_shape), task, input_dtype, description, dict(defaults)
+            name,
+            builder,
+            tuple(input_shape),
+            task,
+            input_dtype,
+            description,
+            dict(defaults),
+            tuple(weight_args),
         )
         return builder
 
@@ -84,6 +95,8 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     except TypeError as exc:
         raise UserError(f"bad arguments for model {name!r}: {exc}") from None
     # Recorded so that checkpoints can rebuild the model (see frugalnn.transforms).
-    model.frugalnn_spec = {"name": name, "kwargs": kwargs}
+    # Weight-source arguments are dropped: the rebuilt structure gets the saved weights.
+    kept = {k: v for k, v in kwargs.items() if k not in info.weight_args}
+    model.frugalnn_spec = {"name": name, "kwargs": kept}
     model.frugalnn_transforms = []
     return model

@@ -1,0 +1,299 @@
+"""ViT on CIFAR-10 (JPEG) converted to mixture-of-experts: accuracy vs FFN FLOPs, FLOPs, latency.
+
+Pipeline (each stage cached under --work, so re-running skips what exists):
+
+1. ``train``: a ViT (ReLU FFNs) trained in frugalnn on a random subset of the
+   CIFAR-10 JPEG train split (scaled down for a shared 2-core CPU: see flags).
+2. ``sparsify``: D2DMoE's sparsity enforcement (Hoyer penalty + distillation
+   from the trained model), with the sparsity report before and after.
+3. ``convert``: balanced k-means experts + routers, then dynamic-k (tau) and
+   top-k (k) sweeps on a test subset through ``frugalnn.evaluate`` (records,
+   total FLOPs per example, end-to-end latency at batch 64), and the FFN layers
+   alone timed against the dense FFN at batch 64 on real FFN inputs.
+
+    .venv/bin/python benchmarks/moe_vit_cifar.py --data-dir /path/to/data
+
+Writes ``benchmarks/results/moe_vit_cifar.md`` (+ ``.json``). Seeds fixed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from frugalnn.analysis.sparsity import activation_sparsity
+from frugalnn.cost._io import write_json_atomic, write_text_atomic
+from frugalnn.cost.latency import measure_latency
+from frugalnn.cost.machine import describe_machine, machine_markdown
+from frugalnn.data import get_dataset
+from frugalnn.dynamic.moe import convert_to_moe, enforce_sparsity
+from frugalnn.dynamic.moe.report import ffn_rows
+from frugalnn.evaluate import evaluate_into, load_summary
+from frugalnn.models import create_model
+from frugalnn.train import fit, load_model, save_checkpoint
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=os.environ.get("FRUGALNN_DATA"))
+    p.add_argument("--work", default="runs/bench/moe_vit_cifar", help="cache of checkpoints/runs")
+    p.add_argument("--stage", default="all", choices=("train", "sparsify", "convert", "all"))
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--train-examples", type=int, default=20000)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--sparsify-examples", type=int, default=10000)
+    p.add_argument("--sparsify-epochs", type=int, default=1)
+    p.add_argument("--sparsity-weight", type=float, default=0.2)
+    p.add_argument("--router-examples", type=int, default=10000)
+    p.add_argument("--router-epochs", type=int, default=1)
+    p.add_argument("--experts", type=int, default=8)
+    p.add_argument("--test-examples", type=int, default=2000)
+    p.add_argument("--latency-repeats", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(RESULTS / "moe_vit_cifar.md"))
+    return p.parse_args(argv)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg} (load {os.getloadavg()[0]:.1f})", flush=True)
+
+
+def random_subset(ds: Any, n: int, seed: int) -> Any:
+    """A random subset (the image folder is sorted by class, so the first n would not do)."""
+    if n >= len(ds):
+        return ds
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
+    return Subset(ds, idx.tolist())
+
+
+def loader(ds: Any, bs: int, shuffle: bool, seed: int) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(ds, batch_size=bs, shuffle=shuffle, generator=gen)
+
+
+def stage_train(a: argparse.Namespace, work: Path, train: Any) -> None:
+    ckpt = work / "baseline" / "checkpoint"
+    if (ckpt / "model.safetensors").exists():
+        return
+    torch.manual_seed(a.seed)
+    model = create_model("vit_tiny", dim=a.dim, depth=a.depth, heads=a.heads, activation="relu")
+    log(f"training ViT dim={a.dim} depth={a.depth} on {a.train_examples} images, {a.epochs} ep")
+    t0 = time.time()
+    fit(model, loader(random_subset(train, a.train_examples, a.seed), 128, True, a.seed),
+        epochs=a.epochs, optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="cosine",
+        warmup_epochs=0.2, seed=a.seed, progress=False, run_dir=work / "baseline")
+    log(f"trained in {time.time() - t0:.0f} s")
+
+
+def stage_sparsify(a: argparse.Namespace, work: Path, train: Any, test_dl: DataLoader) -> None:
+    out = work / "sparse" / "checkpoint"
+    if (out / "model.safetensors").exists():
+        return
+    model = load_model(work / "baseline" / "checkpoint")
+    before = activation_sparsity(model, test_dl, meta={"model": "ViT (trained, ReLU)"})
+    before.save(work / "sparsity_before")
+    t0 = time.time()
+    enforce_sparsity(
+        model, loader(random_subset(train, a.sparsify_examples, a.seed + 1), 128, True, a.seed),
+        epochs=a.sparsify_epochs, lam=a.sparsity_weight, lr=1e-4, relu=False, seed=a.seed,
+    )
+    log(f"sparsity enforcement in {time.time() - t0:.0f} s")
+    after = activation_sparsity(model, test_dl, meta={"model": "ViT (after Hoyer fine-tuning)"})
+    after.save(work / "sparsity_after")
+    save_checkpoint(out, model, {"note": "Hoyer sparsity enforcement"})
+
+
+def time_layers(moe: Any, dense: Any, x_batch: torch.Tensor, tau: float, repeats: int) -> dict:
+    """FFN layers alone at one tau vs the dense FFNs, on the real FFN inputs of one batch."""
+    inputs: dict[str, torch.Tensor] = {}
+    layers = moe.moe_layers()
+    hooks = [m.register_forward_pre_hook(lambda mod, args: inputs.__setitem__(mod.name, args[0]))
+             for m in layers]
+    moe.set_budget(1.0)
+    with torch.inference_mode():
+        moe(x_batch)
+    for h in hooks:
+        h.remove()
+    dense_ffn = {s.name: s for s in dense.ffn_sites()}
+    rows = []
+    for m in layers:
+        x = inputs[m.name]
+        site = dense_ffn[m.name]
+        mlp = dense.get_submodule(m.name)
+        m.set_tau(tau)
+        x2 = x.reshape(-1, x.shape[-1])
+        impls = {}
+        with torch.inference_mode():
+            d = measure_latency(mlp, x, warmup=3, repeats=repeats).median_ms
+            e = measure_latency(m, x, warmup=3, repeats=repeats).median_ms
+            mask = m.select(m.scores(x2))
+            for impl in ("gather", "bmm"):
+                m.set_impl(impl)
+                impls[impl] = measure_latency(
+                    m.run_experts, x2, mask, warmup=2, repeats=repeats
+                ).median_ms
+        m.set_impl("auto")
+        rows.append({"layer": m.name, "dense_ms": d, "moe_ms": e, "speedup": d / e,
+                     "ffn_fraction": float(mask.float().mean()), "experts_only_ms": impls,
+                     "tokens": x2.shape[0], "hidden": site.fc1.out_features})
+    moe.set_budget(1.0)
+    return {"tau": tau, "layers": rows, "dense_ms": sum(r["dense_ms"] for r in rows),
+            "moe_ms": sum(r["moe_ms"] for r in rows)}
+
+
+def stage_convert(a: argparse.Namespace, work: Path, train: Any, test: Any) -> dict:
+    src = work / "sparse" / "checkpoint"
+    if not (src / "model.safetensors").exists():
+        src = work / "baseline" / "checkpoint"
+    dense = load_model(src)
+    base_run = work / "dense"
+    if not (base_run / "summary.json").exists():
+        evaluate_into(dense, test, base_run, method="dense", batch_size=a.batch_size,
+                      latency_batch_sizes=(a.batch_size,), latency_repeats=a.latency_repeats,
+                      report=False, force=True, progress=False)
+    base = load_summary(base_run)["budgets"][0]
+    t0 = time.time()
+    moe = convert_to_moe(
+        copy.deepcopy(dense), num_experts=a.experts, seed=a.seed, router_epochs=a.router_epochs,
+        loader=loader(random_subset(train, a.router_examples, a.seed + 2), 128, True, a.seed),
+    )
+    log(f"converted + routers in {time.time() - t0:.0f} s")
+    save_checkpoint(work / "moe" / "checkpoint", moe, {})
+    runs = {}
+    for mode in ("dynamic", "topk"):
+        moe.set_mode(mode)
+        run = work / f"moe-{mode}"
+        evaluate_into(moe, test, run, method=f"moe-{mode}", batch_size=a.batch_size,
+                      latency_batch_sizes=(a.batch_size,), latency_repeats=a.latency_repeats,
+                      baseline_flops=base["flops"], baseline_accuracy=base["accuracy"],
+                      report=False, force=True, progress=False)
+        runs[mode] = ffn_rows(load_summary(run), {m.name: m.num_experts for m in moe.moe_layers()})
+        log(f"evaluated {mode}")
+    moe.set_mode("dynamic")
+    # The operating point: the cheapest tau within 1 accuracy point of dense.
+    ok = [r for r in runs["dynamic"] if r["accuracy"] >= base["accuracy"] - 0.01]
+    point = min(ok, key=lambda r: r["ffn_fraction"]) if ok else runs["dynamic"][-1]
+    x_batch = next(iter(loader(test, a.batch_size, False, a.seed)))[0]
+    layer_timing = time_layers(moe, dense, x_batch, float(point["budget"]), a.latency_repeats)
+    return {"dense": base, "runs": runs, "point": point, "layer_timing": layer_timing}
+
+
+def markdown(a: argparse.Namespace, res: dict, work: Path, machine: dict) -> str:
+    base = res["dense"]
+    lat64 = {r["batch_size"]: r["median_ms"] for r in load_summary(work / "dense")["latency"]}
+    lines = [
+        "## Mixture-of-experts: ViT on CIFAR-10 (JPEG)",
+        "",
+        f"Command: `{' '.join(shlex.quote(x) for x in sys.argv)}`",
+        "",
+        machine_markdown(machine),
+        "",
+        f"Scaled down for a shared 2-core CPU: ViT dim {a.dim}, depth {a.depth}, ReLU FFNs "
+        f"(hidden {4 * a.dim}), trained {a.epochs} epochs on a random {a.train_examples}-image "
+        f"subset of the JPEG train split; sparsity fine-tuning {a.sparsify_epochs} epoch(s) on "
+        f"{a.sparsify_examples} images (lambda {a.sparsity_weight}); routers "
+        f"{a.router_epochs} epoch(s) on {a.router_examples} images; evaluation on the first "
+        f"{a.test_examples} JPEG test images; {a.experts} experts per FFN "
+        f"({4 * a.dim // a.experts} neurons each); {a.threads} thread(s).",
+        "",
+        f"Dense model: accuracy {100 * base['accuracy']:.2f} %, {base['flops'] / 1e6:.2f} "
+        f"MFLOPs/example, {lat64.get(a.batch_size, float('nan')):.1f} ms per batch of "
+        f"{a.batch_size} (median).",
+        "",
+    ]
+    for mode, rows in res["runs"].items():
+        name = "dynamic-k (tau)" if mode == "dynamic" else "top-k (k)"
+        lines += [f"### {name}", "",
+                  "| knob | accuracy % | FFN FLOPs run % | total MFLOPs/example | total FLOPs % "
+                  f"of dense | latency ms (batch {a.batch_size}) | end-to-end speed-up |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            ms = r["latency_ms"].get(a.batch_size)
+            d = lat64.get(a.batch_size)
+            lines.append(
+                f"| {r['budget']} | {100 * r['accuracy']:.2f} | {100 * r['ffn_fraction']:.1f} | "
+                f"{r['flops'] / 1e6:.2f} | {100 * r['flops'] / base['flops']:.1f} | "
+                f"{ms:.1f} | {d / ms:.2f}x |" if ms else "| - |"
+            )
+        lines.append("")
+    p, lt = res["point"], res["layer_timing"]
+    lines += [
+        f"### FFN layers alone at tau = {p['budget']} (batch {a.batch_size}, real inputs)",
+        "",
+        f"Operating point: the cheapest tau within 1 accuracy point of dense: accuracy "
+        f"{100 * p['accuracy']:.2f} % (dense {100 * base['accuracy']:.2f} %), "
+        f"{100 * (1 - p['ffn_fraction']):.1f} % of FFN FLOPs removed.",
+        "",
+        "| layer | tokens | FFN FLOPs run % | dense ms | MoE ms (router included) | speed-up | "
+        "experts only: gather ms / bmm ms |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in lt["layers"]:
+        lines.append(
+            f"| {r['layer']} | {r['tokens']} | {100 * r['ffn_fraction']:.1f} | "
+            f"{r['dense_ms']:.2f} | {r['moe_ms']:.2f} | {r['speedup']:.2f}x | "
+            f"{r['experts_only_ms']['gather']:.2f} / {r['experts_only_ms']['bmm']:.2f} |"
+        )
+    lines += [
+        f"| all FFNs | | | {lt['dense_ms']:.2f} | {lt['moe_ms']:.2f} | "
+        f"{lt['dense_ms'] / lt['moe_ms']:.2f}x | |",
+        "",
+        f"Load average during the run: {res.get('load', '?')}. Timings are medians of "
+        f"{a.latency_repeats} repeats on a CPU shared with other jobs; re-run on a quiet machine "
+        "for publication numbers.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    log("loading CIFAR-10 JPEG")
+    train = get_dataset("cifar10", "train", a.data_dir)
+    test = random_subset(get_dataset("cifar10", "test", a.data_dir), a.test_examples, a.seed)
+    test_dl = loader(test, a.batch_size, False, a.seed)
+    stage_train(a, work, train)
+    if a.stage == "train":
+        return 0
+    stage_sparsify(a, work, train, test_dl)
+    if a.stage == "sparsify":
+        return 0
+    res = stage_convert(a, work, train, test)
+    res["load"] = [round(v, 2) for v in os.getloadavg()]
+    machine = describe_machine()
+    md = markdown(a, res, work, machine)
+    for name in ("sparsity_before", "sparsity_after"):
+        f = work / name / "sparsity.md"
+        if f.exists():
+            md += f"\n### Activation sparsity ({name.replace('_', ' ')})\n\n"
+            md += f.read_text().split("\n", 2)[2] + "\n"
+    write_text_atomic(a.out, md)
+    plain = json.loads(json.dumps(res, default=str))
+    summary = {"args": vars(a), "machine": machine, **plain}
+    write_json_atomic(Path(a.out).with_suffix(".json"), summary)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,402 @@
+"""Static cost of one forward pass, measured from the operations it dispatches.
+
+Why measured rather than derived from layer shapes: a model's ``forward`` may
+call functional ops, ``@``, attention kernels or skip layers entirely, and only
+the dispatched operations tell what really ran. We build on
+:class:`torch.utils.flop_counter.FlopCounterMode` (matrix products and
+convolutions, ``flops = 2 * macs``) and add what it misses on CPU: the fused
+scaled-dot-product attention kernel, which it counts as 0.
+
+What is counted, in FLOPs (one multiply-add = 2 FLOPs):
+
+* ``mm``, ``addmm``, ``bmm``, ``baddbmm`` (Linear, ``@``, ``matmul``):
+  ``2 * m * n * k``. The bias addition of ``addmm`` is **not** counted, so a
+  Linear layer with or without bias costs the same (the MAC convention of the
+  papers we compare with).
+* convolutions: ``2 * (output elements) * (C_in / groups) * prod(kernel)``;
+  the bias is not counted.
+* scaled-dot-product attention (any backend): ``2*B*H*Tq*Tk*d`` for ``Q K^T``
+  plus ``2*B*H*Tq*Tk*d_v`` for ``A V``; a causal mask does not halve it.
+
+What is **not** counted (listed per run in :attr:`CostReport.uncounted`):
+elementwise ops (activations, residual adds, scaling), normalisations,
+softmax, pooling, reductions. For the CNNs and transformers here they are a
+few percent of the total; we report their names instead of guessing.
+
+Activation memory (:attr:`CostReport.activation_bytes`) is the sum of the
+bytes of every tensor *newly allocated* by an operation during the forward
+pass: outputs that alias an input (views, in-place ops) are skipped, the input
+batch and the parameters are not included. It is the memory a forward would
+need if nothing were freed (what training keeps for backward, roughly), not the
+peak of live memory at inference; for that see :mod:`frugalnn.cost.memory`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+from frugalnn.cost.ledger import DynamicModule
+
+__all__ = [
+    "CostReport",
+    "ModuleCost",
+    "count_flops",
+    "flops_per_example",
+    "measure",
+    "static_flops_excluding_dynamic",
+    "format_count",
+]
+
+aten = torch.ops.aten
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of attention softmax(Q K^T) V from the operand shapes (batch dims first)."""
+    batch = math.prod(query_shape[:-2])
+    tq, d = query_shape[-2], query_shape[-1]
+    tk = key_shape[-2]
+    dv = value_shape[-1]
+    return 2 * batch * tq * tk * d + 2 * batch * tq * tk * dv
+
+
+def _extra_mapping() -> dict[Any, Any]:
+    """SDPA kernels FlopCounterMode does not register (CPU fused, math, overrideable)."""
+    names = (
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_attention_math",
+        "_scaled_dot_product_fused_attention_overrideable",
+    )
+    mapping: dict[Any, Any] = {}
+    for name in names:
+        packet = getattr(aten, name, None)
+        if packet is not None and packet not in flop_registry:
+            mapping[packet] = _sdpa_flops
+    return mapping
+
+
+EXTRA_FLOP_MAPPING = _extra_mapping()
+COUNTED_OPS = frozenset(flop_registry) | frozenset(EXTRA_FLOP_MAPPING)
+
+# Ops that move, create or reinterpret data without arithmetic worth counting.
+_NO_ARITHMETIC = frozenset(
+    """
+    _to_copy _unsafe_view alias arange as_strided cat clone constant_pad_nd contiguous
+    copy copy_ detach embedding empty empty_like empty_strided expand fill fill_ full
+    full_like gather index index_put index_put_ index_select lift_fresh lift_fresh_copy
+    masked_fill masked_fill_ new_empty new_full new_ones new_zeros ones ones_like
+    permute repeat reshape scalar_tensor select slice split split_with_sizes squeeze
+    stack t transpose unbind unsqueeze view zero_ zeros zeros_like _local_scalar_dense
+    item flatten unflatten narrow chunk roll flip pad where eq ne lt le gt ge argmax
+    argmin topk sort argsort nonzero bernoulli_ rand randn randint randperm
+    native_dropout dropout expand_as view_as to _reshape_alias set_ resize_ sym_size
+    sym_stride is_nonzero equal any all logical_not logical_and logical_or
+    """.split()  # noqa: SIM905 - one word per op name, easier to scan
+)
+
+
+def _op_name(func: Any) -> str:
+    return str(func.overloadpacket).removeprefix("aten.")
+
+
+def format_count(value: float, unit: str = "") -> str:
+    """``123456789 -> '123.46 M'``: human-readable with an SI suffix."""
+    value = float(value)
+    for suffix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {suffix}{unit}"
+    return f"{value:.0f} {unit}".rstrip() if value == int(value) else f"{value:.2f} {unit}"
+
+
+def format_bytes(n: float) -> str:
+    """Bytes in binary units (KiB, MiB, GiB)."""
+    for suffix, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {suffix}"
+    return f"{int(n)} B"
+
+
+class _ActivationMode(TorchDispatchMode):
+    """Sums bytes of newly allocated op outputs and notes uncounted arithmetic ops."""
+
+    def __init__(self, counter: FlopCounterMode) -> None:
+        super().__init__()
+        self.counter = counter
+        self.total_bytes = 0
+        self.module_bytes: dict[str, int] = defaultdict(int)
+        self.uncounted: dict[str, int] = defaultdict(int)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        packet = func.overloadpacket
+        name = _op_name(func)
+        if (
+            packet not in COUNTED_OPS
+            and not func.is_view
+            and name not in _NO_ARITHMETIC
+            and name.rstrip("_") not in _NO_ARITHMETIC
+        ):
+            self.uncounted[name] += 1
+        aliased = any(r.alias_info is not None for r in func._schema.returns)
+        if not aliased:
+            nbytes = sum(
+                t.numel() * t.element_size()
+                for t in tree_flatten(out)[0]
+                if isinstance(t, torch.Tensor)
+            )
+            if nbytes:
+                self.total_bytes += nbytes
+                for parent in set(self.counter.mod_tracker.parents):
+                    self.module_bytes[parent] += nbytes
+        return out
+
+
+@dataclass
+class ModuleCost:
+    """Cost of one module's subtree (all its calls in the forward pass)."""
+
+    name: str  # dotted path from the root ("" is the root)
+    type: str
+    depth: int
+    params: int
+    flops: int
+    activation_bytes: int
+
+    @property
+    def macs(self) -> float:
+        return self.flops / 2
+
+
+@dataclass
+class CostReport:
+    """Static cost of one forward pass over ``batch_size`` examples.
+
+    ``flops`` are real floating-point operations (``macs = flops / 2``) for the
+    whole batch; ``per_module`` rows are subtrees in module order;
+    ``uncounted`` names the arithmetic ops seen but not counted, with calls.
+    """
+
+    params: int
+    trainable_params: int
+    flops: int
+    activation_bytes: int
+    batch_size: int
+    input_shape: list[int]
+    per_module: list[ModuleCost] = field(default_factory=list)
+    uncounted: dict[str, int] = field(default_factory=dict)
+    flops_by_op: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def macs(self) -> float:
+        return self.flops / 2
+
+    @property
+    def flops_per_example(self) -> float:
+        return self.flops / self.batch_size
+
+    def table(self, depth: int | None = None) -> str:
+        """A fixed-width table: params, MACs, FLOPs, share and activations per module."""
+        rows = [m for m in self.per_module if depth is None or m.depth <= depth]
+        header = ("Module", "Type", "Params", "MACs", "FLOPs", "% FLOPs", "Activations")
+        lines = [header]
+        for m in rows:
+            label = ("  " * m.depth) + (m.name.rsplit(".", 1)[-1] if m.name else "(model)")
+            share = 100.0 * m.flops / self.flops if self.flops else 0.0
+            lines.append(
+                (
+                    label,
+                    m.type,
+                    format_count(m.params),
+                    format_count(m.macs),
+                    format_count(m.flops),
+                    f"{share:.1f}",
+                    format_bytes(m.activation_bytes),
+                )
+            )
+        widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
+        out = []
+        for i, r in enumerate(lines):
+            cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
+            cells += [c.rjust(w) for c, w in zip(r[2:], widths[2:])]
+            out.append("  ".join(cells).rstrip())
+            if i == 0:
+                out.append("-" * len(out[0]))
+        return "\n".join(out)
+
+    def summary(self) -> str:
+        """Headline numbers, units spelled out."""
+        b = self.batch_size
+        lines = [
+            f"parameters:        {self.params:,} ({format_count(self.params)})",
+            f"MACs per example:  {format_count(self.macs / b)}",
+            f"FLOPs per example: {format_count(self.flops / b)}  (FLOPs = 2 x MACs)",
+            f"activations per example: {format_bytes(self.activation_bytes / b)} "
+            f"(sum of all newly allocated forward outputs)",
+        ]
+        if self.uncounted:
+            lines.append("not counted (no FLOPs assigned): " + ", ".join(sorted(self.uncounted)))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["macs"] = self.macs
+        d["flops_per_example"] = self.flops_per_example
+        for row in d["per_module"]:
+            row["macs"] = row["flops"] / 2
+        return d
+
+
+def _call(model: nn.Module, example_input: Any) -> Any:
+    if isinstance(example_input, Mapping):
+        return model(**example_input)
+    if isinstance(example_input, (tuple, list)):
+        return model(*example_input)
+    return model(example_input)
+
+
+def _batch_size(example_input: Any) -> tuple[int, list[int]]:
+    leaves = [t for t in tree_flatten(example_input)[0] if isinstance(t, torch.Tensor)]
+    if not leaves or leaves[0].dim() == 0:
+        raise ValueError("example_input must contain a tensor with a batch dimension")
+    return int(leaves[0].shape[0]), list(leaves[0].shape)
+
+
+def _tracker_name_to_path(key: str) -> str:
+    """FlopCounterMode names modules ``RootClass.a.b``; we use ``a.b`` ("" = root)."""
+    return key.split(".", 1)[1] if "." in key else ""
+
+
+def _run_counted(model: nn.Module, example_input: Any):
+    counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_MAPPING)
+    acts = _ActivationMode(counter)
+    with torch.no_grad(), counter, acts:
+        _call(model, example_input)
+    return counter, acts
+
+
+def _module_flops(counter: FlopCounterMode) -> dict[str, int]:
+    """Total FLOPs per module path; the root's entry under ''."""
+    out: dict[str, int] = {}
+    for key, ops in counter.get_flop_counts().items():
+        if key == "Global":
+            continue
+        out[_tracker_name_to_path(key)] = sum(ops.values())
+    return out
+
+
+def _fill_uncalled(model: nn.Module, values: dict[str, int]) -> dict[str, int]:
+    """Give never-called containers (``ModuleList``, ``ModuleDict``) their children's sum.
+
+    Forward hooks only see modules that are called; a ``ModuleList`` is iterated,
+    not called, yet its row should show what its blocks cost.
+    """
+    out = dict(values)
+
+    def visit(prefix: str, module: nn.Module) -> int:
+        total = 0
+        for child_name, child in module.named_children():
+            total += visit(f"{prefix}.{child_name}" if prefix else child_name, child)
+        if prefix in out or prefix == "":
+            return out.get(prefix, 0)
+        if total:
+            out[prefix] = total
+        return total
+
+    visit("", model)
+    return out
+
+
+def measure(model: nn.Module, example_input: Any, depth: int = 2) -> CostReport:
+    """Count parameters, FLOPs and activation bytes of ``model(example_input)``.
+
+    ``example_input`` is a batch (tensor), a tuple of positional inputs or a
+    dict of keyword inputs. FLOPs are for the whole batch. The model is run
+    once under ``torch.no_grad()`` in whatever train/eval mode it is in.
+    ``depth`` bounds the per-module rows (0 = only the whole model).
+    """
+    batch, shape = _batch_size(example_input)
+    counter, acts = _run_counted(model, example_input)
+    mod_flops = _fill_uncalled(model, _module_flops(counter))
+    mod_bytes = _fill_uncalled(
+        model, {_tracker_name_to_path(k): v for k, v in acts.module_bytes.items()}
+    )
+    rows = []
+    for name, module in model.named_modules():
+        level = 0 if not name else name.count(".") + 1
+        if level > depth:
+            continue
+        rows.append(
+            ModuleCost(
+                name=name,
+                type=type(module).__name__,
+                depth=level,
+                params=sum(p.numel() for p in module.parameters()),
+                flops=mod_flops.get(name, 0),
+                activation_bytes=mod_bytes.get(name, 0),
+            )
+        )
+    by_op: dict[str, int] = defaultdict(int)
+    for op, n in counter.get_flop_counts().get("Global", {}).items():
+        by_op[str(op).removeprefix("aten.")] += n
+    return CostReport(
+        params=sum(p.numel() for p in model.parameters()),
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        flops=int(counter.get_total_flops()),
+        activation_bytes=int(acts.total_bytes),
+        batch_size=batch,
+        input_shape=shape,
+        per_module=rows,
+        uncounted=dict(sorted(acts.uncounted.items())),
+        flops_by_op=dict(by_op),
+    )
+
+
+def count_flops(module: nn.Module, *inputs: Any) -> int:
+    """FLOPs of one forward ``module(*inputs)`` (matmuls, convolutions, SDPA)."""
+    counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_MAPPING)
+    with torch.no_grad(), counter:
+        module(*inputs)
+    return int(counter.get_total_flops())
+
+
+def flops_per_example(module: nn.Module, example_batch: Any) -> float:
+    """FLOPs of one forward divided by the batch size of ``example_batch``."""
+    batch, _ = _batch_size(example_batch)
+    counter, _ = _run_counted(module, example_batch)
+    return counter.get_total_flops() / batch
+
+
+def _topmost_dynamic(model: nn.Module) -> list[str]:
+    names: list[str] = []
+    for name, module in model.named_modules():
+        if isinstance(module, DynamicModule) and not any(
+            name == n or name.startswith(n + ".") for n in names
+        ):
+            names.append(name)
+    return names
+
+
+def static_flops_excluding_dynamic(model: nn.Module, example_batch: Any) -> float:
+    """Per-example FLOPs of everything outside ``DynamicModule`` subtrees.
+
+    Dynamic modules charge the ledger themselves for what they ran; adding this
+    figure per example completes the account without counting anything twice.
+    """
+    batch, _ = _batch_size(example_batch)
+    counter, _ = _run_counted(model, example_batch)
+    total = counter.get_total_flops()
+    dynamic = _topmost_dynamic(model)
+    if "" in dynamic:  # the whole model is dynamic: nothing static outside it
+        return 0.0
+    per_module = _module_flops(counter)
+    excluded = sum(per_module.get(name, 0) for name in dynamic)
+    return (total - excluded) / batch

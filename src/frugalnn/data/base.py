@@ -1,0 +1,167 @@
+"""Shared pieces of the data layer: dataset descriptions, the data directory,
+in-memory array datasets and atomic cache files.
+
+Every loader decodes its source once into arrays held in memory (uint8 images,
+integer labels); the datasets below turn one row into the model's input on
+access, so that augmentation stays per-example and seeded.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from frugalnn.data.augment import normalize, random_crop_flip
+from frugalnn.errors import UserError
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset.
+
+    ``input_shape`` is one example's shape (no batch); ``task`` is
+    ``"classification"`` or ``"lm"``; for language modelling ``num_classes`` is
+    the vocabulary size (``None`` when it depends on a corpus not yet read).
+    """
+
+    num_classes: int | None
+    input_shape: tuple[int, ...]
+    task: str = "classification"
+    input_dtype: str = "float"
+    description: str = ""
+
+
+def resolve_data_dir(path: str | os.PathLike | None = None) -> Path:
+    """The data directory: ``path`` if given, else ``$FRUGALNN_DATA``, else a UserError."""
+    if path is None:
+        env = os.environ.get("FRUGALNN_DATA")
+        if not env:
+            raise UserError(
+                "no data directory given; pass --data-dir PATH or set FRUGALNN_DATA "
+                "(see docs/data.md for the expected layout)"
+            )
+        path = env
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"data path {p} does not exist; pass an existing directory or file")
+    return p
+
+
+def cache_dir() -> Path:
+    """Where decoded datasets are cached: ``$FRUGALNN_CACHE`` or ``~/.cache/frugalnn``."""
+    env = os.environ.get("FRUGALNN_CACHE")
+    path = Path(env).expanduser() if env else Path.home() / ".cache" / "frugalnn"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
+    """Write an ``.npz`` to a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ImageArrayDataset(Dataset):
+    """Images ``(N, C, H, W)`` uint8 (or float) with labels, normalised on access.
+
+    ``augment`` applies a seeded random crop (``pad`` pixels of zero padding) and
+    horizontal flip; the randomness of example ``i`` depends only on
+    ``(seed, epoch, i)``, so it is reproducible under any loader order or worker
+    count. Call :meth:`set_epoch` between epochs to draw new augmentations.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        info: DatasetInfo,
+        *,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        scale: float = 255.0,
+        augment: bool = False,
+        pad: int = 4,
+        flip: bool = True,
+        seed: int = 0,
+        classes: list[str] | None = None,
+    ) -> None:
+        if len(images) != len(labels):
+            raise UserError(f"{len(images)} images but {len(labels)} labels; the data is corrupt")
+        images = np.ascontiguousarray(images)
+        if not images.flags.writeable:  # e.g. arrays viewing a read-only buffer
+            images = images.copy()
+        self.images = torch.from_numpy(images)
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.info = info
+        self.mean, self.std, self.scale = tuple(mean), tuple(std), scale
+        self.augment, self.pad, self.flip, self.seed = augment, pad, flip, seed
+        self.classes = classes
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize(x.float() / self.scale, self.mean, self.std)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self._prepare(self.images[i])
+        if self.augment:
+            g = torch.Generator().manual_seed(example_seed(self.seed, self.epoch, int(i)))
+            x = random_crop_flip(x[None], self.pad, generator=g, flip=self.flip)[0]
+        return x, self.labels[i]
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All examples at once, normalised, without augmentation (fast evaluation)."""
+        return self._prepare(self.images), self.labels
+
+
+def channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of ``(N, C, H, W)`` 0..255 images, as fractions of 255.
+
+    Accumulated in chunks so a 50k-image uint8 array is never copied to float whole.
+    """
+    c = x.shape[1]
+    s, s2, n = np.zeros(c), np.zeros(c), 0
+    for i in range(0, len(x), chunk):
+        part = x[i : i + chunk].astype(np.float64) / 255.0
+        s += part.sum(axis=(0, 2, 3))
+        s2 += (part**2).sum(axis=(0, 2, 3))
+        n += part.shape[0] * part.shape[2] * part.shape[3]
+    mean = s / n
+    std = np.sqrt(np.maximum(s2 / n - mean**2, 1e-12))
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def example_seed(seed: int, epoch: int, index: int) -> int:
+    """A seed fixed by (seed, epoch, index) alone, independent of process and order."""
+    return ((seed * 1_000_003 + epoch) * 1_000_003 + index) % (2**63 - 1)
+
+
+def subset_rows(n: int, limit: int | None) -> slice:
+    """The first ``limit`` rows (all when ``None``); a bad limit is a UserError."""
+    if limit is None:
+        return slice(0, n)
+    if int(limit) <= 0:
+        raise UserError(f"limit must be a positive number of examples, got {limit}")
+    return slice(0, min(n, int(limit)))
+
+
+Loader = Callable[..., Dataset]

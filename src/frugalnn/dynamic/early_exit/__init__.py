@@ -1,0 +1,15 @@
+"""Early-exit networks that really exit (SDN heads, Zero-Time-Waste cascades and ensembles).
+
+Importing this package registers the ``early_exit`` transformation, so that
+:func:`frugalnn.train.checkpoint.load_model` can rebuild converted models.
+"""
+
+from frugalnn.dynamic.early_exit.model import (
+    EarlyExitModel,
+    GeometricEnsemble,
+    attach_heads,
+    parse_positions,
+)
+from frugalnn.dynamic.early_exit.policies import POLICIES
+
+__all__ = ["POLICIES", "EarlyExitModel", "GeometricEnsemble", "attach_heads", "parse_positions"]

@@ -1,0 +1,526 @@
+"""The early-exit model: a staged backbone plus internal classifiers that really exit.
+
+``attach_heads(backbone, positions=...)`` returns an :class:`EarlyExitModel`.
+Its forward pass is the real batched inference: after each head, the rows
+whose prediction satisfies the exit policy are written to the output and
+*removed from the batch*; the remaining blocks run only on the rest. Every
+row is charged, in the active cost ledger, exactly what was computed for it:
+the embedding, the blocks it went through, the heads evaluated on it, and the
+final classifier if it got there. Per-stage costs are measured once per input
+shape with :func:`frugalnn.cost.count.count_flops` on a one-example batch.
+
+The exits are numbered ``0 .. num_internal``: the internal heads in block
+order, then the backbone's own classifier. At the policy's full budget no head
+can fire, heads are skipped, and the model computes exactly the backbone's
+outputs at exactly the backbone's cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from frugalnn.cost.count import count_flops, static_flops_excluding_dynamic
+from frugalnn.cost.ledger import DynamicModule, charge, record, subset
+from frugalnn.dynamic.early_exit import policies
+from frugalnn.dynamic.early_exit.heads import ExitHead, resolve_head_kind
+from frugalnn.errors import UserError
+from frugalnn.models.base import StagedModel, State, hidden_of, select_rows
+from frugalnn.transforms import record_transform, register_transform
+
+TRANSFORM_NAME = "early_exit"
+
+
+class GeometricEnsemble(nn.Module):
+    """Zero-Time-Waste ensembling: exit ``i`` predicts ``sum_{j<=i} w_ij log p_j + b_i``.
+
+    A weighted geometric mean of the probabilities of heads ``0..i``. Starts at
+    ``w = I, b = 0`` (each exit is its own head) and is trained afterwards on
+    the frozen cascade (:func:`frugalnn.dynamic.early_exit.training.train_ensemble`).
+    """
+
+    def __init__(self, num_heads: int, num_classes: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.eye(num_heads))
+        self.bias = nn.Parameter(torch.zeros(num_heads, num_classes))
+
+    def combine(self, i: int, log_probs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Combined logits of exit ``i`` from the log-probabilities of heads ``0..i``."""
+        stacked = torch.stack(list(log_probs[: i + 1]), dim=0)
+        w = self.weight[i, : i + 1].to(stacked.dtype)
+        return torch.einsum("j,jbc->bc", w, stacked) + self.bias[i]
+
+
+class _Call(nn.Module):
+    """Wraps a callable so the FLOP counter can run it like a module."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+
+@dataclass
+class StageCosts:
+    """FLOPs per row of each stage (measured on one example of a given input shape)."""
+
+    embed: float
+    blocks: list[float]
+    heads: list[float]
+    ensemble: list[float]
+    classify: float
+
+    def backbone(self) -> float:
+        return self.embed + sum(self.blocks) + self.classify
+
+
+def _first_row(x: Any) -> Any:
+    return select_rows(x, torch.arange(1, device=_device_of(x)))
+
+
+def _device_of(x: Any) -> torch.device:
+    t = hidden_of(x) if isinstance(x, dict) else x
+    return t.device
+
+
+def _batch_len(x: Any) -> int:
+    return int((next(iter(x.values())) if isinstance(x, dict) else x).shape[0])
+
+
+def _shape_key(x: Any) -> tuple:
+    if isinstance(x, dict):
+        return tuple(sorted((k, tuple(v.shape[1:])) for k, v in x.items()))
+    return tuple(x.shape[1:])
+
+
+def _has_dynamic(module: nn.Module) -> bool:
+    return any(isinstance(m, DynamicModule) for m in module.modules())
+
+
+def _block_flops(block: nn.Module, state: State) -> float:
+    # A block holding its own dynamic module (e.g. a mixture-of-experts FFN) charges
+    # the ledger for that part itself; count only the static rest here.
+    if _has_dynamic(block):
+        return float(static_flops_excluding_dynamic(block, (state,)))
+    return float(count_flops(block, state))
+
+
+class EarlyExitModel(DynamicModule):
+    """A :class:`StagedModel` with internal classifiers and an exit policy.
+
+    Budget knob (``frugalnn.budget.Budgeted``): the policy's threshold
+    (``budget_name`` is ``"threshold"`` or ``"patience"``).
+    """
+
+    def __init__(
+        self,
+        backbone: StagedModel,
+        positions: list[int],
+        heads: nn.ModuleList,
+        *,
+        policy: str = "maxprob",
+        cascade: bool = False,
+        ensemble: bool = False,
+        num_classes: int,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.positions = list(positions)
+        self.heads = heads
+        self.cascade = cascade
+        self.num_classes = num_classes
+        self.ensemble: GeometricEnsemble | None = (
+            GeometricEnsemble(len(positions), num_classes) if ensemble else None
+        )
+        self.feature_kind = backbone.feature_kind
+        self.policy = policies.check_policy(policy)
+        self.threshold = policies.full_budget(policy, self.num_internal)
+        self.freeze_backbone = False
+        self._head_at = {p: i for i, p in enumerate(self.positions)}
+        self._costs: dict[tuple, StageCosts] = {}
+
+    # -- structure -------------------------------------------------------------
+    @property
+    def num_internal(self) -> int:
+        return len(self.positions)
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.positions) + 1
+
+    def train(self, mode: bool = True) -> EarlyExitModel:
+        """As ``nn.Module.train``, but a frozen backbone stays in eval mode (BN statistics)."""
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+    def add_ensemble(self) -> GeometricEnsemble:
+        """Add (identity-initialised) geometric ensembling and record it for checkpoints."""
+        if self.ensemble is None:
+            p = next(self.heads.parameters())
+            self.ensemble = GeometricEnsemble(self.num_internal, self.num_classes).to(p.device)
+            self._update_record(ensemble=True)
+        return self.ensemble
+
+    def _update_record(self, **changes: Any) -> None:
+        history = [dict(h) for h in getattr(self, "frugalnn_transforms", [])]
+        for entry in reversed(history):
+            if entry["name"] == TRANSFORM_NAME:
+                entry["args"] = {**entry["args"], **changes}
+                break
+        self.frugalnn_transforms = history
+
+    # -- budget knob -----------------------------------------------------------
+    @property
+    def budget_name(self) -> str:
+        return "patience" if self.policy == "patience" else "threshold"
+
+    def budget_values(self) -> list[float]:
+        return policies.budget_values(self.policy, self.num_internal)
+
+    def full_budget(self) -> float:
+        return policies.full_budget(self.policy, self.num_internal)
+
+    def set_budget(self, value: float) -> None:
+        self.threshold = policies.check_threshold(self.policy, value, self.num_internal)
+
+    def set_policy(self, policy: str, threshold: float | None = None) -> None:
+        """Switch exit policy; the threshold resets to its full budget unless given."""
+        self.policy = policies.check_policy(policy)
+        self._update_record(policy=policy)
+        self.threshold = self.full_budget()
+        if threshold is not None:
+            self.set_budget(threshold)
+
+    def at_full_budget(self) -> bool:
+        return self.threshold == self.full_budget()
+
+    # -- costs -----------------------------------------------------------------
+    def stage_costs(self, x: Any) -> StageCosts:
+        """Per-row FLOPs of every stage for inputs shaped like ``x`` (cached per shape)."""
+        key = _shape_key(x)
+        if key not in self._costs:
+            # Measure outside any active ledger: an empty context has no ledger set.
+            self._costs[key] = contextvars.Context().run(self._measure_costs, _first_row(x))
+        return self._costs[key]
+
+    @torch.no_grad()
+    def _measure_costs(self, x1: Any) -> StageCosts:
+        was_training = self.training
+        self.eval()
+        try:
+            bb = self.backbone
+            embed = float(count_flops(_Call(bb.embed), x1))
+            state = bb.embed(x1)
+            blocks, heads, ens = [], [], []
+            prev: torch.Tensor | None = None
+            log_probs: list[torch.Tensor] = []
+            for b, block in enumerate(bb.blocks):
+                blocks.append(_block_flops(block, state))
+                state = block(state)
+                h = self._head_at.get(b)
+                if h is None:
+                    continue
+                head = self.heads[h]
+                heads.append(float(count_flops(head, state, prev)))
+                logits = head(state, prev)
+                prev = logits
+                if self.ensemble is not None:
+                    log_probs.append(F.log_softmax(logits, dim=1))
+                    ens.append(float(count_flops(_Call(self.ensemble.combine), h, log_probs)))
+                else:
+                    ens.append(0.0)
+            classify = float(count_flops(_Call(bb.classify), state))
+            return StageCosts(embed, blocks, heads, ens, classify)
+        finally:
+            self.train(was_training)
+
+    def exit_costs(self, x: Any) -> list[float]:
+        """Per-row FLOPs of stopping at each exit, every earlier head evaluated."""
+        c = self.stage_costs(x)
+        out = []
+        spent = c.embed
+        done = 0
+        for h, p in enumerate(self.positions):
+            spent += sum(c.blocks[done : p + 1]) + c.heads[h] + c.ensemble[h]
+            done = p + 1
+            out.append(spent)
+        out.append(spent + sum(c.blocks[done:]) + c.classify)
+        return out
+
+    # -- all-exits passes (training and offline evaluation) ----------------------
+    def head_features(self, x: Any) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every head's (parameter-free) reduced features, and the final logits."""
+        bb = self.backbone
+        state = bb.embed(x)
+        feats = []
+        for b, block in enumerate(bb.blocks):
+            state = block(state)
+            h = self._head_at.get(b)
+            if h is not None:
+                feats.append(self.heads[h].features(state))
+        return feats, bb.classify(state)
+
+    def heads_from_features(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Raw logits of each internal head (cascaded when ``cascade``)."""
+        out: list[torch.Tensor] = []
+        prev = None
+        for head, f in zip(self.heads, feats):
+            logits = head.classify(f, prev)
+            out.append(logits)
+            prev = logits
+        return out
+
+    def combine(self, head_logits: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Exit outputs of the internal heads (ensembled when an ensemble is present)."""
+        if self.ensemble is None:
+            return list(head_logits)
+        log_probs = [F.log_softmax(z, dim=1) for z in head_logits]
+        return [self.ensemble.combine(i, log_probs) for i in range(len(log_probs))]
+
+    def exit_outputs(self, x: Any) -> list[torch.Tensor]:
+        """Logits of every exit for every row (no exiting): internal exits then final."""
+        feats, final = self.head_features(x)
+        return self.combine(self.heads_from_features(feats)) + [final]
+
+    # -- real inference ----------------------------------------------------------
+    def forward(self, x: Any) -> torch.Tensor:
+        costs = self.stage_costs(x)
+        bb = self.backbone
+        n = _batch_len(x)
+        spent = torch.zeros(n, dtype=torch.float64)
+        exit_at = torch.full((n,), self.num_internal, dtype=torch.long)
+        use_heads = not self.at_full_budget()
+        device = _device_of(x)
+        active = torch.arange(n, device=device)  # rows (of this call) still running
+        active_cpu = active.cpu()
+        shrunk = False
+        out: torch.Tensor | None = None
+        prev: torch.Tensor | None = None
+        log_probs: list[torch.Tensor] = []
+        memory: policies.PatienceState | None = None
+
+        def rows_ctx() -> contextlib.AbstractContextManager:
+            return subset(active_cpu) if shrunk else contextlib.nullcontext()
+
+        with rows_ctx():
+            state = bb.embed(x)
+        spent += costs.embed
+        for b, block in enumerate(bb.blocks):
+            with rows_ctx():
+                state = block(state)
+            spent[active_cpu] += costs.blocks[b]
+            h = self._head_at.get(b)
+            if h is None or not use_heads:
+                continue
+            logits = self.heads[h](state, prev)
+            spent[active_cpu] += costs.heads[h] + costs.ensemble[h]
+            prev = logits
+            if self.ensemble is not None:
+                log_probs.append(F.log_softmax(logits, dim=1))
+                decision = self.ensemble.combine(h, log_probs)
+            else:
+                decision = logits
+            exits, memory = policies.exit_mask(
+                self.policy, self.threshold, F.log_softmax(decision, dim=1), memory
+            )
+            if not bool(exits.any()):
+                continue
+            if out is None:
+                out = decision.new_empty((n, decision.shape[1]))
+            out[active[exits]] = decision[exits]
+            exit_at[active_cpu[exits.cpu()]] = h
+            keep = (~exits).nonzero().squeeze(1)
+            active, active_cpu, shrunk = active[keep], active_cpu[keep.cpu()], True
+            if active.numel() == 0:
+                break
+            state = select_rows(state, keep)
+            prev = prev[keep]
+            log_probs = [t[keep] for t in log_probs]
+            memory = memory.select(keep) if memory is not None else None
+        if active.numel():
+            with rows_ctx():
+                final = bb.classify(state)
+            spent[active_cpu] += costs.classify
+            if out is None:
+                out = final  # nobody exited: exactly the backbone's output
+            else:
+                out[active] = final.to(out.dtype)
+        charge(spent)
+        record("exit_index", exit_at.to(torch.float64))
+        assert out is not None
+        return out
+
+
+# -- construction ------------------------------------------------------------------
+def parse_positions(positions: str | Sequence[int], num_blocks: int) -> list[int]:
+    """Block indices (0-based, "after block i") that get an internal head.
+
+    ``"every"``: every block but the last; ``"every:k"``: blocks k-1, 2k-1, ...;
+    a list (or comma-separated string) of indices. The last block is followed
+    by the backbone's own classifier, the final exit, so it takes no head.
+    """
+    last = num_blocks - 2
+    if last < 0:
+        raise UserError(f"the backbone has {num_blocks} block(s); early exits need at least 2")
+    if isinstance(positions, str):
+        spec = positions.strip().lower()
+        if spec == "every":
+            return list(range(num_blocks - 1))
+        if spec.startswith("every:"):
+            try:
+                k = int(spec.split(":", 1)[1])
+            except ValueError:
+                k = 0
+            if k < 1:
+                raise UserError(f"bad positions {positions!r}; use every:K with an integer K >= 1")
+            out = list(range(k - 1, num_blocks - 1, k))
+            if not out:
+                raise UserError(
+                    f"positions {positions!r} place no head among {num_blocks} blocks; use a "
+                    f"smaller K (at most {num_blocks - 1})"
+                )
+            return out
+        try:
+            items = [int(p) for p in spec.split(",") if p.strip()]
+        except ValueError:
+            raise UserError(
+                f"bad positions {positions!r}; use 'every', 'every:K' or block indices like '2,5,8'"
+            ) from None
+    else:
+        items = [int(p) for p in positions]
+    if not items:
+        raise UserError("no head positions given; use 'every', 'every:K' or a list of indices")
+    bad = [p for p in items if not 0 <= p <= last]
+    if bad:
+        raise UserError(
+            f"head positions {bad} out of range: this backbone has {num_blocks} blocks, so heads "
+            f"go after blocks 0..{last} (the last block is followed by the final classifier)"
+        )
+    return sorted(set(items))
+
+
+def _example_input(model: nn.Module, shape: Sequence[int] | None, dtype: str | None) -> Any:
+    """A one-example probe input, from the arguments or the model registry."""
+    if shape is None:
+        spec = getattr(model, "frugalnn_spec", None)
+        if not spec:
+            raise UserError(
+                "cannot infer the backbone's input shape; pass input_shape=(C, H, W) or "
+                "example_input= to attach_heads"
+            )
+        from frugalnn.models import model_info
+
+        info = model_info(spec["name"])
+        shape = list(info.input_shape)
+        kw = spec.get("kwargs", {})
+        if info.input_dtype == "float" and len(shape) == 3:
+            shape[0] = kw.get("in_channels", shape[0])
+            if "image_size" in kw:
+                shape[1] = shape[2] = kw["image_size"]
+        dtype = dtype or info.input_dtype
+    device = next(model.parameters()).device
+    if dtype == "long":
+        probe = torch.zeros((1, *shape), dtype=torch.long, device=device)
+        if len(shape) == 2 and shape[0] == 2:  # (ids, mask) layout: mark tokens as real
+            probe[:, 1] = 1
+        return probe
+    return torch.zeros((1, *shape), device=device)
+
+
+def attach_heads(
+    model: nn.Module,
+    positions: str | Sequence[int] = "every",
+    head: str = "auto",
+    *,
+    cascade: bool = False,
+    ensemble: bool = False,
+    policy: str = "maxprob",
+    pool_size: int = 4,
+    input_shape: Sequence[int] | None = None,
+    input_dtype: str | None = None,
+    example_input: Any = None,
+) -> EarlyExitModel:
+    """Wrap a :class:`StagedModel` with internal classifiers at ``positions``.
+
+    Heads are created fresh (untrained); the backbone's own classifier is the
+    last exit. ``input_shape``/``input_dtype`` (one example, no batch) are read
+    from the model registry when not given; they only size the heads.
+    """
+    if isinstance(model, EarlyExitModel):
+        raise UserError("this model already has early exits; attach heads to the plain backbone")
+    if not isinstance(model, StagedModel):
+        raise UserError(
+            f"{type(model).__name__} is not a staged model (embed/blocks/classify); early exits "
+            "work on frugalnn.models backbones such as resnet56, cnn_small, vit_tiny"
+        )
+    num_blocks = len(model.blocks)
+    pos = parse_positions(positions, num_blocks)
+    kind = resolve_head_kind(head, model)
+    policies.check_policy(policy)
+    if pool_size < 1:
+        raise UserError(f"pool_size must be >= 1, got {pool_size}")
+    if example_input is None:
+        example_input = _example_input(model, input_shape, input_dtype)
+        if input_shape is None:
+            input_shape = list(example_input.shape[1:])
+            input_dtype = "long" if example_input.dtype == torch.long else "float"
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        state = model.embed(example_input)
+        shapes: dict[int, tuple[int, ...]] = {}
+        for b, block in enumerate(model.blocks):
+            state = block(state)
+            if b in pos:
+                shapes[b] = tuple(hidden_of(state).shape[1:])
+        num_classes = int(model.classify(state).shape[-1])
+    model.train(was_training)
+    heads = nn.ModuleList()
+    for i, b in enumerate(pos):
+        shp = shapes[b]
+        if kind == "pool":
+            if len(shp) != 3:
+                raise UserError(f"block {b} gives shape {shp}; image heads need (C, H, W) states")
+            channels, spatial = shp[0], min(shp[1], shp[2])
+        else:
+            channels, spatial = shp[-1], None
+        heads.append(
+            ExitHead(
+                kind, channels, num_classes, pool_size=pool_size, spatial=spatial,
+                cascade_in=num_classes if cascade and i > 0 else 0,
+            )
+        )
+    device = next(model.parameters()).device
+    ee = EarlyExitModel(
+        model, pos, heads.to(device), policy=policy, cascade=cascade, ensemble=ensemble,
+        num_classes=num_classes,
+    ).to(device)
+    ee.train(was_training)
+    ee.frugalnn_spec = getattr(model, "frugalnn_spec", None)
+    ee.frugalnn_transforms = list(getattr(model, "frugalnn_transforms", []))
+    args = {
+        "positions": pos, "head": kind, "cascade": cascade, "ensemble": ensemble,
+        "policy": policy, "pool_size": pool_size,
+    }
+    if input_shape is not None:
+        args["input_shape"] = [int(s) for s in input_shape]
+        args["input_dtype"] = input_dtype or "float"
+    record_transform(ee, TRANSFORM_NAME, args)
+    return ee
+
+
+@register_transform(TRANSFORM_NAME)
+def _rebuild(model: nn.Module, **args: Any) -> EarlyExitModel:
+    """Rebuild the structure recorded by :func:`attach_heads` (weights load afterwards)."""
+    return attach_heads(model, **args)

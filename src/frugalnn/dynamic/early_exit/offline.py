@@ -1,0 +1,262 @@
+"""Offline "all heads" evaluation: run every exit once, then sweep thresholds for free.
+
+Real inference (``EarlyExitModel.forward``) is what the wall-clock numbers
+come from, but sweeping twenty thresholds over a test set with it costs twenty
+passes. Here the model runs once with every head evaluated on every example;
+the outputs of all exits and the per-example cost of stopping at each exit are
+kept in an :class:`ExitTrace`. Any policy and threshold is then a few tensor
+operations (:func:`simulate`), and :func:`sweep` writes the same
+:class:`~frugalnn.evaluate.EvalRecords` rows that :func:`frugalnn.evaluate.evaluate`
+produces from the real path (tests check that the two agree exactly on
+predictions, exit indices and costs).
+
+The cost model is the real path's: stopping at exit ``i`` costs the embedding,
+the blocks up to head ``i`` and heads ``0..i``; the final exit at the full
+budget costs exactly the backbone (no head can fire, so none is evaluated).
+Limit: blocks holding their own dynamic modules (e.g. mixture-of-experts) are
+charged here at their static cost only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from frugalnn.dynamic.early_exit import policies
+from frugalnn.dynamic.early_exit.model import EarlyExitModel
+from frugalnn.errors import UserError
+
+
+@dataclass
+class ExitTrace:
+    """Outputs of every exit on every example, and what stopping at each exit costs.
+
+    ``logits``: ``(num_exits, N, C)`` float32; ``labels``: ``(N,)``;
+    ``exit_flops``: ``(num_exits, N)`` float64 FLOPs of stopping at each exit
+    with every earlier head evaluated; ``backbone_flops``: ``(N,)`` the plain
+    backbone's cost (the full-budget cost).
+    """
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    exit_flops: torch.Tensor
+    backbone_flops: torch.Tensor
+
+    @property
+    def num_exits(self) -> int:
+        return int(self.logits.shape[0])
+
+    @property
+    def num_internal(self) -> int:
+        return self.num_exits - 1
+
+    def head_accuracy(self) -> list[float]:
+        """Accuracy of each exit if every example stopped there."""
+        preds = self.logits.argmax(dim=2)
+        return [float((p == self.labels).double().mean()) for p in preds]
+
+
+@dataclass
+class SimResult:
+    """Per-example outcome of one policy/threshold: chosen exit, logits, cost."""
+
+    exit_index: torch.Tensor
+    logits: torch.Tensor
+    flops: torch.Tensor
+
+    @property
+    def pred(self) -> torch.Tensor:
+        return self.logits.argmax(dim=1)
+
+
+def _split(batch: Any) -> tuple[Any, torch.Tensor]:
+    if isinstance(batch, (list, tuple)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise UserError("the data loader must yield (inputs, labels) pairs")
+
+
+@torch.inference_mode()
+def collect_trace(
+    model: EarlyExitModel,
+    loader: Iterable[Any],
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> ExitTrace:
+    """Run every exit on every example of ``loader`` (in order) once."""
+    if not isinstance(model, EarlyExitModel):
+        raise UserError("collect_trace needs an EarlyExitModel (see attach_heads)")
+    device = torch.device(device)
+    was_training = model.training
+    model.eval().to(device)
+    logits, labels, costs, base = [], [], [], []
+    try:
+        for batch in tqdm(loader, desc="all exits", unit="batch", disable=not progress,
+                          leave=False):
+            x, y = _split(batch)
+            x = x.to(device) if isinstance(x, torch.Tensor) else {
+                k: v.to(device) for k, v in x.items()}
+            n = int(y.shape[0])
+            outs = model.exit_outputs(x)
+            logits.append(torch.stack([o.float().cpu() for o in outs]))
+            labels.append(y.cpu().long())
+            per_exit = torch.tensor(model.exit_costs(x), dtype=torch.float64)
+            costs.append(per_exit[:, None].expand(-1, n))
+            base.append(torch.full((n,), model.stage_costs(x).backbone(), dtype=torch.float64))
+    finally:
+        model.train(was_training)
+    if not labels:
+        raise UserError("the data loader yielded no examples; check the dataset and --limit")
+    return ExitTrace(torch.cat(logits, 1), torch.cat(labels), torch.cat(costs, 1),
+                     torch.cat(base))
+
+
+def simulate(trace: ExitTrace, policy: str, threshold: float) -> SimResult:
+    """Where each example would exit under ``policy`` at ``threshold``, and at what cost.
+
+    Uses the same decision function as the real batched path.
+    """
+    policies.check_policy(policy)
+    threshold = policies.check_threshold(policy, threshold, trace.num_internal)
+    n = trace.labels.shape[0]
+    last = trace.num_internal
+    if threshold == policies.full_budget(policy, trace.num_internal):
+        return SimResult(torch.full((n,), last, dtype=torch.long), trace.logits[last].clone(),
+                         trace.backbone_flops.clone())
+    exit_index = torch.full((n,), last, dtype=torch.long)
+    undecided = torch.ones(n, dtype=torch.bool)
+    memory = None
+    for i in range(last):
+        exits, memory = policies.exit_mask(
+            policy, threshold, F.log_softmax(trace.logits[i], dim=1), memory
+        )
+        newly = exits & undecided
+        exit_index[newly] = i
+        undecided &= ~exits
+    rows = torch.arange(n)
+    return SimResult(exit_index, trace.logits[exit_index, rows],
+                     trace.exit_flops[exit_index, rows])
+
+
+def sweep(
+    trace: ExitTrace,
+    policy: str,
+    budgets: Sequence[float] | None = None,
+    *,
+    method: str = "early_exit",
+    model_name: str = "",
+    meta: dict[str, Any] | None = None,
+):
+    """:class:`~frugalnn.evaluate.EvalRecords` for every threshold, from one trace."""
+    from frugalnn.evaluate import CORE_COLUMNS, EvalRecords
+
+    values = list(budgets) if budgets else policies.budget_values(policy, trace.num_internal)
+    cols: dict[str, list[np.ndarray]] = {c: [] for c in CORE_COLUMNS}
+    cols["exit_index"] = []
+    n = int(trace.labels.shape[0])
+    y = trace.labels
+    for b in values:
+        r = simulate(trace, policy, b)
+        loss = F.cross_entropy(r.logits, y, reduction="none").double()
+        pred = r.pred
+        cols["budget"].append(np.full(n, float(b)))
+        cols["example_id"].append(np.arange(n))
+        cols["label"].append(y.numpy())
+        cols["pred"].append(pred.numpy())
+        cols["correct"].append((pred == y).double().numpy())
+        cols["loss"].append(loss.numpy())
+        cols["flops"].append(r.flops.numpy())
+        cols["exit_index"].append(r.exit_index.double().numpy())
+    columns = {k: np.concatenate(v) for k, v in cols.items()}
+    full = policies.full_budget(policy, trace.num_internal)
+    base_acc = float((trace.logits[-1].argmax(1) == y).double().mean())
+    from frugalnn.cost.machine import describe_machine
+
+    records = EvalRecords(columns, [])
+    records.meta = {
+        "method": method,
+        "model": model_name,
+        "budget_name": "patience" if policy == "patience" else "threshold",
+        "policy": policy,
+        "full_budget": full,
+        "baseline_flops": float(trace.backbone_flops.mean()),
+        "baseline_accuracy": base_acc,
+        "static_flops_per_example": {},
+        "examples": n,
+        "offline": True,
+        "head_accuracy": trace.head_accuracy(),
+        "machine": dict(describe_machine()),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(meta or {}),
+    }
+    return records
+
+
+def accuracy_at_flops(
+    trace: ExitTrace,
+    policy: str,
+    fractions: Sequence[float],
+    budgets: Sequence[float] | None = None,
+) -> dict[float, dict[str, float]]:
+    """Best accuracy whose mean cost is at most ``fraction`` of the backbone's, per fraction.
+
+    Sweeps the thresholds (``budgets`` or a fine default grid) on the trace;
+    returns ``{fraction: {"accuracy", "flops_ratio", "threshold"}}`` (accuracy
+    NaN when no threshold is that cheap).
+    """
+    base = float(trace.backbone_flops.mean())
+    points = _points(trace, policy, budgets)
+    out = {}
+    for f in fractions:
+        ok = [p for p in points if p[1] <= f * base * (1 + 1e-12)]
+        if ok:
+            best = max(ok, key=lambda p: (p[2], -p[1]))
+            out[f] = {"threshold": best[0], "flops_ratio": best[1] / base, "accuracy": best[2]}
+        else:
+            out[f] = {"threshold": float("nan"), "flops_ratio": float("nan"),
+                      "accuracy": float("nan")}
+    return out
+
+
+def saving_within(
+    trace: ExitTrace, policy: str, points_drop: Sequence[float],
+    budgets: Sequence[float] | None = None,
+) -> dict[float, dict[str, float]]:
+    """Largest mean FLOPs saving whose accuracy stays within ``drop`` of the backbone."""
+    base = float(trace.backbone_flops.mean())
+    base_acc = float((trace.logits[-1].argmax(1) == trace.labels).double().mean())
+    points = _points(trace, policy, budgets)
+    out = {}
+    for d in points_drop:
+        ok = [p for p in points if p[2] >= base_acc - d - 1e-12]
+        best = min(ok, key=lambda p: p[1])  # the full budget is always in ``ok``
+        out[d] = {"threshold": best[0], "flops_saving": 1.0 - best[1] / base,
+                  "accuracy": best[2]}
+    return out
+
+
+def fine_grid(policy: str, num_internal: int) -> list[float]:
+    """A dense threshold grid for frontier searches (cheapest first)."""
+    if policy == "patience":
+        return policies.budget_values(policy, num_internal)
+    q = 1.0 - np.logspace(0, -5, 200)  # dense near 1
+    grid = np.unique(np.concatenate([np.linspace(0, 1, 101), q, [1.0]]))
+    vals = [float(v) for v in grid]
+    return vals if policy == "maxprob" else [1.0 - v for v in vals]
+
+
+def _points(trace: ExitTrace, policy: str, budgets: Sequence[float] | None):
+    values = budgets or fine_grid(policy, trace.num_internal)
+    pts = []
+    for b in values:
+        r = simulate(trace, policy, b)
+        pts.append((float(b), float(r.flops.mean()),
+                    float((r.pred == trace.labels).double().mean())))
+    return pts

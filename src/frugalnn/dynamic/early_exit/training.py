@@ -1,0 +1,252 @@
+"""Training the exits: heads on a frozen backbone, joint SDN-style, ZTW ensembles.
+
+Three procedures, all minimising cross-entropy at the exits:
+
+* :func:`train_heads` (``mode="heads"``): the backbone is frozen (eval mode,
+  no gradients) and only the heads learn. Because the heads' feature
+  reduction is parameter free, the reduced features of every training example
+  are computed **once** (:func:`cache_features`) and the heads are trained on
+  that cache: exact for a frozen backbone without data augmentation, and
+  ``num_blocks`` times cheaper than re-running the backbone every epoch.
+  With a cascade (Zero-Time-Waste) the previous head's logits enter detached,
+  so each head's loss trains that head only.
+* :func:`train_joint` (``mode="joint"``): backbone and heads together through
+  :func:`frugalnn.train.fit`, with the SDN-style weighted sum of exit losses
+  (:func:`exit_loss_weights`: each exit weighted by its depth, measured as the
+  fraction of the backbone's FLOPs spent before it; the final exit weighs 1).
+* :func:`train_ensemble`: the ZTW geometric ensemble, trained afterwards on the
+  frozen cascade from cached head log-probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from frugalnn.dynamic.early_exit.model import EarlyExitModel
+from frugalnn.errors import UserError
+
+
+@dataclass
+class FeatureCache:
+    """Reduced features of every head for a dataset (frozen backbone), with labels."""
+
+    feats: list[torch.Tensor]  # one (N, F_i) tensor per internal head
+    labels: torch.Tensor  # (N,)
+    final_logits: torch.Tensor  # (N, C) the backbone's own outputs
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def _split(batch: Any) -> tuple[Any, torch.Tensor]:
+    if isinstance(batch, (list, tuple)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise UserError("the data loader must yield (inputs, labels) pairs")
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    if isinstance(x, dict):
+        return {k: v.to(device) for k, v in x.items()}
+    return x.to(device)
+
+
+@torch.inference_mode()
+def cache_features(
+    model: EarlyExitModel,
+    loader: Iterable[Any],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> FeatureCache:
+    """Run the (frozen) backbone once over ``loader`` and keep every head's input."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval().to(device)
+    feats: list[list[torch.Tensor]] = [[] for _ in range(model.num_internal)]
+    labels, finals = [], []
+    try:
+        for batch in tqdm(loader, desc="cache features", unit="batch", disable=not progress,
+                          leave=False):
+            x, y = _split(batch)
+            f, final = model.head_features(_to(x, device))
+            for i, t in enumerate(f):
+                feats[i].append(t.to("cpu", dtype))
+            labels.append(y.cpu().long())
+            finals.append(final.float().cpu())
+    finally:
+        model.train(was_training)
+    if not labels:
+        raise UserError("the training data is empty; check the dataset and --limit")
+    return FeatureCache([torch.cat(f) for f in feats], torch.cat(labels), torch.cat(finals))
+
+
+def train_heads(
+    model: EarlyExitModel,
+    data: FeatureCache | Iterable[Any],
+    *,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> list[dict[str, float]]:
+    """Train the internal heads on a frozen backbone; returns per-epoch loss/accuracy rows.
+
+    ``data`` is a :class:`FeatureCache` or a loader (cached first). Adam with
+    a cosine learning-rate decay, examples reshuffled every epoch from ``seed``.
+    """
+    if epochs < 1:
+        raise UserError(f"epochs must be at least 1, got {epochs}")
+    cache = data if isinstance(data, FeatureCache) else cache_features(
+        model, data, device=device, progress=progress)
+    device = torch.device(device)
+    params = list(model.heads.parameters())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    n = len(cache)
+    steps = epochs * max(1, (n + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    gen = torch.Generator().manual_seed(seed)
+    history = []
+    model.heads.train()
+    try:
+        for epoch in range(epochs):
+            order = torch.randperm(n, generator=gen)
+            total, correct = 0.0, torch.zeros(model.num_internal)
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                feats = [f[idx].to(device, torch.float32) for f in cache.feats]
+                y = cache.labels[idx].to(device)
+                outs = model.heads_from_features(feats)
+                loss = sum(F.cross_entropy(z, y) for z in outs)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss) * len(idx)
+                correct += torch.stack([(z.argmax(1) == y).sum().cpu() for z in outs]).float()
+            history.append({"epoch": epoch + 1, "loss": total / n,
+                            "head_accuracy": (correct / n).tolist()})
+            if progress:
+                tqdm.write(f"heads epoch {epoch + 1}/{epochs}: loss {total / n:.4f}")
+    finally:
+        model.heads.eval()
+        for p in model.parameters():
+            p.requires_grad_(True)
+    return history
+
+
+def train_ensemble(
+    model: EarlyExitModel,
+    data: FeatureCache | Iterable[Any],
+    *,
+    epochs: int = 50,
+    lr: float = 1e-2,
+    batch_size: int = 512,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> list[dict[str, float]]:
+    """Fit the ZTW geometric-ensemble weights on the frozen cascade (adds it if missing)."""
+    ens = model.add_ensemble()
+    cache = data if isinstance(data, FeatureCache) else cache_features(
+        model, data, device=device, progress=progress)
+    device = torch.device(device)
+    with torch.no_grad():
+        model.heads.eval()
+        logp = []
+        for start in range(0, len(cache), 1024):
+            feats = [f[start : start + 1024].to(device, torch.float32) for f in cache.feats]
+            logp.append(torch.stack(
+                [F.log_softmax(z, 1) for z in model.heads_from_features(feats)]).cpu())
+        log_probs = torch.cat(logp, 1)  # (H, N, C)
+    opt = torch.optim.Adam(ens.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(cache)
+    history = []
+    mask = torch.tril(torch.ones_like(ens.weight))
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        total = 0.0
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            lp = log_probs[:, idx].to(device)
+            y = cache.labels[idx].to(device)
+            # All exits at once: exit i mixes heads j <= i (lower-triangular weights).
+            comb = torch.einsum("ij,jbc->ibc", ens.weight * mask.to(device), lp)
+            comb = comb + ens.bias[:, None, :]
+            loss = F.cross_entropy(comb.flatten(0, 1), y.repeat(comb.shape[0]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(idx)
+        history.append({"epoch": epoch + 1, "loss": total / n})
+    with torch.no_grad():
+        ens.weight.mul_(mask.to(ens.weight.device))  # unused upper entries stay zero
+    return history
+
+
+def exit_loss_weights(model: EarlyExitModel, example_input: Any) -> list[float]:
+    """SDN-style loss weights: each exit's share of the backbone's FLOPs (final = 1)."""
+    costs = model.exit_costs(example_input)
+    base = model.stage_costs(example_input).backbone()
+    return [min(1.0, c / base) for c in costs[:-1]] + [1.0]
+
+
+def multi_exit_loss(weights: Sequence[float], label_smoothing: float = 0.0):
+    """A ``loss_fn`` for :func:`frugalnn.train.fit`: weighted sum of every exit's loss."""
+    w = [float(v) for v in weights]
+
+    def loss_fn(model: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        from frugalnn.train.checkpoint import unwrap
+
+        x, y = _split(batch)
+        outs = unwrap(model).exit_outputs(x)
+        if len(outs) != len(w):
+            raise UserError(f"{len(w)} loss weights for {len(outs)} exits")
+        loss = sum(wi * F.cross_entropy(z, y, label_smoothing=label_smoothing)
+                   for wi, z in zip(w, outs))
+        return loss, outs[-1]
+
+    return loss_fn
+
+
+def train_joint(
+    model: EarlyExitModel,
+    loader: DataLoader,
+    *,
+    epochs: int,
+    lr: float = 0.01,
+    weight_decay: float = 5e-4,
+    optimizer: str = "sgd",
+    weights: Sequence[float] | None = None,
+    run_dir: Any = None,
+    seed: int = 0,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+) -> Any:
+    """Train backbone and heads together (SDN) with :func:`frugalnn.train.fit`."""
+    from frugalnn.train.loop import fit
+
+    if weights is None:
+        x, _ = _split(next(iter(loader)))
+        weights = exit_loss_weights(model, x)
+    model.freeze_backbone = False
+    return fit(
+        model, loader, epochs=epochs, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+        loss_fn=multi_exit_loss(weights), run_dir=run_dir, seed=seed, progress=progress,
+        device=device,
+    )

@@ -1,0 +1,47 @@
+"""Helpers shared by the MoE steps that stream a data loader through a model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+
+
+def to_device(x: Any, device: str | torch.device) -> Any:
+    """Move a tensor, or a dict/list of tensors, to ``device``."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_device(v, device) for v in x)
+    return x
+
+
+def inputs_of(batch: Any) -> Any:
+    """The model input of a batch: ``x`` of ``(x, y)``, or the batch itself."""
+    if isinstance(batch, (list, tuple)) and len(batch) >= 1:
+        return batch[0]
+    return batch
+
+
+def iterate_inputs(
+    loader: Iterable[Any], device: str | torch.device, max_batches: int | None = None
+) -> Iterator[Any]:
+    """Model inputs of the first ``max_batches`` batches, on ``device``."""
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            return
+        yield to_device(inputs_of(batch), device)
+
+
+def replace_child(root: torch.nn.Module, old: torch.nn.Module, new: torch.nn.Module) -> bool:
+    """Put ``new`` wherever ``old`` is a direct child of a module under ``root``."""
+    done = False
+    for parent in root.modules():
+        for name, child in list(parent.named_children()):
+            if child is old:
+                setattr(parent, name, new)
+                done = True
+    return done

@@ -1,0 +1,178 @@
+"""Activation-sparsity enforcement before MoE conversion (D2DMoE, step 1).
+
+Why: MoE conversion saves compute only if, for each token, most experts
+contribute little. GELU FFNs have almost no exact zeros, so D2DMoE first
+replaces GELU by ReLU and fine-tunes with an activation-sparsity penalty, the
+squared Hoyer measure ``(sum |a|)^2 / sum a^2`` of each token's FFN hidden
+activations, whose weight ``lam`` is warmed up linearly, while distilling
+from the original model so accuracy is kept.
+
+We divide the squared Hoyer measure by the FFN width so that it lies in
+``(0, 1]`` (1 = all neurons equally active, 1/width = a single active neuron)
+and ``lam`` means the same for narrow and wide FFNs; the mean is over tokens
+and FFN layers.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from frugalnn.dynamic.moe._batches import replace_child, to_device
+from frugalnn.errors import UserError
+from frugalnn.models.base import FFNSite
+from frugalnn.train.loop import cross_entropy
+from frugalnn.transforms import record_transform, register_transform
+
+__all__ = ["SparsityLoss", "hoyer_squared", "relu_ffn", "enforce_sparsity"]
+
+
+def hoyer_squared(a: torch.Tensor, normalise: bool = True) -> torch.Tensor:
+    """Mean over tokens of ``(sum|a|)^2 / sum a^2`` over the last dim (divided by its size)."""
+    flat = a.reshape(-1, a.shape[-1])
+    l1 = flat.abs().sum(-1)
+    l2 = flat.pow(2).sum(-1)
+    h = l1.pow(2) / l2.clamp_min(1e-12)
+    if normalise:
+        h = h / flat.shape[-1]
+    return h.mean()
+
+
+def _ffn_sites(model: nn.Module) -> list[FFNSite]:
+    sites = model.ffn_sites() if hasattr(model, "ffn_sites") else []
+    if not sites:
+        raise UserError(
+            "the model has no feed-forward (FFN) layers; sparsity enforcement applies to "
+            "transformers (vit_tiny, lm_tiny, bert_minilm)"
+        )
+    return sites
+
+
+@register_transform("ffn_relu")
+def relu_ffn(model: nn.Module) -> nn.Module:
+    """Replace the activation of every FFN by ReLU (in place); recorded for checkpoints."""
+    for site in _ffn_sites(model):
+        if not isinstance(site.act, nn.ReLU) and not replace_child(model, site.act, nn.ReLU()):
+            raise UserError(f"cannot replace the activation of FFN {site.name}")
+    record_transform(model, "ffn_relu", {})
+    return model
+
+
+class SparsityLoss:
+    """``loss_fn(model, batch)`` for :func:`frugalnn.train.fit`: task + distillation + Hoyer.
+
+    ``loss = (1 - alpha) * CE + alpha * KD(teacher) + lam(step) * hoyer``, with
+    ``lam`` rising linearly from 0 to ``lam`` over ``warmup_steps`` training
+    steps. Hidden activations are captured with forward hooks on the FFN
+    activation modules of ``model``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        teacher: nn.Module | None,
+        *,
+        lam: float = 0.2,
+        warmup_steps: int = 100,
+        alpha: float = 0.5,
+        temperature: float = 2.0,
+    ) -> None:
+        if lam < 0:
+            raise UserError(f"the sparsity weight must be >= 0, got {lam}")
+        self.teacher = teacher
+        self.lam = lam
+        self.warmup_steps = max(1, warmup_steps)
+        self.alpha = alpha if teacher is not None else 0.0
+        self.temperature = temperature
+        self.step = 0
+        self._acts: list[torch.Tensor] = []
+        self._handles = [
+            site.act.register_forward_hook(lambda _m, _i, out: self._acts.append(out))
+            for site in _ffn_sites(model)
+        ]
+
+    def close(self) -> None:
+        """Remove the activation hooks from the model."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def current_lam(self) -> float:
+        return self.lam * min(1.0, self.step / self.warmup_steps)
+
+    def __call__(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        device = next(model.parameters()).device
+        x, y = to_device(batch[0], device), to_device(batch[1], device)
+        self._acts.clear()
+        logits = model(x)
+        acts, self._acts = self._acts, []
+        task = cross_entropy(logits, y)
+        loss = (1.0 - self.alpha) * task
+        if self.teacher is not None and self.alpha > 0:
+            from frugalnn.train.distill import kd_loss
+
+            with torch.no_grad():
+                t_logits = self.teacher(x)
+            loss = loss + self.alpha * kd_loss(logits, t_logits, self.temperature)
+        if acts and self.lam > 0:
+            hoyer = torch.stack([hoyer_squared(a) for a in acts]).mean()
+            loss = loss + self.current_lam() * hoyer
+        if model.training:
+            self.step += 1
+        return loss, logits
+
+
+def enforce_sparsity(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    *,
+    epochs: int = 1,
+    lam: float = 0.2,
+    warmup_steps: int | None = None,
+    lr: float = 1e-4,
+    alpha: float = 0.5,
+    optimizer: str = "adamw",
+    relu: bool = True,
+    device: str | torch.device = "cpu",
+    run_dir: Any = None,
+    seed: int = 0,
+    progress: bool = False,
+    **fit_kwargs: Any,
+) -> nn.Module:
+    """GELU -> ReLU (if ``relu``) and fine-tune with the Hoyer penalty, distilling from a copy.
+
+    Returns the fine-tuned model (the same object, modified in place). The
+    teacher is a frozen copy of the model before any change.
+    """
+    from frugalnn.train import fit
+
+    teacher = copy.deepcopy(model).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    if relu:
+        relu_ffn(model)
+    model.to(device)
+    steps = epochs * len(train_loader)  # type: ignore[arg-type]
+    loss_fn = SparsityLoss(
+        model, teacher, lam=lam, warmup_steps=warmup_steps or max(1, steps // 2), alpha=alpha
+    )
+    try:
+        fit(
+            model,
+            train_loader,
+            epochs=epochs,
+            optimizer=optimizer,
+            lr=lr,
+            loss_fn=loss_fn,
+            run_dir=run_dir,
+            seed=seed,
+            progress=progress,
+            **fit_kwargs,
+        )
+    finally:
+        loss_fn.close()
+    return model.eval()

@@ -1,0 +1,314 @@
+"""``write_report``: plots and tables for one or more evaluated runs, from saved files only.
+
+A report is regenerated from each run directory's ``summary.json`` (written by
+:func:`frugalnn.evaluate.evaluate`), so ``frugalnn report`` never runs a model.
+All runs share one cost–accuracy plane; a run whose method is ``baseline`` (a
+static model) is drawn as a star and serves as the reference for the other
+runs on the same model, unless a run recorded its own reference when it was
+evaluated (``baseline_source == "given"``).
+
+Method-specific material goes in a run's ``extras/`` folder: every
+``*.png`` there is copied next to the report and shown, every ``*.md`` is
+included as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from frugalnn.analysis.frontier import (
+    DEFAULT_FRACTIONS,
+    DEFAULT_TOLERANCES,
+    frontier_summary,
+    latency_points,
+    points_from_summary,
+)
+from frugalnn.errors import UserError
+from frugalnn.evaluate import atomic_writer, jsonable, load_summary
+from frugalnn.report.document import Document
+from frugalnn.report.plots import flops_scale, plot_plane
+
+__all__ = ["RunView", "load_runs", "write_report"]
+
+EXTRAS_DIR = "extras"
+
+
+@dataclass
+class RunView:
+    """One run directory as the report sees it."""
+
+    path: Path
+    name: str
+    summary: dict[str, Any]
+    baseline_flops: float | None = None
+    baseline_accuracy: float | None = None
+    baseline_from: str = ""
+
+    @property
+    def method(self) -> str:
+        return str(self.summary.get("method") or "?")
+
+    @property
+    def model(self) -> str:
+        return str(self.summary.get("model") or "?")
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.method == "baseline"
+
+    @property
+    def label(self) -> str:
+        base = f"{self.method} ({self.model})"
+        return base if self.name in (self.method, "") else f"{base} [{self.name}]"
+
+
+def load_runs(run_dirs: Sequence[str | Path]) -> list[RunView]:
+    """Read each run's summary and decide which baseline each run is compared with."""
+    if not run_dirs:
+        raise UserError("no run directories given; pass one or more RUN_DIRs")
+    runs: list[RunView] = []
+    used: set[str] = set()
+    for d in run_dirs:
+        path = Path(d)
+        if not path.is_dir():
+            raise UserError(f"{path} is not a directory; pass run directories written by "
+                            "`frugalnn evaluate` (or `frugalnn demo`)")
+        summary = load_summary(path)
+        name = path.resolve().name
+        if name in used:
+            name = f"{path.resolve().parent.name}/{name}"
+        k = 2
+        while name in used:
+            name = f"{path.resolve().name}-{k}"
+            k += 1
+        used.add(name)
+        runs.append(RunView(path, name, summary))
+    references = {r.model: r for r in runs if r.is_baseline}
+    for r in runs:
+        ref = references.get(r.model)
+        given = r.summary.get("baseline_source") == "given"
+        if ref is not None and not given and ref is not r:
+            rows = ref.summary.get("budgets") or [{}]
+            r.baseline_flops = rows[0].get("flops")
+            r.baseline_accuracy = rows[0].get("accuracy")
+            r.baseline_from = ref.name
+        else:
+            r.baseline_flops = r.summary.get("baseline_flops")
+            r.baseline_accuracy = r.summary.get("baseline_accuracy")
+            r.baseline_from = "recorded at evaluation" if given else "itself at full budget"
+            if r.is_baseline:
+                r.baseline_from = "itself"
+    return runs
+
+
+# -- formatting -------------------------------------------------------------------------
+
+
+def _pct(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None else f"{100 * x:.{digits}f}"
+
+
+def _num(x: float | None, div: float = 1.0, digits: int = 4) -> str:
+    return "—" if x is None else f"{x / div:.{digits}g}"
+
+
+def _point_cell(p: dict[str, Any] | None, div: float, unit: str) -> str:
+    if not p:
+        return "—"
+    return f"{_pct(p['accuracy'])} % ({_num(p['cost'], div)} {unit}, budget {p['label']})"
+
+
+# -- sections ---------------------------------------------------------------------------
+
+
+def _plane_section(doc: Document, runs: list[RunView], out_dir: Path) -> None:
+    doc.heading("Cost–accuracy plane")
+    all_flops = [p.cost for r in runs for p in points_from_summary(r.summary)]
+    div, unit = flops_scale(max(all_flops, default=0.0))
+    series = [(r.label, points_from_summary(r.summary), r.is_baseline) for r in runs]
+    plot_plane(series, out_dir / "accuracy_vs_flops.png", xdiv=div,
+               xlabel=f"{unit} per example (counted; 1 MAC = 2 FLOPs)",
+               title="Accuracy vs compute per example")
+    doc.image("accuracy_vs_flops.png", "accuracy vs FLOPs per example")
+    doc.paragraph("Lines join each run's Pareto frontier over its budgets; faint dots are "
+                  "budgets that another budget of the same run beats; stars are baselines.")
+
+    sizes = sorted({int(row["batch_size"]) for r in runs
+                    for row in r.summary.get("latency") or [] if "batch_size" in row})
+    for bs in sizes:
+        name = f"accuracy_vs_latency_bs{bs}.png"
+        plot_plane([(r.label, latency_points(r.summary, bs), r.is_baseline) for r in runs],
+                   out_dir / name, xlabel=f"measured latency per example (ms), batch size {bs}",
+                   title=f"Accuracy vs measured latency (batch size {bs}, median)")
+        doc.image(name, f"accuracy vs measured latency at batch size {bs}")
+    if not sizes:
+        series_t = [(r.label, points_from_summary(r.summary, "time_per_example_ms"),
+                     r.is_baseline) for r in runs]
+        plot_plane(series_t, out_dir / "accuracy_vs_eval_time.png",
+                   xlabel="wall-clock per example during evaluation (ms)",
+                   title="Accuracy vs evaluation wall-clock")
+        doc.image("accuracy_vs_eval_time.png", "accuracy vs evaluation wall-clock")
+        doc.paragraph("No latency was timed for these runs; the second plot uses the "
+                      "wall-clock of the evaluation pass itself (batched, and including "
+                      "the cost ledger's bookkeeping).")
+    else:
+        doc.paragraph("Latency: median over repeated forward passes, each on a different "
+                      "batch of real test examples, without the cost ledger; per-example "
+                      "time = batch latency / batch size.")
+
+
+def _frontier_section(doc: Document, runs: list[RunView]) -> dict[str, Any]:
+    doc.heading("Frontier")
+    results: dict[str, Any] = {}
+    for r in runs:
+        results[r.name] = frontier_summary(
+            r.summary, baseline_flops=r.baseline_flops, baseline_accuracy=r.baseline_accuracy
+        )
+    all_flops = [r.baseline_flops or 0.0 for r in runs]
+    div, unit = flops_scale(max(all_flops, default=0.0))
+    doc.paragraph(
+        "Accuracy at a fraction of the baseline's FLOPs per example: the best budget whose "
+        "cost is **at most** that fraction (an operating point you can set; no interpolation "
+        "between budgets). '—': no budget is that cheap."
+    )
+    header = ["run", "baseline", "baseline acc. %"] + [
+        f"acc. % at {int(100 * f)} %" for f in DEFAULT_FRACTIONS
+    ]
+    rows = []
+    for r in runs:
+        res = results[r.name]
+        cells = {row["fraction"]: row["point"] for row in res["at_fraction"]}
+        rows.append([r.label, r.baseline_from, _pct(r.baseline_accuracy)] + [
+            _point_cell(cells.get(f), div, unit) for f in DEFAULT_FRACTIONS
+        ])
+    doc.table(header, rows)
+    doc.paragraph("Lowest cost at which accuracy stays within a tolerance of the baseline "
+                  "(percentage points), and the share of the baseline's FLOPs it saves.")
+    header = ["run", f"baseline {unit}/ex."]
+    for tol in DEFAULT_TOLERANCES:
+        header += [f"{unit}/ex. within {tol:g} pt", f"saving within {tol:g} pt"]
+    rows = []
+    for r in runs:
+        res = results[r.name]
+        cells = {row["tolerance_points"]: row for row in res["within"]}
+        row = [r.label, _num(r.baseline_flops, div)]
+        for tol in DEFAULT_TOLERANCES:
+            c = cells.get(tol)
+            p = c["point"] if c else None
+            row += [_point_cell(p, div, unit), f"{_pct(c['saving'], 1)} %" if p else "—"]
+        rows.append(row)
+    doc.table(header, rows)
+    return results
+
+
+def _latency_lookup(summary: dict[str, Any]) -> dict[tuple[str, int], float]:
+    out = {}
+    for row in summary.get("latency") or []:
+        out[(str(row.get("label")), int(row.get("batch_size", 0)))] = row.get("per_example_ms")
+    return out
+
+
+def _run_section(doc: Document, r: RunView, out_dir: Path) -> None:
+    s = r.summary
+    doc.heading(f"Run: {r.label}")
+    machine = s.get("machine") or {}
+    doc.bullets([
+        f"directory: `{r.path}`",
+        f"method: {r.method}; model: {r.model}; budget knob: {s.get('budget_name', 'static')}",
+        f"examples: {s.get('examples')}; batch size: {s.get('batch_size')}; "
+        f"threads: {s.get('threads')}; device: {s.get('device')}",
+        f"compared with: {r.baseline_from}",
+        f"load average when evaluated: {machine.get('loadavg')}",
+        "machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()
+                                if not isinstance(v, (dict, list))),
+    ])
+    rows = s.get("budgets") or []
+    div, unit = flops_scale(max((row.get("flops") or 0.0 for row in rows), default=0.0))
+    lat = _latency_lookup(s)
+    sizes = sorted({bs for _, bs in lat})
+    decisions = sorted({k for row in rows for k in (row.get("decisions") or {})})
+    header = ["budget", "accuracy %", "loss", f"{unit}/ex.", f"M{'MACs'}/ex.",
+              "FLOPs vs baseline", "eval ms/ex."]
+    header += [f"latency ms/ex. (bs {bs})" for bs in sizes] + [f"mean {d}" for d in decisions]
+    table = []
+    for row in rows:
+        ratio = (row["flops"] / r.baseline_flops) if (r.baseline_flops and
+                                                       row.get("flops") is not None) else None
+        line = [row.get("label"), _pct(row.get("accuracy")), _num(row.get("loss")),
+                _num(row.get("flops"), div), _num(row.get("macs"), 1e6),
+                f"{_pct(ratio, 1)} %" if ratio is not None else "—",
+                _num(row.get("time_per_example_ms"), digits=3)]
+        line += [_num(lat.get((str(row.get("label")), bs)), digits=3) for bs in sizes]
+        line += [_num((row.get("decisions") or {}).get(d), digits=3) for d in decisions]
+        table.append(line)
+    doc.table(header, table)
+    extras = r.path / EXTRAS_DIR
+    if extras.is_dir():
+        files = sorted(p for p in extras.iterdir() if p.suffix in (".png", ".md"))
+        if files:
+            target = out_dir / EXTRAS_DIR / r.name.replace("/", "_")
+            target.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            if f.suffix == ".png":
+                shutil.copyfile(f, target / f.name)
+                doc.image(f"{EXTRAS_DIR}/{target.name}/{f.name}", f.stem)
+            else:
+                doc.markdown(f.read_text(encoding="utf-8"))
+
+
+def write_report(
+    run_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    title: str = "frugalnn report",
+    force: bool = False,
+    command: str | None = None,
+    intro: str | None = None,
+) -> Path:
+    """Write ``report.md``, ``report.html``, PNG plots and ``frontier.json`` into ``out_dir``.
+
+    Only saved files are read. ``out_dir`` must not exist unless ``force``
+    (then files are replaced, nothing else is deleted). Returns the path of
+    ``report.md``; ``report.html`` lies beside it and embeds the same plots
+    by relative path. ``intro`` is Markdown placed before the plots (the
+    demo lists its methods there); ``command`` replaces the default
+    regeneration command shown at the top.
+    """
+    runs = load_runs(run_dirs)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise UserError(f"{out_dir} already exists; pass --force to overwrite the report "
+                        "or choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc = Document(title)
+    regen = command or "frugalnn report " + " ".join(str(r.path) for r in runs) + \
+        f" --out {out_dir} --force"
+    doc.paragraph(
+        f"{len(runs)} run(s), written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
+        f"from saved evaluation records. Regenerate with `{regen}`."
+    )
+    doc.paragraph("FLOPs are counted floating-point operations per example (one multiply-add "
+                  "= 2 FLOPs; MACs = FLOPs / 2), averaged over the evaluated examples; dynamic "
+                  "methods are charged per example for what they actually ran. Times are "
+                  "measured on the machine listed with each run.")
+    if intro:
+        doc.markdown(intro)
+    _plane_section(doc, runs, out_dir)
+    frontier = _frontier_section(doc, runs)
+    for r in runs:
+        _run_section(doc, r, out_dir)
+    with atomic_writer(out_dir / "frontier.json") as fh:
+        json.dump(jsonable(frontier), fh, indent=2)
+        fh.write("\n")
+    with atomic_writer(out_dir / "report.html") as fh:
+        fh.write(doc.to_html())
+    md = out_dir / "report.md"
+    with atomic_writer(md) as fh:
+        fh.write(doc.to_markdown())
+    return md

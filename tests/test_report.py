@@ -1,0 +1,135 @@
+"""Reports are written from saved summaries only and show every run on one plane."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from frugalnn.errors import UserError
+from frugalnn.report import load_runs, write_report
+from frugalnn.report.document import Document, markdown_to_html
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _run(path: Path, method: str, points: list[tuple[float, float, float]], *,
+         budget_name: str = "threshold", latency: bool = True, **meta) -> Path:
+    """A run directory with a hand-made summary: points are (budget, flops, accuracy)."""
+    path.mkdir(parents=True)
+    rows = [{"budget": b, "label": "static" if b == "static" else f"{b:g}", "flops": f,
+             "macs": f / 2, "accuracy": a, "loss": 1 - a, "time_per_example_ms": f / 1e6,
+             "decisions": {"exit": 1.0}} for b, f, a in points]
+    lat = [{"budget": b, "label": r["label"], "batch_size": bs, "median_ms": f * bs / 1e6,
+            "per_example_ms": f / 1e6} for (b, f, _), r in zip(points, rows) for bs in (1, 8)]
+    summary = {"method": method, "model": "toy", "budget_name": budget_name, "examples": 100,
+               "batch_size": 10, "threads": 1, "device": "cpu",
+               "machine": {"cores": 2, "torch": "x"}, "budgets": rows,
+               "latency": lat if latency else [], **meta}
+    (path / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> list[Path]:
+    base = _run(tmp_path / "baseline", "baseline", [("static", 4e6, 0.90)],
+                budget_name="static", baseline_flops=4e6, baseline_accuracy=0.90)
+    ee = _run(tmp_path / "early_exit", "early_exit",
+              [(0.5, 1e6, 0.70), (0.8, 2e6, 0.896), (0.9, 3e6, 0.88), (1.0, 5e6, 0.905)],
+              baseline_flops=5e6, baseline_accuracy=0.905)
+    (ee / "extras").mkdir()
+    (ee / "extras" / "exits.md").write_text(
+        "### Exit histogram\n\n| exit | n |\n|---|---|\n| 0 | 7 |\n"
+    )
+    (ee / "extras" / "map.png").write_bytes(PNG_MAGIC + b"fake")
+    return [base, ee]
+
+
+def test_report_has_plots_tables_and_extras(runs: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    md_path = write_report(runs, out, title="Toy report")
+    assert md_path == out / "report.md"
+    for name in ("accuracy_vs_flops.png", "accuracy_vs_latency_bs1.png",
+                 "accuracy_vs_latency_bs8.png"):
+        assert (out / name).read_bytes().startswith(PNG_MAGIC)
+    md = md_path.read_text()
+    html = (out / "report.html").read_text()
+    # Images are referenced by relative paths that exist.
+    for src in re.findall(r'<img src="([^"]+)"', html):
+        assert not src.startswith("/") and (out / src).is_file()
+    assert "extras/early_exit/map.png" in html
+    assert "### Exit histogram" in md and "<h3>Exit histogram</h3>" in html
+    # The early-exit run is compared with the baseline run (4 MFLOPs, 90 %), not itself.
+    frontier = json.loads((out / "frontier.json").read_text())
+    ee = frontier["early_exit"]
+    assert ee["baseline"]["cost"] == 4e6 and ee["baseline"]["accuracy"] == 0.90
+    at = {r["fraction"]: r["point"] for r in ee["at_fraction"]}
+    assert at[0.25]["accuracy"] == 0.70  # 1 MFLOPs <= 25 % of 4
+    assert at[0.5]["accuracy"] == 0.896
+    assert at[0.75]["accuracy"] == 0.896  # 3 MFLOPs point is dominated
+    assert at[1.0]["accuracy"] == 0.896  # 5 MFLOPs > 4 MFLOPs
+    within = {r["tolerance_points"]: r for r in ee["within"]}
+    assert within[0.5]["point"]["cost"] == 2e6 and within[0.5]["saving"] == pytest.approx(0.5)
+    # The tables show those numbers.
+    assert "89.60 % (2 MFLOPs, budget 0.8)" in md
+    assert "50.0 %" in md
+    assert "<table>" in html and "early_exit (toy)" in html
+    assert "mean exit" in md
+
+
+def test_report_without_latency_uses_eval_time(tmp_path: Path) -> None:
+    run = _run(tmp_path / "r", "baseline", [("static", 1e9, 0.5)], budget_name="static",
+               latency=False)
+    write_report([run], tmp_path / "out")
+    assert (tmp_path / "out" / "accuracy_vs_eval_time.png").is_file()
+    assert "GFLOPs" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_existing_out_dir_needs_force(runs: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    write_report(runs, out)
+    with pytest.raises(UserError, match="--force"):
+        write_report(runs, out)
+    write_report(runs[:1], out, force=True)
+    assert "early_exit" not in (out / "report.md").read_text()
+
+
+def test_bad_run_dirs(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no run directories"):
+        load_runs([])
+    with pytest.raises(UserError, match="not a directory"):
+        load_runs([tmp_path / "missing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="summary.json"):
+        load_runs([tmp_path / "empty"])
+    (tmp_path / "empty" / "summary.json").write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_runs([tmp_path / "empty"])
+
+
+def test_same_dir_names_get_unique_labels(tmp_path: Path) -> None:
+    a = _run(tmp_path / "a" / "run", "baseline", [("static", 1.0, 0.5)], budget_name="static")
+    b = _run(tmp_path / "b" / "run", "baseline", [("static", 2.0, 0.6)], budget_name="static")
+    names = [r.name for r in load_runs([a, b])]
+    assert len(set(names)) == 2
+
+
+def test_document_renders_both_formats_and_escapes() -> None:
+    doc = Document("T <1>")
+    doc.heading("H")
+    doc.table(["a|b", "c"], [["<x>", None]])
+    doc.paragraph("use `x<y`")
+    md, html = doc.to_markdown(), doc.to_html()
+    assert "| a\\|b | c |" in md and "| <x> |  |" in md
+    assert "&lt;x&gt;" in html and "<code>x&lt;y</code>" in html and "T &lt;1&gt;" in html
+
+
+def test_markdown_subset_to_html() -> None:
+    html = markdown_to_html("# A\n\ntext here\nmore\n\n- one\n- two\n\n| h | i |\n|:-|-:|\n"
+                            "| 1 | 2 |\n\n```\ncode <b>\n```\n")
+    assert "<h1>A</h1>" in html and "<p>text here more</p>" in html
+    assert "<li>one</li><li>two</li>" in html
+    assert "<th>h</th><th>i</th>" in html and "<td>1</td><td>2</td>" in html
+    assert "<pre>code &lt;b&gt;</pre>" in html

@@ -1,0 +1,137 @@
+"""``frugalnn train``: run directories, YAML configs, refusal to overwrite, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+from frugalnn.cli import main
+from frugalnn.data import get_dataset
+from frugalnn.train.checkpoint import load_meta, load_model
+
+FAST = ["--data", "digits", "--limit", "200", "--eval-limit", "100", "--batch-size", "50",
+        "--no-progress", "--threads", "1"]  # fmt: skip
+
+
+def test_train_writes_run_dir_and_loadable_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--model", "mlp", "--epochs", "2", "--out", str(out),
+               "--model-args", "hidden=16", "--model-args", "depth=1", *FAST])  # fmt: skip
+    assert rc == 0
+    assert capsys.readouterr().out.strip().endswith(str(out))
+    config = json.loads((out / "config.json").read_text())
+    assert config["options"]["epochs"] == 2
+    # The dataset's shape and class count reach the model; user args win.
+    assert config["model_kwargs"] == {
+        "num_classes": 10, "input_shape": [1, 8, 8], "hidden": 16, "depth": 1
+    }  # fmt: skip
+    history = json.loads((out / "train_history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2] and "eval_acc" in history[-1]
+    model = load_model(out / "checkpoint")
+    assert model.blocks[0].fc.out_features == 16
+    x = torch.stack([get_dataset("digits", "test")[i][0] for i in range(4)])
+    weights = load_file(out / "checkpoint" / "model.safetensors")
+    model2 = load_model(out / "checkpoint")
+    assert torch.equal(model(x), model2(x))
+    assert torch.equal(model.head.weight, weights["head.weight"])
+
+
+def test_existing_run_dir_needs_force_or_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--model", "mlp", "--epochs", "1", "--out", str(out), *FAST]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0
+    # --resume continues: a longer schedule trains only the missing epoch.
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    assert load_meta(out / "checkpoint")["epoch"] == 2
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--lr", "0.5"]) == 2
+    assert "cannot change lr" in capsys.readouterr().err
+
+
+def test_force_refuses_foreign_directory(tmp_path, capsys):
+    (tmp_path / "precious.txt").write_text("keep me")
+    rc = main(["train", "--model", "mlp", "--out", str(tmp_path), "--force", *FAST])
+    assert rc == 2 and "refusing to delete" in capsys.readouterr().err
+    assert (tmp_path / "precious.txt").exists()
+
+
+def test_yaml_config_with_cli_override(tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(
+        "model: mlp\ndata: digits\nepochs: 3\nlr: 0.1\nbatch-size: 50\nlimit: 100\n"
+        "eval_split: none\nmodel_args: {hidden: 8, depth: 1}\n"
+        f"out: {tmp_path / 'from_yaml'}\n"
+    )
+    assert main(["train", "--config", str(cfg), "--epochs", "1", "--no-progress"]) == 0
+    config = json.loads((tmp_path / "from_yaml" / "config.json").read_text())["options"]
+    assert config["epochs"] == 1 and config["lr"] == 0.1 and config["model_args"]["hidden"] == 8
+    history = json.loads((tmp_path / "from_yaml" / "train_history.json").read_text())
+    assert len(history) == 1 and "eval_acc" not in history[0]
+
+
+def test_user_errors_exit_2(tmp_path, capsys):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("model: mlp\nlearning_rate: 0.1\n")
+    cases = [
+        (["train", "--config", str(bad_yaml), "--out", str(tmp_path / "a")], "unknown key"),
+        (["train", "--model", "mlp", *FAST], "--out"),
+        (["train", "--model", "nope", "--out", str(tmp_path / "b"), *FAST], "unknown model"),
+        (["train", "--model", "lm_tiny", "--out", str(tmp_path / "c"), *FAST], "is for lm"),
+        (["train", "--model", "mlp", "--epochs", "0", "--out", str(tmp_path / "d")], "epochs"),
+        (
+            [
+                "train",
+                "--model",
+                "mlp",
+                "--out",
+                str(tmp_path / "e"),
+                "--checkpoint",
+                str(tmp_path / "missing"),
+                *FAST,
+            ],
+            "does not exist",
+        ),  # fmt: skip
+        (["train", "--out", str(tmp_path / "f"), "--resume"], "nothing to resume"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+
+def test_fine_tune_from_checkpoint(tmp_path):
+    first = tmp_path / "first"
+    assert main(["train", "--model", "mlp", "--epochs", "1", "--out", str(first),
+                 "--model-args", "hidden=12", *FAST]) == 0  # fmt: skip
+    second = tmp_path / "second"
+    assert main(["train", "--checkpoint", str(first / "checkpoint"), "--epochs", "1",
+                 "--lr", "0.01", "--out", str(second), *FAST]) == 0  # fmt: skip
+    config = json.loads((second / "config.json").read_text())
+    assert config["options"]["model"] == "mlp"
+    assert load_model(second / "checkpoint").blocks[0].fc.out_features == 12
+
+
+def test_killed_cli_run_resumes_to_same_weights(tmp_path):
+    common = ["train", "--model", "mlp", "--epochs", "2", "--checkpoint-every", "2",
+              "--model-args", "dropout=0.1", *FAST]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "full")]) == 0
+    env = {**os.environ, "FRUGALNN_TEST_KILL_AFTER_STEP": "5"}
+    crash = subprocess.run(
+        [sys.executable, "-m", "frugalnn.cli", *common, "--out", str(tmp_path / "killed")],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert crash.returncode == 86, crash.stderr
+    assert load_meta(tmp_path / "killed" / "checkpoint")["step"] == 4
+    assert main(["train", "--out", str(tmp_path / "killed"), "--resume", "--no-progress"]) == 0
+    a = load_file(tmp_path / "full" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "checkpoint" / "model.safetensors")
+    assert all(a[k].equal(b[k]) for k in a)
