@@ -13,7 +13,7 @@ Pipeline (each stage cached under --work, so re-running skips what exists):
 
     .venv/bin/python benchmarks/moe_vit_cifar.py --data-dir /path/to/data
 
-Writes ``benchmarks/results/moe_vit_cifar.md`` (+ ``.json``). Seeds fixed.
+Writes ``runs/bench/results/moe_vit_cifar.md`` (+ ``.json``), gathered by ``moe_collect.py``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from frugalnn.evaluate import evaluate_into, load_summary
 from frugalnn.models import create_model
 from frugalnn.train import fit, load_model, save_checkpoint
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# Sections land here; benchmarks/moe_collect.py assembles them into results/moe.md.
+RESULTS = Path("runs/bench/results")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,18 +51,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=os.environ.get("FRUGALNN_DATA"))
     p.add_argument("--work", default="runs/bench/moe_vit_cifar", help="cache of checkpoints/runs")
     p.add_argument("--stage", default="all", choices=("train", "sparsify", "convert", "all"))
-    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--dim", type=int, default=96)
     p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--train-examples", type=int, default=20000)
+    p.add_argument("--heads", type=int, default=3)
+    p.add_argument("--train-examples", type=int, default=12000)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--sparsify-examples", type=int, default=10000)
+    p.add_argument("--sparsify-examples", type=int, default=4000)
     p.add_argument("--sparsify-epochs", type=int, default=1)
     p.add_argument("--sparsity-weight", type=float, default=0.2)
-    p.add_argument("--router-examples", type=int, default=10000)
+    p.add_argument("--router-examples", type=int, default=4000)
     p.add_argument("--router-epochs", type=int, default=1)
     p.add_argument("--experts", type=int, default=8)
-    p.add_argument("--test-examples", type=int, default=2000)
+    p.add_argument("--test-examples", type=int, default=1000)
     p.add_argument("--latency-repeats", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)

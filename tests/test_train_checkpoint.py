@@ -168,6 +168,7 @@ def _explode(marker):  # pragma: no cover - must not run
         fh.write("pickle payload executed")
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickle_payload_is_never_executed(tmp_path):
     save_checkpoint(tmp_path / "ck", _small_mlp(), {}, extra_state={"epoch": 0})
     marker = tmp_path / "executed"

@@ -29,6 +29,8 @@ SCRIPT = textwrap.dedent(
 
     torch.set_num_threads(1)
     run_dir = sys.argv[1]
+    epochs = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+    every = int(sys.argv[3]) if len(sys.argv) > 3 else None
     rank = int(os.environ["RANK"])
     writes = []
     real_save = loop.save_checkpoint
@@ -43,9 +45,10 @@ SCRIPT = textwrap.dedent(
     train = DataLoader(TensorDataset(x[:800], y[:800]), batch_size=40, shuffle=True)
     test = DataLoader(TensorDataset(x[1500:], y[1500:]), batch_size=100)
     torch.manual_seed(rank)  # different init per rank: DDP must broadcast rank 0's
-    model = create_model("mlp", input_shape=(1, 8, 8), hidden=32, depth=2, dropout=0.1)
-    result = fit(model, train, epochs=2, lr=0.2, run_dir=run_dir, eval_loader=test,
-                 progress=False, seed=3)
+    # BatchNorm buffers must end identical too (DDP only syncs them per forward).
+    model = create_model("cnn_small", image_size=8, widths=(8, 16))
+    result = fit(model, train, epochs=epochs, lr=0.2, run_dir=run_dir, eval_loader=test,
+                 progress=False, seed=3, checkpoint_every=every)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},
               os.path.join(run_dir, f"final_rank{rank}.safetensors"))
     with open(os.path.join(run_dir, f"report_rank{rank}.json"), "w") as fh:
@@ -61,20 +64,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _torchrun(script, run_dir, *extra, kill_after=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("FRUGALNN_TEST_KILL_AFTER_STEP", None)
+    if kill_after is not None:
+        env["FRUGALNN_TEST_KILL_AFTER_STEP"] = str(kill_after)
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+        str(script), str(run_dir), *map(str, extra),
+    ]  # fmt: skip
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
 def test_two_cpu_processes_train_identically(tmp_path):
     script = tmp_path / "ddp_digits.py"
     script.write_text(SCRIPT)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("FRUGALNN_TEST_KILL_AFTER_STEP", None)
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run",
-        "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-        str(script), str(run_dir),
-    ]  # fmt: skip
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+    done = _torchrun(script, run_dir)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     w0 = load_file(run_dir / "final_rank0.safetensors")
@@ -102,3 +111,25 @@ def _same_but_timing(a, b):
     drop = ("epoch_seconds", "samples_per_second")
     strip = [{k: v for k, v in r.items() if k not in drop} for r in a]
     return strip == [{k: v for k, v in r.items() if k not in drop} for r in b]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_killed_distributed_run_resumes_to_identical_weights(tmp_path):
+    script = tmp_path / "ddp_digits.py"
+    script.write_text(SCRIPT)
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    full.mkdir()
+    killed.mkdir()
+    # 10 steps per epoch, checkpoints every 4 steps; killed at step 15 of 20.
+    done = _torchrun(script, full, 2, 4)
+    assert done.returncode == 0, done.stderr[-3000:]
+    crash = _torchrun(script, killed, 2, 4, kill_after=15)
+    assert crash.returncode != 0
+    assert load_meta(killed / "checkpoint")["step"] == 14
+    resumed = _torchrun(script, killed, 2, 4)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for rank in (0, 1):
+        a = load_file(full / f"final_rank{rank}.safetensors")
+        b = load_file(killed / f"final_rank{rank}.safetensors")
+        assert all(a[k].equal(b[k]) for k in a), f"rank {rank} differs after resume"

@@ -164,9 +164,12 @@ def test_distillation_pulls_student_towards_teacher():
 
     def gap(student):
         with torch.no_grad():
-            return kd_loss(student(x), teacher(x), 1.0).item() + F.mse_loss(
-                student.blocks[0](student.embed(x)), teacher.blocks[0](teacher.embed(x))
-            ).item()
+            return (
+                kd_loss(student(x), teacher(x), 1.0).item()
+                + F.mse_loss(
+                    student.blocks[0](student.embed(x)), teacher.blocks[0](teacher.embed(x))
+                ).item()
+            )
 
     student = _mlp(seed=2).eval()
     start = gap(student)
@@ -183,8 +186,8 @@ def test_distillation_errors():
     with pytest.raises(UserError, match="equal output shapes"):
         fit(_mlp(), _digits(), epochs=1, teacher=teacher, distill=cfg, progress=False)
     with pytest.raises(UserError, match="no module named"):
-        fit(_mlp(), _digits(), epochs=1, teacher=teacher,
-            distill=DistillConfig(feature_pairs=[("nope", "blocks.0")]), progress=False)  # fmt: skip
+        bad = DistillConfig(feature_pairs=[("nope", "blocks.0")])
+        fit(_mlp(), _digits(), epochs=1, teacher=teacher, distill=bad, progress=False)
     with pytest.raises(UserError, match="alpha"):
         DistillConfig(alpha=2.0)
     with pytest.raises(UserError, match="needs a teacher"):

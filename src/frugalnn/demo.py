@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import inspect
 import json
 import shutil
 import time
@@ -122,16 +121,12 @@ class DemoContext:
     def model_kwargs(self, model_name: str) -> dict[str, Any]:
         """Arguments that fit a registered model to this data (channels, size, classes).
 
-        Only arguments the model's builder accepts are returned.
+        Only arguments the model's builder accepts are returned (the same rule
+        as ``frugalnn train``).
         """
-        from frugalnn.models import model_info
+        from frugalnn.train.commands import model_kwargs_for
 
-        accepted = inspect.signature(model_info(model_name).builder).parameters
-        c, *spatial = self.input_shape
-        offer = {"num_classes": self.num_classes, "in_channels": c,
-                 "image_size": spatial[0] if spatial else None,
-                 "input_shape": list(self.input_shape)}
-        return {k: v for k, v in offer.items() if k in accepted and v is not None}
+        return model_kwargs_for(model_name, self.test_set.info, {})  # type: ignore[attr-defined]
 
     # -- runs ---------------------------------------------------------------------------
     def run_dir(self, name: str) -> Path:
@@ -261,7 +256,7 @@ class HookResult:
 
 
 def _select_hooks(hooks: Sequence[str], only: Sequence[str] | None) -> list[str]:
-    if not only:
+    if only is None:
         return list(hooks)
     chosen = []
     for name in only:
@@ -357,7 +352,7 @@ def run_demo(
     strict: bool = False,
     force: bool = False,
     seed: int = 0,
-    threads: int | None = None,
+    threads: int | None = 1,
     device: str = "cpu",
     only: Sequence[str] | None = None,
     progress: bool = True,
@@ -367,6 +362,9 @@ def run_demo(
 
     ``out`` defaults to a fresh ``runs/demo/<UTC time>``; an existing ``out``
     is replaced only with ``force`` and only if an earlier demo wrote it.
+    ``only`` picks method hooks by name (``None``: all, ``[]``: none).
+    ``threads`` defaults to 1: the demo's models are tiny, run fastest on one
+    thread, and their timings stay stable on a busy machine.
     """
     from frugalnn.data import get_dataset
     from frugalnn.report import write_report

@@ -108,8 +108,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--strict", action="store_true", help="fail if any method's demo fails")
     d.add_argument("--only", nargs="+", metavar="HOOK", help="run only these method demos "
                    "(module names or their last parts, e.g. early_exit lowrank)")
+    d.add_argument("--no-methods", action="store_true", help="baseline only, no method demos")
     d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    d.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    d.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the "
+                   "demo's models are tiny, and one thread times them most stably)")
     d.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=_demo)
@@ -203,7 +205,7 @@ def _demo(args: argparse.Namespace) -> int:
     report = run_demo(
         out=args.out, data=args.data, data_dir=args.data_dir, model=args.model,
         quick=args.quick, strict=args.strict, force=args.force, seed=args.seed,
-        threads=args.threads, device=args.device, only=args.only,
+        threads=args.threads, device=args.device, only=[] if args.no_methods else args.only,
         progress=not args.no_progress,
     )
     print(f"report: {report}")

@@ -53,3 +53,22 @@ def random_crop_flip(
         coin = torch.rand(b, generator=generator).to(x.device) < 0.5
         x = torch.where(coin[:, None, None, None], x.flip(-1), x)
     return x.contiguous()
+
+
+def random_crop_flip_one(
+    x: torch.Tensor, pad: int, generator: torch.Generator, flip: bool = True
+) -> torch.Tensor:
+    """:func:`random_crop_flip` for one ``(C, H, W)`` image, with plain slicing.
+
+    Draws the same random numbers in the same order as the batch version with a
+    batch of one (so both give identical results), but avoids its gather, which
+    dominates the cost of per-example augmentation in a data loader.
+    """
+    _, h, w = x.shape
+    if pad > 0:
+        oy = int(torch.randint(0, 2 * pad + 1, (1,), generator=generator))
+        ox = int(torch.randint(0, 2 * pad + 1, (1,), generator=generator))
+        x = F.pad(x, (pad, pad, pad, pad))[:, oy : oy + h, ox : ox + w]
+    if flip and float(torch.rand(1, generator=generator)) < 0.5:
+        x = x.flip(-1)
+    return x.contiguous()

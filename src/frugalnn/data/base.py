@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from frugalnn.data.augment import normalize, random_crop_flip
+from frugalnn.data.augment import random_crop_flip_one
 from frugalnn.errors import UserError
 
 
@@ -111,6 +111,9 @@ class ImageArrayDataset(Dataset):
         self.augment, self.pad, self.flip, self.seed = augment, pad, flip, seed
         self.classes = classes
         self.epoch = 0
+        # Built once: creating them per example costs more than the arithmetic.
+        self._mean_t = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
+        self._std_t = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -119,13 +122,13 @@ class ImageArrayDataset(Dataset):
         return len(self.labels)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return normalize(x.float() / self.scale, self.mean, self.std)
+        return (x.float() / self.scale - self._mean_t) / self._std_t
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = self._prepare(self.images[i])
         if self.augment:
             g = torch.Generator().manual_seed(example_seed(self.seed, self.epoch, int(i)))
-            x = random_crop_flip(x[None], self.pad, generator=g, flip=self.flip)[0]
+            x = random_crop_flip_one(x, self.pad, g, flip=self.flip)
         return x, self.labels[i]
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:

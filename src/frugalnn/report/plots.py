@@ -45,18 +45,16 @@ def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
 
 def _draw(ax, series: Sequence[tuple[str, list[Point], bool]], xdiv: float) -> None:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    ci = 0
-    for label, points, is_baseline in series:
+    for i, (label, points, is_baseline) in enumerate(series):
         if not points:
             continue
+        color = colors[i % len(colors)]
         xs = [p.cost / xdiv for p in points]
         ys = [100 * p.accuracy for p in points]
         if is_baseline:
-            ax.plot(xs, ys, linestyle="none", marker="*", markersize=15, color="black",
-                    label=label, zorder=5)
+            ax.plot(xs, ys, linestyle="none", marker="*", markersize=16, color=color,
+                    markeredgecolor="black", label=label, zorder=5)
             continue
-        color = colors[ci % len(colors)]
-        ci += 1
         front = pareto_frontier(points)
         if len(points) > len(front):
             ax.plot(xs, ys, linestyle="none", marker="o", markersize=4, alpha=0.35, color=color)
@@ -71,14 +69,18 @@ def plot_plane(
     xlabel: str,
     title: str,
     xdiv: float = 1.0,
-    log_x: bool = False,
+    log_x: bool | None = None,
 ) -> Path:
     """One figure: accuracy (%) against a cost, one line per run, baselines as stars.
 
     ``series`` holds ``(label, points, is_baseline)``; costs are divided by
-    ``xdiv`` for display.
+    ``xdiv`` for display. ``log_x=None`` uses a log axis when costs span more
+    than 20x. The legend sits right of the axes so it never hides a point.
     """
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    costs = [p.cost for _, pts, _ in series for p in pts if p.cost > 0]
+    if log_x is None:
+        log_x = bool(costs) and max(costs) > 20 * min(costs)
+    fig, ax = plt.subplots(figsize=(9, 5))
     _draw(ax, series, xdiv)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy (%)")
@@ -87,5 +89,5 @@ def plot_plane(
         ax.set_xscale("log")
     ax.grid(True, alpha=0.3)
     if any(points for _, points, _ in series):
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return save_figure(fig, path)

@@ -5,8 +5,16 @@ modelling), resumably and deterministically; ``save_checkpoint`` /
 ``load_model`` store and rebuild models as safetensors + JSON.
 """
 
-from frugalnn.train.checkpoint import load_model, load_weights, save_checkpoint
+from frugalnn.train.checkpoint import load_model, load_weights, save_checkpoint, unwrap
 from frugalnn.train.distill import DistillConfig
 from frugalnn.train.loop import TrainResult, fit
 
-__all__ = ["DistillConfig", "TrainResult", "fit", "load_model", "load_weights", "save_checkpoint"]
+__all__ = [
+    "DistillConfig",
+    "TrainResult",
+    "fit",
+    "load_model",
+    "load_weights",
+    "save_checkpoint",
+    "unwrap",
+]

@@ -82,6 +82,19 @@ def _has_unused_risk(model: nn.Module) -> bool:
     return any(isinstance(m, DynamicModule) for m in model.modules())
 
 
+def sync_buffers(model: nn.Module, env: DistEnv) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP broadcasts buffers at the start of each forward, so after the last
+    step of an epoch each rank still holds statistics updated by its own
+    shard; syncing makes evaluation and the returned model identical on all ranks.
+    """
+    if not env.enabled:
+        return
+    for buf in model.buffers():
+        dist.broadcast(buf, src=0)
+
+
 def barrier(env: DistEnv) -> None:
     if env.enabled:
         dist.barrier()

@@ -256,6 +256,7 @@ def _fit(*, model, train_loader, epochs, optimizer, lr, momentum, nesterov, weig
                     os._exit(86)  # simulate a kill: no cleanup, no final checkpoint
             bar.close()
             elapsed = time.perf_counter() - t0
+            dist_util.sync_buffers(model, env)
             row = _epoch_row(state, env, device, epoch, elapsed, timed_samples)
             if eval_loader is not None:
                 row.update(_evaluate(model, eval_loader, loss_fn, device, env))

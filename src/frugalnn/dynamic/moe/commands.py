@@ -43,6 +43,23 @@ def _positive(value: int | None, flag: str) -> None:
         raise UserError(f"{flag} must be positive, got {value}")
 
 
+def random_subset(dataset: Any, limit: int | None, seed: int) -> Any:
+    """``limit`` examples drawn at random (seeded), or the whole set.
+
+    Random rather than the first ``limit``: image folders are sorted by class,
+    so their first examples would all share one label.
+    """
+    import torch
+    from torch.utils.data import Subset
+
+    if limit is None or limit >= len(dataset):
+        return dataset
+    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit]
+    subset = Subset(dataset, sorted(idx.tolist()))
+    subset.info = getattr(dataset, "info", None)  # type: ignore[attr-defined]
+    return subset
+
+
 def load_or_create(name: str, checkpoint: str | None, model_args: dict[str, Any], device: str):
     """The model named ``name``: loaded from ``checkpoint`` if given, else freshly built."""
     from frugalnn.models import create_model
@@ -75,8 +92,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--data-dir", help="data directory (default: $FRUGALNN_DATA)")
     c.add_argument("--train-split", default="train", help="split for routers/sparsity (train)")
     c.add_argument("--eval-split", default="test", help="split to evaluate on (test)")
-    c.add_argument("--train-limit", type=int, help="use only the first N training examples")
-    c.add_argument("--eval-limit", type=int, help="evaluate only the first N examples")
+    c.add_argument("--train-limit", type=int, help="use N random training examples")
+    c.add_argument("--eval-limit", type=int, help="evaluate N random examples")
     c.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     size = c.add_mutually_exclusive_group(required=True)
     size.add_argument("--experts", type=int, help="experts per FFN")
@@ -115,7 +132,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--data", required=True, help="dataset name")
     s.add_argument("--data-dir", help="data directory (default: $FRUGALNN_DATA)")
     s.add_argument("--split", default="test", help="split (default test)")
-    s.add_argument("--limit", type=int, default=1024, help="examples analysed (default 1024)")
+    s.add_argument("--limit", type=int, default=1024,
+                   help="random examples analysed (default 1024)")
     s.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     s.add_argument("--eps", type=float, default=1e-3, help="near-zero threshold (1e-3)")
     s.add_argument("--all-activations", action="store_true",
@@ -138,7 +156,7 @@ def _sparsity(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_out(out, args.force)
     model = load_or_create(args.model, args.checkpoint, _model_args(args.model_arg), args.device)
-    data = get_dataset(args.data, args.split, args.data_dir, limit=args.limit)
+    data = random_subset(get_dataset(args.data, args.split, args.data_dir), args.limit, 0)
     loader = DataLoader(data, batch_size=args.batch_size, shuffle=False)
     report = activation_sparsity(
         model, loader, eps=args.eps, device=args.device,
@@ -181,8 +199,12 @@ def _convert(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
 
     model = load_or_create(args.model, args.checkpoint, _model_args(args.model_arg), args.device)
-    train = get_dataset(args.data, args.train_split, args.data_dir, limit=args.train_limit)
-    test = get_dataset(args.data, args.eval_split, args.data_dir, limit=args.eval_limit)
+    train = random_subset(
+        get_dataset(args.data, args.train_split, args.data_dir), args.train_limit, args.seed
+    )
+    test = random_subset(
+        get_dataset(args.data, args.eval_split, args.data_dir), args.eval_limit, args.seed
+    )
     gen = torch.Generator().manual_seed(args.seed)
     train_loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, generator=gen)
     progress = not args.no_progress

@@ -24,7 +24,7 @@ def run_demo(ctx: Any) -> list[Path]:
     shape = tuple(ctx.input_shape)
     if len(shape) != 3 or shape[1] != shape[2] or shape[1] % VIT["patch_size"]:
         return []  # the demo ViT needs square images
-    epochs = 4 if ctx.quick else max(4, min(ctx.epochs, 15))
+    epochs = 10 if ctx.quick else 30
     model, _ = ctx.train_baseline("vit_tiny", epochs=epochs, **VIT)
     torch.manual_seed(ctx.seed)
     sparsity = activation_sparsity(model, ctx.test_loader(), device=ctx.device,

@@ -67,7 +67,9 @@ class SparsityLoss:
 
     ``loss = (1 - alpha) * CE + alpha * KD(teacher) + lam(step) * hoyer``, with
     ``lam`` rising linearly from 0 to ``lam`` over ``warmup_steps`` training
-    steps. Hidden activations are captured with forward hooks on the FFN
+    steps. With ``objective="embedding"`` (sentence encoders, no labels) the
+    task and KD terms are replaced by ``1 - cos(student, teacher)`` of the
+    outputs. Hidden activations are captured with forward hooks on the FFN
     activation modules of ``model``.
     """
 
@@ -80,7 +82,13 @@ class SparsityLoss:
         warmup_steps: int = 100,
         alpha: float = 0.5,
         temperature: float = 2.0,
+        objective: str = "classification",
     ) -> None:
+        if objective not in ("classification", "embedding"):
+            raise UserError(f"unknown objective {objective!r}; use classification or embedding")
+        if objective == "embedding" and teacher is None:
+            raise UserError("the embedding objective needs a teacher model")
+        self.objective = objective
         if lam < 0:
             raise UserError(f"the sparsity weight must be >= 0, got {lam}")
         self.teacher = teacher
@@ -106,13 +114,19 @@ class SparsityLoss:
 
     def __call__(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(model.parameters()).device
-        x, y = to_device(batch[0], device), to_device(batch[1], device)
+        x = to_device(batch[0] if isinstance(batch, (list, tuple)) else batch, device)
         self._acts.clear()
         logits = model(x)
         acts, self._acts = self._acts, []
-        task = cross_entropy(logits, y)
-        loss = (1.0 - self.alpha) * task
-        if self.teacher is not None and self.alpha > 0:
+        if self.objective == "embedding":
+            assert self.teacher is not None
+            with torch.no_grad():
+                target = self.teacher(x)
+            loss = 1.0 - torch.nn.functional.cosine_similarity(logits, target, dim=-1).mean()
+        else:
+            y = to_device(batch[1], device)
+            loss = (1.0 - self.alpha) * cross_entropy(logits, y)
+        if self.objective == "classification" and self.teacher is not None and self.alpha > 0:
             from frugalnn.train.distill import kd_loss
 
             with torch.no_grad():
@@ -138,6 +152,7 @@ def enforce_sparsity(
     optimizer: str = "adamw",
     relu: bool = True,
     device: str | torch.device = "cpu",
+    objective: str = "classification",
     run_dir: Any = None,
     seed: int = 0,
     progress: bool = False,
@@ -158,7 +173,8 @@ def enforce_sparsity(
     model.to(device)
     steps = epochs * len(train_loader)  # type: ignore[arg-type]
     loss_fn = SparsityLoss(
-        model, teacher, lam=lam, warmup_steps=warmup_steps or max(1, steps // 2), alpha=alpha
+        model, teacher, lam=lam, warmup_steps=warmup_steps or max(1, steps // 2), alpha=alpha,
+        objective=objective,
     )
     try:
         fit(

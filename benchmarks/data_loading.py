@@ -1,0 +1,103 @@
+"""Data-loading costs: one-off decode, cached reload, and per-epoch iteration.
+
+Measures, on this machine: decoding the CIFAR-10 JPEG archive into the uint8
+cache (first use) and reloading that cache; parsing the MNIST IDX files; and one
+pass of a ``DataLoader`` over a split with and without augmentation (examples/s).
+
+    .venv/bin/python benchmarks/data_loading.py --data-dir /path/to/data
+
+Writes ``benchmarks/results/data.md``. The decode uses a fresh private cache
+directory so the first-use cost is really measured; ``--iter-limit`` bounds the
+iteration pass. Timings depend on the machine's load, which is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from frugalnn.cost._io import write_text_atomic
+from frugalnn.cost.machine import describe_machine, machine_markdown
+from frugalnn.data import get_dataset, resolve_data_dir
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _timed(fn):
+    load = os.getloadavg()[0]
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t, load
+
+
+def _iterate(ds, batch_size: int) -> float:
+    n = 0
+    for x, _ in DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0):
+        n += len(x)
+    return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", help="data directory (else $FRUGALNN_DATA)")
+    p.add_argument("--iter-limit", type=int, default=10000, help="examples per iteration pass")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--out", default=str(RESULTS / "data.md"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    data_dir = resolve_data_dir(args.data_dir)
+    rows: list[tuple[str, str, str]] = []
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["FRUGALNN_CACHE"] = cache
+        ds, dt, load = _timed(lambda: get_dataset("cifar10", "train", data_dir))
+        rows.append(
+            ("cifar10 JPEG archive: decode 60,000 images (first use)", f"{dt:.1f} s", f"{load:.2f}")
+        )
+        _, dt, load = _timed(lambda: get_dataset("cifar10", "test", data_dir))
+        rows.append(("cifar10: reload from the uint8 cache", f"{dt:.2f} s", f"{load:.2f}"))
+        for aug in (False, True):
+            sub = get_dataset("cifar10", "train", data_dir, augment=aug, limit=args.iter_limit)
+            n, dt, load = _timed(lambda s=sub: _iterate(s, args.batch_size))
+            rows.append(
+                (
+                    f"cifar10 train, one DataLoader pass, augment={aug}",
+                    f"{n / dt:,.0f} examples/s ({n} examples)",
+                    f"{load:.2f}",
+                )
+            )
+    _, dt, load = _timed(lambda: get_dataset("mnist", "train", data_dir))
+    rows.append(
+        ("mnist train: parse the gzipped IDX files (60,000 images)", f"{dt:.2f} s", f"{load:.2f}")
+    )
+    cmd = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    lines = [
+        "## Data loading",
+        "",
+        f"Command: `{cmd}`",
+        "",
+        machine_markdown(describe_machine()),
+        "",
+        "| what | measured | load avg (1 min) at start |",
+        "|---|---|---|",
+        *(f"| {a} | {b} | {c} |" for a, b, c in rows),
+        "",
+        "One thread, `num_workers=0`; wall-clock, single run each (decoding is a one-off cost).",
+        "",
+    ]
+    text = "\n".join(lines)
+    write_text_atomic(args.out, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""``frugalnn evaluate`` and ``frugalnn report`` end to end on a tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from frugalnn.cli import main
+from frugalnn.data import get_dataset
+from frugalnn.errors import UserError
+from frugalnn.evaluate import load_records, load_summary
+from frugalnn.evaluate_commands import parse_floats, parse_ints
+from frugalnn.models import create_model
+from frugalnn.train.checkpoint import save_checkpoint
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    model = create_model("mlp", input_shape=[1, 8, 8], hidden=16, depth=1)
+    return save_checkpoint(tmp_path / "train" / "checkpoint", model, {"epoch": 0})
+
+
+def _eval_args(ckpt: Path, out: Path, *extra: str) -> list[str]:
+    return ["evaluate", str(ckpt), "--data", "digits", "--limit", "40", "--batch-size", "16",
+            "--latency-batch-sizes", "1,8", "--latency-repeats", "2", "--no-progress",
+            "--threads", "1", "--out", str(out), *extra]
+
+
+def test_evaluate_cli_writes_run_dir(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "eval"
+    # A run directory holding checkpoint/ is accepted as well as the checkpoint itself.
+    assert main(_eval_args(checkpoint.parent, out)) == 0
+    for name in ("records.csv", "batches.csv", "summary.json", "config.json",
+                 "report/report.md", "report/report.html", "report/accuracy_vs_flops.png"):
+        assert (out / name).is_file(), name
+    summary = load_summary(out)
+    assert summary["method"] == "baseline" and summary["model"] == "mlp"
+    (row,) = summary["budgets"]
+    # mlp: Linear(64, 16) + Linear(16, 10) = 2 * (64*16 + 16*10) FLOPs per example.
+    assert row["flops"] == 2 * (64 * 16 + 16 * 10) and row["examples"] == 40
+    assert {(r["batch_size"]) for r in summary["latency"]} == {1, 8}
+    # Accuracy equals a direct evaluation of the same checkpoint.
+    from frugalnn.train.checkpoint import load_model
+
+    model = load_model(checkpoint)
+    ds = get_dataset("digits", "test", limit=40)
+    x = torch.stack([ds[i][0] for i in range(40)])
+    y = torch.tensor([int(ds[i][1]) for i in range(40)])
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    assert row["accuracy"] == pytest.approx(acc)
+    assert len(load_records(out)) == 40
+    assert "MFLOPs/example" in capsys.readouterr().out
+
+    # Existing output needs --force; then it is replaced.
+    assert main(_eval_args(checkpoint, out)) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(_eval_args(checkpoint, out, "--force", "--method", "again")) == 0
+    assert load_summary(out)["method"] == "again"
+
+
+def test_evaluate_cli_bad_input(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    out = str(tmp_path / "o")
+    assert main(_eval_args(checkpoint, tmp_path / "o", "--budgets", "0.5")) == 2
+    assert "no budget knob" in capsys.readouterr().err
+    assert main(_eval_args(tmp_path / "nowhere", tmp_path / "o")) == 2
+    assert main(["evaluate", str(checkpoint), "--data", "nodata", "--out", out]) == 2
+    assert "unknown dataset" in capsys.readouterr().err
+    assert main(["evaluate", str(checkpoint), "--data", "digits", "--batch-size", "0",
+                 "--out", out]) == 2
+    assert main(_eval_args(checkpoint, tmp_path / "o", "--baseline", str(tmp_path))) == 2
+
+
+def test_report_cli_puts_runs_on_one_plane(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(_eval_args(checkpoint, a)) == 0
+    assert main(_eval_args(checkpoint, b, "--method", "other", "--baseline", str(a))) == 0
+    assert load_summary(b)["baseline_source"] == "given"
+    rep = tmp_path / "rep"
+    assert main(["report", str(a), str(b), "--out", str(rep), "--title", "Two"]) == 0
+    md = (rep / "report.md").read_text()
+    assert md.startswith("# Two") and "other (mlp)" in md and "baseline (mlp)" in md
+    assert json.loads((rep / "frontier.json").read_text()).keys() == {"a", "b"}
+    assert main(["report", str(a), "--out", str(rep)]) == 2
+    assert main(["report", str(a), "--out", str(rep), "--force"]) == 0
+    assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "r2")]) == 2
+
+
+def test_parsers() -> None:
+    assert parse_floats(["0.5,0.8", "0.9"]) == [0.5, 0.8, 0.9]
+    assert parse_floats(None) is None
+    assert parse_ints("1,64", "x") == [1, 64] and parse_ints("none", "x") == []
+    with pytest.raises(UserError):
+        parse_floats(["a"])
+    with pytest.raises(UserError):
+        parse_ints("1,-2", "x")
