@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -135,3 +136,20 @@ def test_killed_cli_run_resumes_to_same_weights(tmp_path):
     a = load_file(tmp_path / "full" / "checkpoint" / "model.safetensors")
     b = load_file(tmp_path / "killed" / "checkpoint" / "model.safetensors")
     assert all(a[k].equal(b[k]) for k in a)
+
+
+@pytest.mark.data
+def test_language_model_on_tinyshakespeare(tmp_path, data_dir):
+    out = tmp_path / "lm"
+    rc = main(["train", "--model", "lm_tiny", "--data", "tinyshakespeare", "--data-dir",
+               str(data_dir), "--limit", "32", "--eval-limit", "16", "--epochs", "1",
+               "--batch-size", "16", "--optimizer", "adamw", "--lr", "3e-3", "--model-args",
+               "dim=32", "--model-args", "depth=1", "--model-args", "heads=2", "--out", str(out),
+               "--no-progress"])  # fmt: skip
+    assert rc == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_kwargs"]["vocab_size"] == 65 and config["model_kwargs"]["context"] == 128
+    history = json.loads((out / "train_history.json").read_text())
+    assert 0 < history[0]["eval_acc"] < 1 and history[0]["train_loss"] < 5.0
+    model = load_model(out / "checkpoint")
+    assert model(torch.zeros(1, 128, dtype=torch.long)).shape == (1, 128, 65)

@@ -49,6 +49,7 @@ class RunView:
     baseline_flops: float | None = None
     baseline_accuracy: float | None = None
     baseline_from: str = ""
+    reference: RunView | None = None  # a baseline run of the same model in the report
 
     @property
     def method(self) -> str:
@@ -92,6 +93,7 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[RunView]:
     references = {r.model: r for r in runs if r.is_baseline}
     for r in runs:
         ref = references.get(r.model)
+        r.reference = ref if ref is not r else None
         given = r.summary.get("baseline_source") == "given"
         if ref is not None and not given and ref is not r:
             rows = ref.summary.get("budgets") or [{}]
@@ -204,7 +206,56 @@ def _frontier_section(doc: Document, runs: list[RunView]) -> dict[str, Any]:
             row += [_point_cell(p, div, unit), f"{_pct(c['saving'], 1)} %" if p else "—"]
         rows.append(row)
     doc.table(header, rows)
+    _speedup_table(doc, runs, results)
     return results
+
+
+def _speedup_table(doc: Document, runs: list[RunView], results: dict[str, Any]) -> None:
+    """Counted vs measured savings at the same operating points (within 0.5 / 1 pt)."""
+    sizes = sorted({int(row["batch_size"]) for r in runs
+                    for row in r.summary.get("latency") or [] if "batch_size" in row})
+    if not sizes:
+        return
+    header = ["run", "tolerance", "budget", "FLOPs speed-up"] + [
+        f"measured speed-up (bs {bs})" for bs in sizes
+    ]
+    rows = []
+    for r in runs:
+        if r.is_baseline:
+            continue
+        ref = r.reference or r
+        ref_lat = _latency_lookup(ref.summary)
+        ref_label = _full_label(ref.summary)
+        lat = _latency_lookup(r.summary)
+        for row in results[r.name]["within"]:
+            p = row["point"]
+            if not p:
+                continue
+            cells = [r.label, f"{row['tolerance_points']:g} pt", p["label"],
+                     _ratio(r.baseline_flops, p["cost"])]
+            for bs in sizes:
+                cells.append(_ratio(ref_lat.get((ref_label, bs)), lat.get((p["label"], bs))))
+            rows.append(cells)
+    if rows:
+        doc.paragraph("Counted against measured: at the cheapest budget within each tolerance, "
+                      "the baseline's FLOPs and measured latency divided by this budget's "
+                      "(> 1 is faster). The baseline latency is the baseline run's, or this "
+                      "run's own full budget.")
+        doc.table(header, rows)
+
+
+def _full_label(summary: dict[str, Any]) -> str:
+    """Label of the most expensive budget (the full model for a budgeted run)."""
+    rows = summary.get("budgets") or []
+    if not rows:
+        return ""
+    return str(max(rows, key=lambda r: r.get("flops") or 0.0).get("label"))
+
+
+def _ratio(num: float | None, den: float | None) -> str:
+    if not num or not den:
+        return "—"
+    return f"{num / den:.2f}×"
 
 
 def _latency_lookup(summary: dict[str, Any]) -> dict[tuple[str, int], float]:
