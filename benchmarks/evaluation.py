@@ -16,7 +16,8 @@ Writes a Markdown section (command, machine, load average, numbers) to
 
     python benchmarks/evaluation.py                      # ~1 min on 2 cores
     python benchmarks/evaluation.py --demo               # + the quick demo
-    python benchmarks/evaluation.py --models resnet20 --data cifar10-exact --data-dir DATA
+    python benchmarks/evaluation.py --models resnet20 --data cifar10-exact --data-dir DATA \
+        --append
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ def main() -> int:
     ap.add_argument("--demo", action="store_true", help="also time `frugalnn demo --quick`")
     ap.add_argument("--full-demo", action="store_true", help="time the full demo instead")
     ap.add_argument("--out", default="benchmarks/results/evaluation.md")
+    ap.add_argument("--append", action="store_true", help="append to --out instead of "
+                    "replacing it (to add a second model set)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -155,6 +158,8 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(out.suffix + ".tmp")
+    if args.append and out.exists():
+        text = out.read_text() + "\n" + text
     tmp_out.write_text(text)
     os.replace(tmp_out, out)
     print(text)

@@ -258,7 +258,12 @@ def _prepare_run_dir(
             raise UserError(
                 f"nothing to resume in {out}: no config.json; start it without --resume"
             )
-        saved = json.loads(saved_file.read_text())["options"]
+        try:
+            saved = json.loads(saved_file.read_text())["options"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(
+                f"{saved_file} is not a frugalnn run config; start over with --force"
+            ) from None
         changed = sorted(
             k for k in OPTIONS
             if k not in RESUME_OVERRIDES and config.get(k) != OPTIONS[k][0]
