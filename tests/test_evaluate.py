@@ -189,6 +189,16 @@ def test_language_model_loss_is_mean_over_tokens() -> None:
     np.testing.assert_allclose(
         rec.columns["correct"], (logits.argmax(2) == y).double().mean(1).numpy()
     )
+    # Padding targets (-100) are left out of both loss and token accuracy.
+    y_pad = y.clone()
+    y_pad[:, 3:] = -100
+    rec = evaluate(model, DataLoader(TensorDataset(x, y_pad), batch_size=4), progress=False)
+    loss3 = F.cross_entropy(logits[:, :3].reshape(-1, 7), y[:, :3].reshape(-1), reduction="none")
+    np.testing.assert_allclose(rec.columns["loss"], loss3.reshape(6, 3).mean(1).numpy(),
+                               rtol=1e-6)
+    np.testing.assert_allclose(
+        rec.columns["correct"], (logits[:, :3].argmax(2) == y[:, :3]).double().mean(1).numpy()
+    )
 
 
 def test_bad_input_raises_user_error() -> None:
@@ -225,3 +235,25 @@ def test_time_budgets_rows_per_budget_and_batch_size() -> None:
     assert model.threshold == 2.0
     with pytest.raises(UserError, match="fewer than"):
         time_budgets(model, _loader(_data(3)), batch_sizes=(8,), progress=False)
+
+
+def test_max_batches_and_single_batch_timing() -> None:
+    model = ToyExit()
+    rec = evaluate(model, _loader(_data(20), 4), budgets=[0.5], max_batches=2, progress=False)
+    assert len(rec) == 8 and rec.meta["examples"] == 8
+    x = _data(12).tensors[0]
+    rows = time_budgets(model, x, budgets=[0.0], batch_sizes=(4,), warmup=0, repeats=5,
+                        progress=False)
+    assert rows[0]["distinct_batches"] == 3 and rows[0]["batch_size"] == 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_records_match_cpu() -> None:
+    torch.manual_seed(5)
+    model = ToyExit()
+    cpu = evaluate(model, _loader(_data()), progress=False)
+    gpu = evaluate(model, _loader(_data()), device="cuda", progress=False)
+    for col in ("pred", "flops", "exit"):
+        np.testing.assert_array_equal(cpu.columns[col], gpu.columns[col])
+    np.testing.assert_allclose(cpu.columns["loss"], gpu.columns["loss"], rtol=1e-4)
+    assert gpu.meta["device"] == "cuda"

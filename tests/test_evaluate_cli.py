@@ -98,3 +98,19 @@ def test_parsers() -> None:
         parse_floats(["a"])
     with pytest.raises(UserError):
         parse_ints("1,-2", "x")
+
+
+def test_report_is_derived_from_the_records(checkpoint: Path, tmp_path: Path) -> None:
+    import csv
+
+    run = tmp_path / "run"
+    assert main(_eval_args(checkpoint, run)) == 0
+    rows = list(csv.reader((run / "records.csv").open()))
+    col = rows[0].index("correct")
+    for row in rows[1:]:
+        row[col] = "1"
+    with (run / "records.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    frontier = json.loads((tmp_path / "rep" / "frontier.json").read_text())
+    assert frontier["run"]["frontier"][0]["accuracy"] == 1.0

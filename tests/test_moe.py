@@ -262,3 +262,18 @@ def test_sparsity_enforcement_increases_zeros():
     after = activation_sparsity(model, dl).to_dict()["overall_zero_fraction"]
     assert before < 0.01 and after > 0.6
     assert not model.blocks[0].mlp.act._forward_hooks  # loss hooks removed
+
+
+def test_full_budget_cost_equals_dense_count():
+    from frugalnn.cost.count import flops_per_example, static_flops_excluding_dynamic
+
+    model = tiny_vit()
+    x = loader(1)[0][0]
+    dense_flops = flops_per_example(model, x)
+    moe = convert_to_moe(model, num_experts=4, split="coactivation", loader=loader(2),
+                         router_epochs=0).eval()
+    led = CostLedger(x.shape[0])
+    with led:
+        moe(x)
+    total = static_flops_excluding_dynamic(moe, x) + led.flops
+    torch.testing.assert_close(total, torch.full_like(total, dense_flops))

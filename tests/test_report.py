@@ -78,7 +78,7 @@ def test_report_has_plots_tables_and_extras(runs: list[Path], tmp_path: Path) ->
     assert "<table>" in html and "early_exit (toy)" in html
     assert "mean exit" in md
     # Counted vs measured speed-up at the same operating point (latency here = FLOPs / 1e6).
-    assert "| early_exit (toy) | 0.5 pt | 0.8 | 2.00× | 2.00× | 2.00× |" in md
+    assert "| early_exit (toy) | 0.5 pt | 0.8 | 2.00× | 2.00× | 2.00× | run baseline |" in md
 
 
 def test_report_without_latency_uses_eval_time(tmp_path: Path) -> None:

@@ -388,7 +388,7 @@ def run_demo(
             out_dir=out_dir, data=data, data_dir=Path(data_dir) if data_dir else None,
             train_set=train_set, test_set=test_set, seed=seed, device=device,
             threads=threads, quick=quick, progress=progress,
-            epochs=(3 if quick else 15) if data == "digits" else (1 if quick else 3),
+            epochs=(3 if quick else 15) if data == "digits" else (2 if quick else 3),
             baseline_model=model,
         )
         _, ctx.baseline_run = ctx.train_baseline(model)

@@ -66,6 +66,8 @@ STATIC = float("nan")
 #: Columns every record has, in file order; decision columns follow.
 CORE_COLUMNS = ("budget", "example_id", "label", "pred", "correct", "loss", "flops")
 
+IGNORE_INDEX = -100  # language-model targets to leave out (padding), as in training
+
 RECORDS_FILE = "records.csv"
 SUMMARY_FILE = "summary.json"
 BATCHES_FILE = "batches.csv"
@@ -412,7 +414,8 @@ def _score(
     Classification: ``logits (B, C)``, ``y (B,)``. Language modelling:
     ``logits (B, T, V)``, ``y (B, T)``; the loss is the mean token
     cross-entropy of the example, ``correct`` the fraction of its tokens
-    predicted right, and ``label``/``pred`` are -1 (no single class).
+    predicted right, and ``label``/``pred`` are -1 (no single class). Targets
+    equal to -100 (padding, as in ``frugalnn.train.fit``) are left out.
     """
     logits = logits.detach().float().cpu()
     y = y.detach().cpu().long()
@@ -422,11 +425,14 @@ def _score(
         return y.numpy(), pred.numpy(), (pred == y).double().numpy(), loss.double().numpy()
     if logits.dim() == 3 and y.dim() == 2 and logits.shape[:2] == y.shape:
         b, t, v = logits.shape
-        loss = F.cross_entropy(logits.reshape(b * t, v), y.reshape(-1), reduction="none")
+        valid = (y != IGNORE_INDEX).double()
+        count = valid.sum(dim=1).clamp_min(1.0)
+        loss = F.cross_entropy(logits.reshape(b * t, v), y.reshape(-1), reduction="none",
+                               ignore_index=IGNORE_INDEX).reshape(b, t).double()
         pred = logits.argmax(dim=2)
         neg = np.full(b, -1, dtype=np.int64)
-        correct = (pred == y).double().mean(dim=1).numpy()
-        return neg, neg.copy(), correct, loss.reshape(b, t).double().mean(dim=1).numpy()
+        correct = (((pred == y).double() * valid).sum(dim=1) / count).numpy()
+        return neg, neg.copy(), correct, ((loss * valid).sum(dim=1) / count).numpy()
     raise UserError(
         f"cannot score logits of shape {tuple(logits.shape)} against labels of shape "
         f"{tuple(y.shape)}; expected (B, C) with (B,) or (B, T, V) with (B, T)"

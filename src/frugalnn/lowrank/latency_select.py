@@ -32,6 +32,7 @@ from torch import nn
 from frugalnn.cost.latency import measure_latency
 from frugalnn.errors import UserError
 from frugalnn.lowrank import layers as L
+from frugalnn.lowrank.decompose import singular_values
 from frugalnn.lowrank.rank import ranks_for_ratio, unfoldings
 
 RATIOS = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
@@ -51,7 +52,7 @@ def discarded_energy(method: str, weight: torch.Tensor, ranks: tuple[int, ...]) 
     rs = list(ranks) * len(mats) if method == "cp" else list(ranks)
     lost = []
     for mat, r in zip(mats, rs):
-        p = np.linalg.svd(mat, compute_uv=False) ** 2
+        p = singular_values(mat) ** 2
         lost.append(float(p[r:].sum() / max(p.sum(), 1e-30)))
     return float(np.mean(lost))
 

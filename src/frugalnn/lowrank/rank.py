@@ -31,6 +31,7 @@ import torch
 
 from frugalnn.errors import UserError
 from frugalnn.lowrank.costs import chain_flops, chain_params
+from frugalnn.lowrank.decompose import singular_values
 from frugalnn.lowrank.geometry import ConvSpec
 from frugalnn.lowrank.vbmf import evbmf
 
@@ -162,7 +163,7 @@ def spectral_ranks(method: str, weight: torch.Tensor, criterion: Criterion) -> t
         if criterion.kind == "vbmf":
             found.append(max(1, evbmf(mat).rank))
         else:
-            s = np.linalg.svd(mat, compute_uv=False)
+            s = singular_values(mat)
             found.append(energy_rank(s, criterion.value))
     if method == "cp":
         return (max(found),)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
+from frugalnn.lowrank.decompose import singular_values
+
 
 def _tau_bar(alpha: float) -> float:
     """The positive root of ``log(t+1) + alpha*log(t/alpha+1) - t``."""
@@ -73,7 +75,7 @@ def evbmf(matrix: np.ndarray, sigma2: float | None = None) -> VBMFResult:
         y = y.T
     l_dim, m_dim = y.shape
     alpha = l_dim / m_dim
-    s = np.linalg.svd(y, compute_uv=False)
+    s = singular_values(y)
     s2 = s * s
     tau_bar = _tau_bar(alpha)
     x_bar = (1.0 + tau_bar) * (1.0 + alpha / tau_bar)

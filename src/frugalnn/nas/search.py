@@ -195,7 +195,7 @@ def run_search(
             w_opt.step()
             seen += int(y.numel())
             correct += int((logits.argmax(1) == y).sum())
-            loss_sum += float(loss) * int(y.numel())
+            loss_sum += loss.item() * int(y.numel())
             step += 1
             # -- architecture step: two paths per block, binary-gate gradient ------------
             if searching and step % cfg.arch_every == 0:

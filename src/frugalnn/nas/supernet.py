@@ -59,7 +59,10 @@ class _BinaryGateFunction(torch.autograd.Function):
         mixed: MixedOp = ctx.mixed
         grad_x = None
         if ctx.x_in.requires_grad:
-            (grad_x,) = torch.autograd.grad(ctx.out, ctx.x_in, grad_out, retain_graph=False)
+            if ctx.out.requires_grad:
+                (grad_x,) = torch.autograd.grad(ctx.out, ctx.x_in, grad_out)
+            else:  # the zero op: nothing flows back through the op itself
+                grad_x = torch.zeros_like(ctx.x_in)
         gate_grads = torch.zeros(len(mixed.candidates), dtype=grad_out.dtype,
                                  device=grad_out.device)
         with torch.no_grad():

@@ -30,7 +30,13 @@ from frugalnn.analysis.frontier import (
     points_from_summary,
 )
 from frugalnn.errors import UserError
-from frugalnn.evaluate import atomic_writer, jsonable, load_summary
+from frugalnn.evaluate import (
+    RECORDS_FILE,
+    atomic_writer,
+    jsonable,
+    load_records,
+    load_summary,
+)
 from frugalnn.report.document import Document
 from frugalnn.report.plots import flops_scale, plot_plane
 
@@ -80,7 +86,7 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[RunView]:
         if not path.is_dir():
             raise UserError(f"{path} is not a directory; pass run directories written by "
                             "`frugalnn evaluate` (or `frugalnn demo`)")
-        summary = load_summary(path)
+        summary = _summary_from_records(path)
         name = path.resolve().name
         if name in used:
             name = f"{path.resolve().parent.name}/{name}"
@@ -107,6 +113,19 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[RunView]:
             if r.is_baseline:
                 r.baseline_from = "itself"
     return runs
+
+
+def _summary_from_records(path: Path) -> dict[str, Any]:
+    """The run's summary, with per-budget rows recomputed from ``records.csv`` if present.
+
+    Tables and plots are thus derived from the per-example rows themselves
+    (the summary's copy is only used when the records are absent).
+    """
+    summary = load_summary(path)
+    if (path / RECORDS_FILE).is_file():
+        records = load_records(path)
+        summary = {**summary, "budgets": jsonable(records.per_budget_summary())}
+    return summary
 
 
 # -- formatting -------------------------------------------------------------------------
@@ -218,7 +237,7 @@ def _speedup_table(doc: Document, runs: list[RunView], results: dict[str, Any]) 
         return
     header = ["run", "tolerance", "budget", "FLOPs speed-up"] + [
         f"measured speed-up (bs {bs})" for bs in sizes
-    ]
+    ] + ["baseline timed in"]
     rows = []
     for r in runs:
         if r.is_baseline:
@@ -235,12 +254,15 @@ def _speedup_table(doc: Document, runs: list[RunView], results: dict[str, Any]) 
                      _ratio(r.baseline_flops, p["cost"])]
             for bs in sizes:
                 cells.append(_ratio(ref_lat.get((ref_label, bs)), lat.get((p["label"], bs))))
+            cells.append(f"run {ref.name}" if ref is not r else "this run")
             rows.append(cells)
     if rows:
         doc.paragraph("Counted against measured: at the cheapest budget within each tolerance, "
                       "the baseline's FLOPs and measured latency divided by this budget's "
                       "(> 1 is faster). The baseline latency is the baseline run's, or this "
-                      "run's own full budget.")
+                      "run's own full budget. A baseline timed in another run was measured "
+                      "at another time: compare the load averages listed with each run "
+                      "before trusting a measured ratio.")
         doc.table(header, rows)
 
 
@@ -302,8 +324,8 @@ def _run_section(doc: Document, r: RunView, out_dir: Path) -> None:
     extras = r.path / EXTRAS_DIR
     if extras.is_dir():
         files = sorted(p for p in extras.iterdir() if p.suffix in (".png", ".md"))
-        if files:
-            target = out_dir / EXTRAS_DIR / r.name.replace("/", "_")
+        target = out_dir / EXTRAS_DIR / r.name.replace("/", "_")
+        if any(f.suffix == ".png" for f in files):
             target.mkdir(parents=True, exist_ok=True)
         for f in files:
             if f.suffix == ".png":

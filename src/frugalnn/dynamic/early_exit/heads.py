@@ -7,7 +7,8 @@ exit costs a small fraction of the blocks it saves:
   *and* max pooling down to ``pool_size x pool_size`` (parameter free, so the
   pooled features of a frozen backbone can be cached), then one linear layer;
 * tokens (``(B, T, D)``): the first (CLS) token or the mean over real tokens,
-  then LayerNorm and one linear layer.
+  then LayerNorm and one linear layer;
+* vectors (``(B, D)``, the MLP): one linear layer.
 
 A head is split into ``features(state)`` (fixed, no parameters) and
 ``classify(features, prev_logits)`` (trainable). With ``cascade=True``
@@ -24,7 +25,7 @@ from torch import nn
 from frugalnn.errors import UserError
 from frugalnn.models.base import State, hidden_of
 
-HEAD_KINDS = ("auto", "pool", "cls", "mean")
+HEAD_KINDS = ("auto", "pool", "cls", "mean", "linear")
 
 
 def _token_mask(state: State) -> torch.Tensor | None:
@@ -52,7 +53,7 @@ class ExitHead(nn.Module):
         cascade_in: int = 0,
     ) -> None:
         super().__init__()
-        if kind not in ("pool", "cls", "mean"):
+        if kind not in ("pool", "cls", "mean", "linear"):
             raise UserError(f"unknown head kind {kind!r}; use one of {', '.join(HEAD_KINDS)}")
         self.kind = kind
         self.cascade_in = cascade_in
@@ -61,6 +62,10 @@ class ExitHead(nn.Module):
             self.pool_size = min(pool_size, spatial) if spatial else pool_size
             in_features = 2 * channels * self.pool_size**2
             self.norm: nn.Module = nn.Identity()
+        elif kind == "linear":
+            self.pool_size = 0
+            in_features = channels
+            self.norm = nn.Identity()
         else:
             self.pool_size = 0
             in_features = channels
@@ -76,6 +81,8 @@ class ExitHead(nn.Module):
             avg = F.adaptive_avg_pool2d(h, s)
             mx = F.adaptive_max_pool2d(h, s)
             return torch.cat([avg, mx], dim=1).flatten(1)
+        if self.kind == "linear":
+            return h.flatten(1)
         if self.kind == "cls":
             return h[:, 0]
         mask = _token_mask(state)
@@ -116,8 +123,13 @@ def resolve_head_kind(head: str, model: nn.Module) -> str:
         if head == "auto":
             return "cls" if _uses_cls_token(model) else "mean"
         return head
+    if kind == "vector":
+        if head not in ("auto", "linear"):
+            raise UserError(f"head {head!r} does not fit vector features; use 'linear'")
+        return "linear"
     raise UserError(
-        f"backbone feature_kind {kind!r} is not supported; early exits need 'image' or 'tokens'"
+        f"backbone feature_kind {kind!r} is not supported; early exits need 'image', "
+        "'tokens' or 'vector' states"
     )
 
 

@@ -424,7 +424,11 @@ def _example_input(model: nn.Module, shape: Sequence[int] | None, dtype: str | N
         info = model_info(spec["name"])
         shape = list(info.input_shape)
         kw = spec.get("kwargs", {})
-        if info.input_dtype == "float" and len(shape) == 3:
+        if "input_shape" in kw:
+            shape = list(kw["input_shape"])
+        elif kw.get("in_features"):
+            shape = [int(kw["in_features"])]
+        elif info.input_dtype == "float" and len(shape) == 3:
             shape[0] = kw.get("in_channels", shape[0])
             if "image_size" in kw:
                 shape[1] = shape[2] = kw["image_size"]
@@ -494,7 +498,8 @@ def attach_heads(
                 raise UserError(f"block {b} gives shape {shp}; image heads need (C, H, W) states")
             channels, spatial = shp[0], min(shp[1], shp[2])
         else:
-            channels, spatial = shp[-1], None
+            spatial = None
+            channels = int(torch.Size(shp).numel()) if kind == "linear" else shp[-1]
         heads.append(
             ExitHead(
                 kind, channels, num_classes, pool_size=pool_size, spatial=spatial,

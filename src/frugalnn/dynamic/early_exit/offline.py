@@ -260,3 +260,29 @@ def _points(trace: ExitTrace, policy: str, budgets: Sequence[float] | None):
         pts.append((float(b), float(r.flops.mean()),
                     float((r.pred == trace.labels).double().mean())))
     return pts
+
+
+@torch.no_grad()
+def trace_from_features(model: EarlyExitModel, cache: Any, example_input: Any) -> ExitTrace:
+    """An :class:`ExitTrace` from cached head features (``training.FeatureCache``).
+
+    The same computation as :func:`collect_trace` without re-running the
+    backbone: several head variants (SDN, ZTW) on one frozen backbone share
+    one pass. ``example_input`` (one batch shaped like the data) sizes the costs.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        outs = []
+        for start in range(0, len(cache), 1024):
+            feats = [f[start : start + 1024].float() for f in cache.feats]
+            outs.append(torch.stack([o.float() for o in model.combine(
+                model.heads_from_features(feats))]))
+        internal = torch.cat(outs, 1)
+    finally:
+        model.train(was_training)
+    logits = torch.cat([internal, cache.final_logits[None].float()])
+    n = len(cache)
+    per_exit = torch.tensor(model.exit_costs(example_input), dtype=torch.float64)
+    base = torch.full((n,), model.stage_costs(example_input).backbone(), dtype=torch.float64)
+    return ExitTrace(logits, cache.labels.clone(), per_exit[:, None].expand(-1, n).clone(), base)

@@ -1,0 +1,276 @@
+"""Early exits: invariants of the real batched path, the offline sweep, costs, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from frugalnn.budget import Budgeted
+from frugalnn.cost.count import count_flops
+from frugalnn.cost.ledger import CostLedger, DynamicModule, charge
+from frugalnn.dynamic.early_exit import attach_heads
+from frugalnn.dynamic.early_exit.offline import collect_trace, simulate, sweep
+from frugalnn.errors import UserError
+from frugalnn.models import create_model
+from frugalnn.models.base import StagedModel
+
+SMALL_MODELS = {
+    "cnn": ("cnn_small", dict(in_channels=1, image_size=8, widths=(8, 16, 16)), (1, 8, 8)),
+    "vit": ("vit_tiny", dict(image_size=8, patch_size=2, in_channels=1, dim=32, depth=4,
+                             heads=2), (1, 8, 8)),
+    "mlp": ("mlp", dict(input_shape=(1, 8, 8), hidden=32, depth=3), (1, 8, 8)),
+}
+
+
+def _backbone(key: str) -> tuple[nn.Module, tuple[int, ...]]:
+    name, kw, shape = SMALL_MODELS[key]
+    return create_model(name, **kw).eval(), shape
+
+
+def _scramble_heads(ee, x: torch.Tensor) -> None:
+    """Random heads (and ensemble) scaled so that confidences spread over (0, 1) on ``x``."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in ee.heads.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+        if ee.ensemble is not None:
+            ee.ensemble.weight.add_(0.3 * torch.rand(ee.ensemble.weight.shape, generator=g))
+        feats, _ = ee.head_features(x)
+        for head, f in zip(ee.heads, feats):  # cascading keeps later inputs near this scale
+            z = head.linear(torch.cat([head.norm(f), torch.zeros(len(f), head.cascade_in)], 1))
+            head.linear.weight.mul_(2.0 / z.std())
+            head.linear.bias.zero_()
+
+
+def _run(model, x):
+    with torch.inference_mode(), CostLedger(x.shape[0]) as ledger:
+        out = model(x)
+    return out, ledger
+
+
+@pytest.mark.parametrize("key", list(SMALL_MODELS))
+@pytest.mark.parametrize("policy", ["maxprob", "entropy", "patience"])
+def test_never_exit_reproduces_backbone_exactly(key, policy):
+    backbone, shape = _backbone(key)
+    x = torch.randn(6, *shape)
+    with torch.inference_mode():
+        ref = backbone(x)
+    ee = attach_heads(backbone, "every", cascade=True, ensemble=True, policy=policy).eval()
+    _scramble_heads(ee, x)
+    ee.set_budget(ee.full_budget())
+    out, ledger = _run(ee, x)
+    assert torch.equal(out, ref)
+    base = count_flops(backbone, x[:1])
+    assert torch.equal(ledger.flops, torch.full((6,), float(base), dtype=torch.float64))
+    assert torch.all(ledger.decisions["exit_index"] == ee.num_internal)
+
+
+def test_budget_protocol_and_bad_thresholds():
+    backbone, _ = _backbone("cnn")
+    ee = attach_heads(backbone, "every")
+    assert isinstance(ee, Budgeted)
+    assert ee.budget_name == "threshold"
+    assert ee.budget_values()[-1] == ee.full_budget() == 1.0
+    for bad in (-0.1, 1.5, float("nan"), "x"):
+        with pytest.raises(UserError):
+            ee.set_budget(bad)
+    ee.set_policy("patience")
+    assert ee.budget_name == "patience"
+    assert ee.budget_values() == [1.0, 2.0, 3.0]  # 2 internal heads: 3 = never exit
+    with pytest.raises(UserError):
+        ee.set_budget(2.5)
+    with pytest.raises(UserError):
+        ee.set_budget(4)
+    with pytest.raises(UserError):
+        ee.set_policy("sometimes")
+
+
+def test_bad_backbones_and_positions():
+    with pytest.raises(UserError, match="not a staged model"):
+        attach_heads(nn.Sequential(nn.Linear(4, 4)), "every")
+    backbone, _ = _backbone("vit")  # 4 blocks: heads after blocks 0, 1, 2
+    with pytest.raises(UserError, match="out of range"):
+        attach_heads(backbone, [0, 3])
+    with pytest.raises(UserError, match="out of range"):
+        attach_heads(backbone, "-1")
+    with pytest.raises(UserError):
+        attach_heads(backbone, "every:0")
+    with pytest.raises(UserError):
+        attach_heads(backbone, "sometimes")
+    with pytest.raises(UserError):
+        attach_heads(backbone, "every", head="pool")
+    assert attach_heads(backbone, "every:2").positions == [1]
+    assert attach_heads(backbone, "every").positions == [0, 1, 2]
+    assert attach_heads(backbone, "1,0").positions == [0, 1]
+    ee = attach_heads(backbone, "every")
+    with pytest.raises(UserError, match="already has early exits"):
+        attach_heads(ee, "every")
+
+
+def test_head_costs_are_hand_countable():
+    backbone, shape = _backbone("cnn")  # blocks: 8 ch @4x4, 16 ch @2x2, 16 ch @2x2
+    ee = attach_heads(backbone, [0], cascade=True)
+    c = ee.stage_costs(torch.zeros(1, *shape))
+    # Head 0: avg+max pooled 8 ch at 4x4 -> 2*8*16 features -> 10 classes.
+    assert c.heads == [2 * (2 * 8 * 16) * 10]
+    assert c.backbone() == count_flops(backbone, torch.zeros(1, *shape))
+    assert ee.exit_costs(torch.zeros(1, *shape)) == [
+        c.embed + c.blocks[0] + c.heads[0], c.embed + sum(c.blocks) + c.heads[0] + c.classify
+    ]
+    vit, vshape = _backbone("vit")
+    ev = attach_heads(vit, "every", cascade=True)
+    cv = ev.stage_costs(torch.zeros(1, *vshape))
+    # CLS token + LayerNorm + Linear(32 [+ 10 cascaded logits] -> 10); norms are not counted.
+    assert cv.heads == [2 * 32 * 10] + [2 * (32 + 10) * 10] * 2
+
+
+@pytest.mark.parametrize("key", ["cnn", "vit"])
+@pytest.mark.parametrize(
+    "policy,thresholds",
+    [("maxprob", [0.0, 0.6, 0.9, 0.99]), ("entropy", [1.0, 0.5, 0.2, 0.05]),
+     ("patience", [1, 2, 3])],
+)
+@pytest.mark.parametrize("ztw", [False, True])
+def test_real_batched_path_matches_offline_sweep(key, policy, thresholds, ztw):
+    backbone, shape = _backbone(key)
+    ee = attach_heads(backbone, "every", cascade=ztw, ensemble=ztw, policy=policy).eval()
+    torch.manual_seed(3)
+    x = torch.randn(40, *shape)
+    _scramble_heads(ee, x)
+    y = torch.randint(0, 10, (40,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    trace = collect_trace(ee, loader)
+    seen_exits = set()
+    for t in thresholds:
+        ee.set_budget(t)
+        sim = simulate(trace, policy, t)
+        outs, flops, exits = [], [], []
+        for xb, _ in loader:
+            out, ledger = _run(ee, xb)
+            outs.append(out)
+            flops.append(ledger.flops)
+            exits.append(ledger.decisions["exit_index"])
+        out, flops, exits = torch.cat(outs), torch.cat(flops), torch.cat(exits)
+        assert torch.equal(exits.long(), sim.exit_index)
+        assert torch.equal(flops, sim.flops)
+        assert torch.equal(out.argmax(1), sim.pred)
+        torch.testing.assert_close(out, sim.logits, rtol=1e-5, atol=1e-5)
+        seen_exits |= set(exits.long().tolist())
+    assert len(seen_exits) >= 2  # the thresholds really send examples to different exits
+
+
+def test_outputs_stay_in_original_order_and_costs_monotone():
+    backbone, shape = _backbone("cnn")
+    ee = attach_heads(backbone, "every").eval()
+    x = torch.randn(32, *shape)
+    _scramble_heads(ee, x)
+    with torch.inference_mode():
+        all_exits = ee.exit_outputs(x)
+    prev = None
+    for t in ee.budget_values()[:-1]:
+        ee.set_budget(t)
+        out, ledger = _run(ee, x)
+        idx = ledger.decisions["exit_index"].long()
+        expect = torch.stack([all_exits[int(i)][r] for r, i in enumerate(idx)])
+        torch.testing.assert_close(out, expect, rtol=1e-5, atol=1e-5)
+        if prev is not None:  # a stricter threshold never makes an example cheaper
+            assert torch.all(ledger.flops >= prev)
+        prev = ledger.flops
+    ee.set_budget(ee.full_budget())  # no head can fire: none is evaluated, backbone cost
+    _, ledger = _run(ee, x)
+    assert torch.all(ledger.flops == ee.stage_costs(x).backbone())
+    assert torch.all(ledger.flops < prev)
+
+
+def test_sweep_records_agree_with_evaluate():
+    from frugalnn.evaluate import evaluate
+
+    backbone, shape = _backbone("cnn")
+    ee = attach_heads(backbone, "every").eval()
+    x, y = torch.randn(24, *shape), torch.randint(0, 10, (24,))
+    _scramble_heads(ee, x)
+    loader = DataLoader(TensorDataset(x, y), batch_size=10)
+    budgets = [0.0, 0.7, 0.95, 1.0]
+    real = evaluate(ee, loader, budgets=budgets, progress=False)
+    offline = sweep(collect_trace(ee, loader), "maxprob", budgets)
+    for col in ("budget", "example_id", "label", "pred", "flops", "exit_index"):
+        assert (real.columns[col] == offline.columns[col]).all(), col
+    assert offline.meta["baseline_flops"] == real.meta["baseline_flops"]
+
+
+def test_checkpoint_round_trip(tmp_path):
+    from frugalnn.train.checkpoint import load_model, save_checkpoint
+
+    backbone, shape = _backbone("vit")
+    ee = attach_heads(backbone, "every", cascade=True, policy="entropy").eval()
+    ee.add_ensemble()
+    x = torch.randn(12, *shape)
+    _scramble_heads(ee, x)
+    save_checkpoint(tmp_path / "ckpt", ee, {"note": "test"})
+    loaded = load_model(tmp_path / "ckpt").eval()
+    assert loaded.policy == "entropy" and loaded.ensemble is not None and loaded.cascade
+    for t in (0.6, 0.3, 0.0):
+        ee.set_budget(t)
+        loaded.set_budget(t)
+        a, la = _run(ee, x)
+        b, lb = _run(loaded, x)
+        assert torch.equal(a, b)
+        assert torch.equal(la.flops, lb.flops)
+
+
+class _ChargingBlock(DynamicModule):
+    """A dynamic block (like an MoE layer) that charges the ledger itself: 1000 FLOPs a row."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        charge(1000.0)
+        return torch.relu(self.fc(x))
+
+
+class _ToyStaged(StagedModel):
+    feature_kind = "vector"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(4, 8)
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(8, 8), nn.ReLU()),
+                                     _ChargingBlock(8), nn.Linear(8, 8)])
+        self.out = nn.Linear(8, 3)
+
+    def embed(self, x):
+        return self.inp(x)
+
+    def classify(self, state):
+        return self.out(state)
+
+
+def test_nested_dynamic_blocks_charge_once_on_the_right_rows():
+    toy = _ToyStaged().eval()
+    ee = attach_heads(toy, [0, 1], input_shape=(4,))
+    x = torch.randn(10, 4)
+    ee.set_budget(1.0)
+    _, ledger = _run(ee, x)
+    dense = 2 * (4 * 8 + 8 * 8 + 8 * 8 + 8 * 3)  # static parts; block 1 charges itself
+    assert torch.equal(ledger.flops, torch.full((10,), float(dense + 1000)))
+    with torch.no_grad():  # head 0 certain for rows with x0 > 0, unsure otherwise
+        ee.heads[0].linear.weight.zero_()
+        ee.heads[0].linear.bias.zero_()
+        ee.backbone.blocks[0][0].weight.zero_()
+        ee.backbone.blocks[0][0].bias.zero_()
+        ee.backbone.blocks[0][0].weight[0, 0] = 1.0  # feature 0 = relu(state_0)
+        ee.heads[0].linear.weight[0, 0] = 100.0
+    ee.set_budget(0.9)
+    with torch.no_grad():
+        state0 = torch.relu(ee.backbone.inp(x)[:, 0])
+    _, ledger = _run(ee, x)
+    exited = ledger.decisions["exit_index"] == 0
+    assert torch.equal(exited, torch.softmax(100.0 * torch.stack(
+        [state0] + [torch.zeros_like(state0)] * 2, 1), 1)[:, 0] > 0.9)
+    early = 2 * (4 * 8 + 8 * 8 + 8 * 3)  # embed + block 0 + head 0
+    assert torch.all(ledger.flops[exited] == early)
+    assert torch.all(ledger.flops[~exited] > dense + 1000)  # ran block 1 and paid its charge
