@@ -60,7 +60,7 @@ def test_prediction_is_fixed_cost_plus_block_entries():
         for m, op in zip(net.mixed_ops, ops):
             m.alpha.fill_(-30.0)
             m.alpha[m.names.index(op)] = 30.0
-    assert float(model.expected([m.probs() for m in net.mixed_ops])) == pytest.approx(
+    assert float(model.expected([m.probs() for m in net.mixed_ops]).detach()) == pytest.approx(
         table.predict(space, ops), rel=1e-5)
     for m in net.mixed_ops:
         m.alpha.data.zero_()
@@ -198,6 +198,6 @@ def test_cli_search_derive_and_retrain(tmp_path, space_file, capsys):
 
     _, ops = arch_from_dict(arch_out)
     assert ops == json.loads((out / "arch.json").read_text())["ops"]
-    model = load_model(out)  # the retrained plain network
+    model = load_model(out / "checkpoint")  # the retrained plain network
     assert model.ops == ops
     assert main(["nas", "derive", str(tmp_path), "--out", str(tmp_path / "x.json")]) == 2
