@@ -113,6 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", default="0.55,0.75",
                     help="latency targets as fractions of the baseline's predicted latency")
     ap.add_argument("--arch-lr", type=float, default=0.02)
+    ap.add_argument("--loss", choices=("mul", "add", "hinge"), default="mul")
+    ap.add_argument("--lam", type=float, default=0.1, help="weight of the add/hinge loss")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--train-device", default="cpu")
     ap.add_argument("--latency-device", default="cpu")
@@ -187,7 +189,7 @@ def main(argv=None) -> int:
     for target in targets:
         cfg = SearchConfig(latency_target_ms=target, epochs=args.epochs,
                            warmup_epochs=args.warmup_epochs, arch_lr=args.arch_lr,
-                           seed=args.seed)
+                           loss=args.loss, lam=args.lam, seed=args.seed)
         t0 = time.time()
         snet, result = search(space, table, train_set, cfg, batch_size=args.batch_size,
                               device=dev, progress=False)
@@ -251,7 +253,9 @@ def write_markdown(out: dict, path: Path) -> None:
         f"Scale: search space `{a['space']}` ({len(out['space']['stages'])} stages, "
         f"widths {[s[0] for s in out['space']['stages']]}), {a['limit']} random CIFAR-10 "
         f"(JPEG) training images, {a['epochs']} search epochs ({a['warmup_epochs']} warm-up), "
-        f"{a['retrain_epochs']} retraining epochs, {a['test_limit']} random test images. "
+        f"{a['retrain_epochs']} retraining epochs, {a['test_limit']} random test images; "
+        f"latency loss `{a['loss']}`" + (f" (lambda {a['lam']})" if a["loss"] != "mul" else "")
+        + ". "
         "This is a scaled-down run; accuracies are far below converged CIFAR-10 numbers and "
         "differences of ~1-2 points are within seed noise.",
         "",

@@ -121,10 +121,10 @@ def test_knob_is_monotone_and_validated():
 def test_gate_labels_follow_the_ratio_rule():
     target = torch.zeros(3, 1)
     # errors per k (rows) for 3 tokens (columns): squared prefix values.
-    err = torch.tensor([[4.0, 4.0, 1.0], [3.9, 1.0, 0.9], [1.0, 0.5, 0.8], [0.9, 0.4, 0.7]])
+    err = torch.tensor([[4.0, 4.0, 1.0], [3.9, 1.0, 0.9], [1.0, 0.5, 0.8], [0.9, 0.45, 0.7]])
     prefixes = err.sqrt().unsqueeze(-1)
     labels = gate_labels(prefixes, target, ratio=1.2)
-    # token 0: 4/3.9 < 1.2 -> k=1; token 1: 4/1 no, 1/.5 no, .5/.4 -> k=3; token 2: k=1.
+    # token 0: 4/3.9 < 1.2 -> k=1; token 1: 4/1, 1/.5 no, .5/.45 yes -> k=3; token 2: k=1.
     assert labels.tolist() == [0, 2, 0]
     assert gate_labels(prefixes, target, ratio=1.0).tolist() == [3, 3, 3]
 
@@ -157,7 +157,8 @@ def test_training_stages_run_and_full_budget_matches_distilled_sum():
     teacher = copy.deepcopy(model)
     acm = convert_to_acm(model, num_learners=4)
     g = torch.Generator().manual_seed(0)
-    data = TensorDataset(torch.randn(48, 1, 8, 8, generator=g), torch.randint(0, 10, (48,), generator=g))
+    data = TensorDataset(torch.randn(48, 1, 8, 8, generator=g),
+                         torch.randint(0, 10, (48,), generator=g))
     cfg = train_acm(acm, teacher, DataLoader(data, batch_size=16),
                     ACMTrainConfig(distill_epochs=1, gate_epochs=1, finetune_epochs=1))
     assert set(cfg.history) == {"distill", "gate", "finetune"}

@@ -10,8 +10,13 @@ import torch.nn.functional as F
 
 from frugalnn.errors import UserError
 from frugalnn.models import create_model
-from frugalnn.nas.derive import derive_arch, extract_network, load_search_state, save_arch
-from frugalnn.nas.derive import save_search_state
+from frugalnn.nas.derive import (
+    derive_arch,
+    extract_network,
+    load_search_state,
+    save_arch,
+    save_search_state,
+)
 from frugalnn.nas.net import NASNet, baseline_arch
 from frugalnn.nas.ops import ChannelShuffle, build_op, parse_op
 from frugalnn.nas.space import SearchSpace, arch_from_dict, arch_to_dict

@@ -107,12 +107,21 @@ def test_devices_and_calibration_fit():
 
 def test_latency_loss_forms():
     ce = torch.tensor(2.0)
-    cfg = SearchConfig(latency_target_ms=2.0)
+    cfg = SearchConfig(latency_target_ms=2.0, log_unit_ms=0.5)
     at_target = latency_loss(ce, torch.tensor(2.0), cfg)
-    assert float(at_target) == pytest.approx(2.0)  # (log T / log T)^beta = 1
-    assert float(latency_loss(ce, torch.tensor(4.0), cfg)) > 2.0
+    assert float(at_target) == pytest.approx(2.0)  # (log T/u / log T/u)^beta = 1
+    # twice the target: log(8) / log(4) = 1.5
+    assert float(latency_loss(ce, torch.tensor(4.0), cfg)) == pytest.approx(2.0 * 1.5 ** 0.6)
+    # the loss does not depend on the time unit latencies are written in
+    us = SearchConfig(latency_target_ms=2000.0, log_unit_ms=500.0)
+    assert float(latency_loss(ce, torch.tensor(4000.0), us)) == pytest.approx(2.0 * 1.5 ** 0.6)
+    with pytest.raises(UserError):
+        latency_loss(ce, torch.tensor(1.0), SearchConfig(latency_target_ms=0.4, log_unit_ms=0.5))
     add = SearchConfig(latency_target_ms=2.0, loss="add", lam=0.5)
     assert float(latency_loss(ce, torch.tensor(4.0), add)) == pytest.approx(3.0)
+    hinge = SearchConfig(latency_target_ms=2.0, loss="hinge", lam=0.5)
+    assert float(latency_loss(ce, torch.tensor(1.5), hinge)) == pytest.approx(2.0)
+    assert float(latency_loss(ce, torch.tensor(4.0), hinge)) == pytest.approx(2.5)
     with pytest.raises(UserError):
         SearchConfig(latency_target_ms=1.0, loss="max").validate()
     assert short_arch(["mb3_e6", "zero", "shuffle_g2", "sep3"]) == "3/6 - sh2 s3"
@@ -140,7 +149,7 @@ def test_latency_pressure_moves_architecture_to_cheaper_ops():
     model = LatencyModel(space, synthetic_table(space))
     train, valid = _loaders()
     net = Supernet(space)
-    start = float(model.expected([m.probs() for m in net.mixed_ops]))
+    start = float(model.expected([m.probs() for m in net.mixed_ops]).detach())
     cfg = SearchConfig(latency_target_ms=3.0, epochs=4, warmup_epochs=1, loss="add", lam=5.0,
                        arch_lr=0.05, prune_threshold=0.05)
     result = run_search(net, model, train, valid, cfg, progress=False)

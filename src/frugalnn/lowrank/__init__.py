@@ -13,12 +13,14 @@ from frugalnn.lowrank.layers import (
     TuckerConv2d,
     from_conv,
 )
+from frugalnn.lowrank.nmf import NMFMixer, replace_attention
 from frugalnn.lowrank.rank import Criterion, select_ranks
 from frugalnn.lowrank.vbmf import evbmf
 
 __all__ = [
     "CPConv2d",
     "Criterion",
+    "NMFMixer",
     "SVDConv1x1",
     "SVDLinear",
     "TTConv2d",
@@ -28,5 +30,6 @@ __all__ = [
     "find_layers",
     "from_conv",
     "rebuild_lowrank",
+    "replace_attention",
     "select_ranks",
 ]

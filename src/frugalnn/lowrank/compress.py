@@ -205,6 +205,7 @@ def compress_model(
     plan = [plan_row(t, method, *chosen[t.name][:2], depthwise) for t in targets]
     for row, t in zip(plan, targets):
         row.extra.update(chosen[t.name][2])
+        row.extra["input_hw"] = list(t.hw)
     if all(p.ranks is None for p in plan):
         raise UserError(
             f"no layer gets cheaper under target {crit} with --method {method}; "

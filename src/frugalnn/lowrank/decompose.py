@@ -77,7 +77,7 @@ class CPFactors:
 
 
 def cp_factors(
-    weight: torch.Tensor, rank: int, *, n_iter_max: int = 100, random_state: int = 0
+    weight: torch.Tensor, rank: int, *, n_iter_max: int = 50, random_state: int = 0
 ) -> CPFactors:
     """CP decomposition of a 4-D conv weight by ALS (``tensorly.decomposition.parafac``).
 
@@ -132,7 +132,8 @@ def tucker2_factors(weight: torch.Tensor, ranks: tuple[int, int]) -> TuckerFacto
     o, i = w.shape[:2]
     r_in = check_rank(ranks[0], i, f"the input mode of a {o}x{i} kernel (Tucker)")
     r_out = check_rank(ranks[1], o, f"the output mode of a {o}x{i} kernel (Tucker)")
-    with threadpool_limits(1), tl.backend_context("numpy"):
+    with threadpool_limits(1), tl.backend_context("numpy"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Trying to compute SVD")
         (core, factors), _ = partial_tucker(
             w, rank=[r_out, r_in], modes=[0, 1], init="svd", n_iter_max=100, tol=1e-8
         )

@@ -214,7 +214,7 @@ class CPConv2d(_ConvChain):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, rank: int, depthwise: str = "separable",
-                  n_iter_max: int = 100, random_state: int = 0) -> CPConv2d:
+                  n_iter_max: int = 50, random_state: int = 0) -> CPConv2d:
         f = dec.cp_factors(conv.weight, rank, n_iter_max=n_iter_max, random_state=random_state)
         layer = cls._from(conv, rank, depthwise)
         with torch.no_grad():

@@ -105,9 +105,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-limit", type=int, help="evaluate on N random test examples (seeded)")
     p.add_argument("--arch-fraction", type=float, default=0.2,
                    help="share of the training set held out for architecture steps")
-    p.add_argument("--latency-loss", choices=("mul", "add"), default="mul")
+    p.add_argument("--latency-loss", choices=("mul", "add", "hinge"), default="mul",
+                   help="latency term: ProxylessNAS mul/add, or hinge (penalty above target)")
     p.add_argument("--beta", type=float, default=0.6, help="exponent of the mul loss")
-    p.add_argument("--lam", type=float, default=0.1, help="weight of the add loss")
+    p.add_argument("--log-unit", type=float, default=None,
+                   help="ms unit of the logs in the mul loss (default: half the cheapest "
+                   "architecture's latency)")
+    p.add_argument("--lam", type=float, default=0.1, help="weight of the add/hinge loss")
     p.add_argument("--arch-lr", type=float, default=0.01)
     p.add_argument("--weight-lr", type=float, default=0.05)
     p.add_argument("--arch-every", type=int, default=1, help="weight steps per arch step")
@@ -181,7 +185,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         latency_target_ms=args.latency_target, epochs=args.epochs,
         warmup_epochs=args.warmup_epochs, weight_lr=args.weight_lr, arch_lr=args.arch_lr,
         arch_every=args.arch_every, loss=args.latency_loss, beta=args.beta, lam=args.lam,
-        prune_threshold=args.prune_threshold, seed=args.seed)
+        prune_threshold=args.prune_threshold, log_unit_ms=args.log_unit, seed=args.seed)
     cfg.validate()
     if args.batch_size < 1:
         raise UserError("--batch-size must be >= 1")

@@ -11,11 +11,24 @@ ProxylessNAS's recipe:
 3. candidates whose probability falls below ``prune_threshold`` are pruned
    at the end of each epoch after the warm-up.
 
-Loss of the architecture step (latencies in microseconds so that the log is
-positive for sub-millisecond targets too):
+Loss of the architecture step:
 
-* ``mul``: ``CE * (log E[lat] / log target) ** beta`` (beta = 0.6);
-* ``add``: ``CE + lam * E[lat] / target``.
+* ``mul``: ``CE * (log(E[lat] / u) / log(target / u)) ** beta`` (beta = 0.6);
+* ``add``: ``CE + lam * E[lat] / target``;
+* ``hinge``: ``CE + lam * max(0, E[lat] / target - 1)``: an additive penalty
+  that vanishes below the target (not in the paper). Measured here: with a
+  briefly trained supernet, the ``mul`` and ``add`` forms push every target
+  to the cheapest architecture, because their latency gradient never changes
+  sign while the cross-entropy gate gradient is noisy; the hinge lets the
+  cross-entropy decide once the target is met.
+
+ProxylessNAS writes the first as ``log E[lat] / log target`` with latencies in
+ms on a phone (targets around 80 ms). The ratio of logs depends on the unit:
+for CPU latencies of a few ms, or GPU latencies below 1 ms, "ms" makes it
+explode or go negative, and microseconds make every target look alike. We
+therefore take the logs relative to a unit ``u`` (``log_unit_ms``; default
+half the cheapest architecture's latency, so ``E[lat] / u >= 2``), which keeps
+the loss independent of the time unit and sensitive to the target.
 """
 
 from __future__ import annotations
@@ -37,6 +50,9 @@ from frugalnn.nas.supernet import Supernet
 __all__ = ["SearchConfig", "SearchResult", "latency_loss", "run_search", "short_arch"]
 
 
+LOSSES = ("mul", "add", "hinge")
+
+
 @dataclass
 class SearchConfig:
     """Hyper-parameters of one search (defaults scaled for a CPU)."""
@@ -53,6 +69,7 @@ class SearchConfig:
     beta: float = 0.6
     lam: float = 0.1
     prune_threshold: float = 0.02
+    log_unit_ms: float | None = None
     grad_clip: float = 5.0
     seed: int = 0
 
@@ -61,8 +78,8 @@ class SearchConfig:
             raise UserError("--latency-target must be a positive number of milliseconds")
         if self.epochs < 1 or self.warmup_epochs < 0:
             raise UserError("epochs must be >= 1 and warm-up epochs >= 0")
-        if self.loss not in ("mul", "add"):
-            raise UserError(f"unknown latency loss {self.loss!r}; use 'mul' or 'add'")
+        if self.loss not in LOSSES:
+            raise UserError(f"unknown latency loss {self.loss!r}; use one of {LOSSES}")
         if self.arch_every < 1:
             raise UserError("arch_every must be >= 1")
         if not 0 <= self.prune_threshold < 1:
@@ -103,12 +120,18 @@ def short_arch(ops: list[str]) -> str:
     return " ".join(out)
 
 
-def latency_loss(ce: torch.Tensor, expected_ms: torch.Tensor, cfg: SearchConfig) -> torch.Tensor:
+def latency_loss(ce: torch.Tensor, expected_ms: torch.Tensor, cfg: SearchConfig,
+                 unit_ms: float | None = None) -> torch.Tensor:
     """Combine cross-entropy with the expected latency as ProxylessNAS does."""
     if cfg.loss == "mul":
-        lat_us = expected_ms * 1000.0
-        target_us = max(cfg.latency_target_ms * 1000.0, math.e)
-        return ce * (torch.log(lat_us) / math.log(target_us)) ** cfg.beta
+        unit = unit_ms or cfg.log_unit_ms or 1.0
+        if cfg.latency_target_ms <= unit:
+            raise UserError(f"latency target {cfg.latency_target_ms:.3g} ms must exceed the log "
+                            f"unit {unit:.3g} ms of the mul loss; lower the unit or use 'add'")
+        num = torch.log(expected_ms / unit).clamp_min(1e-3)
+        return ce * (num / math.log(cfg.latency_target_ms / unit)) ** cfg.beta
+    if cfg.loss == "hinge":
+        return ce + cfg.lam * torch.relu(expected_ms / cfg.latency_target_ms - 1.0)
     return ce + cfg.lam * expected_ms / cfg.latency_target_ms
 
 
@@ -159,6 +182,9 @@ def run_search(
             f"latency target {cfg.latency_target_ms:.3g} ms is below the cheapest architecture "
             f"in this space ({cheap_ms:.3g} ms on this device); raise --latency-target"
         )
+    unit = cfg.log_unit_ms or cheap_ms / 2
+    if cfg.loss == "mul" and cfg.latency_target_ms <= unit:
+        raise UserError(f"latency target must exceed the log unit ({unit:.3g} ms)")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     net.to(device).train()
@@ -203,7 +229,7 @@ def run_search(
                 net.set_mode("two", gen)
                 ce = F.cross_entropy(net(xa), ya)
                 expected = latency.expected([m.probs() for m in net.mixed_ops])
-                a_loss = latency_loss(ce, expected, cfg)
+                a_loss = latency_loss(ce, expected, cfg, unit)
                 a_opt.zero_grad(set_to_none=True)
                 a_loss.backward()
                 net.set_alpha_grads()

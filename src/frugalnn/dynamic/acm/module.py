@@ -208,12 +208,14 @@ class ACMFFN(ledger.DynamicModule):
         # needs[j] = how many tokens run learner j (a prefix of the sorted tokens).
         hist = torch.bincount(k, minlength=self.num_learners + 1)
         needs = (hist.flip(0).cumsum(0).flip(0))[1:].tolist()
-        ys = x.new_zeros(x.shape[0], self.out_dim)
-        for j, m in enumerate(needs):
+        # Every token runs learner 1, so its output starts the result; learner j
+        # then adds to the first needs[j] sorted tokens.
+        ys = torch.addmm(self.b2[0], self.act(F.linear(xs, self.w1[0], self.b1[0])), self.w2[0])
+        for j, m in enumerate(needs[1:], start=1):
             if m == 0:
                 break
             h = self.act(F.linear(xs[:m], self.w1[j], self.b1[j]))
-            ys[:m] += torch.addmm(self.b2[j], h, self.w2[j])
+            ys[:m].addmm_(h, self.w2[j]).add_(self.b2[j])
         return torch.empty_like(ys).index_copy_(0, order, ys)
 
     # -- forward -----------------------------------------------------------------------------

@@ -63,7 +63,8 @@ class ACMTrainConfig:
             if getattr(self, name) < 0:
                 raise UserError(f"{name.replace('_', '-')} must be >= 0")
         if self.ratio < 1.0:
-            raise UserError(f"the gate-label ratio must be >= 1 (1.2 in the paper), got {self.ratio}")
+            raise UserError(
+                f"the gate-label ratio must be >= 1 (1.2 in the paper), got {self.ratio}")
         if not 0.0 < self.target <= 1.0:
             raise UserError(f"the target budget must be in (0, 1], got {self.target}")
 

@@ -136,7 +136,7 @@ def train_heads(
                 loss.backward()
                 opt.step()
                 sched.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
                 correct += torch.stack([(z.argmax(1) == y).sum().cpu() for z in outs]).float()
             history.append({"epoch": epoch + 1, "loss": total / n,
                             "head_accuracy": (correct / n).tolist()})
@@ -192,7 +192,7 @@ def train_ensemble(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         history.append({"epoch": epoch + 1, "loss": total / n})
     with torch.no_grad():
         ens.weight.mul_(mask.to(ens.weight.device))  # unused upper entries stay zero

@@ -219,6 +219,10 @@ class MoEFFN(ledger.DynamicModule):
             idx = tokens[start : start + c]
             start += c
             rows = slice(e * s, (e + 1) * s)
+            if c == x.shape[0]:  # every token: no gather/scatter needed
+                h = self.act(F.linear(x, self.fc1_weight[rows], self.fc1_bias[rows]))
+                y.addmm_(h, self.fc2_weight_t[rows])
+                continue
             xe = x.index_select(0, idx)
             h = self.act(F.linear(xe, self.fc1_weight[rows], self.fc1_bias[rows]))
             y.index_add_(0, idx, h @ self.fc2_weight_t[rows])

@@ -1,0 +1,324 @@
+"""ViT on CIFAR-10 (JPEG) with adaptive computation modules, and the difficulty-rankings study.
+
+Pipeline (cached under --work; re-running skips what exists):
+
+1. a ViT baseline: ``--baseline CKPT`` (e.g. the MoE benchmark's trained ViT, so
+   all methods share one model), or trained here on a random train subset;
+2. a *reference run* of the baseline on a random test subset (seeded; the same
+   subset as ``benchmarks/moe_vit_cifar.py`` draws with the same seed and size):
+   per-example loss, prediction entropy and fraction of zero ReLU outputs;
+3. every FFN converted to N learners, the three ACM training stages on a train
+   subset, the ``q`` sweep evaluated on the test subset (records, FLOPs per
+   example, end-to-end latency), and the converted FFN layers alone timed
+   against the dense FFNs on real FFN inputs at batch 64;
+4. a cost-accuracy report of ACM, the baseline and any ``--compare`` runs (MoE,
+   early exits) and the rankings study across them all.
+
+    .venv/bin/python benchmarks/acm_vit_cifar.py --data-dir /work/shared/data \
+        --baseline runs/bench/moe_vit_cifar/baseline/checkpoint \
+        --compare runs/bench/moe_vit_cifar/moe-dynamic ...
+
+Writes ``benchmarks/results/acm.md`` (measured section; the findings are
+written by hand below it) and the figures under ``--work``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from frugalnn.analysis.rankings import load_signals, reference_run, write_rankings
+from frugalnn.cost.latency import measure_latency
+from frugalnn.cost.machine import describe_machine, machine_markdown
+from frugalnn.data import get_dataset
+from frugalnn.dynamic.acm import ACMTrainConfig, convert_to_acm, train_acm
+from frugalnn.dynamic.acm.report import write_extras
+from frugalnn.errors import UserError
+from frugalnn.evaluate import evaluate_into, load_records, load_summary
+from frugalnn.models import create_model
+from frugalnn.train import fit, load_model, save_checkpoint
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=os.environ.get("FRUGALNN_DATA"))
+    p.add_argument("--work", default="runs/bench/acm_vit_cifar")
+    p.add_argument("--baseline", help="checkpoint of a trained vit_tiny (default: train one)")
+    p.add_argument("--compare", nargs="*", default=[], help="other evaluated runs to compare")
+    p.add_argument("--dim", type=int, default=96)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--heads", type=int, default=3)
+    p.add_argument("--train-examples", type=int, default=12000)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--acm-examples", type=int, default=4000, help="train subset for ACM stages")
+    p.add_argument("--learners", type=int, default=4)
+    p.add_argument("--distill-epochs", type=int, default=2)
+    p.add_argument("--gate-epochs", type=int, default=1)
+    p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--target", type=float, default=0.5)
+    p.add_argument("--test-examples", type=int, default=1000)
+    p.add_argument("--latency-repeats", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-early-exit", action="store_true",
+                   help="skip the early-exit (SDN heads on the same frozen ViT) comparison")
+    p.add_argument("--exit-epochs", type=int, default=10, help="early-exit head epochs")
+    p.add_argument("--rank-relative-cost", type=float, default=0.75,
+                   help="rank --compare runs at the budget nearest this fraction of their cost")
+    p.add_argument("--out", default="benchmarks/results/acm.md")
+    return p.parse_args(argv)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg} (load {os.getloadavg()[0]:.1f})", flush=True)
+
+
+def random_subset(ds: Any, n: int, seed: int) -> Any:
+    """``n`` random examples (seeded), in the same order as the MoE benchmark draws them."""
+    if n >= len(ds):
+        return ds
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
+    return Subset(ds, idx.tolist())
+
+
+def baseline_model(a: argparse.Namespace, work: Path, train: Any) -> torch.nn.Module:
+    if a.baseline:
+        return load_model(a.baseline).eval()
+    ckpt = work / "baseline" / "checkpoint"
+    if not (ckpt / "model.safetensors").exists():
+        torch.manual_seed(a.seed)
+        model = create_model("vit_tiny", dim=a.dim, depth=a.depth, heads=a.heads,
+                             activation="relu")
+        log(f"training ViT dim={a.dim} depth={a.depth} on {a.train_examples} images")
+        fit(model, DataLoader(random_subset(train, a.train_examples, a.seed), batch_size=128,
+                              shuffle=True, generator=torch.Generator().manual_seed(a.seed)),
+            epochs=a.epochs, optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="cosine",
+            warmup_epochs=0.2, seed=a.seed, progress=False, run_dir=work / "baseline")
+    return load_model(ckpt).eval()
+
+
+def ffn_latency(acm: Any, teacher: torch.nn.Module, x: torch.Tensor, repeats: int,
+                threads: int) -> list[dict[str, Any]]:
+    """Converted FFN layers alone vs the dense FFNs, on the real FFN inputs of one batch."""
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, n=m.name: inputs.__setitem__(n, args[0]))
+             for m in acm.acm_layers()]
+    acm.set_budget(1.0)
+    with torch.inference_mode():
+        acm(x)
+    for h in hooks:
+        h.remove()
+    dense = {s.name: s for s in teacher.ffn_sites()}
+
+    def run_dense(_x: torch.Tensor) -> None:
+        for name, t in inputs.items():
+            s = dense[name]
+            s.fc2(s.act(s.fc1(t)))
+
+    def run_acm(_x: torch.Tensor) -> None:
+        for layer in acm.acm_layers():
+            layer(inputs[layer.name])
+
+    rows = []
+    with torch.inference_mode():
+        base = measure_latency(run_dense, x, warmup=3, repeats=repeats, threads=threads)
+        rows.append({"q": "dense", "median_ms": base.median_ms, "p10": base.p10_ms,
+                     "p90": base.p90_ms, "speedup": 1.0, "learners": float(acm.num_learners())})
+        for q in acm.budget_values():
+            acm.set_budget(q)
+            acm.keep_counts(True)
+            run_acm(x)
+            frac = acm.ffn_compute_fraction()
+            acm.keep_counts(False)
+            rec = measure_latency(run_acm, x, warmup=3, repeats=repeats, threads=threads)
+            rows.append({"q": q, "median_ms": rec.median_ms, "p10": rec.p10_ms,
+                         "p90": rec.p90_ms, "speedup": base.median_ms / rec.median_ms,
+                         "learners": frac * acm.num_learners()})
+    acm.set_budget(1.0)
+    return rows
+
+
+def early_exit_run(a: argparse.Namespace, work: Path, backbone: torch.nn.Module, train: Any,
+                   test: Any) -> Path:
+    """SDN-style early exits (a head after every block, frozen backbone) on the same ViT."""
+    from frugalnn.dynamic.early_exit import attach_heads
+    from frugalnn.dynamic.early_exit.training import cache_features, train_heads
+
+    run = work / "early-exit"
+    if (run / "records.csv").exists():
+        return run
+    torch.manual_seed(a.seed)
+    model = attach_heads(copy.deepcopy(backbone), "every",
+                         example_input=test[0][0].unsqueeze(0))
+    model.freeze_backbone = True
+    sub = random_subset(train, a.acm_examples, a.seed + 7)
+    log(f"early-exit heads on {len(sub)} images, {a.exit_epochs} epochs")
+    cache = cache_features(model, DataLoader(sub, batch_size=256))
+    train_heads(model, cache, epochs=a.exit_epochs, lr=3e-3, seed=a.seed)
+    model.eval()
+    base = load_summary(work / "reference")["budgets"][0]
+    evaluate_into(model, test, run, method="early exits (SDN heads)", batch_size=a.batch_size,
+                  threads=a.threads, latency_batch_sizes=(a.batch_size,),
+                  latency_repeats=a.latency_repeats, baseline_flops=base["flops"],
+                  baseline_accuracy=base["accuracy"],
+                  config={"data": "cifar10", "test_examples": a.test_examples, "seed": a.seed},
+                  report=False, progress=False)
+    return run
+
+
+def ffn_fraction(run: Path) -> dict[float, float]:
+    """Per budget: learners run / learners available, mean over layers (from records)."""
+    rec = load_records(run)
+    cols = [c for c in rec.decision_columns if c.startswith("learners_per_token/")]
+    n = max(np.nanmax(rec.columns[c]) for c in cols)
+    return {b: float(np.mean([np.nanmean(rec.columns[c][rec.rows_for(b)]) for c in cols]) / n)
+            for b in rec.budgets()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    torch.set_num_threads(a.threads)
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    machine = describe_machine()
+    log("loading CIFAR-10 JPEG")
+    train = get_dataset("cifar10", "train", a.data_dir)
+    test = random_subset(get_dataset("cifar10", "test", a.data_dir), a.test_examples, a.seed)
+    model = baseline_model(a, work, train)
+    teacher = copy.deepcopy(model).eval()
+
+    ref = work / "reference"
+    if not (ref / "records.csv").exists():
+        log("reference run (loss, entropy, ReLU zero fraction) of the baseline")
+        reference_run(model, test, ref, batch_size=a.batch_size, method="ViT baseline",
+                      config={"data": "cifar10", "test_examples": a.test_examples,
+                              "seed": a.seed})
+
+    run = work / "acm"
+    if not (run / "records.csv").exists():
+        acm = convert_to_acm(model, num_learners=a.learners, seed=a.seed)
+        cfg = ACMTrainConfig(distill_epochs=a.distill_epochs, gate_epochs=a.gate_epochs,
+                             finetune_epochs=a.finetune_epochs, target=a.target)
+        sub = random_subset(train, a.acm_examples, a.seed + 7)
+        log(f"ACM stages on {len(sub)} images: distil {a.distill_epochs}, gate {a.gate_epochs}, "
+            f"fine-tune {a.finetune_epochs} epochs")
+        t0 = time.time()
+        train_acm(acm, teacher, DataLoader(sub, batch_size=a.batch_size, shuffle=True,
+                                           generator=torch.Generator().manual_seed(a.seed)),
+                  cfg, seed=a.seed)
+        train_s = time.time() - t0
+        log(f"ACM trained in {train_s:.0f} s")
+        save_checkpoint(run / "checkpoint", acm, {"train_seconds": train_s})
+        base = load_summary(ref)["budgets"][0]
+        evaluate_into(acm, test, run, method="ACM (per-token learners)",
+                      batch_size=a.batch_size, threads=a.threads,
+                      latency_batch_sizes=(a.batch_size,), latency_repeats=a.latency_repeats,
+                      baseline_flops=base["flops"], baseline_accuracy=base["accuracy"],
+                      config={"data": "cifar10", "test_examples": a.test_examples,
+                              "seed": a.seed, "train_seconds": train_s},
+                      report=False, progress=False)
+        write_extras(acm, run, test)
+    acm = load_model(run / "checkpoint").eval()
+    x = torch.stack([test[i][0] for i in range(a.batch_size)])
+    log("timing the converted FFN layers against the dense FFNs")
+    lat = ffn_latency(acm, teacher, x, a.latency_repeats, a.threads)
+
+    extra = [] if a.no_early_exit else [early_exit_run(a, work, teacher, train, test)]
+    runs = [ref, run, *extra, *[Path(c) for c in a.compare]]
+    from frugalnn.report import write_report
+
+    write_report(runs, work / "report", title="ViT on CIFAR-10 (JPEG): ACM vs others",
+                 force=True)
+    rank_runs = [run, ref, *extra]
+    notes = []
+    for c in a.compare:
+        try:
+            load_signals([run, ref, Path(c)])
+            rank_runs.append(Path(c))
+        except UserError as exc:
+            notes.append(f"- {c} left out of the rankings: {exc}")
+    # ACM is ranked where it runs about half of the converted layers' learners.
+    frac = ffn_fraction(run)
+    q_half = min(frac, key=lambda q: abs(frac[q] - 0.5))
+    write_rankings(rank_runs, work / "rankings", dataset=test, force=True,
+                   budgets={str(run): q_half}, relative_cost=a.rank_relative_cost)
+    log(f"done in {time.time() - started:.0f} s")
+    write_results(a, machine, ref, run, lat, work, notes, time.time() - started)
+    return 0
+
+
+def write_results(a: argparse.Namespace, machine: dict[str, Any], ref: Path, run: Path,
+                  lat: list[dict[str, Any]], work: Path, notes: list[str], seconds: float) -> None:
+    base = load_summary(ref)["budgets"][0]
+    summ = load_summary(run)
+    frac = ffn_fraction(run)
+    rows = ["| q | accuracy | Δ vs dense (points) | MFLOPs/example | × dense FLOPs | "
+            "converted-FFN compute | latency b=64 (ms) |", "|---|---|---|---|---|---|---|"]
+    lat_e2e = {str(r.get("budget")): r for r in summ.get("latency", [])}
+    for r in summ["budgets"]:
+        q = float(r["budget"])
+        e2e = lat_e2e.get(str(r["budget"]), {})
+        delta = 100 * (r["accuracy"] - base["accuracy"])
+        rows.append(
+            f"| {q:g} | {100 * r['accuracy']:.2f} % | {delta:+.2f}"
+            f" | {r['flops'] / 1e6:.2f} | {r['flops'] / base['flops']:.3f} | "
+            f"{100 * frac.get(q, float('nan')):.0f} % | "
+            f"{e2e.get('median_ms', float('nan')):.1f} |")
+    half = min(summ["budgets"], key=lambda r: abs(frac[float(r["budget"])] - 0.5))
+    lat_rows = ["| FFN layers | learners/token | median ms | p10–p90 ms | speed-up vs dense |",
+                "|---|---|---|---|---|"]
+    for r in lat:
+        label = "dense FFNs" if r["q"] == "dense" else f"ACM q={r['q']:g}"
+        lat_rows.append(f"| {label} | {r['learners']:.2f} | {r['median_ms']:.2f} | "
+                        f"{r['p10']:.2f}–{r['p90']:.2f} | {r['speedup']:.2f}× |")
+    rankings = (work / "rankings" / "rankings.md").read_text()
+    rank_tables = rankings.split("## Figures")[0].split("\n", 2)[2]
+    cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/acm_vit_cifar.py " + " ".join(
+        shlex.quote(v) for v in sys.argv[1:])
+    text = "\n".join([
+        "## Adaptive computation modules (per-token learners) — ViT on CIFAR-10 (JPEG)", "",
+        f"Command: `{cmd}` ({seconds / 60:.1f} min including cached stages)", "",
+        machine_markdown(machine), "",
+        f"Scaled down for a shared 2-core CPU: baseline `{a.baseline or 'trained here'}`, "
+        f"{a.learners} learners per FFN, ACM stages on {a.acm_examples} training images "
+        f"(distil {a.distill_epochs} / gate {a.gate_epochs} / fine-tune {a.finetune_epochs} "
+        f"epochs, target {a.target}), evaluated on {a.test_examples} random test images "
+        f"(seed {a.seed}). FLOPs are counted (real FLOPs = 2 × MACs); times are measured "
+        "medians on this loaded machine, threads = " + str(a.threads) + ".", "",
+        f"Dense baseline: {100 * base['accuracy']:.2f} % at {base['flops'] / 1e6:.2f} MFLOPs "
+        "per example.", "",
+        "### Accuracy and cost per budget", "", *rows, "",
+        f"At about half the converted layers' compute (q={float(half['budget']):g}, "
+        f"{100 * frac[float(half['budget'])]:.0f} %): accuracy "
+        f"{100 * half['accuracy']:.2f} % vs dense {100 * base['accuracy']:.2f} % "
+        f"({100 * (half['accuracy'] - base['accuracy']):+.2f} points; target: ≥ −1).", "",
+        "### Converted FFN layers alone (batch 64, real FFN inputs)", "", *lat_rows, "",
+        "### Difficulty rankings", "", rank_tables.strip(), "", *notes, "",
+        f"Figures: `{work}/report/` (cost–accuracy planes), `{work}/rankings/` "
+        f"(correlation.png, scatter.png, grid_*.png), `{run}/extras/` (compute maps).", "",
+    ])
+    out = Path(a.out)
+    old = out.read_text() if out.exists() else ""
+    keep = old.split("<!-- findings -->", 1)[1] if "<!-- findings -->" in old else "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(text + "\n<!-- findings -->" + keep)
+    os.replace(tmp, out)
+    (work / "latency.json").write_text(json.dumps(lat, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,337 @@
+"""Early exits on ResNet-56 / CIFAR-10 (JPEG): SDN heads vs Zero-Time-Waste, FLOPs and wall clock.
+
+Pipeline (one command, fixed seeds):
+
+1. ResNet-56 from the pretrained checkpoint, fine-tuned on (a random subset of)
+   the JPEG train split so that the baseline is fair on the JPEG test split;
+2. SDN: pooling+linear heads trained on the frozen backbone; ZTW: cascaded
+   heads plus the geometric ensemble, trained on the same frozen backbone.
+   Both use the heads' parameter-free pooled features of the train subset,
+   computed once (exact for a frozen backbone without augmentation);
+3. the thresholds are swept offline on the test subset (all heads evaluated
+   once), giving accuracy at 25/50/75 % of the backbone's FLOPs and the
+   largest FLOPs saving within 0.5 / 1 point of the backbone;
+4. the real batched path is checked against the offline sweep (predictions,
+   exits and per-example FLOPs) and timed at batch 1 and 64 against the
+   backbone in the same process, at the within-1-point operating point;
+5. a transformer case: a small ViT (``--vit-data digits`` by default: 8x8
+   digits, trained from scratch here; ``cifar10`` for the 32x32 ViT).
+
+Full scale: ``--finetune-epochs 10 --finetune-limit 50000 --train-limit 50000
+--head-epochs 50 --test-limit 10000``. The defaults are a scaled-down run for a
+shared 2-core CPU; the results file states the scale used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from frugalnn.cost.latency import measure_latency
+from frugalnn.cost.machine import describe_machine
+from frugalnn.data import get_dataset
+from frugalnn.dynamic.early_exit import attach_heads
+from frugalnn.dynamic.early_exit.offline import (
+    accuracy_at_flops,
+    fine_grid,
+    saving_within,
+    simulate,
+    trace_from_features,
+)
+from frugalnn.dynamic.early_exit.training import cache_features, train_ensemble, train_heads
+from frugalnn.models import create_model
+from frugalnn.train.loop import fit
+
+FRACTIONS = (0.25, 0.5, 0.75)
+DROPS = (0.005, 0.01)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def subset(ds, limit: int | None, seed: int):
+    """A seeded random subset (image folders are sorted by class, so never the first N)."""
+    if limit is None or limit >= len(ds):
+        return ds
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:limit]
+    return Subset(ds, sorted(idx.tolist()))
+
+
+def stack(ds, n: int) -> torch.Tensor:
+    return torch.stack([ds[i][0] for i in range(min(n, len(ds)))])
+
+
+def accuracy(model, loader) -> float:
+    model.eval()
+    right = total = 0
+    with torch.inference_mode():
+        for x, y in loader:
+            right += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+    return right / total
+
+
+def variants(backbone, args, train_cache, example):
+    """SDN and ZTW exit models on one frozen backbone, trained from one feature cache."""
+    out = {}
+    for name, cascade in (("SDN", False), ("ZTW", True)):
+        torch.manual_seed(args.seed)
+        ee = attach_heads(backbone, args.positions, cascade=cascade, pool_size=args.pool_size)
+        ee.freeze_backbone = True
+        t0 = time.perf_counter()
+        train_heads(ee, train_cache, epochs=args.head_epochs, lr=args.head_lr, seed=args.seed)
+        if cascade:
+            train_ensemble(ee, train_cache, epochs=args.ensemble_epochs, seed=args.seed)
+        log(f"{name}: heads trained in {time.perf_counter() - t0:.0f} s")
+        out[name] = ee.eval()
+    return out
+
+
+def frontier_rows(traces, base_acc):
+    lines = ["| method | acc @25 % FLOPs | acc @50 % | acc @75 % | saving within 0.5 pt | "
+             "saving within 1 pt |", "|---|---|---|---|---|---|"]
+    numbers = {}
+    for name, tr in traces.items():
+        grid = fine_grid("maxprob", tr.num_internal)
+        at = accuracy_at_flops(tr, "maxprob", FRACTIONS, grid)
+        sv = saving_within(tr, "maxprob", DROPS, grid)
+        numbers[name] = (at, sv)
+        cells = [f"{100 * at[f]['accuracy']:.2f} %" for f in FRACTIONS]
+        cells += [f"{100 * sv[d]['flops_saving']:.1f} % (acc {100 * sv[d]['accuracy']:.2f} %, "
+                  f"t={sv[d]['threshold']:.4f})" for d in DROPS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append(f"| backbone | {100 * base_acc:.2f} % at 100 % FLOPs | | | | |")
+    return lines, numbers
+
+
+def head_table(traces):
+    names = list(traces)
+    n = traces[names[0]].num_exits
+    lines = ["| exit | FLOPs to reach (M) | " + " | ".join(f"{k} accuracy" for k in names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    accs = {k: tr.head_accuracy() for k, tr in traces.items()}
+    flops = traces[names[0]].exit_flops[:, 0]
+    for i in range(n):
+        label = "final" if i == n - 1 else str(i)
+        lines.append(f"| {label} | {flops[i] / 1e6:.2f} | "
+                     + " | ".join(f"{100 * accs[k][i]:.2f} %" for k in names) + " |")
+    return lines
+
+
+def check_real_path(model, trace, test_x, threshold, batch) -> str:
+    """Real batched inference vs the offline simulation on the first examples."""
+    from frugalnn.cost.ledger import CostLedger
+
+    model.set_budget(threshold)
+    sim = simulate(trace, "maxprob", threshold)
+    n = len(test_x)
+    preds, exits, flops = [], [], []
+    with torch.inference_mode():
+        for s in range(0, n, batch):
+            xb = test_x[s : s + batch]
+            with CostLedger(len(xb)) as led:
+                preds.append(model(xb).argmax(1))
+            exits.append(led.decisions["exit_index"].long())
+            flops.append(led.flops)
+    model.set_budget(model.full_budget())
+    p, e, f = torch.cat(preds), torch.cat(exits), torch.cat(flops)
+    return (f"{int((p == sim.pred[:n]).sum())}/{n} predictions, "
+            f"{int((e == sim.exit_index[:n]).sum())}/{n} exits, "
+            f"{int((f == sim.flops[:n]).sum())}/{n} per-example FLOPs identical")
+
+
+def time_models(models, test_x, sizes, repeats, warmup):
+    """Median latency of each (name, model, threshold) at each batch size, same process."""
+    rows = []
+    for bs in sizes:
+        batches = [test_x[i : i + bs] for i in range(0, len(test_x) - bs + 1, bs)][:max(repeats, 1)]
+        for name, model, thr in models:
+            if thr is not None:
+                model.set_budget(thr)
+            cursor = {"i": 0}
+
+            def step(_m=model, _b=batches, _c=cursor):
+                x = _b[_c["i"] % len(_b)]
+                _c["i"] += 1
+                return _m(x)
+
+            with torch.inference_mode():
+                rec = measure_latency(step, warmup=warmup, repeats=repeats)
+            rows.append((bs, name, rec.median_ms, rec.p10_ms, rec.p90_ms, os.getloadavg()[0]))
+            if thr is not None:
+                model.set_budget(model.full_budget())
+    return rows
+
+
+def latency_table(rows, flops_ratio):
+    lines = ["| batch | model | median ms | p10-p90 ms | speed-up vs backbone | FLOPs ratio | "
+             "target speed-up (0.7 / FLOPs ratio) | load avg (1 min) |",
+             "|---|---|---|---|---|---|---|---|"]
+    base = {bs: med for bs, name, med, *_ in rows if name == "backbone"}
+    for bs, name, med, p10, p90, load in rows:
+        ratio = flops_ratio.get(name, 1.0)
+        speed = base[bs] / med
+        target = 0.7 / ratio if name != "backbone" else 1.0
+        lines.append(f"| {bs} | {name} | {med:.2f} | {p10:.2f}-{p90:.2f} | {speed:.2f}x | "
+                     f"{ratio:.3f} | {target:.2f}x | {load:.2f} |")
+    return lines
+
+
+def run_case(title, backbone, train_plain, test_ds, args, out_lines, pretrained_acc=None):
+    test_loader = DataLoader(test_ds, batch_size=256)
+    example = stack(test_ds, 2)
+    log(f"{title}: caching head features of {len(train_plain)} train examples")
+    probe = attach_heads(backbone, args.positions, pool_size=args.pool_size)
+    t0 = time.perf_counter()
+    train_cache = cache_features(probe, DataLoader(train_plain, batch_size=256),
+                                 dtype=torch.float16)
+    log(f"  cached in {time.perf_counter() - t0:.0f} s; test features ({len(test_ds)})")
+    test_cache = cache_features(probe, test_loader)
+    models = variants(backbone, args, train_cache, example)
+    traces = {k: trace_from_features(m, test_cache, example) for k, m in models.items()}
+    base_acc = float((test_cache.final_logits.argmax(1) == test_cache.labels).double().mean())
+    base_flops = float(traces["SDN"].backbone_flops[0])
+    lines, numbers = frontier_rows(traces, base_acc)
+    out_lines += [f"### {title}", ""]
+    if pretrained_acc is not None:
+        out_lines.append(f"- pretrained backbone (before fine-tuning) on this test subset: "
+                         f"{100 * pretrained_acc:.2f} %")
+    out_lines += [
+        f"- backbone: {100 * base_acc:.2f} % accuracy, {base_flops / 1e6:.2f} MFLOPs/example "
+        f"(FLOPs = 2 x MACs, FlopCounterMode)",
+        f"- heads after blocks {probe.positions} of {len(backbone.blocks)}, policy maxprob, "
+        "thresholds swept offline (all heads once) on the test subset", "",
+        *lines, "", "Accuracy of each exit alone (every example stopping there):", "",
+        *head_table(traces), "",
+    ]
+    # Real path: verify and time at the within-1-point operating points.
+    test_x = stack(test_ds, args.latency_examples)
+    flops_ratio = {"backbone": 1.0}
+    timed = [("backbone", backbone.eval(), None)]
+    for name, m in models.items():
+        thr = numbers[name][1][0.01]["threshold"]
+        sim = simulate(traces[name], "maxprob", thr)
+        flops_ratio[f"{name} t={thr:.4f}"] = float(sim.flops.mean()) / base_flops
+        check = check_real_path(m, traces[name], test_x[: args.check_examples], thr, 64)
+        out_lines.append(f"- real batched path vs offline sweep, {name} at t={thr:.4f} on "
+                         f"{min(args.check_examples, len(test_x))} examples: {check}")
+        timed.append((f"{name} t={thr:.4f}", m, thr))
+    log(f"{title}: timing at batch sizes {args.batch_sizes}")
+    rows = time_models(timed, test_x, args.batch_sizes, args.latency_repeats, args.warmup)
+    out_lines += ["", "Wall clock (real batched inference, no ledger, torch threads "
+                  f"{torch.get_num_threads()}, distinct real batches cycled; the FLOPs ratio "
+                  "is the mean over the test subset, the timed batches are its first "
+                  f"{len(test_x)} examples):", "", *latency_table(rows, flops_ratio), ""]
+    return numbers
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=os.environ.get("FRUGALNN_DATA", "../shared/data"))
+    p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--finetune-limit", type=int, default=5000)
+    p.add_argument("--train-limit", type=int, default=5000, help="examples for head training")
+    p.add_argument("--test-limit", type=int, default=2000)
+    p.add_argument("--head-epochs", type=int, default=30)
+    p.add_argument("--head-lr", type=float, default=2e-3)
+    p.add_argument("--ensemble-epochs", type=int, default=30)
+    p.add_argument("--positions", default="every:3")
+    p.add_argument("--pool-size", type=int, default=4)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--latency-repeats", type=int, default=10)
+    p.add_argument("--latency-examples", type=int, default=640)
+    p.add_argument("--check-examples", type=int, default=640)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-resnet", action="store_true")
+    p.add_argument("--vit-data", default="digits", choices=("digits", "cifar10", "none"))
+    p.add_argument("--vit-epochs", type=int, default=40)
+    p.add_argument("--out", default="benchmarks/results/early_exit.md")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    started = time.time()
+    machine = describe_machine()
+    lines = ["## Early exits (issue 4): SDN heads vs Zero-Time-Waste", "",
+             "Command: `" + " ".join([sys.executable.split("/")[-1], *sys.argv]) + "`", "",
+             f"Machine: {machine.get('cpu')}, {machine.get('usable_cores')} usable cores, "
+             f"torch {machine.get('torch')} with {args.threads} thread(s), {machine.get('date')}, "
+             f"load average at start {machine.get('loadavg')}", "",
+             f"Scale: fine-tune {args.finetune_epochs} epoch(s) on {args.finetune_limit} JPEG "
+             f"train images; heads trained {args.head_epochs} epochs on {args.train_limit} "
+             f"train images (ensemble {args.ensemble_epochs} epochs); test on a random "
+             f"{args.test_limit}-image subset of the JPEG test split (seed {args.seed}).", ""]
+    if not args.skip_resnet:
+        data_dir = Path(args.data_dir)
+        ckpt = data_dir / "pretrained" / "resnet-cifar10" / "resnet56-4bfd9763.th"
+        log("loading CIFAR-10 JPEG")
+        train_aug = get_dataset("cifar10", "train", data_dir, augment=True, seed=args.seed)
+        train_plain = get_dataset("cifar10", "train", data_dir)
+        test_ds = subset(get_dataset("cifar10", "test", data_dir), args.test_limit, args.seed)
+        backbone = create_model("resnet56", checkpoint=str(ckpt)).eval()
+        pre_acc = accuracy(backbone, DataLoader(test_ds, batch_size=256))
+        log(f"pretrained ResNet-56 on the JPEG test subset: {100 * pre_acc:.2f} %")
+        if args.finetune_epochs > 0:
+            t0 = time.perf_counter()
+            ft = subset(train_aug, args.finetune_limit, args.seed + 1)
+            fit(backbone, DataLoader(ft, batch_size=128, shuffle=True), epochs=args.finetune_epochs,
+                optimizer="sgd", lr=0.01, weight_decay=5e-4, schedule="cosine", seed=args.seed,
+                progress=False)
+            log(f"fine-tuned in {time.perf_counter() - t0:.0f} s")
+        backbone.eval()
+        for prm in backbone.parameters():
+            prm.requires_grad_(False)
+        run_case("ResNet-56, CIFAR-10 JPEG", backbone,
+                 subset(train_plain, args.train_limit, args.seed + 2), test_ds, args, lines,
+                 pretrained_acc=pre_acc)
+    if args.vit_data != "none":
+        vit_args = copy.copy(args)
+        if args.vit_data == "digits":
+            train = get_dataset("digits", "train")
+            test = get_dataset("digits", "test")
+            kw = dict(image_size=8, patch_size=2, in_channels=1, dim=64, depth=6, heads=4)
+            vit_args.positions = "every"
+        else:
+            train = subset(get_dataset("cifar10", "train", args.data_dir), args.train_limit,
+                           args.seed + 2)
+            test = subset(get_dataset("cifar10", "test", args.data_dir), args.test_limit,
+                          args.seed)
+            kw = dict(dim=96, depth=6, heads=3)
+            vit_args.positions = "every"
+        torch.manual_seed(args.seed)
+        vit = create_model("vit_tiny", **kw)
+        t0 = time.perf_counter()
+        fit(vit, DataLoader(train, batch_size=64, shuffle=True), epochs=args.vit_epochs,
+            optimizer="adamw", lr=2e-3, weight_decay=0.05, schedule="cosine", seed=args.seed,
+            progress=False)
+        log(f"ViT trained in {time.perf_counter() - t0:.0f} s")
+        vit.eval()
+        for prm in vit.parameters():
+            prm.requires_grad_(False)
+        vit_args.check_examples = min(args.check_examples, len(test))
+        vit_args.latency_examples = min(args.latency_examples, len(test))
+        lines += [f"ViT ({args.vit_data}, {kw}) trained from scratch here for {args.vit_epochs} "
+                  f"epochs on {len(train)} images; tested on {len(test)}.", ""]
+        run_case(f"ViT on {args.vit_data}", vit, train, test, vit_args, lines)
+    lines += [f"Total wall time {time.time() - started:.0f} s; load average at end "
+              f"{[round(v, 2) for v in os.getloadavg()]}.", ""]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, out)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

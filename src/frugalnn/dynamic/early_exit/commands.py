@@ -1,0 +1,246 @@
+"""CLI: ``frugalnn early-exit train ...``.
+
+Attaches exit heads to a backbone (a registry model, optionally loaded from a
+frugalnn checkpoint or a ResNet-CIFAR ``.th`` file), trains them (heads only
+on the frozen backbone, or jointly SDN-style), optionally adds the
+Zero-Time-Waste cascade and ensemble, and writes one run directory::
+
+    RUN_DIR/config.json       the command's arguments
+    RUN_DIR/checkpoint/       loadable by `frugalnn evaluate` and load_model
+    RUN_DIR/records.csv ...   the threshold sweep on the evaluation split
+    RUN_DIR/report/           the run's cost-accuracy report
+    RUN_DIR/extras/           per-exit table, accuracy at 25/50/75 % FLOPs, plot
+
+The sweep runs the real batched inference at every threshold (with
+wall-clock latency) unless ``--offline-sweep`` asks for the one-pass
+simulation, which gives identical predictions and FLOPs but no timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from frugalnn.errors import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    top = subparsers.add_parser(
+        "early-exit", help="early-exit networks: attach, train and sweep exit heads",
+        description="Early-exit networks (SDN heads, Zero-Time-Waste) that really exit.",
+    )
+    sub = top.add_subparsers(dest="early_exit_command", metavar="ACTION")
+    top.set_defaults(func=lambda _args: (top.print_help(), 2)[1])
+    t = sub.add_parser("train", help="attach heads to a backbone, train them, sweep thresholds")
+    t.add_argument("--model", required=True, help="registry model (resnet56, vit_tiny, ...)")
+    t.add_argument("--model-args", "--model-arg", dest="model_arg", action="append",
+                   metavar="KEY=VALUE",
+                   help="extra model argument (JSON value), repeatable")
+    t.add_argument("--checkpoint", help="trained backbone: a frugalnn checkpoint / run dir, or a "
+                   "resnet*.th file for resnet models")
+    t.add_argument("--data", required=True, help="dataset name (digits, mnist, cifar10, ...)")
+    t.add_argument("--data-dir", help="data directory (default: $FRUGALNN_DATA)")
+    t.add_argument("--positions", default="every",
+                   help="heads after which blocks: every | every:K | 0,3,7 (default every)")
+    t.add_argument("--head", default="auto", choices=("auto", "pool", "cls", "mean", "linear"))
+    t.add_argument("--pool-size", type=int, default=4, help="image heads pool to KxK (default 4)")
+    t.add_argument("--cascade", action="store_true", help="ZTW cascade: each head also gets "
+                   "the previous head's logits")
+    t.add_argument("--ensemble", action="store_true", help="ZTW geometric ensemble of heads, "
+                   "trained afterwards on the frozen cascade")
+    t.add_argument("--policy", default="maxprob", choices=("maxprob", "entropy", "patience"))
+    t.add_argument("--mode", default="heads", choices=("heads", "joint"),
+                   help="heads: frozen backbone (default); joint: backbone and heads, SDN losses")
+    t.add_argument("--epochs", type=int, default=20, help="head (or joint) epochs (default 20)")
+    t.add_argument("--lr", type=float, help="learning rate (default 2e-3 heads, 0.01 joint)")
+    t.add_argument("--ensemble-epochs", type=int, default=30)
+    t.add_argument("--augment", action="store_true", help="augment images (joint mode only)")
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--train-limit", type=int, help="random subset of the train split")
+    t.add_argument("--eval-split", default="test")
+    t.add_argument("--eval-limit", type=int, help="random subset of the evaluation split")
+    t.add_argument("--budgets", nargs="+", help="thresholds to sweep (default: the policy's)")
+    t.add_argument("--offline-sweep", action="store_true", help="sweep from one all-heads pass "
+                   "(same predictions and FLOPs, no wall-clock)")
+    t.add_argument("--latency-batch-sizes", default="1,64")
+    t.add_argument("--latency-repeats", type=int, default=10)
+    t.add_argument("--method", default="", help="name shown in reports")
+    t.add_argument("--threads", type=int, help="torch threads")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="run directory to write")
+    t.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=_train)
+
+
+def _positive(value: int | None, flag: str) -> None:
+    if value is not None and value < 1:
+        raise UserError(f"{flag} must be positive, got {value}")
+
+
+def _model_args(pairs: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise UserError(f"--model-arg expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def random_subset(dataset: Any, limit: int | None, seed: int) -> Any:
+    """``limit`` examples drawn at random (seeded): image folders are sorted by class."""
+    import torch
+    from torch.utils.data import Subset
+
+    if limit is None or limit >= len(dataset):
+        return dataset
+    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit]
+    sub = Subset(dataset, sorted(idx.tolist()))
+    sub.info = getattr(dataset, "info", None)  # type: ignore[attr-defined]
+    return sub
+
+
+def load_backbone(name: str, checkpoint: str | None, kwargs: dict[str, Any], device: str):
+    """The backbone: from a frugalnn checkpoint, a ResNet ``.th`` file, or freshly built."""
+    from frugalnn.models import create_model
+    from frugalnn.train.checkpoint import has_checkpoint, load_model
+
+    if checkpoint is None:
+        return create_model(name, **kwargs).to(device)
+    path = Path(checkpoint)
+    if not path.exists():
+        raise UserError(f"{path} does not exist; pass a checkpoint, run directory or .th file")
+    if path.is_file() and path.suffix == ".th":
+        return create_model(name, checkpoint=str(path), **kwargs).to(device)
+    ckpt = path / "checkpoint" if has_checkpoint(path / "checkpoint") else path
+    model = load_model(ckpt, map_location=device)
+    spec = getattr(model, "frugalnn_spec", None) or {}
+    if spec.get("name") not in (None, name):
+        raise UserError(f"checkpoint {ckpt} holds a {spec.get('name')!r} model, not {name!r}")
+    return model
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from frugalnn.data import get_dataset
+    from frugalnn.dynamic.early_exit import attach_heads
+    from frugalnn.dynamic.early_exit.offline import collect_trace, sweep
+    from frugalnn.dynamic.early_exit.report import write_extras
+    from frugalnn.dynamic.early_exit.training import (
+        cache_features,
+        train_ensemble,
+        train_heads,
+        train_joint,
+    )
+    from frugalnn.evaluate import evaluate_into
+    from frugalnn.evaluate_commands import parse_floats, parse_ints
+    from frugalnn.train.checkpoint import save_checkpoint, write_json_atomic
+    from frugalnn.train.commands import model_kwargs_for
+
+    for value, flag in ((args.epochs, "--epochs"), (args.batch_size, "--batch-size"),
+                        (args.train_limit, "--train-limit"), (args.eval_limit, "--eval-limit"),
+                        (args.threads, "--threads"), (args.ensemble_epochs, "--ensemble-epochs"),
+                        (args.latency_repeats, "--latency-repeats")):
+        _positive(value, flag)
+    if args.ensemble and not args.cascade:
+        print("frugalnn: note: --ensemble without --cascade ensembles independent heads",
+              file=sys.stderr)
+    if args.augment and args.mode != "joint":
+        raise UserError("--augment applies to --mode joint; heads mode trains on cached "
+                        "features of un-augmented images")
+    if args.mode == "heads" and args.checkpoint is None:
+        raise UserError("--mode heads freezes the backbone, so it needs a trained one: pass "
+                        "--checkpoint, or use --mode joint")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA device; use cpu")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise UserError(f"{out} already exists; pass --force to overwrite it or choose another "
+                        "--out")
+    budgets = parse_floats(args.budgets)
+    sizes = parse_ints(args.latency_batch_sizes, "--latency-batch-sizes")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    progress = not args.no_progress
+
+    train_ds = get_dataset(args.data, "train", args.data_dir,
+                           augment=args.augment, seed=args.seed)
+    eval_ds = get_dataset(args.data, args.eval_split, args.data_dir)
+    info = train_ds.info  # type: ignore[attr-defined]
+    train_ds = random_subset(train_ds, args.train_limit, args.seed)
+    eval_ds = random_subset(eval_ds, args.eval_limit, args.seed + 1)
+    kwargs = model_kwargs_for(args.model, info, _model_args(args.model_arg))
+    if args.checkpoint and not str(args.checkpoint).endswith(".th"):
+        kwargs = {}  # a frugalnn checkpoint rebuilds its own structure
+    backbone = load_backbone(args.model, args.checkpoint, kwargs, args.device)
+    model = attach_heads(backbone, args.positions, args.head, cascade=args.cascade,
+                         policy=args.policy, pool_size=args.pool_size,
+                         example_input=torch.stack([eval_ds[0][0]]).to(args.device))
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"command": "early-exit train",
+              **{k: v for k, v in vars(args).items() if k != "func"}}
+    write_json_atomic(out / "config.json", config)
+
+    history: dict[str, Any] = {}
+    cache = None
+    if args.mode == "heads":
+        model.freeze_backbone = True
+        cache = cache_features(model, DataLoader(train_ds, batch_size=256),
+                               device=args.device, progress=progress)
+        history["heads"] = train_heads(model, cache, epochs=args.epochs, lr=args.lr or 2e-3,
+                                       batch_size=args.batch_size, seed=args.seed,
+                                       device=args.device, progress=progress)
+    else:
+        loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True)
+        res = train_joint(model, loader, epochs=args.epochs, lr=args.lr or 0.01,
+                          seed=args.seed, progress=progress, device=args.device)
+        history["joint"] = res.history
+    if args.ensemble:
+        if cache is None:
+            plain = get_dataset(args.data, "train", args.data_dir)
+            plain = random_subset(plain, args.train_limit, args.seed)
+            cache = cache_features(model, DataLoader(plain, batch_size=256),
+                                   device=args.device, progress=progress)
+        history["ensemble"] = train_ensemble(model, cache, epochs=args.ensemble_epochs,
+                                             seed=args.seed, device=args.device)
+    model.eval()
+    method = args.method or ("early-exit ZTW" if args.cascade else "early-exit SDN")
+    save_checkpoint(out / "checkpoint", model, {"method": method, "history": history,
+                                                "config": config})
+    trace = collect_trace(model, DataLoader(eval_ds, batch_size=256), device=args.device,
+                          progress=progress)
+    if args.offline_sweep:
+        from frugalnn.report import write_report
+
+        records = sweep(trace, args.policy, budgets, method=method, model_name=args.model,
+                        meta={"transforms": model.frugalnn_transforms, "config": config})
+        records.save(out, force=args.force)
+        write_report([out], out / "report", title=method, force=True)
+    else:
+        records = evaluate_into(
+            model, eval_ds, out, method=method, batch_size=64, budgets=budgets,
+            threads=args.threads, device=args.device, latency_batch_sizes=sizes,
+            latency_repeats=args.latency_repeats, config=config, force=args.force,
+            progress=progress,
+        )
+    nums = write_extras(trace, args.policy, out / "extras", title=method)
+    for row in records.per_budget_summary():
+        print(f"{model.budget_name} {row['label']:>8}: accuracy {100 * row['accuracy']:6.2f} %  "
+              f"{row['flops'] / 1e6:10.3f} MFLOPs/example")
+    for drop, row in nums["saving_within"].items():
+        print(f"within {100 * drop:.1f} pt of the backbone: {100 * row['flops_saving']:.1f} % "
+              f"FLOPs saved (threshold {row['threshold']:.4g})")
+    print(f"checkpoint: {out / 'checkpoint'}")
+    print(f"records:    {out / 'records.csv'}")
+    return 0

@@ -1,0 +1,155 @@
+"""Early-exit training (heads only, joint, ZTW ensemble), the CLI and the demo hook."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from frugalnn.cli import main
+from frugalnn.dynamic.early_exit import attach_heads
+from frugalnn.dynamic.early_exit.offline import collect_trace, trace_from_features
+from frugalnn.dynamic.early_exit.training import (
+    cache_features,
+    exit_loss_weights,
+    train_ensemble,
+    train_heads,
+    train_joint,
+)
+from frugalnn.errors import UserError
+from frugalnn.models import create_model
+
+
+def _task(n: int = 256):
+    """A separable 4-class problem on 1x8x8 images (class = bright quadrant)."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = 0.3 * torch.randn(n, 1, 8, 8, generator=g)
+    for c in range(4):
+        r, s = divmod(c, 2)
+        x[y == c, :, 4 * r : 4 * r + 4, 4 * s : 4 * s + 4] += 1.0
+    return x, y
+
+
+def _cnn():
+    return create_model("cnn_small", in_channels=1, image_size=8, num_classes=4,
+                        widths=(8, 16, 16)).eval()
+
+
+def test_heads_only_training_learns_and_leaves_backbone_untouched():
+    x, y = _task()
+    ee = attach_heads(_cnn(), "every", cascade=True)
+    ee.freeze_backbone = True
+    before = {k: v.clone() for k, v in ee.backbone.state_dict().items()}
+    loader = DataLoader(TensorDataset(x, y), batch_size=64)
+    cache = cache_features(ee, loader)
+    assert [f.shape[0] for f in cache.feats] == [256, 256]
+    hist = train_heads(ee, cache, epochs=15, lr=1e-2, batch_size=64)
+    assert hist[-1]["loss"] < 0.5 * hist[0]["loss"]
+    assert min(hist[-1]["head_accuracy"]) > 0.9
+    for k, v in ee.backbone.state_dict().items():
+        assert torch.equal(v, before[k]), k  # weights and BN statistics unchanged
+    # The trace built from cached features equals a fresh all-exits pass.
+    t1 = collect_trace(ee, loader)
+    t2 = trace_from_features(ee, cache, x[:1])
+    torch.testing.assert_close(t1.logits, t2.logits, rtol=1e-5, atol=1e-5)
+    assert torch.equal(t1.exit_flops, t2.exit_flops)
+
+
+def test_ensemble_starts_as_identity_and_training_lowers_its_loss():
+    x, y = _task()
+    ee = attach_heads(_cnn(), "every", cascade=True)
+    cache = cache_features(ee, DataLoader(TensorDataset(x, y), batch_size=64))
+    train_heads(ee, cache, epochs=3, lr=1e-2)
+    with torch.no_grad():
+        heads = ee.heads_from_features(cache.feats)
+    ens = ee.add_ensemble()
+    with torch.no_grad():
+        combined = ee.combine(heads)
+    for h, c in zip(heads, combined):  # w = I, b = 0: each exit is its own head
+        torch.testing.assert_close(torch.log_softmax(h, 1), c)
+    hist = train_ensemble(ee, cache, epochs=20, lr=5e-2)
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    assert torch.all(torch.triu(ens.weight, diagonal=1) == 0)
+    assert ee.frugalnn_transforms[-1]["args"]["ensemble"] is True
+
+
+def test_joint_training_with_sdn_weights_updates_backbone():
+    x, y = _task(128)
+    ee = attach_heads(_cnn(), "every")
+    w = exit_loss_weights(ee, x[:1])
+    assert len(w) == 3 and w[-1] == 1.0 and 0 < w[0] < w[1] < 1
+    before = ee.backbone.blocks[0].conv.weight.clone() if hasattr(
+        ee.backbone.blocks[0], "conv") else next(ee.backbone.parameters()).clone()
+    res = train_joint(ee, DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True),
+                      epochs=2, lr=0.05, progress=False)
+    after = ee.backbone.blocks[0].conv.weight if hasattr(
+        ee.backbone.blocks[0], "conv") else next(ee.backbone.parameters())
+    assert not torch.equal(before, after)
+    assert len(res.history) == 2
+
+
+def test_cli_train_writes_an_evaluable_run(tmp_path, capsys):
+    base = tmp_path / "base"
+    assert main(["train", "--model", "cnn_small", "--data", "digits", "--epochs", "1",
+                 "--limit", "300", "--eval-limit", "100", "--out", str(base),
+                 "--no-progress", "--threads", "1"]) == 0
+    run = tmp_path / "ztw"
+    args = ["early-exit", "train", "--model", "cnn_small", "--data", "digits",
+            "--checkpoint", str(base), "--cascade", "--ensemble", "--epochs", "2",
+            "--ensemble-epochs", "2", "--train-limit", "300", "--eval-limit", "100",
+            "--budgets", "0.5", "0.9", "1.0", "--offline-sweep", "--out", str(run),
+            "--no-progress"]
+    assert main(args) == 0
+    for name in ("config.json", "records.csv", "summary.json", "checkpoint",
+                 "extras/early_exit.md", "extras/exits.png", "report"):
+        assert (run / name).exists(), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert sorted(b["budget"] for b in summary["budgets"]) == [0.5, 0.9, 1.0]
+    assert main(args) == 2  # refuses to overwrite without --force
+    assert "already exists" in capsys.readouterr().err
+    ev = tmp_path / "eval"
+    assert main(["evaluate", str(run), "--data", "digits", "--limit", "100", "--budgets",
+                 "0.5", "0.9", "1.0", "--out", str(ev), "--no-progress",
+                 "--latency-batch-sizes", "1", "--latency-repeats", "1"]) == 0
+    real = (ev / "records.csv").read_text().splitlines()
+    assert len(real) == 1 + 3 * 100
+    # The real path (evaluate) and the offline sweep agree on the same examples.
+    from frugalnn.evaluate import load_records
+
+    a, b = load_records(ev), load_records(run)
+    assert (a.columns["label"] != 0).any()
+    assert a.meta["baseline_flops"] == pytest.approx(b.meta["baseline_flops"])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--positions", "7"], "out of range"),
+    (["--mode", "heads"], "needs a trained one"),
+    (["--augment"], "--augment applies"),
+])
+def test_cli_bad_input(tmp_path, capsys, argv, message):
+    base = ["early-exit", "train", "--model", "cnn_small", "--data", "digits",
+            "--out", str(tmp_path / "r"), "--no-progress", "--epochs", "1"]
+    if "--positions" in argv:
+        base += ["--mode", "joint"]
+    assert main(base + argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_demo_hook_quick(tmp_path):
+    from frugalnn.demo import run_demo
+
+    report = run_demo(tmp_path / "demo", quick=True, hooks=["frugalnn.dynamic.early_exit.demo"],
+                      progress=False, strict=True)
+    for run in ("early-exit-sdn", "early-exit-ztw"):
+        assert (tmp_path / "demo" / run / "records.csv").exists()
+        assert (tmp_path / "demo" / run / "extras" / "early_exit.md").exists()
+    assert report.exists()
+
+
+def test_user_errors_from_training_helpers():
+    ee = attach_heads(_cnn(), "every")
+    with pytest.raises(UserError):
+        train_heads(ee, DataLoader(TensorDataset(*_task(8)), batch_size=4), epochs=0)

@@ -1,0 +1,137 @@
+"""Whole-model compression: plan, costs, knob, checkpoint rebuild, latency selection."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from frugalnn.budget import has_budget
+from frugalnn.cost.count import count_flops
+from frugalnn.errors import UserError
+from frugalnn.lowrank import layers as L
+from frugalnn.lowrank.compress import compress_model, find_layers, plan_totals
+from frugalnn.lowrank.geometry import ConvSpec
+from frugalnn.lowrank.latency_select import greedy_choice
+from frugalnn.models import create_model
+from frugalnn.train.checkpoint import load_model, save_checkpoint
+
+
+def _resnet() -> tuple[nn.Module, torch.Tensor]:
+    return create_model("resnet20").eval(), torch.randn(2, 3, 32, 32)
+
+
+def _small_cnn() -> tuple[nn.Module, torch.Tensor]:
+    # CP by ALS is the slow decomposition: test it on a model with fewer, smaller convs.
+    return create_model("cnn_small", image_size=8).eval(), torch.randn(2, 1, 8, 8)
+
+
+@pytest.mark.parametrize("method", ["cp", "tucker", "tt"])
+def test_flops_target_met_and_counted(method: str) -> None:
+    model, x = _small_cnn() if method == "cp" else _resnet()
+    n_convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    dense = count_flops(model, x[:1])
+    dense_params = sum(p.numel() for p in model.parameters())
+    model, plan = compress_model(model, method, "flops=2", x)
+    totals = plan_totals(plan)
+    assert totals["layers_factorised"] == n_convs
+    assert totals["flops_ratio"] >= 2.0
+    # The plan's per-layer counts agree with what FlopCounterMode sees on the model.
+    counted = count_flops(model, x[:1])
+    assert dense - counted == totals["dense_flops"] - totals["flops"]
+    params = sum(p.numel() for p in model.parameters())
+    assert params == dense_params - totals["dense_params"] + totals["params"]
+    assert model(x).shape == (2, 10)
+
+
+def test_checkpoint_rebuild_gives_identical_outputs(tmp_path) -> None:
+    model, x = _small_cnn()
+    model, _ = compress_model(model, "cp", "flops=3", x, depthwise="kxk")
+    model.set_budget(1.0)
+    ref = model(x)
+    save_checkpoint(tmp_path / "ckpt", model, {"note": "test"})
+    loaded = load_model(tmp_path / "ckpt")
+    torch.testing.assert_close(loaded(x), ref)
+    assert has_budget(loaded)
+    loaded.set_budget(0.5)
+    model.set_budget(0.5)
+    torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_rank_knob() -> None:
+    model, x = _resnet()
+    model, _ = compress_model(model, "tucker", "flops=2", x)
+    assert has_budget(model) and model.budget_name == "rank_fraction"
+    assert model.budget_values() == sorted(model.budget_values())
+    full = model(x)
+    costs = []
+    for b in model.budget_values():
+        model.set_budget(b)
+        costs.append(count_flops(model, x[:1]))
+    assert costs == sorted(costs) and costs[0] < costs[-1]
+    model.set_budget(model.full_budget())
+    torch.testing.assert_close(model(x), full)
+    with pytest.raises(UserError):
+        model.set_budget(1.5)
+
+
+def test_exact_at_full_rank_on_a_whole_model() -> None:
+    torch.manual_seed(0)
+    model = create_model("cnn_small", image_size=8).eval()
+    x = torch.randn(3, 1, 8, 8)
+    ref = model(x)
+    # Tucker ranks (in, out) of every conv: exact; but not cheaper, so kept dense...
+    with pytest.raises(UserError, match="no layer gets cheaper"):
+        compress_model(copy.deepcopy(model), "tucker", "energy=1.0", x)
+    # ...while the layers themselves reproduce the model exactly at those ranks.
+    for name, conv in list(model.named_modules()):
+        if isinstance(conv, nn.Conv2d):
+            model.set_submodule(name, L.from_conv(conv, "tucker",
+                                                  L.max_ranks("tucker", ConvSpec.of(conv))))
+    torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-4)
+
+
+def test_nothing_to_factorise_is_a_user_error() -> None:
+    mlp = create_model("mlp", input_shape=(1, 8, 8), hidden=16, depth=2)
+    with pytest.raises(UserError, match="nothing to factorise"):
+        compress_model(mlp, "tucker", "flops=2", torch.randn(2, 1, 8, 8))
+    with pytest.raises(UserError, match="unknown method"):
+        find_layers(mlp, "qr", torch.randn(2, 1, 8, 8))
+
+
+def test_svd_on_linear_layers_of_mlp() -> None:
+    mlp = create_model("mlp", input_shape=(1, 8, 8), hidden=32, depth=2).eval()
+    x = torch.randn(4, 1, 8, 8)
+    model, plan = compress_model(mlp, "svd", "params=2", x)
+    assert plan_totals(plan)["params_ratio"] >= 1.5
+    assert any(isinstance(m, L.SVDLinear) for m in model.modules())
+
+
+def test_greedy_latency_choice() -> None:
+    table = {
+        "a": {"dense_ms": 10.0, "candidates": [{"ranks": (4,), "ms": 6.0, "error": 0.1},
+                                               {"ranks": (2,), "ms": 4.0, "error": 0.5}]},
+        "b": {"dense_ms": 5.0, "candidates": [{"ranks": (4,), "ms": 5.5, "error": 0.01}]},
+    }
+    choice, predicted = greedy_choice(table, model_ms=20.0, target_ms=16.5)
+    assert choice["b"] is None  # slower than dense: never factorised
+    assert choice["a"]["ranks"] == (4,) and predicted == pytest.approx(16.0)
+    choice, predicted = greedy_choice(table, model_ms=20.0, target_ms=10.0)
+    assert predicted == pytest.approx(14.0)  # best reachable
+
+
+def test_latency_target_end_to_end_small() -> None:
+    model = create_model("cnn_small", image_size=8, widths=(16, 32, 64)).eval()
+    x = torch.randn(2, 1, 8, 8)
+    try:
+        model, plan = compress_model(model, "tucker", "latency=0.99", x,
+                                     latency={"batch_size": 8, "repeats": 3, "warmup": 1})
+    except UserError as exc:  # a loaded CPU may find nothing faster: the error must say so
+        assert "not reachable" in str(exc) or "no layer" in str(exc)
+        return
+    for p in plan:
+        assert "dense_ms" in p.extra
+        if p.ranks is not None:
+            assert p.extra["lowrank_ms"] < p.extra["dense_ms"]
