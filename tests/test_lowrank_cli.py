@@ -44,6 +44,7 @@ def test_plan_and_user_errors(capsys) -> None:
 def test_nmf_command(tmp_path) -> None:
     out = tmp_path / "nmf"
     argv = ["lowrank", "nmf", "--model-arg", "dim=32", "--model-arg", "depth=1",
+            "--model-arg", "heads=2",
             "--model-arg", "patch_size=2", "--data", "digits", "--epochs", "1", "--rank", "4",
             "--steps", "2", "--train-limit", "128", "--eval-limit", "64",
             "--latency-repeats", "2", "--latency-batch-sizes", "1", "--out", str(out),

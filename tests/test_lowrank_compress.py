@@ -135,3 +135,15 @@ def test_latency_target_end_to_end_small() -> None:
         assert "dense_ms" in p.extra
         if p.ranks is not None:
             assert p.extra["lowrank_ms"] < p.extra["dense_ms"]
+
+
+def test_svd_on_a_vit_round_trips_through_a_checkpoint(tmp_path) -> None:
+    vit = create_model("vit_tiny", image_size=8, patch_size=2, in_channels=1, dim=32, depth=2,
+                       heads=2).eval()
+    x = torch.randn(2, 1, 8, 8)
+    vit, plan = compress_model(vit, "svd", "energy=0.9", x, exclude=["head"])
+    assert any(p.name.endswith("attn.qkv") and p.ranks for p in plan)
+    assert all(p.extra["input_hw"] == [17, 1] for p in plan)  # 16 patches + CLS per example
+    ref = vit(x)
+    save_checkpoint(tmp_path / "ckpt", vit)
+    torch.testing.assert_close(load_model(tmp_path / "ckpt")(x), ref)

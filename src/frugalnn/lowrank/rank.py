@@ -184,10 +184,18 @@ def select_ranks(method: str, spec: ConvSpec, weight: torch.Tensor, hw: tuple[in
     if criterion.kind in ("flops", "params"):
         return ranks_for_ratio(method, spec, hw, measure, criterion.value, depthwise)
     if criterion.kind == "rank":
-        from frugalnn.lowrank.layers import normalize_ranks
+        from frugalnn.lowrank.layers import max_ranks, normalize_ranks
 
         raw = criterion.ranks[0] if len(criterion.ranks) == 1 else criterion.ranks
         ranks = normalize_ranks(method, raw)
+        limits = max_ranks(method, spec)
+        ok = feasible(method, spec, ranks) == ranks and min(ranks) >= 1
+        if not ok:
+            raise UserError(
+                f"rank {criterion} is impossible for a {spec.in_channels}->{spec.out_channels} "
+                f"{spec.kernel[0]}x{spec.kernel[1]} layer (largest {method} ranks: "
+                f"{','.join(map(str, limits))}); lower it or restrict layers with --include"
+            )
     else:
         ranks = feasible(method, spec, spectral_ranks(method, weight, criterion))
     if chain_cost(method, spec, ranks, hw, measure, depthwise) >= dense_cost(spec, hw, measure):

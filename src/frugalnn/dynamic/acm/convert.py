@@ -108,9 +108,9 @@ class ACMModel(StagedModel):
 
     def ffn_compute_fraction(self) -> float:
         """Last call: learners run / learners available, over every ACM layer."""
-        counts = [m.last_counts for m in self.acm_layers() if m.last_counts is not None]
-        run = sum(float(c.sum()) for c in counts)
-        total = sum(c.numel() * m.num_learners for c, m in zip(counts, self.acm_layers()))
+        pairs = [(m.last_counts, m) for m in self.acm_layers() if m.last_counts is not None]
+        run = sum(float(c.sum()) for c, _ in pairs)
+        total = sum(c.numel() * m.num_learners for c, m in pairs)
         return run / total if total else 1.0
 
 

@@ -36,4 +36,31 @@ def run_demo(ctx: Any) -> list[Path]:
               progress=ctx.progress)
     run = ctx.evaluate_run(acm, "acm", method="acm (per-token learners)")
     write_extras(acm, run, ctx.test_set, device=ctx.device)
+    demo_rankings(ctx, teacher, run)
     return [run]
+
+
+def demo_rankings(ctx: Any, reference_model: Any, run: Path) -> Path:
+    """Difficulty rankings across every run the demo has written so far (this hook runs
+    last), plus a reference run of the ViT (loss, entropy, ReLU zero fraction).
+
+    Full output in ``<demo>/rankings/``; the tables and the correlation heatmap are
+    also copied into this run's ``extras/`` so the demo report shows them.
+    """
+    import shutil
+
+    from frugalnn.analysis.rankings import reference_run, write_rankings
+    from frugalnn.evaluate import atomic_writer
+
+    ref = reference_run(reference_model, ctx.test_set, ctx.out_dir / "reference-vit",
+                        batch_size=ctx.batch_size, device=ctx.device,
+                        method="ViT reference", force=True)
+    runs = sorted(p.parent for p in ctx.out_dir.glob("*/records.csv"))
+    out = write_rankings(runs, ctx.out_dir / "rankings", dataset=ctx.test_set, force=True)
+    text = out.read_text().split("## Figures")[0].replace("# Difficulty rankings",
+                                                          "## Difficulty rankings (all runs)")
+    with atomic_writer(run / "extras" / "difficulty_rankings.md") as fh:
+        fh.write(text + f"\nFigures and image grids: `{out.parent}`.\n")
+    shutil.copyfile(out.parent / "correlation.png", run / "extras" / "difficulty_rankings.png")
+    assert ref in runs
+    return out

@@ -476,9 +476,10 @@ def attach_heads(
         raise UserError(f"pool_size must be >= 1, got {pool_size}")
     if example_input is None:
         example_input = _example_input(model, input_shape, input_dtype)
-        if input_shape is None:
-            input_shape = list(example_input.shape[1:])
-            input_dtype = "long" if example_input.dtype == torch.long else "float"
+    if input_shape is None and isinstance(example_input, torch.Tensor):
+        # Recorded so that a checkpoint rebuilds the heads for the same input shape.
+        input_shape = list(example_input.shape[1:])
+        input_dtype = "long" if example_input.dtype == torch.long else "float"
     was_training = model.training
     model.eval()
     with torch.no_grad():

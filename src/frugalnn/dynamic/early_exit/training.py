@@ -111,6 +111,7 @@ def train_heads(
         model, data, device=device, progress=progress)
     device = torch.device(device)
     params = list(model.heads.parameters())
+    flags = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
     for p in params:
@@ -144,8 +145,8 @@ def train_heads(
                 tqdm.write(f"heads epoch {epoch + 1}/{epochs}: loss {total / n:.4f}")
     finally:
         model.heads.eval()
-        for p in model.parameters():
-            p.requires_grad_(True)
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
     return history
 
 
