@@ -87,9 +87,12 @@ def variants(backbone, args, train_cache, example):
         ee = attach_heads(backbone, args.positions, cascade=cascade, pool_size=args.pool_size)
         ee.freeze_backbone = True
         t0 = time.perf_counter()
-        train_heads(ee, train_cache, epochs=args.head_epochs, lr=args.head_lr, seed=args.seed)
+        head_data, ens_data = train_cache, train_cache
+        if cascade and args.ensemble_holdout > 0:
+            head_data, ens_data = train_cache.split(args.ensemble_holdout, seed=args.seed)
+        train_heads(ee, head_data, epochs=args.head_epochs, lr=args.head_lr, seed=args.seed)
         if cascade:
-            train_ensemble(ee, train_cache, epochs=args.ensemble_epochs, seed=args.seed)
+            train_ensemble(ee, ens_data, epochs=args.ensemble_epochs, seed=args.seed)
         log(f"{name}: heads trained in {time.perf_counter() - t0:.0f} s")
         out[name] = ee.eval()
     return out
@@ -243,6 +246,11 @@ def main(argv=None) -> int:
     p.add_argument("--head-epochs", type=int, default=30)
     p.add_argument("--head-lr", type=float, default=2e-3)
     p.add_argument("--ensemble-epochs", type=int, default=30)
+    p.add_argument("--ensemble-holdout", type=float, default=0.2,
+                   help="fraction of the head-training examples kept out of head training "
+                        "and used to fit the ZTW ensemble (0: fit it on the same examples)")
+    p.add_argument("--backbone-cache", help="safetensors file: load the fine-tuned backbone "
+                   "from it if it exists, else save it there after fine-tuning")
     p.add_argument("--positions", default="every:3")
     p.add_argument("--pool-size", type=int, default=4)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
@@ -268,7 +276,9 @@ def main(argv=None) -> int:
              f"load average at start {machine.get('loadavg')}", "",
              f"Scale: fine-tune {args.finetune_epochs} epoch(s) on {args.finetune_limit} JPEG "
              f"train images; heads trained {args.head_epochs} epochs on {args.train_limit} "
-             f"train images (ensemble {args.ensemble_epochs} epochs); test on a random "
+             f"train images (ZTW: heads on {100 * (1 - args.ensemble_holdout):.0f} % of them, "
+             f"ensemble {args.ensemble_epochs} epochs on the other "
+             f"{100 * args.ensemble_holdout:.0f} %); test on a random "
              f"{args.test_limit}-image subset of the JPEG test split (seed {args.seed}).", ""]
     if not args.skip_resnet:
         data_dir = Path(args.data_dir)
@@ -280,13 +290,24 @@ def main(argv=None) -> int:
         backbone = create_model("resnet56", checkpoint=str(ckpt)).eval()
         pre_acc = accuracy(backbone, DataLoader(test_ds, batch_size=256))
         log(f"pretrained ResNet-56 on the JPEG test subset: {100 * pre_acc:.2f} %")
-        if args.finetune_epochs > 0:
+        cached = Path(args.backbone_cache) if args.backbone_cache else None
+        if cached is not None and cached.is_file():
+            from safetensors.torch import load_file
+
+            backbone.load_state_dict(load_file(str(cached)))
+            log(f"fine-tuned backbone loaded from {cached} (same flags assumed)")
+        elif args.finetune_epochs > 0:
             t0 = time.perf_counter()
             ft = subset(train_aug, args.finetune_limit, args.seed + 1)
             fit(backbone, DataLoader(ft, batch_size=128, shuffle=True), epochs=args.finetune_epochs,
                 optimizer="sgd", lr=0.01, weight_decay=5e-4, schedule="cosine", seed=args.seed,
                 progress=False)
             log(f"fine-tuned in {time.perf_counter() - t0:.0f} s")
+            if cached is not None:
+                from safetensors.torch import save_file
+
+                save_file({k: v.contiguous() for k, v in backbone.state_dict().items()},
+                          str(cached))
         backbone.eval()
         for prm in backbone.parameters():
             prm.requires_grad_(False)

@@ -1,5 +1,6 @@
 """Assemble the MoE and sparsity benchmark sections into ``benchmarks/results/moe.md``.
 
+``moe_summary.md`` (hand-written findings) is taken from the same folder when present.
 Run after ``moe_layer.py``, ``moe_vit_cifar.py``, ``moe_minilm.py`` and
 ``sparsity_models.py``; sections that were not produced are listed as missing.
 """
@@ -11,7 +12,10 @@ from pathlib import Path
 
 from frugalnn.cost._io import write_text_atomic
 
-SECTIONS = ("moe_layer", "moe_vit_cifar", "moe_minilm", "moe_minilm_sparse", "sparsity_resnet56")
+SECTIONS = (
+    "moe_summary", "moe_layer", "moe_vit_cifar", "moe_minilm", "moe_minilm_sparse",
+    "sparsity_resnet56",
+)
 
 
 def main() -> int:

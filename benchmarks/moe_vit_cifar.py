@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--router-examples", type=int, default=4000)
     p.add_argument("--router-epochs", type=int, default=1)
     p.add_argument("--experts", type=int, default=8)
+    p.add_argument("--router-hidden", type=int, default=32, help="128 in D2DMoE (ViT-B)")
+    p.add_argument("--sparsify-lr", type=float, default=3e-4)
     p.add_argument("--test-examples", type=int, default=1000)
     p.add_argument("--latency-repeats", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
@@ -112,7 +114,8 @@ def stage_sparsify(a: argparse.Namespace, work: Path, train: Any, test_dl: DataL
     t0 = time.time()
     enforce_sparsity(
         model, loader(random_subset(train, a.sparsify_examples, a.seed + 1), 128, True, a.seed),
-        epochs=a.sparsify_epochs, lam=a.sparsity_weight, lr=1e-4, relu=False, seed=a.seed,
+        epochs=a.sparsify_epochs, lam=a.sparsity_weight, lr=a.sparsify_lr, relu=False,
+        seed=a.seed,
     )
     log(f"sparsity enforcement in {time.time() - t0:.0f} s")
     after = activation_sparsity(model, test_dl, meta={"model": "ViT (after Hoyer fine-tuning)"})
@@ -172,6 +175,7 @@ def stage_convert(a: argparse.Namespace, work: Path, train: Any, test: Any) -> d
     t0 = time.time()
     moe = convert_to_moe(
         copy.deepcopy(dense), num_experts=a.experts, seed=a.seed, router_epochs=a.router_epochs,
+        router_hidden=a.router_hidden,
         loader=loader(random_subset(train, a.router_examples, a.seed + 2), 128, True, a.seed),
     )
     log(f"converted + routers in {time.time() - t0:.0f} s")
@@ -208,8 +212,9 @@ def markdown(a: argparse.Namespace, res: dict, work: Path, machine: dict) -> str
         f"Scaled down for a shared 2-core CPU: ViT dim {a.dim}, depth {a.depth}, ReLU FFNs "
         f"(hidden {4 * a.dim}), trained {a.epochs} epochs on a random {a.train_examples}-image "
         f"subset of the JPEG train split; sparsity fine-tuning {a.sparsify_epochs} epoch(s) on "
-        f"{a.sparsify_examples} images (lambda {a.sparsity_weight}); routers "
-        f"{a.router_epochs} epoch(s) on {a.router_examples} images; evaluation on the first "
+        f"{a.sparsify_examples} images (lambda {a.sparsity_weight}, lr {a.sparsify_lr}); routers "
+        f"{a.router_epochs} epoch(s) on {a.router_examples} images (hidden {a.router_hidden}); "
+        f"evaluation on a random "
         f"{a.test_examples} JPEG test images; {a.experts} experts per FFN "
         f"({4 * a.dim // a.experts} neurons each); {a.threads} thread(s).",
         "",

@@ -145,22 +145,26 @@ def main(argv=None) -> int:
                                 calibrate=args.calibrate, seed=args.seed, progress=False)
     out["table_seconds"] = time.time() - t0
     lat = LatencyModel(space, table)
-    held = random_archs(space, args.validate, seed=args.seed + 777)
-    measured = measure_networks_ms(held, space, device=args.latency_device,
-                                   threads=args.threads, repeats=args.repeats,
-                                   rounds=args.rounds, progress=False)
-    pred = [table.predict(space, a) for a in held]
-    raw = [table.raw_sum(space, a) for a in held]
-    ape = [abs(p - m) / m * 100 for p, m in zip(pred, measured)]
-    ape_raw = [abs(p - m) / m * 100 for p, m in zip(raw, measured)]
-    out["latency_model"] = {"n": len(held), "mdape": statistics.median(ape),
-                            "max_ape": max(ape), "mdape_uncalibrated": statistics.median(ape_raw),
-                            "scale": table.scale, "offset_ms": table.offset_ms,
-                            "measured_ms": measured, "predicted_ms": pred,
-                            "loadavg": os.getloadavg()}
-    print(f"latency model: MdAPE {statistics.median(ape):.1f} % "
-          f"(uncalibrated {statistics.median(ape_raw):.1f} %) on {len(held)} held-out archs",
-          flush=True)
+    if args.validate > 0:
+        held = random_archs(space, args.validate, seed=args.seed + 777)
+        measured = measure_networks_ms(held, space, device=args.latency_device,
+                                       threads=args.threads, repeats=args.repeats,
+                                       rounds=args.rounds, progress=False)
+        pred = [table.predict(space, a) for a in held]
+        raw = [table.raw_sum(space, a) for a in held]
+        ape = [abs(p - m) / m * 100 for p, m in zip(pred, measured)]
+        ape_raw = [abs(p - m) / m * 100 for p, m in zip(raw, measured)]
+        out["latency_model"] = {"n": len(held), "mdape": statistics.median(ape),
+                                "max_ape": max(ape),
+                                "mdape_uncalibrated": statistics.median(ape_raw),
+                                "scale": table.scale, "offset_ms": table.offset_ms,
+                                "measured_ms": measured, "predicted_ms": pred,
+                                "loadavg": os.getloadavg()}
+        print(f"latency model: MdAPE {statistics.median(ape):.1f} % "
+              f"(uncalibrated {statistics.median(ape_raw):.1f} %) on {len(held)} held-out archs",
+              flush=True)
+    else:
+        out["latency_model"] = None
 
     # -- memory: one sampled path vs all paths ------------------------------------------
     dev = torch.device(args.train_device)
@@ -237,6 +241,12 @@ def write_markdown(out: dict, path: Path) -> None:
     a = out["args"]
     lm = out["latency_model"]
     nets = out["nets"]
+    lm_lines = ["(not run: `--validate 0`)"] if lm is None else [
+        f"{lm['n']} random architectures (not used for calibration), predicted vs measured "
+        f"end-to-end latency: **median absolute error {lm['mdape']:.1f} %** (max "
+        f"{lm['max_ape']:.1f} %); without the affine calibration "
+        f"(`measured = {lm['scale']:.3f} * table_sum + {lm['offset_ms']:.3f} ms`, fitted on "
+        f"{a['calibrate']} other random architectures) {lm['mdape_uncalibrated']:.1f} %."]
     base = next(iter(nets.values()))
     lines = [
         "## Hardware-aware architecture search (frugalnn.nas, ProxylessNAS-style)",
@@ -261,11 +271,7 @@ def write_markdown(out: dict, path: Path) -> None:
         "",
         "### Latency model on held-out architectures",
         "",
-        f"{lm['n']} random architectures (not used for calibration), predicted vs measured "
-        f"end-to-end latency: **median absolute error {lm['mdape']:.1f} %** (max "
-        f"{lm['max_ape']:.1f} %); without the affine calibration "
-        f"(`measured = {lm['scale']:.3f} * table_sum + {lm['offset_ms']:.3f} ms`, fitted on "
-        f"{a['calibrate']} other random architectures) {lm['mdape_uncalibrated']:.1f} %.",
+        *lm_lines,
         "",
         "### Found networks vs a MobileNetV2-style baseline (same space, `mb3_e6` everywhere)",
         "",

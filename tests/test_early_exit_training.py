@@ -153,3 +153,17 @@ def test_user_errors_from_training_helpers():
     ee = attach_heads(_cnn(), "every")
     with pytest.raises(UserError):
         train_heads(ee, DataLoader(TensorDataset(*_task(8)), batch_size=4), epochs=0)
+
+
+def test_feature_cache_split_is_a_seeded_partition():
+    x, y = _task(40)
+    ee = attach_heads(_cnn(), "every")
+    cache = cache_features(ee, DataLoader(TensorDataset(x, y), batch_size=16))
+    rest, held = cache.split(0.25, seed=3)
+    assert len(rest) == 30 and len(held) == 10
+    rows = {tuple(r.tolist()) for r in torch.cat([rest.feats[0], held.feats[0]])}
+    assert rows == {tuple(r.tolist()) for r in cache.feats[0]}
+    again, _ = cache.split(0.25, seed=3)
+    assert torch.equal(again.labels, rest.labels)
+    with pytest.raises(UserError):
+        cache.split(1.0)

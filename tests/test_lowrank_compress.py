@@ -141,9 +141,17 @@ def test_svd_on_a_vit_round_trips_through_a_checkpoint(tmp_path) -> None:
     vit = create_model("vit_tiny", image_size=8, patch_size=2, in_channels=1, dim=32, depth=2,
                        heads=2).eval()
     x = torch.randn(2, 1, 8, 8)
-    vit, plan = compress_model(vit, "svd", "energy=0.9", x, exclude=["head"])
+    vit, plan = compress_model(vit, "svd", "params=1.5", x, exclude=["head"])
     assert any(p.name.endswith("attn.qkv") and p.ranks for p in plan)
     assert all(p.extra["input_hw"] == [17, 1] for p in plan)  # 16 patches + CLS per example
     ref = vit(x)
     save_checkpoint(tmp_path / "ckpt", vit)
     torch.testing.assert_close(load_model(tmp_path / "ckpt")(x), ref)
+
+
+def test_compressing_twice_leaves_existing_chains_alone() -> None:
+    mlp = create_model("mlp", input_shape=(1, 8, 8), hidden=32, depth=2).eval()
+    x = torch.randn(2, 1, 8, 8)
+    mlp, _ = compress_model(mlp, "svd", "params=1.5", x)
+    with pytest.raises(UserError, match="nothing to factorise"):
+        compress_model(mlp, "svd", "params=1.5", x, include=["*first*", "*second*"])

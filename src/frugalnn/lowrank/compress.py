@@ -96,10 +96,12 @@ def find_layers(model: nn.Module, method: str, example_input: Any,
     """
     if method not in L.METHODS:
         raise UserError(f"unknown method {method!r}; choose one of {', '.join(L.METHODS)}")
+    # Layers inside an existing chain are already factors: never factorise them again.
+    chains = [n + "." for n, m in model.named_modules() if isinstance(m, L.FactorizedLayer)]
     found = {
         name: m for name, m in model.named_modules()
         if name and _eligible(m, method) and (include is None or _matches(name, include))
-        and not _matches(name, exclude)
+        and not _matches(name, exclude) and not any(name.startswith(c) for c in chains)
     }
     sizes: dict[str, tuple[int, int]] = {}
 

@@ -44,6 +44,23 @@ class FeatureCache:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def split(self, fraction: float, seed: int = 0) -> tuple[FeatureCache, FeatureCache]:
+        """A seeded random split ``(rest, held_out)`` with ``fraction`` of the rows held out.
+
+        Used to fit the ZTW ensemble on examples the heads were not trained on:
+        on the training rows, over-fitted heads look more reliable than they are.
+        """
+        if not 0.0 < fraction < 1.0:
+            raise UserError(f"held-out fraction must lie in (0, 1), got {fraction}")
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        k = max(1, int(round(fraction * len(self))))
+        parts = []
+        for idx in (order[k:], order[:k]):
+            idx = idx.sort().values
+            parts.append(FeatureCache([f[idx] for f in self.feats], self.labels[idx],
+                                      self.final_logits[idx]))
+        return parts[0], parts[1]
+
 
 def _split(batch: Any) -> tuple[Any, torch.Tensor]:
     if isinstance(batch, (list, tuple)) and len(batch) == 2:

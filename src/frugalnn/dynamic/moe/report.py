@@ -26,9 +26,12 @@ def ffn_rows(summary: dict[str, Any], experts: dict[str, int]) -> list[dict[str,
     }
     rows = []
     for r in summary.get("budgets", []):
+        # Decision means: under "decisions" (current summary format) or as mean_<name>.
+        means = {f"mean_{k}": v for k, v in (r.get("decisions") or {}).items()}
+        means.update({k: v for k, v in r.items() if k.startswith(PREFIX)})
         per_layer = {
             k[len(PREFIX):]: v / experts[k[len(PREFIX):]]
-            for k, v in r.items()
+            for k, v in means.items()
             if k.startswith(PREFIX) and v is not None and k[len(PREFIX):] in experts
         }
         frac = sum(per_layer.values()) / len(per_layer) if per_layer else float("nan")
