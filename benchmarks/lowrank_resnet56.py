@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-target", type=float, help="also run Tucker-2 at latency=F")
     p.add_argument("--baseline-epochs", type=int, default=1)
     p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (SGD)")
     p.add_argument("--train-limit", type=int, default=2000)
     p.add_argument("--test-limit", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=64)
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             model, plan, hist = compress_and_finetune(
                 base, method, target, example, train_loader,
-                finetune_epochs=args.finetune_epochs, lr=0.01, latency=latency, seed=args.seed,
+                finetune_epochs=args.finetune_epochs, lr=args.lr, latency=latency, seed=args.seed,
                 progress=False)
         except UserError as exc:  # e.g. a latency target this machine cannot reach
             log(f"  {exc}")
@@ -133,8 +134,10 @@ def write_markdown(args, results: dict[str, dict], errors: dict[str, str],
                    seconds: float) -> None:
     b = args.batch_size
     cmd = "python benchmarks/lowrank_resnet56.py " + " ".join(sys.argv[1:])
+    names = ", ".join(results) or args.methods
+    header = f"## Low-rank ResNet-56 on CIFAR-10 (JPEG): {names} (fine-tuning lr {args.lr})"
     lines = [
-        "## Low-rank ResNet-56 on CIFAR-10 (JPEG): CP, Tucker-2, TT\n",
+        header + "\n",
         f"Command: `{cmd}` ({seconds / 60:.1f} min)\n",
         machine_markdown(), "",
         f"Scale: baseline fine-tuned {args.baseline_epochs} epoch(s) and each compressed model "
@@ -166,7 +169,7 @@ def write_markdown(args, results: dict[str, dict], errors: dict[str, str],
     section = "\n".join(lines) + "\n"
     path = Path(args.markdown)
     text = path.read_text() if path.exists() else "# Low-rank compression results\n\n"
-    start = text.find("## Low-rank ResNet-56")
+    start = text.find(header + "\n")
     if start >= 0:
         end = text.find("\n## ", start + 1)
         text = text[:start] + section + (text[end + 1:] if end >= 0 else "")

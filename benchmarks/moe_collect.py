@@ -13,7 +13,8 @@ from pathlib import Path
 from frugalnn.cost._io import write_text_atomic
 
 SECTIONS = (
-    "moe_summary", "moe_layer", "moe_vit_cifar", "moe_minilm", "moe_minilm_sparse",
+    "moe_summary", "moe_layer", "moe_vit_cifar", "moe_vit_cifar_routers4", "moe_minilm",
+    "moe_minilm_sparse",
     "sparsity_resnet56",
 )
 

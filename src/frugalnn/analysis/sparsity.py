@@ -283,6 +283,22 @@ class _Capture(TorchFunctionMode):
         return out
 
 
+def _inputs(loader: Iterable[Any], device: str | torch.device, max_batches: int | None):
+    """Model inputs (``x`` of ``(x, y)`` batches) of the first ``max_batches`` batches."""
+
+    def move(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return v.to(device)
+        if isinstance(v, dict):
+            return {k: move(t) for k, t in v.items()}
+        return v
+
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            return
+        yield move(batch[0] if isinstance(batch, (list, tuple)) else batch)
+
+
 def activation_sparsity(
     model: nn.Module,
     loader: Iterable[Any],
@@ -335,14 +351,12 @@ def activation_sparsity(
     for m in model.modules():
         handles.append(m.register_forward_pre_hook(pre))
         handles.append(m.register_forward_hook(post))
-    from frugalnn.dynamic.moe._batches import iterate_inputs  # shared loader helper
-
     examples = 0
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            for x in iterate_inputs(loader, device, max_batches):
+            for x in _inputs(loader, device, max_batches):
                 calls.clear()
                 stack.clear()
                 with _Capture(stack, on_activation):
