@@ -158,13 +158,23 @@ def example_seed(seed: int, epoch: int, index: int) -> int:
     return ((seed * 1_000_003 + epoch) * 1_000_003 + index) % (2**63 - 1)
 
 
-def subset_rows(n: int, limit: int | None) -> slice:
-    """The first ``limit`` rows (all when ``None``); a bad limit is a UserError."""
+def subset_rows(n: int, limit: int | None, *, spread: bool = False) -> slice | np.ndarray:
+    """Rows kept by ``limit`` (all when ``None``); a bad limit is a UserError.
+
+    Text windows keep the first ``limit`` rows. Image sets pass ``spread=True``:
+    their files are often sorted by class, so the first rows would be a single
+    class; they keep a fixed pseudo-random subset instead (seed 0, independent
+    of the training seed, returned in the original order) so ``limit`` gives a
+    representative, reproducible sample.
+    """
     if limit is None:
         return slice(0, n)
     if int(limit) <= 0:
         raise UserError(f"limit must be a positive number of examples, got {limit}")
-    return slice(0, min(n, int(limit)))
+    if not spread or int(limit) >= n:
+        return slice(0, min(n, int(limit)))
+    rng = np.random.default_rng(0)
+    return np.sort(rng.choice(n, size=int(limit), replace=False))
 
 
 Loader = Callable[..., Dataset]

@@ -66,7 +66,7 @@ def load_digits_dataset(
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=360, random_state=0, stratify=y)
     mean, std = float(x_tr.mean() / 16), float(x_tr.std() / 16)
     x, y = (x_tr, y_tr) if split == "train" else (x_te, y_te)
-    rows = subset_rows(len(y), limit)
+    rows = subset_rows(len(y), limit, spread=True)
     return ImageArrayDataset(
         x[rows],
         y[rows],
@@ -132,7 +132,7 @@ def load_mnist(
             f"MNIST files in {base} do not match (images {images.shape}, labels "
             f"{labels.shape}); {_MNIST_LAYOUT}"
         )
-    rows = subset_rows(len(labels), limit)
+    rows = subset_rows(len(labels), limit, spread=True)
     return ImageArrayDataset(
         images[rows, None],
         labels[rows],
@@ -283,7 +283,7 @@ def load_image_folder(
         mean, std = channel_stats(arrays.get("x_train", x))
     if info is None:
         info = DatasetInfo(len(classes), tuple(x.shape[1:]), description=f"image folder {path}")
-    rows = subset_rows(len(y), limit)
+    rows = subset_rows(len(y), limit, spread=True)
     return ImageArrayDataset(
         x[rows], y[rows], info, mean=mean, std=std, augment=augment, seed=seed, classes=classes
     )
@@ -333,7 +333,7 @@ def load_cifar10_exact(
     if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
         raise UserError(f"unexpected array shapes {data.shape}/{labels.shape}; {_EXACT_LAYOUT}")
     x = data.reshape(-1, 3, 32, 32)  # channel-major rows: R plane, G plane, B plane
-    rows = subset_rows(len(labels), limit)
+    rows = subset_rows(len(labels), limit, spread=True)
     return ImageArrayDataset(
         x[rows],
         labels[rows],
@@ -407,7 +407,7 @@ def load_cifar10_batches(
     parts = [read_cifar_batch(base / n) for n in names]
     x = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
-    rows = subset_rows(len(y), limit)
+    rows = subset_rows(len(y), limit, spread=True)
     return ImageArrayDataset(
         x[rows],
         y[rows],
@@ -450,7 +450,7 @@ def load_npz(
         x, scale = x.astype(np.float32), 1.0
     c = x.shape[1]
     info = DatasetInfo(int(y.max()) + 1, tuple(x.shape[1:]), description=f"arrays from {file}")
-    rows = subset_rows(len(y), limit)
+    rows = subset_rows(len(y), limit, spread=True)
     return ImageArrayDataset(
         x[rows],
         y[rows],
