@@ -516,6 +516,11 @@ def _markdown(study: RankingStudy, figures: list[Path], out: Path) -> str:
             f"{'' if s.budget is None else f'{s.budget:g}'} | "
             f"{'' if s.mean_flops is None else f'{s.mean_flops / 1e6:.3f}'} | "
             f"{'' if acc is None else f'{100 * float(np.mean(acc)):.2f} %'} |")
+    flat = [f"({i + 1})" for i, s in enumerate(study.signals)
+            if np.ptp(s.values[np.isfinite(s.values)]) == 0]
+    if flat:
+        lines += ["", f"Signals {', '.join(flat)} are the same for every example (e.g. top-k "
+                  "routing): they rank nothing, so their correlations are undefined (–)."]
     lines.append("")
     names = study.names
     lines += _md_matrix("Spearman rank correlation", names, study.spearman)

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from frugalnn.errors import UserError
+
 VIT = {"patch_size": 2, "dim": 64, "depth": 2, "heads": 2, "activation": "relu"}
 
 
@@ -36,7 +38,10 @@ def run_demo(ctx: Any) -> list[Path]:
               progress=ctx.progress)
     run = ctx.evaluate_run(acm, "acm", method="acm (per-token learners)")
     write_extras(acm, run, ctx.test_set, device=ctx.device)
-    demo_rankings(ctx, teacher, run)
+    try:
+        demo_rankings(ctx, teacher, run)
+    except UserError as exc:  # e.g. a run without per-example FLOPs: ACM itself still ran
+        print(f"[demo] difficulty rankings skipped: {exc}", flush=True)
     return [run]
 
 
@@ -52,9 +57,9 @@ def demo_rankings(ctx: Any, reference_model: Any, run: Path) -> Path:
     from frugalnn.analysis.rankings import reference_run, write_rankings
     from frugalnn.evaluate import atomic_writer
 
-    ref = reference_run(reference_model, ctx.test_set, ctx.out_dir / "reference-vit",
-                        batch_size=ctx.batch_size, device=ctx.device,
-                        method="ViT reference", force=True)
+    reference_run(reference_model, ctx.test_set, ctx.out_dir / "reference-vit",
+                  batch_size=ctx.batch_size, device=ctx.device, method="ViT reference",
+                  force=True)
     runs = sorted(p.parent for p in ctx.out_dir.glob("*/records.csv"))
     out = write_rankings(runs, ctx.out_dir / "rankings", dataset=ctx.test_set, force=True)
     text = out.read_text().split("## Figures")[0].replace("# Difficulty rankings",
@@ -62,5 +67,4 @@ def demo_rankings(ctx: Any, reference_model: Any, run: Path) -> Path:
     with atomic_writer(run / "extras" / "difficulty_rankings.md") as fh:
         fh.write(text + f"\nFigures and image grids: `{out.parent}`.\n")
     shutil.copyfile(out.parent / "correlation.png", run / "extras" / "difficulty_rankings.png")
-    assert ref in runs
     return out

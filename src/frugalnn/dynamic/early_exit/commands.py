@@ -57,6 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--epochs", type=int, default=20, help="head (or joint) epochs (default 20)")
     t.add_argument("--lr", type=float, help="learning rate (default 2e-3 heads, 0.01 joint)")
     t.add_argument("--ensemble-epochs", type=int, default=30)
+    t.add_argument("--ensemble-holdout", type=float, default=0.2,
+                   help="with --ensemble: fraction of the training examples kept out of head "
+                        "training and used to fit the ensemble (default 0.2; 0 = reuse them)")
     t.add_argument("--augment", action="store_true", help="augment images (joint mode only)")
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--train-limit", type=int, help="random subset of the train split")
@@ -192,13 +195,19 @@ def _train(args: argparse.Namespace) -> int:
               **{k: v for k, v in vars(args).items() if k != "func"}}
     write_json_atomic(out / "config.json", config)
 
+    if not 0.0 <= args.ensemble_holdout < 1.0:
+        raise UserError(f"--ensemble-holdout must lie in [0, 1), got {args.ensemble_holdout}")
     history: dict[str, Any] = {}
     cache = None
     if args.mode == "heads":
         model.freeze_backbone = True
         cache = cache_features(model, DataLoader(train_ds, batch_size=256),
                                device=args.device, progress=progress)
-        history["heads"] = train_heads(model, cache, epochs=args.epochs, lr=args.lr or 2e-3,
+        head_cache = cache
+        if args.ensemble and args.ensemble_holdout > 0:
+            # Over-fitted heads look too reliable on their own training rows.
+            head_cache, cache = cache.split(args.ensemble_holdout, seed=args.seed)
+        history["heads"] = train_heads(model, head_cache, epochs=args.epochs, lr=args.lr or 2e-3,
                                        batch_size=args.batch_size, seed=args.seed,
                                        device=args.device, progress=progress)
     else:
