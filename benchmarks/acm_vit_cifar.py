@@ -75,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-early-exit", action="store_true",
                    help="skip the early-exit (SDN heads on the same frozen ViT) comparison")
     p.add_argument("--exit-epochs", type=int, default=10, help="early-exit head epochs")
+    p.add_argument("--moe-checkpoint", default="runs/bench/moe_vit_cifar/moe/checkpoint",
+                   help="MoE model for experts-per-patch maps (skipped when missing)")
     p.add_argument("--rank-relative-cost", type=float, default=0.75,
                    help="rank --compare runs at the budget nearest this fraction of their cost")
     p.add_argument("--out", default="benchmarks/results/acm.md")
@@ -178,6 +180,42 @@ def early_exit_run(a: argparse.Namespace, work: Path, backbone: torch.nn.Module,
     return run
 
 
+def moe_compute_maps(ckpt: Path, test: Any, out: Path, images: int = 8) -> list[Path]:
+    """Experts per patch of the MoE conversion, drawn with the shared compute-map helper.
+
+    The MoE layer records only per-example means in the ledger, so the per-token
+    counts are recomputed here from each layer's router decision on its input.
+    """
+    from frugalnn.dynamic.moe import MoEFFN
+    from frugalnn.report.compute_maps import save_compute_maps
+
+    model = load_model(ckpt).eval()
+    layers = [m for m in model.modules() if isinstance(m, MoEFFN)]
+    x = torch.stack([test[i][0] for i in range(images)])
+    titles = [f"#{i} label {int(test[i][1])}" for i in range(images)]
+    files = []
+    for tau in (0.5, 0.8):
+        model.set_budget(tau)
+        counts: list[torch.Tensor] = []
+
+        def hook(mod: Any, args: tuple, _out: Any, counts: list = counts) -> None:
+            t = args[0]
+            mask = mod.select(mod.scores(t.reshape(-1, t.shape[-1])))
+            counts.append(mask.sum(1).reshape(t.shape[:-1]).double())
+
+        handles = [m.register_forward_hook(hook) for m in layers]
+        with torch.inference_mode():
+            model(x)
+        for h in handles:
+            h.remove()
+        files.append(save_compute_maps(
+            torch.stack(counts).mean(0), x, out / f"moe_experts_tau{tau:g}.png", titles=titles,
+            label=f"experts per patch (tau={tau:g}, mean over layers)", vmin=0,
+            vmax=float(max(m.num_experts for m in layers))))
+    model.set_budget(model.full_budget())
+    return files
+
+
 def ffn_fraction(run: Path) -> dict[float, float]:
     """Per budget: learners run / learners available, mean over layers (from records)."""
     rec = load_records(run)
@@ -255,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     q_half = min(frac, key=lambda q: abs(frac[q] - 0.5))
     write_rankings(rank_runs, work / "rankings", dataset=test, force=True,
                    budgets={str(run): q_half}, relative_cost=a.rank_relative_cost)
+    if Path(a.moe_checkpoint).exists():
+        moe_compute_maps(Path(a.moe_checkpoint), test, work / "moe_maps")
+        notes.append(f"- MoE experts-per-patch maps: `{work / 'moe_maps'}`")
     log(f"done in {time.time() - started:.0f} s")
     write_results(a, machine, ref, run, lat, work, notes, time.time() - started)
     return 0

@@ -162,3 +162,12 @@ def test_compute_maps(tmp_path):
     assert path.is_file() and path.stat().st_size > 1000
     with pytest.raises(UserError, match="one map per image"):
         save_compute_maps(counts, torch.randn(3, 3, 8, 8), tmp_path / "n.png")
+
+
+def test_input_dependent_tells_dynamic_from_static_runs(tmp_path):
+    from frugalnn.analysis.rankings import input_dependent
+
+    cost = np.arange(N, dtype=float)
+    assert input_dependent(_save(tmp_path / "dyn", {0.5: cost, 1.0: np.full(N, 9.0)}))
+    assert not input_dependent(_save(tmp_path / "knob", {0.5: np.full(N, 3.0),
+                                                         1.0: np.full(N, 9.0)}))

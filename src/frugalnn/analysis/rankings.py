@@ -51,6 +51,7 @@ __all__ = [
     "RankingStudy",
     "Signal",
     "compare_signals",
+    "input_dependent",
     "load_signals",
     "overlap",
     "reference_run",
@@ -216,6 +217,17 @@ def load_signals(
                         "directory exactly as given, or its method label")
     assert ref_ids is not None and ref_labels is not None
     return RankingStudy(ref_ids, ref_labels, correct, signals)
+
+
+def input_dependent(run_dir: str | os.PathLike[str]) -> bool:
+    """True when the run's per-example FLOPs differ between examples at some budget
+    (a dynamic method), False for static models and static knobs (ranks, bit widths)."""
+    from frugalnn.evaluate import load_records
+
+    rec = load_records(run_dir)
+    flops = rec.columns["flops"]
+    return any(np.ptp(flops[rec.rows_for(b)]) > 0 for b in rec.budgets()
+               if np.isfinite(flops[rec.rows_for(b)]).all())
 
 
 # --------------------------------------------------------------------------------------

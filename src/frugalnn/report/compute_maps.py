@@ -133,4 +133,5 @@ def save_compute_maps(
         ax_map.set_title(f"mean {float(maps[i].mean()):.2f}", fontsize=8)
     if mappable is not None:
         fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.8, label=label)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     return save_figure(fig, path)

@@ -54,16 +54,19 @@ def demo_rankings(ctx: Any, reference_model: Any, run: Path) -> Path:
     """
     import shutil
 
-    from frugalnn.analysis.rankings import reference_run, write_rankings
+    from frugalnn.analysis.rankings import input_dependent, reference_run, write_rankings
     from frugalnn.evaluate import atomic_writer
 
     reference_run(reference_model, ctx.test_set, ctx.out_dir / "reference-vit",
                   batch_size=ctx.batch_size, device=ctx.device, method="ViT reference",
                   force=True)
-    runs = sorted(p.parent for p in ctx.out_dir.glob("*/records.csv"))
+    ref = ctx.out_dir / "reference-vit"
+    dynamic = [p.parent for p in sorted(ctx.out_dir.glob("*/records.csv"))
+               if p.parent != ref and input_dependent(p.parent)]
+    runs = [*dynamic, *([ctx.baseline_run] if ctx.baseline_run else []), ref]
     out = write_rankings(runs, ctx.out_dir / "rankings", dataset=ctx.test_set, force=True)
     text = out.read_text().split("## Figures")[0].replace("# Difficulty rankings",
-                                                          "## Difficulty rankings (all runs)")
+                                                          "## Difficulty rankings (dynamic runs)")
     with atomic_writer(run / "extras" / "difficulty_rankings.md") as fh:
         fh.write(text + f"\nFigures and image grids: `{out.parent}`.\n")
     shutil.copyfile(out.parent / "correlation.png", run / "extras" / "difficulty_rankings.png")
