@@ -78,7 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _targeting(c)
     _common(c)
     c.add_argument("--finetune-epochs", type=int, default=1)
-    c.add_argument("--lr", type=float, default=0.01)
+    c.add_argument("--lr", type=float, help="fine-tuning learning rate (default 0.01; 0.001 "
+                   "for cp, whose factors diverged at 0.01 in benchmarks/results/lowrank.md)")
     c.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
     c.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation loss")
     c.add_argument("--latency-batch", type=int, default=1,
@@ -256,7 +257,9 @@ def _compress(args: argparse.Namespace) -> int:
     loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, generator=gen)
     model, plan, history = compress_and_finetune(
         original, args.method, args.target, example, loader,
-        finetune_epochs=args.finetune_epochs, lr=args.lr, optimizer=args.optimizer,
+        finetune_epochs=args.finetune_epochs,
+        lr=args.lr if args.lr is not None else (1e-3 if args.method == "cp" else 1e-2),
+        optimizer=args.optimizer,
         alpha=args.alpha, depthwise=args.depthwise, include=args.include, exclude=args.exclude,
         latency={"batch_size": args.latency_batch, "device": args.device,
                  "threads": args.threads},
