@@ -405,6 +405,8 @@ def run_demo(
                  + (f" -- {res.error}" if res.error else ""))
             results.append(res)
         runs = list(ctx.baseline_runs) + [p for r in results for p in r.runs]
+        # A hook may return a baseline run that the context already lists.
+        runs = list(dict.fromkeys(Path(p).resolve() for p in runs))
         _log("writing the report")
         report = write_report(
             runs, out_dir / "report", title=f"frugalnn demo: {data}", force=True,

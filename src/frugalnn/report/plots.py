@@ -44,7 +44,9 @@ def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
 
 
 def _draw(ax, series: Sequence[tuple[str, list[Point], bool]], xdiv: float) -> None:
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    # tab20 keeps up to 20 runs distinguishable (the demo alone puts ~12 on one plane).
+    cmap = plt.get_cmap("tab20" if len(series) > 10 else "tab10")
+    colors = [cmap(i) for i in range(cmap.N)]
     for i, (label, points, is_baseline) in enumerate(series):
         if not points:
             continue
