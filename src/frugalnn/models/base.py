@@ -21,6 +21,7 @@ attention mask) a dict of such tensors; :func:`select_rows` and
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -60,17 +61,19 @@ class FeedForward(nn.Module):
         return self.fc2(self.drop(self.act(self.fc1(x))))
 
 
-class StagedModel(nn.Module):
+class StagedModel(nn.Module, abc.ABC):
     """Base class of the reference models: ``classify(blocks(embed(x)))``."""
 
     feature_kind: str = "image"
     blocks: nn.ModuleList
 
+    @abc.abstractmethod
     def embed(self, x: Any) -> State:
-        raise NotImplementedError
+        """Everything before the first block."""
 
+    @abc.abstractmethod
     def classify(self, state: State) -> torch.Tensor:
-        raise NotImplementedError
+        """Everything after the last block."""
 
     def forward(self, x: Any) -> torch.Tensor:
         state = self.embed(x)
