@@ -11,6 +11,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from frugalnn.cli_common import (
+    args_config,
+    check_device,
+    check_out,
+    check_positive,
+    positive,
+    print_budget_summary,
+    resolve_checkpoint,
+)
 from frugalnn.errors import UserError
 
 __all__ = ["parse_floats", "parse_ints", "register"]
@@ -117,19 +126,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_demo)
 
 
-def _check_device(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no CUDA device; use cpu")
-
-
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it or choose "
-                        "another --out")
-
-
 def _baseline_of(run_dir: str | None) -> tuple[float | None, float | None]:
     if not run_dir:
         return None, None
@@ -146,32 +142,23 @@ def _baseline_of(run_dir: str | None) -> tuple[float | None, float | None]:
 def _evaluate(args: argparse.Namespace) -> int:
     from frugalnn.data import get_dataset
     from frugalnn.evaluate import evaluate_into
-    from frugalnn.train.checkpoint import has_checkpoint, load_model
+    from frugalnn.train.checkpoint import load_model
 
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
-    if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit must be positive, got {args.limit}")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be positive, got {args.threads}")
-    if args.latency_repeats < 1:
-        raise UserError(f"--latency-repeats must be positive, got {args.latency_repeats}")
-    _check_device(args.device)
+    check_positive(((args.batch_size, "--batch-size"), (args.limit, "--limit"),
+                    (args.threads, "--threads"), (args.latency_repeats, "--latency-repeats")))
+    check_device(args.device)
     out = Path(args.out)
-    _check_out(out, args.force)
+    check_out(out, args.force, empty_ok=False)
     budgets = parse_floats(args.budgets)
     sizes = parse_ints(args.latency_batch_sizes, "--latency-batch-sizes")
-    source = Path(args.checkpoint)
-    if not source.exists():
-        raise UserError(f"{source} does not exist; pass a checkpoint or run directory")
-    ckpt = source / "checkpoint" if has_checkpoint(source / "checkpoint") else source
+    ckpt = resolve_checkpoint(args.checkpoint)
     model = load_model(ckpt, map_location=args.device)
     dataset = get_dataset(args.data, args.split, args.data_dir, limit=args.limit)
     base_flops, base_acc = _baseline_of(args.baseline)
     transforms = getattr(model, "frugalnn_transforms", []) or []
     method = args.method or (transforms[-1]["name"] if transforms else "baseline")
     config: dict[str, Any] = {"command": "evaluate", "checkpoint": str(ckpt),
-                              **{k: v for k, v in vars(args).items() if k != "func"}}
+                              **args_config(args)}
     records = evaluate_into(
         model, dataset, out, method=method, batch_size=args.batch_size, budgets=budgets,
         threads=args.threads, device=args.device, latency_batch_sizes=sizes,
@@ -179,9 +166,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         baseline_accuracy=base_acc, config=config, force=args.force,
         progress=not args.no_progress,
     )
-    for row in records.per_budget_summary():
-        print(f"budget {row['label']:>8}: accuracy {100 * row['accuracy']:6.2f} %  "
-              f"{row['flops'] / 1e6:10.3f} MFLOPs/example")
+    print_budget_summary(records, "budget")
     print(f"records: {out / 'records.csv'}")
     print(f"report:  {out / 'report' / 'report.html'}")
     return 0
@@ -199,9 +184,8 @@ def _report(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from frugalnn.demo import run_demo
 
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be positive, got {args.threads}")
-    _check_device(args.device)
+    positive(args.threads, "--threads")
+    check_device(args.device)
     report = run_demo(
         out=args.out, data=args.data, data_dir=args.data_dir, model=args.model,
         quick=args.quick, strict=args.strict, force=args.force, seed=args.seed,

@@ -17,10 +17,20 @@ evaluates it the same way.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
+from frugalnn.cli_common import (
+    add_run_flags,
+    args_config,
+    check_positive,
+    load_base_model,
+    load_model_for_data,
+    load_subsets,
+    parse_model_args,
+    shuffled_loader,
+    start_run,
+)
 from frugalnn.errors import UserError
 
 
@@ -36,12 +46,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-limit", type=int, help="random subset of the test split")
     p.add_argument("--latency-batch-sizes", default="1,64")
     p.add_argument("--latency-repeats", type=int, default=20)
-    p.add_argument("--threads", type=int, help="torch threads")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="run directory to write")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
-    p.add_argument("--no-progress", action="store_true")
+    add_run_flags(p)
 
 
 def _targeting(p: argparse.ArgumentParser) -> None:
@@ -99,76 +104,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.set_defaults(func=_nmf)
 
 
-def _model_args(pairs: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise UserError(f"--model-arg expects KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
-def load_trained(name: str, checkpoint: str | None, kwargs: dict[str, Any], device: str):
-    """A model from a frugalnn checkpoint, a ResNet ``.th`` file, or freshly built."""
-    from frugalnn.models import create_model
-    from frugalnn.train.checkpoint import has_checkpoint, load_model
-
-    if checkpoint is None:
-        return create_model(name, **kwargs).to(device)
-    path = Path(checkpoint)
-    if not path.exists():
-        raise UserError(f"{path} does not exist; pass a checkpoint, run directory or .th file")
-    if path.is_file() and path.suffix == ".th":
-        return create_model(name, checkpoint=str(path), **kwargs).to(device)
-    ckpt = path / "checkpoint" if has_checkpoint(path / "checkpoint") else path
-    return load_model(ckpt, map_location=device)
-
-
-def _subset(dataset: Any, limit: int | None, seed: int) -> Any:
-    import torch
-    from torch.utils.data import Subset
-
-    if limit is None or limit >= len(dataset):
-        return dataset
-    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit]
-    sub = Subset(dataset, sorted(idx.tolist()))
-    sub.info = getattr(dataset, "info", None)  # type: ignore[attr-defined]
-    return sub
-
-
 def _prepare(args: argparse.Namespace, model_name: str):
     """Validate, seed, load data and the model; return (model, train_ds, eval_ds, out)."""
-    import torch
-
-    from frugalnn.data import get_dataset
-    from frugalnn.train.commands import model_kwargs_for
-
-    for flag in ("batch_size", "train_limit", "eval_limit", "threads", "latency_repeats"):
-        value = getattr(args, flag, None)
-        if value is not None and value < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be positive, got {value}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no CUDA device; use cpu")
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it or choose another "
-                        "--out")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    train_ds = get_dataset(args.data, "train", args.data_dir)
-    eval_ds = get_dataset(args.data, "test", args.data_dir)
-    info = train_ds.info  # type: ignore[attr-defined]
-    train_ds = _subset(train_ds, args.train_limit, args.seed)
-    eval_ds = _subset(eval_ds, args.eval_limit, args.seed + 1)
-    kwargs = model_kwargs_for(model_name, info, _model_args(args.model_arg))
-    if args.checkpoint and not str(args.checkpoint).endswith(".th"):
-        kwargs = {}
-    model = load_trained(model_name, args.checkpoint, kwargs, args.device)
+    check_positive((getattr(args, flag, None), f"--{flag.replace('_', '-')}")
+                   for flag in ("batch_size", "train_limit", "eval_limit", "threads",
+                                "latency_repeats"))
+    out = start_run(args)
+    train_ds, eval_ds, info = load_subsets(args)
+    model = load_model_for_data(model_name, args.checkpoint, info, args.model_arg, args.device,
+                                check_name=False)
     return model, train_ds, eval_ds, out
 
 
@@ -179,7 +123,7 @@ def _plan(args: argparse.Namespace) -> int:
     from frugalnn.models import model_info
 
     shape = model_info(args.model).input_shape
-    kwargs = _model_args(args.model_arg)
+    kwargs = parse_model_args(args.model_arg)
     if args.data:
         from frugalnn.data import dataset_info
         from frugalnn.train.commands import model_kwargs_for
@@ -187,7 +131,8 @@ def _plan(args: argparse.Namespace) -> int:
         info = dataset_info(args.data)
         shape = tuple(info.input_shape)
         kwargs = model_kwargs_for(args.model, info, kwargs)
-    model = load_trained(args.model, args.checkpoint, kwargs, args.device).eval()
+    model = load_base_model(args.model, args.checkpoint, kwargs, args.device, allow_th=True,
+                            check_name=False).eval()
     x = torch.randn(2, *shape, device=args.device)
     _, plan = compress_model(model, args.method, args.target, x, include=args.include,
                              exclude=args.exclude, depthwise=args.depthwise,
@@ -237,7 +182,6 @@ def _finish(args: argparse.Namespace, original, model, plan, eval_ds, out: Path,
 
 
 def _compress(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader
 
     from frugalnn.lowrank.pipeline import compress_and_finetune
     from frugalnn.train.checkpoint import write_json_atomic
@@ -250,11 +194,9 @@ def _compress(args: argparse.Namespace) -> int:
 
     example = torch.stack([eval_ds[i][0] for i in range(min(2, len(eval_ds)))])
     out.mkdir(parents=True, exist_ok=True)
-    config = {"command": "lowrank compress",
-              **{k: v for k, v in vars(args).items() if k != "func"}}
+    config = args_config(args, "lowrank compress")
     write_json_atomic(out / "config.json", config)
-    gen = torch.Generator().manual_seed(args.seed)
-    loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, generator=gen)
+    loader = shuffled_loader(train_ds, args.batch_size, args.seed)
     model, plan, history = compress_and_finetune(
         original, args.method, args.target, example, loader,
         finetune_epochs=args.finetune_epochs,
@@ -271,8 +213,6 @@ def _compress(args: argparse.Namespace) -> int:
 
 
 def _nmf(args: argparse.Namespace) -> int:
-    import torch
-    from torch.utils.data import DataLoader
 
     from frugalnn.lowrank.nmf import replace_attention
     from frugalnn.train import fit
@@ -285,12 +225,11 @@ def _nmf(args: argparse.Namespace) -> int:
                               eval_steps=args.eval_steps, heads=args.heads,
                               variant=args.variant, seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
-    config = {"command": "lowrank nmf", **{k: v for k, v in vars(args).items() if k != "func"}}
+    config = args_config(args, "lowrank nmf")
     write_json_atomic(out / "config.json", config)
     history: dict[str, Any] = {}
     if args.epochs:
-        gen = torch.Generator().manual_seed(args.seed)
-        loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, generator=gen)
+        loader = shuffled_loader(train_ds, args.batch_size, args.seed)
         res = fit(model, loader, epochs=args.epochs, optimizer="adamw", lr=args.lr,
                   weight_decay=0.05, schedule="cosine", seed=args.seed,
                   progress=not args.no_progress, device=args.device)

@@ -3,7 +3,7 @@
 See ``docs/models.md``; every model is a :class:`~frugalnn.models.base.StagedModel`.
 """
 
-from frugalnn.models.base import FeedForward, FFNSite, StagedModel
+from frugalnn.models.base import FeedForward, FFNSite, StagedModel, WrappedModel
 from frugalnn.models.registry import (
     ModelInfo,
     create_model,
@@ -17,6 +17,7 @@ __all__ = [
     "FeedForward",
     "ModelInfo",
     "StagedModel",
+    "WrappedModel",
     "create_model",
     "list_models",
     "model_info",

@@ -86,6 +86,40 @@ class StagedModel(nn.Module, abc.ABC):
         return []
 
 
+class WrappedModel(StagedModel):
+    """A staged model that keeps another one whole under ``base`` and delegates to it.
+
+    For conversions that install layers inside the base model (mixture of
+    experts, adaptive computation modules) and add a budget knob on top: the
+    base model's ``forward`` is used, so adapters with their own input handling
+    keep working; ``embed``, ``blocks``, ``classify`` and ``ffn_sites`` are the
+    base model's, and its registry spec and transformation record are carried.
+    """
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+        self.feature_kind = getattr(base, "feature_kind", "tokens")
+        self.frugalnn_spec = getattr(base, "frugalnn_spec", None)
+        self.frugalnn_transforms = list(getattr(base, "frugalnn_transforms", []))
+
+    @property
+    def blocks(self) -> nn.ModuleList:  # type: ignore[override]
+        return self.base.blocks
+
+    def embed(self, x: Any) -> State:
+        return self.base.embed(x)
+
+    def classify(self, state: State) -> torch.Tensor:
+        return self.base.classify(state)
+
+    def forward(self, x: Any) -> torch.Tensor:
+        return self.base(x)
+
+    def ffn_sites(self) -> list[FFNSite]:
+        return self.base.ffn_sites() if hasattr(self.base, "ffn_sites") else []
+
+
 def select_rows(state: State, idx: torch.Tensor) -> State:
     """The rows ``idx`` of a state (tensor or dict of batch-first tensors)."""
     if isinstance(state, dict):

@@ -19,6 +19,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from frugalnn.cli_common import args_config, random_subset
 from frugalnn.errors import UserError
 
 __all__ = ["register"]
@@ -201,7 +202,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
                         f"architecture in this space ({cheap:.3g} ms on {args.device}); "
                         "raise --latency-target")
     run_dir = _prepare_run_dir(args.out, args.force)
-    config = {k: v for k, v in vars(args).items() if k != "func"}
+    config = args_config(args)
     (run_dir / "config.json").write_text(json.dumps(config, indent=1, default=str))
     torch.set_num_threads(args.threads)
     train_set = get_dataset(args.data, "train", data_dir=args.data_dir, augment=True)
@@ -232,17 +233,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 def _random_subset(dataset: Any, limit: int | None, seed: int) -> Any:
     """A seeded random subset (image folders are stored class by class, so never the head)."""
-    import torch
-    from torch.utils.data import Subset
-
-    if limit is None or limit >= len(dataset):
-        return dataset
-    if limit < 1:
+    if limit is not None and limit < 1:
         raise UserError(f"limits must be positive, got {limit}")
-    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit]
-    sub = Subset(dataset, sorted(idx.tolist()))
-    sub.info = getattr(dataset, "info", None)  # type: ignore[attr-defined]
-    return sub
+    return random_subset(dataset, limit, seed)
 
 
 def _cmd_derive(args: argparse.Namespace) -> int:

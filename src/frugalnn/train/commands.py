@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from frugalnn.cli_common import check_device, parse_model_args
 from frugalnn.errors import UserError
 
 __all__ = ["register", "resolve_config", "run_train"]
@@ -93,13 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _parse_model_args(items: list[str]) -> dict[str, Any]:
     import yaml
 
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--model-args expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)  # numbers, lists, booleans as YAML reads them
-    return out
+    # numbers, lists, booleans as YAML reads them
+    return parse_model_args(items, "--model-args", value=yaml.safe_load)
 
 
 def _load_yaml(path: str) -> dict[str, Any]:
@@ -166,11 +162,7 @@ def _check(config: dict[str, Any]) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {config[name]}")
     if config["workers"] < 0:
         raise UserError(f"--workers must be >= 0, got {config['workers']}")
-    if config["device"].startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda asked for, but torch sees no CUDA device; use cpu")
+    check_device(config["device"])
 
 
 # ------------------------------------------------------------------ model

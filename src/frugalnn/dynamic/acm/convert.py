@@ -21,7 +21,7 @@ from torch import nn
 
 from frugalnn.dynamic.acm.module import ACMFFN
 from frugalnn.errors import UserError
-from frugalnn.models.base import FFNSite, StagedModel
+from frugalnn.models.base import FFNSite, WrappedModel
 from frugalnn.transforms import record_transform, register_transform
 
 __all__ = ["DEFAULT_QS", "ACMModel", "convert_to_acm", "rebuild_acm"]
@@ -34,41 +34,19 @@ def _check_q(q: float) -> None:
         raise UserError(f"q must be in [0, 1] (1 = every learner = the dense model), got {q}")
 
 
-class ACMModel(StagedModel):
+class ACMModel(WrappedModel):
     """A staged model whose FFNs are :class:`ACMFFN` layers; one knob ``q`` for all.
 
-    The base model is kept whole under ``base`` (its ``forward`` is used, so
-    adapters with their own input handling keep working).
+    The base model is kept whole under ``base`` (see :class:`WrappedModel`).
     """
 
     budget_name = "q"
 
     def __init__(self, base: nn.Module, qs: Sequence[float] = DEFAULT_QS) -> None:
-        super().__init__()
-        self.base = base
-        self.feature_kind = getattr(base, "feature_kind", "tokens")
+        super().__init__(base)
         self.qs = sorted({float(q) for q in qs} | {1.0})
         for q in self.qs:
             _check_q(q)
-        self.frugalnn_spec = getattr(base, "frugalnn_spec", None)
-        self.frugalnn_transforms = list(getattr(base, "frugalnn_transforms", []))
-
-    # -- staged-model interface --------------------------------------------------------------
-    @property
-    def blocks(self) -> nn.ModuleList:  # type: ignore[override]
-        return self.base.blocks
-
-    def embed(self, x: Any) -> Any:
-        return self.base.embed(x)
-
-    def classify(self, state: Any) -> torch.Tensor:
-        return self.base.classify(state)
-
-    def forward(self, x: Any) -> torch.Tensor:
-        return self.base(x)
-
-    def ffn_sites(self) -> list[FFNSite]:
-        return self.base.ffn_sites() if hasattr(self.base, "ffn_sites") else []
 
     def acm_layers(self) -> list[ACMFFN]:
         return [m for m in self.base.modules() if isinstance(m, ACMFFN)]

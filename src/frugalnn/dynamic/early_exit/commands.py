@@ -19,11 +19,19 @@ simulation, which gives identical predictions and FLOPs but no timings.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
+from frugalnn.cli_common import (
+    add_run_flags,
+    args_config,
+    check_positive,
+    load_model_for_data,
+    load_subsets,
+    print_budget_summary,
+    random_subset,
+    start_run,
+)
 from frugalnn.errors import UserError
 
 
@@ -71,64 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--latency-batch-sizes", default="1,64")
     t.add_argument("--latency-repeats", type=int, default=10)
     t.add_argument("--method", default="", help="name shown in reports")
-    t.add_argument("--threads", type=int, help="torch threads")
-    t.add_argument("--device", default="cpu")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", required=True, help="run directory to write")
-    t.add_argument("--force", action="store_true", help="overwrite an existing --out")
-    t.add_argument("--no-progress", action="store_true")
+    add_run_flags(t)
     t.set_defaults(func=_train)
-
-
-def _positive(value: int | None, flag: str) -> None:
-    if value is not None and value < 1:
-        raise UserError(f"{flag} must be positive, got {value}")
-
-
-def _model_args(pairs: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise UserError(f"--model-arg expects KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
-def random_subset(dataset: Any, limit: int | None, seed: int) -> Any:
-    """``limit`` examples drawn at random (seeded): image folders are sorted by class."""
-    import torch
-    from torch.utils.data import Subset
-
-    if limit is None or limit >= len(dataset):
-        return dataset
-    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit]
-    sub = Subset(dataset, sorted(idx.tolist()))
-    sub.info = getattr(dataset, "info", None)  # type: ignore[attr-defined]
-    return sub
-
-
-def load_backbone(name: str, checkpoint: str | None, kwargs: dict[str, Any], device: str):
-    """The backbone: from a frugalnn checkpoint, a ResNet ``.th`` file, or freshly built."""
-    from frugalnn.models import create_model
-    from frugalnn.train.checkpoint import has_checkpoint, load_model
-
-    if checkpoint is None:
-        return create_model(name, **kwargs).to(device)
-    path = Path(checkpoint)
-    if not path.exists():
-        raise UserError(f"{path} does not exist; pass a checkpoint, run directory or .th file")
-    if path.is_file() and path.suffix == ".th":
-        return create_model(name, checkpoint=str(path), **kwargs).to(device)
-    ckpt = path / "checkpoint" if has_checkpoint(path / "checkpoint") else path
-    model = load_model(ckpt, map_location=device)
-    spec = getattr(model, "frugalnn_spec", None) or {}
-    if spec.get("name") not in (None, name):
-        raise UserError(f"checkpoint {ckpt} holds a {spec.get('name')!r} model, not {name!r}")
-    return model
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -148,13 +100,11 @@ def _train(args: argparse.Namespace) -> int:
     from frugalnn.evaluate import evaluate_into
     from frugalnn.evaluate_commands import parse_floats, parse_ints
     from frugalnn.train.checkpoint import save_checkpoint, write_json_atomic
-    from frugalnn.train.commands import model_kwargs_for
 
-    for value, flag in ((args.epochs, "--epochs"), (args.batch_size, "--batch-size"),
-                        (args.train_limit, "--train-limit"), (args.eval_limit, "--eval-limit"),
-                        (args.threads, "--threads"), (args.ensemble_epochs, "--ensemble-epochs"),
-                        (args.latency_repeats, "--latency-repeats")):
-        _positive(value, flag)
+    check_positive(((args.epochs, "--epochs"), (args.batch_size, "--batch-size"),
+                    (args.train_limit, "--train-limit"), (args.eval_limit, "--eval-limit"),
+                    (args.threads, "--threads"), (args.ensemble_epochs, "--ensemble-epochs"),
+                    (args.latency_repeats, "--latency-repeats")))
     if args.ensemble and not args.cascade:
         print("frugalnn: note: --ensemble without --cascade ensembles independent heads",
               file=sys.stderr)
@@ -164,35 +114,20 @@ def _train(args: argparse.Namespace) -> int:
     if args.mode == "heads" and args.checkpoint is None:
         raise UserError("--mode heads freezes the backbone, so it needs a trained one: pass "
                         "--checkpoint, or use --mode joint")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no CUDA device; use cpu")
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it or choose another "
-                        "--out")
     budgets = parse_floats(args.budgets)
     sizes = parse_ints(args.latency_batch_sizes, "--latency-batch-sizes")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    out = start_run(args)
     progress = not args.no_progress
 
-    train_ds = get_dataset(args.data, "train", args.data_dir,
-                           augment=args.augment, seed=args.seed)
-    eval_ds = get_dataset(args.data, args.eval_split, args.data_dir)
-    info = train_ds.info  # type: ignore[attr-defined]
-    train_ds = random_subset(train_ds, args.train_limit, args.seed)
-    eval_ds = random_subset(eval_ds, args.eval_limit, args.seed + 1)
-    kwargs = model_kwargs_for(args.model, info, _model_args(args.model_arg))
-    if args.checkpoint and not str(args.checkpoint).endswith(".th"):
-        kwargs = {}  # a frugalnn checkpoint rebuilds its own structure
-    backbone = load_backbone(args.model, args.checkpoint, kwargs, args.device)
+    train_ds, eval_ds, info = load_subsets(args, args.eval_split, augment=args.augment,
+                                           seed=args.seed)
+    backbone = load_model_for_data(args.model, args.checkpoint, info, args.model_arg,
+                                   args.device)
     model = attach_heads(backbone, args.positions, args.head, cascade=args.cascade,
                          policy=args.policy, pool_size=args.pool_size,
                          example_input=torch.stack([eval_ds[0][0]]).to(args.device))
     out.mkdir(parents=True, exist_ok=True)
-    config = {"command": "early-exit train",
-              **{k: v for k, v in vars(args).items() if k != "func"}}
+    config = args_config(args, "early-exit train")
     write_json_atomic(out / "config.json", config)
 
     if not 0.0 <= args.ensemble_holdout < 1.0:
@@ -244,9 +179,7 @@ def _train(args: argparse.Namespace) -> int:
             progress=progress,
         )
     nums = write_extras(trace, args.policy, out / "extras", title=method)
-    for row in records.per_budget_summary():
-        print(f"{model.budget_name} {row['label']:>8}: accuracy {100 * row['accuracy']:6.2f} %  "
-              f"{row['flops'] / 1e6:10.3f} MFLOPs/example")
+    print_budget_summary(records, model.budget_name)
     for drop, row in nums["saving_within"].items():
         print(f"within {100 * drop:.1f} pt of the backbone: {100 * row['flops_saving']:.1f} % "
               f"FLOPs saved (threshold {row['threshold']:.4g})")

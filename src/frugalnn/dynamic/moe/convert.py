@@ -27,7 +27,7 @@ from frugalnn.dynamic.moe.layer import MoEFFN
 from frugalnn.dynamic.moe.router import expert_output_norms
 from frugalnn.dynamic.moe.split import expert_layout, split_neurons
 from frugalnn.errors import UserError
-from frugalnn.models.base import FFNSite, StagedModel
+from frugalnn.models.base import FFNSite, WrappedModel
 from frugalnn.transforms import record_transform, register_transform
 
 __all__ = ["DEFAULT_TAUS", "MoEModel", "collect_ffn_activations", "convert_to_moe", "train_routers"]
@@ -36,44 +36,22 @@ DEFAULT_TAUS = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 _TOPK_FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 1.0)
 
 
-class MoEModel(StagedModel):
+class MoEModel(WrappedModel):
     """A staged model whose FFNs are :class:`MoEFFN` layers; one knob for all of them.
 
-    The base model is kept whole under ``base`` (its ``forward`` is used, so
-    adapters with their own input handling keep working); ``embed``,
-    ``blocks``, ``classify`` and ``ffn_sites`` are the base model's.
+    The base model is kept whole under ``base`` (see :class:`WrappedModel`);
+    ``embed``, ``blocks``, ``classify`` and ``ffn_sites`` are the base model's.
     """
 
     def __init__(
         self, base: nn.Module, mode: str = "dynamic", taus: Sequence[float] = DEFAULT_TAUS
     ) -> None:
-        super().__init__()
-        self.base = base
-        self.feature_kind = getattr(base, "feature_kind", "tokens")
+        super().__init__(base)
         self.taus = sorted({float(t) for t in taus})
         for t in self.taus:
             _check_tau(t)
         self.mode = mode
         self.set_mode(mode)
-        self.frugalnn_spec = getattr(base, "frugalnn_spec", None)
-        self.frugalnn_transforms = list(getattr(base, "frugalnn_transforms", []))
-
-    # -- staged-model interface ------------------------------------------------------
-    @property
-    def blocks(self) -> nn.ModuleList:  # type: ignore[override]
-        return self.base.blocks
-
-    def embed(self, x: Any) -> Any:
-        return self.base.embed(x)
-
-    def classify(self, state: Any) -> torch.Tensor:
-        return self.base.classify(state)
-
-    def forward(self, x: Any) -> torch.Tensor:
-        return self.base(x)
-
-    def ffn_sites(self) -> list[FFNSite]:
-        return self.base.ffn_sites() if hasattr(self.base, "ffn_sites") else []
 
     def moe_layers(self) -> list[MoEFFN]:
         return [m for m in self.base.modules() if isinstance(m, MoEFFN)]
