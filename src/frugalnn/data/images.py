@@ -333,17 +333,7 @@ def load_cifar10_exact(
     if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
         raise UserError(f"unexpected array shapes {data.shape}/{labels.shape}; {_EXACT_LAYOUT}")
     x = data.reshape(-1, 3, 32, 32)  # channel-major rows: R plane, G plane, B plane
-    rows = subset_rows(len(labels), limit, spread=True)
-    return ImageArrayDataset(
-        x[rows],
-        labels[rows],
-        CIFAR10_INFO,
-        mean=CIFAR10_MEAN,
-        std=CIFAR10_STD,
-        augment=augment,
-        seed=seed,
-        classes=CIFAR10_CLASSES,
-    )
+    return _cifar10_arrays(x, labels, augment, limit, seed)
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
@@ -407,6 +397,13 @@ def load_cifar10_batches(
     parts = [read_cifar_batch(base / n) for n in names]
     x = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
+    return _cifar10_arrays(x, y, augment, limit, seed)
+
+
+def _cifar10_arrays(
+    x: np.ndarray, y: np.ndarray, augment: bool, limit: int | None, seed: int
+) -> ImageArrayDataset:
+    """A CIFAR-10 dataset (its normalisation and class names) over uint8 ``(N, 3, 32, 32)``."""
     rows = subset_rows(len(y), limit, spread=True)
     return ImageArrayDataset(
         x[rows],
