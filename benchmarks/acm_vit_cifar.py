@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gate-epochs", type=int, default=1)
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--target", type=float, default=0.5)
+    p.add_argument("--finetune-lr", type=float, default=1e-4)
+    p.add_argument("--kd-weight", type=float, default=0.5,
+                   help="stage III distillation weight from the dense logits")
     p.add_argument("--test-examples", type=int, default=1000)
     p.add_argument("--latency-repeats", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
@@ -249,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (run / "records.csv").exists():
         acm = convert_to_acm(model, num_learners=a.learners, seed=a.seed)
         cfg = ACMTrainConfig(distill_epochs=a.distill_epochs, gate_epochs=a.gate_epochs,
-                             finetune_epochs=a.finetune_epochs, target=a.target)
+                             finetune_epochs=a.finetune_epochs, target=a.target,
+                             finetune_lr=a.finetune_lr, kd_weight=a.kd_weight)
         sub = random_subset(train, a.acm_examples, a.seed + 7)
         log(f"ACM stages on {len(sub)} images: distil {a.distill_epochs}, gate {a.gate_epochs}, "
             f"fine-tune {a.finetune_epochs} epochs")
@@ -336,9 +340,10 @@ def write_results(a: argparse.Namespace, machine: dict[str, Any], ref: Path, run
         f"Scaled down for a shared 2-core CPU: baseline `{a.baseline or 'trained here'}`, "
         f"{a.learners} learners per FFN, ACM stages on {a.acm_examples} training images "
         f"(distil {a.distill_epochs} / gate {a.gate_epochs} / fine-tune {a.finetune_epochs} "
-        f"epochs, target {a.target}), evaluated on {a.test_examples} random test images "
+        f"epochs, target {a.target}, stage III lr {a.finetune_lr}, distillation weight "
+        f"{a.kd_weight}), evaluated on {a.test_examples} random test images "
         f"(seed {a.seed}). FLOPs are counted (real FLOPs = 2 × MACs); times are measured "
-        "medians on this loaded machine, threads = " + str(a.threads) + ".", "",
+        "medians, threads = " + str(a.threads) + ".", "",
         f"Dense baseline: {100 * base['accuracy']:.2f} % at {base['flops'] / 1e6:.2f} MFLOPs "
         "per example.", "",
         "### Accuracy and cost per budget", "", *rows, "",

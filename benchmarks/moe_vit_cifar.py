@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=3)
     p.add_argument("--train-examples", type=int, default=12000)
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--augment", action="store_true",
+                   help="random crop + flip while training the baseline ViT")
     p.add_argument("--sparsify-examples", type=int, default=4000)
     p.add_argument("--sparsify-epochs", type=int, default=1)
     p.add_argument("--sparsity-weight", type=float, default=0.2)
@@ -94,6 +96,8 @@ def stage_train(a: argparse.Namespace, work: Path, train: Any) -> None:
     ckpt = work / "baseline" / "checkpoint"
     if (ckpt / "model.safetensors").exists():
         return
+    if a.augment:
+        train = get_dataset("cifar10", "train", a.data_dir, augment=True, seed=a.seed)
     torch.manual_seed(a.seed)
     model = create_model("vit_tiny", dim=a.dim, depth=a.depth, heads=a.heads, activation="relu")
     log(f"training ViT dim={a.dim} depth={a.depth} on {a.train_examples} images, {a.epochs} ep")
@@ -211,7 +215,8 @@ def markdown(a: argparse.Namespace, res: dict, work: Path, machine: dict) -> str
         "",
         f"Scaled down for a shared 2-core CPU: ViT dim {a.dim}, depth {a.depth}, ReLU FFNs "
         f"(hidden {4 * a.dim}), trained {a.epochs} epochs on a random {a.train_examples}-image "
-        f"subset of the JPEG train split; sparsity fine-tuning {a.sparsify_epochs} epoch(s) on "
+        f"subset of the JPEG train split{' with random crop + flip' if a.augment else ''}; "
+        f"sparsity fine-tuning {a.sparsify_epochs} epoch(s) on "
         f"{a.sparsify_examples} images (lambda {a.sparsity_weight}, lr {a.sparsify_lr}); routers "
         f"{a.router_epochs} epoch(s) on {a.router_examples} images (hidden {a.router_hidden}); "
         f"evaluation on a random "

@@ -193,3 +193,27 @@ def test_language_model_tokens_are_charged_to_their_sequence():
     k = layer.last_counts.double()
     assert k.shape == (3, 8)
     torch.testing.assert_close(ledger.decisions[f"learners_per_token/{layer.name}"], k.mean(1))
+
+
+def test_stage_three_distillation_weight_one_ignores_the_labels():
+    """kd_weight=1: stage III learns from the dense model's logits only, not the labels."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 1, 8, 8, generator=g)
+    results = []
+    for labels in (torch.zeros(32, dtype=torch.long), torch.full((32,), 7)):
+        torch.manual_seed(0)
+        model = _vit()
+        teacher = copy.deepcopy(model)
+        acm = convert_to_acm(model, num_learners=4)
+        cfg = ACMTrainConfig(distill_epochs=0, gate_epochs=0, finetune_epochs=1, kd_weight=1.0,
+                             finetune_lr=1e-2)
+        train_acm(acm, teacher, DataLoader(TensorDataset(x, labels), batch_size=16), cfg, seed=0)
+        results.append(torch.cat([p.detach().flatten() for p in acm.parameters()]))
+    torch.testing.assert_close(results[0], results[1])
+
+
+@pytest.mark.parametrize("field,value", [("kd_weight", 1.5), ("kd_weight", -0.1),
+                                         ("kd_temperature", 0.0)])
+def test_distillation_settings_are_validated(field, value):
+    with pytest.raises(UserError, match="distillation"):
+        ACMTrainConfig(**{field: value}).check()

@@ -45,6 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--target", type=float, default=0.5,
                    help="stage III target fraction of learners run (0.5)")
     c.add_argument("--budget-weight", type=float, default=1.0, help="weight of the budget loss")
+    c.add_argument("--kd-weight", type=float, default=0.5,
+                   help="stage III: weight of distillation from the dense model's logits (0.5)")
+    c.add_argument("--kd-temperature", type=float, default=2.0,
+                   help="stage III distillation temperature (2)")
     c.add_argument("--budgets", nargs="+", help="q values to sweep (default 0,0.1,...,1)")
     c.add_argument("--map-images", type=int, default=8, help="images in the compute maps (8)")
     c.add_argument("--latency-repeats", type=int, default=10, help="timed calls per budget")
@@ -71,7 +75,8 @@ def _convert(args: argparse.Namespace) -> int:
         distill_epochs=args.distill_epochs, gate_epochs=args.gate_epochs,
         finetune_epochs=args.finetune_epochs, distill_lr=args.distill_lr, gate_lr=args.gate_lr,
         finetune_lr=args.finetune_lr, ratio=args.ratio, target=args.target,
-        budget_weight=args.budget_weight,
+        budget_weight=args.budget_weight, kd_weight=args.kd_weight,
+        kd_temperature=args.kd_temperature,
     )
     cfg.check()
     qs = parse_floats(args.budgets) or list(DEFAULT_QS)

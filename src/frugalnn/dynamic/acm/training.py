@@ -54,6 +54,11 @@ class ACMTrainConfig:
     entropy_weight: float = 0.01
     diversity_weight: float = 0.01
     gumbel_tau: float = 1.0
+    # Stage III mixes the task loss with distillation from the dense model's logits
+    # (weight ``kd_weight``, temperature ``kd_temperature``): fine-tuning on a small
+    # subset otherwise drifts away from what the dense model knew.
+    kd_weight: float = 0.5
+    kd_temperature: float = 2.0
     max_tokens: int = 4096
     weight_decay: float = 0.0
     history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -67,6 +72,10 @@ class ACMTrainConfig:
                 f"the gate-label ratio must be >= 1 (1.2 in the paper), got {self.ratio}")
         if not 0.0 < self.target <= 1.0:
             raise UserError(f"the target budget must be in (0, 1], got {self.target}")
+        if not 0.0 <= self.kd_weight <= 1.0:
+            raise UserError(f"the distillation weight must be in [0, 1], got {self.kd_weight}")
+        if self.kd_temperature <= 0.0:
+            raise UserError(f"the distillation temperature must be > 0, got {self.kd_temperature}")
 
 
 class capture_ffns:  # noqa: N801 - used as a context manager, reads like a function
@@ -196,6 +205,14 @@ def train_acm(
         x, y = batch[0], batch[1]
         logits = m(x)
         task = _task_loss(logits, y)
+        if cfg.kd_weight > 0:
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+            temp, classes = cfg.kd_temperature, logits.shape[-1]
+            student = F.log_softmax(logits.reshape(-1, classes) / temp, -1)
+            target = F.log_softmax(teacher_logits.reshape(-1, classes) / temp, -1)
+            kd = F.kl_div(student, target, reduction="batchmean", log_target=True) * temp**2
+            task = (1 - cfg.kd_weight) * task + cfg.kd_weight * kd
         compute = torch.stack([lay.last_compute.mean() for lay in layers.values()]).mean()
         probs = torch.cat([lay.last_probs for lay in layers.values()])
         ent = -(probs * probs.clamp_min(1e-9).log()).sum(-1).mean()
