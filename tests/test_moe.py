@@ -277,3 +277,45 @@ def test_full_budget_cost_equals_dense_count():
         moe(x)
     total = static_flops_excluding_dynamic(moe, x) + led.flops
     torch.testing.assert_close(total, torch.full_like(total, dense_flops))
+
+
+def test_sparsity_enforcement_on_a_cnn_penalises_every_relu():
+    """No FFN layers: the functional ReLUs of a ResNet are captured and made sparser."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from frugalnn.analysis.sparsity import activation_sparsity
+    from frugalnn.dynamic.moe import SparsityLoss, enforce_sparsity
+    from frugalnn.dynamic.moe.sparsify import _ReluCapture
+
+    probe = create_model("resnet20", num_classes=10)
+    assert SparsityLoss(probe, None).sites == "relu"
+    acts: list[torch.Tensor] = []
+    with torch.no_grad(), _ReluCapture(acts):
+        probe.eval()(torch.randn(2, 3, 32, 32))
+    assert len(acts) == 19  # ResNet-20: the stem ReLU + 2 per basic block, all functional
+
+    # The penalty (not just the fine-tuning) is what makes a ReLU network sparser.
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(64, 1, 8, 8, generator=g)
+    ys = torch.randint(0, 10, (64,), generator=g)
+    dl = DataLoader(TensorDataset(xs, ys), batch_size=16)
+    zeros = {}
+    for lam in (0.0, 5.0):
+        torch.manual_seed(0)
+        model = create_model("mlp", input_shape=(1, 8, 8), hidden=64, depth=3)
+        enforce_sparsity(model, dl, epochs=4, lam=lam, warmup_steps=2, lr=1e-2, progress=False)
+        zeros[lam] = activation_sparsity(model, dl).to_dict()["overall_zero_fraction"]
+    assert zeros[5.0] > zeros[0.0] + 0.2, zeros
+
+
+def test_sparsity_enforcement_refuses_models_without_relu():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from frugalnn.dynamic.moe import enforce_sparsity
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    dl = DataLoader(TensorDataset(torch.randn(4, 4), torch.randint(0, 2, (4,))), batch_size=2)
+    with pytest.raises(UserError, match="calls no ReLU"):
+        enforce_sparsity(model, dl, epochs=1, progress=False)
+    with pytest.raises(UserError, match="unknown sparsity sites"):
+        enforce_sparsity(model, dl, epochs=1, sites="gelu", progress=False)

@@ -11,6 +11,13 @@ We divide the squared Hoyer measure by the FFN width so that it lies in
 ``(0, 1]`` (1 = all neurons equally active, 1/width = a single active neuron)
 and ``lam`` means the same for narrow and wide FFNs; the mean is over tokens
 and FFN layers.
+
+Models without FFN layers (the ResNets, the small CNN) are handled too
+(``sites="relu"``, chosen automatically): every ReLU the model calls,
+functional or module, is captured during the forward pass and penalised per
+example over its whole ``C x H x W`` map, as in work on activation sparsity
+in CNNs. Nothing is replaced there; the ReLUs are already exact-zero
+activations.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from frugalnn.dynamic.moe._batches import replace_child, to_device
 from frugalnn.errors import UserError
@@ -40,6 +49,39 @@ def hoyer_squared(a: torch.Tensor, normalise: bool = True) -> torch.Tensor:
     if normalise:
         h = h / flat.shape[-1]
     return h.mean()
+
+
+SITES = ("auto", "ffn", "relu")
+_RELU_CALLS = (F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_)
+
+
+def _resolve_sites(model: nn.Module, sites: str) -> str:
+    """``auto`` -> ``ffn`` when the model has FFN layers, else ``relu``."""
+    if sites not in SITES:
+        raise UserError(f"unknown sparsity sites {sites!r}; use one of {', '.join(SITES)}")
+    if sites == "auto":
+        has_ffn = bool(model.ffn_sites()) if hasattr(model, "ffn_sites") else False
+        return "ffn" if has_ffn else "relu"
+    return sites
+
+
+class _ReluCapture(TorchFunctionMode):
+    """Collects the output of every ReLU call (``F.relu`` or ``nn.ReLU``) in a forward."""
+
+    def __init__(self, sink: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        out = func(*args, **(kwargs or {}))
+        if func in _RELU_CALLS and isinstance(out, torch.Tensor):
+            self.sink.append(out)
+        return out
+
+
+def _per_example(a: torch.Tensor) -> torch.Tensor:
+    """Feature maps ``(B, C, H, W)`` are measured per example; tokens per token."""
+    return a.flatten(1) if a.dim() == 4 else a
 
 
 def _ffn_sites(model: nn.Module) -> list[FFNSite]:
@@ -70,7 +112,8 @@ class SparsityLoss:
     steps. With ``objective="embedding"`` (sentence encoders, no labels) the
     task and KD terms are replaced by ``1 - cos(student, teacher)`` of the
     outputs. Hidden activations are captured with forward hooks on the FFN
-    activation modules of ``model``.
+    activation modules of ``model`` (``sites="ffn"``), or, for models without
+    FFNs (``sites="relu"``), as the outputs of every ReLU call.
     """
 
     def __init__(
@@ -83,6 +126,7 @@ class SparsityLoss:
         alpha: float = 0.5,
         temperature: float = 2.0,
         objective: str = "classification",
+        sites: str = "auto",
     ) -> None:
         if objective not in ("classification", "embedding"):
             raise UserError(f"unknown objective {objective!r}; use classification or embedding")
@@ -98,10 +142,13 @@ class SparsityLoss:
         self.temperature = temperature
         self.step = 0
         self._acts: list[torch.Tensor] = []
-        self._handles = [
-            site.act.register_forward_hook(lambda _m, _i, out: self._acts.append(out))
-            for site in _ffn_sites(model)
-        ]
+        self.sites = _resolve_sites(model, sites)
+        self._handles = []
+        if self.sites == "ffn":
+            self._handles = [
+                site.act.register_forward_hook(lambda _m, _i, out: self._acts.append(out))
+                for site in _ffn_sites(model)
+            ]
 
     def close(self) -> None:
         """Remove the activation hooks from the model."""
@@ -116,7 +163,16 @@ class SparsityLoss:
         device = next(model.parameters()).device
         x = to_device(batch[0] if isinstance(batch, (list, tuple)) else batch, device)
         self._acts.clear()
-        logits = model(x)
+        if self.sites == "relu":
+            with _ReluCapture(self._acts):
+                logits = model(x)
+            if not self._acts:
+                raise UserError(
+                    "the model calls no ReLU, so there is nothing to sparsify; use a model "
+                    "with ReLU activations or FFN layers"
+                )
+        else:
+            logits = model(x)
         acts, self._acts = self._acts, []
         if self.objective == "embedding":
             assert self.teacher is not None
@@ -133,7 +189,7 @@ class SparsityLoss:
                 t_logits = self.teacher(x)
             loss = loss + self.alpha * kd_loss(logits, t_logits, self.temperature)
         if acts and self.lam > 0:
-            hoyer = torch.stack([hoyer_squared(a) for a in acts]).mean()
+            hoyer = torch.stack([hoyer_squared(_per_example(a)) for a in acts]).mean()
             loss = loss + self.current_lam() * hoyer
         if model.training:
             self.step += 1
@@ -153,6 +209,7 @@ def enforce_sparsity(
     relu: bool = True,
     device: str | torch.device = "cpu",
     objective: str = "classification",
+    sites: str = "auto",
     run_dir: Any = None,
     seed: int = 0,
     progress: bool = False,
@@ -160,21 +217,24 @@ def enforce_sparsity(
 ) -> nn.Module:
     """GELU -> ReLU (if ``relu``) and fine-tune with the Hoyer penalty, distilling from a copy.
 
+    ``sites``: ``ffn`` (the FFN hidden activations), ``relu`` (every ReLU call,
+    for CNNs) or ``auto`` (``ffn`` if the model has FFN layers, else ``relu``).
     Returns the fine-tuned model (the same object, modified in place). The
     teacher is a frozen copy of the model before any change.
     """
     from frugalnn.train import fit
 
+    sites = _resolve_sites(model, sites)
     teacher = copy.deepcopy(model).to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    if relu:
+    if relu and sites == "ffn":
         relu_ffn(model)
     model.to(device)
     steps = epochs * len(train_loader)  # type: ignore[arg-type]
     loss_fn = SparsityLoss(
         model, teacher, lam=lam, warmup_steps=warmup_steps or max(1, steps // 2), alpha=alpha,
-        objective=objective,
+        objective=objective, sites=sites,
     )
     try:
         fit(
