@@ -68,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--target", type=float, default=0.5)
     p.add_argument("--finetune-lr", type=float, default=1e-4)
+    p.add_argument("--qs", default="0,0.05,0.1,0.15,0.2,0.25,0.4,0.5,0.6,0.75,0.9,1",
+                   help="budget values q swept (comma-separated)")
     p.add_argument("--kd-weight", type=float, default=0.5,
                    help="stage III distillation weight from the dense logits")
     p.add_argument("--test-examples", type=int, default=1000)
@@ -250,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
 
     run = work / "acm"
     if not (run / "records.csv").exists():
-        acm = convert_to_acm(model, num_learners=a.learners, seed=a.seed)
+        qs = [float(v) for v in a.qs.split(",")]
+        acm = convert_to_acm(model, num_learners=a.learners, seed=a.seed, qs=qs)
         cfg = ACMTrainConfig(distill_epochs=a.distill_epochs, gate_epochs=a.gate_epochs,
                              finetune_epochs=a.finetune_epochs, target=a.target,
                              finetune_lr=a.finetune_lr, kd_weight=a.kd_weight)
@@ -305,6 +308,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def at_most_half(budgets: list[dict[str, Any]], frac: dict[float, float],
+                 base: dict[str, Any]) -> str:
+    """The most accurate budget that runs at most half of the converted layers' compute."""
+    ok = [r for r in budgets if frac[float(r["budget"])] <= 0.5]
+    if not ok:
+        return "No budget runs 50 % or less of the converted layers' compute."
+    best = max(ok, key=lambda r: r["accuracy"])
+    q = float(best["budget"])
+    return (f"Most accurate budget at or below 50 % of the converted layers' compute: q={q:g} "
+            f"({100 * frac[q]:.0f} %), {100 * best['accuracy']:.2f} % "
+            f"({100 * (best['accuracy'] - base['accuracy']):+.2f} points).")
+
+
 def write_results(a: argparse.Namespace, machine: dict[str, Any], ref: Path, run: Path,
                   lat: list[dict[str, Any]], work: Path, notes: list[str], seconds: float) -> None:
     base = load_summary(ref)["budgets"][0]
@@ -351,6 +367,7 @@ def write_results(a: argparse.Namespace, machine: dict[str, Any], ref: Path, run
         f"{100 * frac[float(half['budget'])]:.0f} %): accuracy "
         f"{100 * half['accuracy']:.2f} % vs dense {100 * base['accuracy']:.2f} % "
         f"({100 * (half['accuracy'] - base['accuracy']):+.2f} points; target: ≥ −1).", "",
+        at_most_half(summ["budgets"], frac, base), "",
         "### Converted FFN layers alone (batch 64, real FFN inputs)", "", *lat_rows, "",
         "### Difficulty rankings", "", rank_tables.strip(), "", *notes, "",
         f"Figures: `{work}/report/` (cost–accuracy planes), `{work}/rankings/` "
