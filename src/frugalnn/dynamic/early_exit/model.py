@@ -309,22 +309,25 @@ class EarlyExitModel(DynamicModule):
         prev: torch.Tensor | None = None
         log_probs: list[torch.Tensor] = []
         memory: policies.PatienceState | None = None
+        # Every row still running has run the same stages, so one running sum is its
+        # cost so far; it is written to a row when the row leaves (no per-block
+        # tensor updates, which would dominate at batch size 1).
+        cost_so_far = costs.embed
 
         def rows_ctx() -> contextlib.AbstractContextManager:
             return subset(active_cpu) if shrunk else contextlib.nullcontext()
 
         with rows_ctx():
             state = bb.embed(x)
-        spent += costs.embed
         for b, block in enumerate(bb.blocks):
             with rows_ctx():
                 state = block(state)
-            spent[active_cpu] += costs.blocks[b]
+            cost_so_far += costs.blocks[b]
             h = self._head_at.get(b)
             if h is None or not use_heads:
                 continue
             logits = self.heads[h](state, prev)
-            spent[active_cpu] += costs.heads[h] + costs.ensemble[h]
+            cost_so_far += costs.heads[h] + costs.ensemble[h]
             prev = logits
             if self.ensemble is not None:
                 log_probs.append(F.log_softmax(logits, dim=1))
@@ -339,7 +342,9 @@ class EarlyExitModel(DynamicModule):
             if out is None:
                 out = decision.new_empty((n, decision.shape[1]))
             out[active[exits]] = decision[exits]
-            exit_at[active_cpu[exits.cpu()]] = h
+            leaving = active_cpu[exits.cpu()]
+            exit_at[leaving] = h
+            spent[leaving] = cost_so_far
             keep = (~exits).nonzero().squeeze(1)
             active, active_cpu, shrunk = active[keep], active_cpu[keep.cpu()], True
             if active.numel() == 0:
@@ -351,7 +356,7 @@ class EarlyExitModel(DynamicModule):
         if active.numel():
             with rows_ctx():
                 final = bb.classify(state)
-            spent[active_cpu] += costs.classify
+            spent[active_cpu] = cost_so_far + costs.classify
             if out is None:
                 out = final  # nobody exited: exactly the backbone's output
             else:
