@@ -301,3 +301,25 @@ def test_bert_adapter_dict_states_exit_and_match_offline():
     assert torch.equal(ledger.decisions["exit_index"].long(), sim.exit_index)
     assert torch.equal(ledger.flops, sim.flops)
     torch.testing.assert_close(out, sim.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_saving_within_an_outside_reference_accuracy():
+    """Savings can be measured against a better backbone; unreachable drops give NaN."""
+    from frugalnn.dynamic.early_exit.offline import saving_within
+
+    backbone, shape = _backbone("cnn")
+    ee = attach_heads(backbone, "every").eval()
+    torch.manual_seed(3)
+    x = torch.randn(40, *shape)
+    _scramble_heads(ee, x)
+    y = torch.randint(0, 10, (40,))
+    trace = collect_trace(ee, DataLoader(TensorDataset(x, y), batch_size=16))
+    own = float((trace.logits[-1].argmax(1) == trace.labels).double().mean())
+    same = saving_within(trace, "maxprob", [0.0, 0.05])
+    assert saving_within(trace, "maxprob", [0.0, 0.05], reference_accuracy=own) == same
+    assert same[0.0]["accuracy"] >= own
+    # A stricter yardstick can only lower the saving.
+    stricter = saving_within(trace, "maxprob", [0.05], reference_accuracy=own + 0.02)
+    assert stricter[0.05]["flops_saving"] <= same[0.05]["flops_saving"]
+    unreachable = saving_within(trace, "maxprob", [0.0], reference_accuracy=1.01)
+    assert unreachable[0.0]["flops_saving"] != unreachable[0.0]["flops_saving"]  # NaN

@@ -228,15 +228,28 @@ def accuracy_at_flops(
 def saving_within(
     trace: ExitTrace, policy: str, points_drop: Sequence[float],
     budgets: Sequence[float] | None = None,
+    reference_accuracy: float | None = None,
 ) -> dict[float, dict[str, float]]:
-    """Largest mean FLOPs saving whose accuracy stays within ``drop`` of the backbone."""
+    """Largest mean FLOPs saving whose accuracy stays within ``drop`` of the backbone.
+
+    ``reference_accuracy`` replaces the traced backbone's own accuracy as the
+    yardstick (e.g. a backbone fine-tuned without heads, when the traced one
+    was trained jointly with them). When no operating point reaches
+    ``reference - drop`` the entry has ``flops_saving`` NaN and threshold NaN.
+    """
     base = float(trace.backbone_flops.mean())
     base_acc = float((trace.logits[-1].argmax(1) == trace.labels).double().mean())
+    if reference_accuracy is not None:
+        base_acc = float(reference_accuracy)
     points = _points(trace, policy, budgets)
     out = {}
     for d in points_drop:
         ok = [p for p in points if p[2] >= base_acc - d - 1e-12]
-        best = min(ok, key=lambda p: p[1])  # the full budget is always in ``ok``
+        if not ok:  # only possible with an outside reference
+            out[d] = {"threshold": float("nan"), "flops_saving": float("nan"),
+                      "accuracy": float("nan")}
+            continue
+        best = min(ok, key=lambda p: p[1])  # the full budget is in ``ok`` without a reference
         out[d] = {"threshold": best[0], "flops_saving": 1.0 - best[1] / base,
                   "accuracy": best[2]}
     return out
