@@ -117,8 +117,12 @@ def frontier_rows(traces, base_acc):
             else "– (below the first exit)"
             for f in FRACTIONS
         ]
-        cells += [f"{100 * sv[d]['flops_saving']:.1f} % (acc {100 * sv[d]['accuracy']:.2f} %, "
-                  f"t={sv[d]['threshold']:.4f})" for d in DROPS]
+        cells += [
+            f"{100 * sv[d]['flops_saving']:.1f} % (acc {100 * sv[d]['accuracy']:.2f} %, "
+            f"t={sv[d]['threshold']:.4f})" if sv[d]["threshold"] == sv[d]["threshold"]
+            else "not reached"
+            for d in DROPS
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append(f"| backbone | {100 * base_acc:.2f} % at 100 % FLOPs | | | | |")
     return lines, numbers
