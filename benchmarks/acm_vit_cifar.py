@@ -138,21 +138,33 @@ def ffn_latency(acm: Any, teacher: torch.nn.Module, x: torch.Tensor, repeats: in
         for layer in acm.acm_layers():
             layer(inputs[layer.name])
 
-    rows = []
+    # Three interleaved rounds (dense, then every q), keeping each configuration's
+    # fastest round median: a configuration timed first in a process, or while the
+    # machine briefly got busier, would otherwise look slower than it is.
+    timings: dict[Any, list[Any]] = {}
+    fractions: dict[float, float] = {}
     with torch.inference_mode():
-        base = measure_latency(run_dense, x, warmup=3, repeats=repeats, threads=threads)
-        rows.append({"q": "dense", "median_ms": base.median_ms, "p10": base.p10_ms,
-                     "p90": base.p90_ms, "speedup": 1.0, "learners": float(acm.num_learners())})
-        for q in acm.budget_values():
-            acm.set_budget(q)
-            acm.keep_counts(True)
-            run_acm(x)
-            frac = acm.ffn_compute_fraction()
-            acm.keep_counts(False)
-            rec = measure_latency(run_acm, x, warmup=3, repeats=repeats, threads=threads)
-            rows.append({"q": q, "median_ms": rec.median_ms, "p10": rec.p10_ms,
-                         "p90": rec.p90_ms, "speedup": base.median_ms / rec.median_ms,
-                         "learners": frac * acm.num_learners()})
+        for _ in range(3):
+            rec = measure_latency(run_dense, x, warmup=3, repeats=repeats, threads=threads)
+            timings.setdefault("dense", []).append(rec)
+            for q in acm.budget_values():
+                acm.set_budget(q)
+                if q not in fractions:
+                    acm.keep_counts(True)
+                    run_acm(x)
+                    fractions[q] = acm.ffn_compute_fraction()
+                    acm.keep_counts(False)
+                rec = measure_latency(run_acm, x, warmup=3, repeats=repeats, threads=threads)
+                timings.setdefault(q, []).append(rec)
+    best = {k: min(v, key=lambda r: r.median_ms) for k, v in timings.items()}
+    base = best["dense"]
+    rows = [{"q": "dense", "median_ms": base.median_ms, "p10": base.p10_ms,
+             "p90": base.p90_ms, "speedup": 1.0, "learners": float(acm.num_learners())}]
+    for q in acm.budget_values():
+        rec = best[q]
+        rows.append({"q": q, "median_ms": rec.median_ms, "p10": rec.p10_ms, "p90": rec.p90_ms,
+                     "speedup": base.median_ms / rec.median_ms,
+                     "learners": fractions[q] * acm.num_learners()})
     acm.set_budget(1.0)
     return rows
 
@@ -359,7 +371,8 @@ def write_results(a: argparse.Namespace, machine: dict[str, Any], ref: Path, run
         f"epochs, target {a.target}, stage III lr {a.finetune_lr}, distillation weight "
         f"{a.kd_weight}), evaluated on {a.test_examples} random test images "
         f"(seed {a.seed}). FLOPs are counted (real FLOPs = 2 × MACs); times are measured "
-        "medians, threads = " + str(a.threads) + ".", "",
+        "medians (converted FFN layers: the fastest of 3 interleaved rounds), threads = "
+        + str(a.threads) + ".", "",
         f"Dense baseline: {100 * base['accuracy']:.2f} % at {base['flops'] / 1e6:.2f} MFLOPs "
         "per example.", "",
         "### Accuracy and cost per budget", "", *rows, "",
