@@ -50,6 +50,7 @@ from frugalnn.dynamic.early_exit.training import (
     train_heads,
     train_joint,
 )
+from frugalnn.lowrank.pipeline import accuracy
 from frugalnn.models import create_model
 from frugalnn.train import load_model
 from frugalnn.train.loop import fit
@@ -74,14 +75,6 @@ def stack(ds, n: int) -> torch.Tensor:
     return torch.stack([ds[i][0] for i in range(min(n, len(ds)))])
 
 
-def accuracy(model, loader) -> float:
-    model.eval()
-    right = total = 0
-    with torch.inference_mode():
-        for x, y in loader:
-            right += int((model(x).argmax(1) == y).sum())
-            total += len(y)
-    return right / total
 
 
 def variants(backbone, args, train_cache, example):

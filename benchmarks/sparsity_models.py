@@ -32,17 +32,8 @@ from frugalnn.cost._io import write_text_atomic
 from frugalnn.cost.machine import describe_machine, machine_markdown
 from frugalnn.data import get_dataset
 from frugalnn.dynamic.moe import enforce_sparsity
+from frugalnn.lowrank.pipeline import accuracy
 from frugalnn.models import create_model
-
-
-def accuracy(model: torch.nn.Module, loader: DataLoader) -> float:
-    model.eval()
-    right = total = 0
-    with torch.inference_mode():
-        for x, y in loader:
-            right += int((model(x).argmax(1) == y).sum())
-            total += len(y)
-    return right / total
 
 
 def main(argv: list[str] | None = None) -> int:
