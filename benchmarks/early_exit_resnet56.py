@@ -283,7 +283,8 @@ def joint_backbone(backbone, train_aug, args):
     t0 = time.perf_counter()
     train_joint(ee, DataLoader(subset(train_aug, args.finetune_limit, args.seed + 3),
                                 batch_size=128, shuffle=True), epochs=args.joint_epochs,
-                lr=args.joint_lr, seed=args.seed, progress=False)
+                lr=args.joint_lr, seed=args.seed, progress=False,
+                kd_weight=args.joint_kd_weight, kd_temperature=args.joint_kd_temperature)
     log(f"joint training in {time.perf_counter() - t0:.0f} s")
     if cached is not None:
         save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(cached))
@@ -311,6 +312,10 @@ def main(argv=None) -> int:
                         "SDN/ZTW heads are then retrained on the jointly trained, frozen "
                         "backbone")
     p.add_argument("--joint-lr", type=float, default=0.01)
+    p.add_argument("--joint-kd-weight", type=float, default=0.0,
+                   help="joint training: distil every exit from the fine-tuned backbone with "
+                        "this weight (0: plain SDN cross-entropy)")
+    p.add_argument("--joint-kd-temperature", type=float, default=2.0)
     p.add_argument("--joint-cache", help="safetensors file for the jointly trained backbone")
     p.add_argument("--positions", default="every:3")
     p.add_argument("--pool-size", type=int, default=4)
@@ -382,7 +387,11 @@ def main(argv=None) -> int:
             lines += [f"Joint (SDN) training: {args.joint_epochs} epoch(s) of backbone + heads "
                       f"{args.positions} on {args.finetune_limit} augmented train images "
                       f"(SGD lr {args.joint_lr}, "
-                      "cosine, SDN loss weights = each exit's share of the FLOPs), starting "
+                      "cosine, SDN loss weights = each exit's share of the FLOPs"
+                      + (f"; every exit distilled from the fine-tuned backbone, weight "
+                         f"{args.joint_kd_weight}, temperature {args.joint_kd_temperature}"
+                         if args.joint_kd_weight > 0 else "")
+                      + "), starting "
                       "from the fine-tuned backbone; then the backbone is frozen and the SDN "
                       "and ZTW heads are trained on it as in the frozen-backbone protocol.", ""]
         for prm in backbone.parameters():

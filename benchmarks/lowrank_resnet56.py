@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--augment", action="store_true",
+                   help="random crop + flip for the baseline and compressed-model fine-tuning")
+    p.add_argument("--baseline-cache", help="safetensors file: load the fine-tuned baseline "
+                   "from it if it exists, else save it there (same flags assumed)")
     p.add_argument("--out", default="benchmarks/results/lowrank_resnet56.json")
     p.add_argument("--markdown", default="benchmarks/results/lowrank.md")
     args = p.parse_args(argv)
@@ -77,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     data_dir = Path(args.data_dir)
     started = time.time()
-    train = subset(get_dataset("cifar10", "train", data_dir), args.train_limit, args.seed)
+    train = subset(get_dataset("cifar10", "train", data_dir, augment=args.augment,
+                               seed=args.seed), args.train_limit, args.seed)
     test = subset(get_dataset("cifar10", "test", data_dir), args.test_limit, args.seed + 1)
     gen = torch.Generator().manual_seed(args.seed)
     train_loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, generator=gen)
@@ -85,9 +90,19 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = next((data_dir / "pretrained" / "resnet-cifar10").glob("resnet56-*.th"))
     base = create_model("resnet56", checkpoint=str(ckpt))
     log(f"pretrained ResNet-56 on JPEG test subset: {100 * accuracy(base, test_loader):.2f} %")
-    if args.baseline_epochs:
+    cache = Path(args.baseline_cache) if args.baseline_cache else None
+    if cache is not None and cache.is_file():
+        from safetensors.torch import load_file
+
+        base.load_state_dict(load_file(str(cache)))
+        log(f"fine-tuned baseline loaded from {cache} (same flags assumed)")
+    elif args.baseline_epochs:
         fit(base, train_loader, epochs=args.baseline_epochs, optimizer="sgd", lr=0.01,
             weight_decay=5e-4, schedule="cosine", seed=args.seed, progress=False)
+        if cache is not None:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in base.state_dict().items()}, str(cache))
     base.eval()
     example = torch.stack([test[i][0] for i in range(2)])
     results: dict[str, dict] = {}
@@ -142,7 +157,8 @@ def write_markdown(args, results: dict[str, dict], errors: dict[str, str],
         machine_markdown(), "",
         f"Scale: baseline fine-tuned {args.baseline_epochs} epoch(s) and each compressed model "
         f"{args.finetune_epochs} epoch(s) with distillation, on {args.train_limit} JPEG train "
-        f"images; accuracy on {args.test_limit} JPEG test images; latency median of "
+        f"images{' (random crop + flip)' if args.augment else ''}; accuracy on "
+        f"{args.test_limit} JPEG test images; latency median of "
         f"{args.repeats} repeats ({args.threads} thread), best of two alternating rounds. "
         "Full scale is in the script's docstring; a scaled-down run understates the accuracy "
         "fine-tuning can recover.\n",

@@ -128,6 +128,8 @@ def test_cli_train_writes_an_evaluable_run(tmp_path, capsys):
     (["--positions", "7"], "out of range"),
     (["--mode", "heads"], "needs a trained one"),
     (["--augment"], "--augment applies"),
+    (["--kd-weight", "0.5", "--checkpoint", "x"], "--kd-weight applies"),
+    (["--mode", "joint", "--kd-weight", "2"], "must lie in [0, 1]"),
 ])
 def test_cli_bad_input(tmp_path, capsys, argv, message):
     base = ["early-exit", "train", "--model", "cnn_small", "--data", "digits",
@@ -167,3 +169,64 @@ def test_feature_cache_split_is_a_seeded_partition():
     assert torch.equal(again.labels, rest.labels)
     with pytest.raises(UserError):
         cache.split(1.0)
+
+
+def test_distilled_joint_loss_ignores_labels_at_full_weight_and_validates():
+    from frugalnn.dynamic.early_exit.training import multi_exit_loss
+
+    x, y = _task(16)
+    ee = attach_heads(_cnn(), "every")
+    teacher = _cnn()
+    w = exit_loss_weights(ee, x[:1])
+    pure_kd = multi_exit_loss(w, teacher=teacher, kd_weight=1.0, kd_temperature=2.0)
+    a, _ = pure_kd(ee, (x, y))
+    b, _ = pure_kd(ee, (x, (y + 1) % 4))
+    torch.testing.assert_close(a, b)  # weight 1: only the teacher's outputs matter
+    ce_only = multi_exit_loss(w)
+    c, _ = ce_only(ee, (x, y))
+    d, _ = ce_only(ee, (x, (y + 1) % 4))
+    assert not torch.allclose(c, d)
+    # A student that equals its teacher has zero KD loss at every exit that copies it.
+    same, _ = multi_exit_loss([0.0, 0.0, 1.0], teacher=ee.backbone, kd_weight=1.0)(ee, (x, y))
+    assert float(same) == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(UserError, match="teacher"):
+        multi_exit_loss(w, kd_weight=0.5)
+    with pytest.raises(UserError, match="kd_weight"):
+        multi_exit_loss(w, teacher=teacher, kd_weight=1.5)
+    with pytest.raises(UserError, match="temperature"):
+        multi_exit_loss(w, teacher=teacher, kd_weight=0.5, kd_temperature=0.0)
+
+
+def test_distilled_joint_training_keeps_the_final_exit_closer_to_the_backbone():
+    x, y = _task(128)
+    base = _cnn()
+    torch.manual_seed(0)
+    dl = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
+    import copy
+
+    outs = {}
+    for kd in (0.0, 1.0):
+        ee = attach_heads(copy.deepcopy(base), "every")
+        train_joint(ee, dl, epochs=2, lr=0.05, progress=False, kd_weight=kd, seed=0)
+        with torch.no_grad():
+            outs[kd] = ee.backbone.eval()(x)
+    with torch.no_grad():
+        ref = base(x)
+    drift = {kd: float((o - ref).pow(2).mean()) for kd, o in outs.items()}
+    assert drift[1.0] < drift[0.0]
+
+
+def test_cli_joint_training_with_distillation(tmp_path):
+    base = tmp_path / "base"
+    assert main(["train", "--model", "cnn_small", "--data", "digits", "--epochs", "1",
+                 "--limit", "200", "--eval-limit", "50", "--out", str(base),
+                 "--no-progress", "--threads", "1"]) == 0
+    run = tmp_path / "joint"
+    assert main(["early-exit", "train", "--model", "cnn_small", "--data", "digits",
+                 "--checkpoint", str(base), "--mode", "joint", "--kd-weight", "0.7",
+                 "--epochs", "1", "--train-limit", "200", "--eval-limit", "50",
+                 "--budgets", "0.9", "1.0", "--offline-sweep", "--out", str(run),
+                 "--no-progress"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["kd_weight"] == 0.7
+    assert (run / "summary.json").exists()

@@ -319,3 +319,79 @@ def test_sparsity_enforcement_refuses_models_without_relu():
         enforce_sparsity(model, dl, epochs=1, progress=False)
     with pytest.raises(UserError, match="unknown sparsity sites"):
         enforce_sparsity(model, dl, epochs=1, sites="gelu", progress=False)
+
+
+def _kl_to(model, teacher, xs) -> float:
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        return float(sum(F.kl_div(F.log_softmax(model(x), 1), F.log_softmax(teacher(x), 1),
+                                  log_target=True, reduction="batchmean") for x in xs))
+
+
+def test_routed_finetuning_brings_a_low_budget_closer_to_dense():
+    import copy
+
+    from frugalnn.dynamic.moe import finetune_routed
+
+    torch.manual_seed(0)
+    data = loader(6, 16)
+    moe = convert_to_moe(tiny_vit(), num_experts=6, loader=data, router_epochs=2,
+                         router_hidden=8).eval()
+    dense = copy.deepcopy(moe).eval()  # at full budget: the dense model
+    xs = [x for x, _ in data]
+    moe.set_budget(0.3)
+    before = _kl_to(moe, dense, xs)
+    routers = {k: v.clone() for k, v in moe.state_dict().items() if ".router." in k}
+    finetune_routed(moe, as_loader(data), taus=[0.3], epochs=8, lr=3e-3, kd_weight=1.0,
+                    router_epochs=0)
+    assert moe.budget_name == "tau"
+    assert all(m.tau == 1.0 for m in moe.moe_layers())  # returned at full budget
+    for k, v in moe.state_dict().items():
+        if ".router." in k:
+            assert torch.equal(v, routers[k]), k  # routers frozen while the experts train
+    moe.set_budget(0.3)
+    after = _kl_to(moe, dense, xs)
+    assert after < 0.3 * before
+
+
+def test_routed_finetuning_refits_routers_and_validates():
+    from frugalnn.dynamic.moe import RoutedLoss, finetune_routed
+
+    data = loader(2, 8)
+    moe = convert_to_moe(tiny_vit(), num_experts=4, loader=data, router_epochs=1,
+                         router_hidden=8).eval()
+    routers = {k: v.clone() for k, v in moe.state_dict().items() if ".router." in k}
+    finetune_routed(moe, as_loader(data), taus=[0.5], epochs=1, router_epochs=1)
+    assert any(not torch.equal(v, routers[k]) for k, v in moe.state_dict().items()
+               if ".router." in k)
+    with pytest.raises(UserError, match="converted MoE"):
+        finetune_routed(tiny_vit(), data)
+    with pytest.raises(UserError, match="tau"):
+        finetune_routed(moe, data, taus=[1.5])
+    with pytest.raises(UserError, match="epochs"):
+        finetune_routed(moe, data, epochs=0)
+    with pytest.raises(UserError, match="at least one tau"):
+        RoutedLoss(moe, [])
+    # A training step runs at a tau drawn from the list; evaluation keeps the budget.
+    loss_fn = RoutedLoss(copy_of(moe), [0.25], kd_weight=0.0)
+    moe.train()
+    loss_fn(moe, data[0])
+    assert all(m.tau == 0.25 for m in moe.moe_layers())
+    moe.eval().set_budget(1.0)
+    loss_fn(moe, data[0])
+    assert all(m.tau == 1.0 for m in moe.moe_layers())
+
+
+def as_loader(batches):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    xs = torch.cat([x for x, _ in batches])
+    ys = torch.cat([y for _, y in batches])
+    return DataLoader(TensorDataset(xs, ys), batch_size=len(batches[0][0]), shuffle=True)
+
+
+def copy_of(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).eval()

@@ -40,13 +40,29 @@ def test_moe_convert_then_evaluate(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "extra, message",
-    [(["--experts", "1000"], "hidden neurons"), (["--experts", "2", "--budgets", "1.5"], "tau")],
+    [(["--experts", "1000"], "hidden neurons"), (["--experts", "2", "--budgets", "1.5"], "tau"),
+     (["--experts", "2", "--finetune-epochs", "1", "--finetune-taus", "0.5,2"], "[0, 1]"),
+     (["--experts", "2", "--finetune-epochs", "1", "--finetune-taus", "x"], "comma-separated"),
+     (["--experts", "2", "--finetune-epochs", "1"], "needs trained routers")],
 )
 def test_moe_convert_bad_input(tmp_path, capsys, extra, message):
     argv = ["moe", "convert", "vit_tiny", *VIT_ARGS, "--data", "digits", "--router-epochs", "0",
             "--no-progress", "--out", str(tmp_path / "r"), *extra]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_moe_convert_with_routed_finetuning(tmp_path):
+    out = tmp_path / "ft"
+    argv = ["moe", "convert", "vit_tiny", *VIT_ARGS, "--data", "digits", "--experts", "4",
+            "--router-epochs", "1", "--router-hidden", "8", "--train-limit", "128",
+            "--eval-limit", "32", "--budgets", "0.5,1", "--latency-repeats", "1",
+            "--finetune-epochs", "1", "--finetune-taus", "0.5", "--no-progress",
+            "--out", str(out)]
+    assert main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["finetune_epochs"] == 1 and config["finetune_taus"] == "0.5"
+    assert (out / "checkpoint" / "model.safetensors").exists()
 
 
 def test_moe_convert_refuses_cnn(tmp_path, capsys):

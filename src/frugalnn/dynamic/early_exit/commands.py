@@ -69,6 +69,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --ensemble: fraction of the training examples kept out of head "
                         "training and used to fit the ensemble (default 0.2; 0 = reuse them)")
     t.add_argument("--augment", action="store_true", help="augment images (joint mode only)")
+    t.add_argument("--kd-weight", type=float, default=0.0,
+                   help="joint mode: distil every exit from a frozen copy of the starting "
+                        "backbone with this weight in [0, 1] (default 0: plain SDN losses)")
+    t.add_argument("--kd-temperature", type=float, default=2.0,
+                   help="distillation temperature (default 2)")
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--train-limit", type=int, help="random subset of the train split")
     t.add_argument("--eval-split", default="test")
@@ -111,6 +116,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.augment and args.mode != "joint":
         raise UserError("--augment applies to --mode joint; heads mode trains on cached "
                         "features of un-augmented images")
+    if args.kd_weight and args.mode != "joint":
+        raise UserError("--kd-weight applies to --mode joint (heads mode leaves the backbone "
+                        "as it is)")
+    if not 0.0 <= args.kd_weight <= 1.0:
+        raise UserError(f"--kd-weight must lie in [0, 1], got {args.kd_weight}")
+    if args.kd_temperature <= 0:
+        raise UserError(f"--kd-temperature must be positive, got {args.kd_temperature}")
     if args.mode == "heads" and args.checkpoint is None:
         raise UserError("--mode heads freezes the backbone, so it needs a trained one: pass "
                         "--checkpoint, or use --mode joint")
@@ -148,7 +160,8 @@ def _train(args: argparse.Namespace) -> int:
     else:
         loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True)
         res = train_joint(model, loader, epochs=args.epochs, lr=args.lr or 0.01,
-                          seed=args.seed, progress=progress, device=args.device)
+                          seed=args.seed, progress=progress, device=args.device,
+                          kd_weight=args.kd_weight, kd_temperature=args.kd_temperature)
         history["joint"] = res.history
     if args.ensemble:
         if cache is None:

@@ -224,19 +224,58 @@ def exit_loss_weights(model: EarlyExitModel, example_input: Any) -> list[float]:
     return [min(1.0, c / base) for c in costs[:-1]] + [1.0]
 
 
-def multi_exit_loss(weights: Sequence[float], label_smoothing: float = 0.0):
-    """A ``loss_fn`` for :func:`frugalnn.train.fit`: weighted sum of every exit's loss."""
+def multi_exit_loss(
+    weights: Sequence[float],
+    label_smoothing: float = 0.0,
+    *,
+    teacher: torch.nn.Module | None = None,
+    kd_weight: float = 0.0,
+    kd_temperature: float = 1.0,
+):
+    """A ``loss_fn`` for :func:`frugalnn.train.fit`: weighted sum of every exit's loss.
+
+    With a ``teacher`` (a frozen model giving logits, typically the backbone as
+    it was before the heads were attached) each exit's loss becomes
+    ``(1 - kd_weight) * CE + kd_weight * T^2 * KL(teacher_T || exit_T)``.
+    Distilling every exit from the original backbone keeps the final exit
+    where it was (plain SDN training trades some of its accuracy for the
+    internal exits) and gives the internal exits a softer, easier target.
+    """
     w = [float(v) for v in weights]
+    if not 0.0 <= kd_weight <= 1.0:
+        raise UserError(f"kd_weight must lie in [0, 1], got {kd_weight}")
+    if kd_temperature <= 0:
+        raise UserError(f"kd_temperature must be positive, got {kd_temperature}")
+    if kd_weight > 0 and teacher is None:
+        raise UserError("kd_weight > 0 needs a teacher model to distil from")
+    use_kd = teacher is not None and kd_weight > 0
+    t = float(kd_temperature)
+    placed: dict[str, torch.device] = {}
+
+    def exit_loss(z: torch.Tensor, y: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
+        ce = F.cross_entropy(z, y, label_smoothing=label_smoothing)
+        if soft is None:
+            return ce
+        kl = F.kl_div(F.log_softmax(z / t, 1), soft, reduction="batchmean") * t * t
+        return (1.0 - kd_weight) * ce + kd_weight * kl
 
     def loss_fn(model: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         from frugalnn.train.checkpoint import unwrap
 
         x, y = _split(batch)
-        outs = unwrap(model).exit_outputs(x)
+        net = unwrap(model)
+        soft = None
+        if use_kd:
+            dev = next(net.parameters()).device
+            if placed.get("device") != dev:  # follow the student (fit places it, per rank)
+                teacher.to(dev)
+                placed["device"] = dev
+            with torch.no_grad():
+                soft = F.softmax(teacher(x).float() / t, 1)
+        outs = net.exit_outputs(x)
         if len(outs) != len(w):
             raise UserError(f"{len(w)} loss weights for {len(outs)} exits")
-        loss = sum(wi * F.cross_entropy(z, y, label_smoothing=label_smoothing)
-                   for wi, z in zip(w, outs))
+        loss = sum(wi * exit_loss(z, y, soft) for wi, z in zip(w, outs))
         return loss, outs[-1]
 
     return loss_fn
@@ -255,16 +294,31 @@ def train_joint(
     seed: int = 0,
     progress: bool = True,
     device: str | torch.device | None = None,
+    kd_weight: float = 0.0,
+    kd_temperature: float = 2.0,
+    teacher: torch.nn.Module | None = None,
 ) -> Any:
-    """Train backbone and heads together (SDN) with :func:`frugalnn.train.fit`."""
+    """Train backbone and heads together (SDN) with :func:`frugalnn.train.fit`.
+
+    ``kd_weight > 0`` distils every exit from ``teacher`` (by default a frozen
+    copy of the backbone as it is before training), see :func:`multi_exit_loss`.
+    """
+    import copy
+
     from frugalnn.train.loop import fit
 
     if weights is None:
         x, _ = _split(next(iter(loader)))
         weights = exit_loss_weights(model, x)
+    if kd_weight > 0 and teacher is None:
+        teacher = copy.deepcopy(model.backbone)
+    if teacher is not None:
+        teacher.eval().requires_grad_(False)
+    loss_fn = multi_exit_loss(weights, teacher=teacher, kd_weight=kd_weight,
+                              kd_temperature=kd_temperature)
     model.freeze_backbone = False
     return fit(
         model, loader, epochs=epochs, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-        loss_fn=multi_exit_loss(weights), run_dir=run_dir, seed=seed, progress=progress,
+        loss_fn=loss_fn, run_dir=run_dir, seed=seed, progress=progress,
         device=device,
     )

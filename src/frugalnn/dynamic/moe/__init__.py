@@ -2,8 +2,9 @@
 
 Steps: optional sparsity enforcement (:mod:`.sparsify`), expert split
 (:mod:`.split`), routers (:mod:`.router`), the MoE layer with grouped
-execution (:mod:`.layer`), and the conversion with its budget knob
-(:mod:`.convert`). Importing this package registers the ``moe`` and
+execution (:mod:`.layer`), the conversion with its budget knob
+(:mod:`.convert`), and routed fine-tuning below full budget
+(:mod:`.finetune`). Importing this package registers the ``moe`` and
 ``ffn_relu`` transformations used when checkpoints are loaded.
 """
 
@@ -14,6 +15,7 @@ from frugalnn.dynamic.moe.convert import (
     rebuild_moe,
     train_routers,
 )
+from frugalnn.dynamic.moe.finetune import RoutedLoss, finetune_routed
 from frugalnn.dynamic.moe.layer import MoEFFN
 from frugalnn.dynamic.moe.router import Router, select_dynamic_k, select_top_k
 from frugalnn.dynamic.moe.sparsify import SparsityLoss, enforce_sparsity, hoyer_squared, relu_ffn
@@ -24,11 +26,13 @@ __all__ = [
     "MoEFFN",
     "MoEModel",
     "Router",
+    "RoutedLoss",
     "SparsityLoss",
     "balanced_kmeans",
     "convert_to_moe",
     "enforce_sparsity",
     "expert_layout",
+    "finetune_routed",
     "hoyer_squared",
     "rebuild_moe",
     "relu_ffn",

@@ -53,6 +53,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--sparsity-weight", type=float, default=0.2,
                    help="weight of the (width-normalised) squared Hoyer penalty (0.2)")
     c.add_argument("--sparsify-lr", type=float, default=1e-4, help="fine-tuning learning rate")
+    c.add_argument("--finetune-epochs", type=int, default=0,
+                   help="routed fine-tuning after conversion: train the MoE model at taus "
+                        "drawn from --finetune-taus, distilling from the dense model, then "
+                        "re-fit the routers (default 0: convert only, as D2DMoE)")
+    c.add_argument("--finetune-taus", default="0.4,0.5,0.6,0.7,0.8",
+                   help="comma-separated taus drawn per training step (0.4,...,0.8)")
+    c.add_argument("--finetune-lr", type=float, default=1e-4, help="fine-tuning learning rate")
+    c.add_argument("--finetune-kd-weight", type=float, default=0.5,
+                   help="weight of distillation from the dense model in [0, 1] (0.5)")
     c.add_argument("--mode", default="dynamic", choices=("dynamic", "topk"),
                    help="routing rule of the saved model (dynamic-k: knob tau; topk: knob k)")
     c.add_argument("--budgets", nargs="+", help="tau values to sweep (default 0,0.25,...,1)")
@@ -119,10 +128,15 @@ def _convert(args: argparse.Namespace) -> int:
     check_positive(((args.train_limit, "--train-limit"), (args.eval_limit, "--eval-limit"),
                     (args.batch_size, "--batch-size"), (args.threads, "--threads"),
                     (args.latency_repeats, "--latency-repeats")))
-    if args.router_epochs < 0 or args.sparsify_epochs < 0:
-        raise UserError("--router-epochs and --sparsify-epochs must be >= 0")
+    if args.router_epochs < 0 or args.sparsify_epochs < 0 or args.finetune_epochs < 0:
+        raise UserError("--router-epochs, --sparsify-epochs and --finetune-epochs must be >= 0")
     taus = [float(v) for item in (args.budgets or []) for v in item.split(",") if v.strip()]
     taus = taus or list(DEFAULT_TAUS)
+    ft_taus = _parse_taus(args.finetune_taus)
+    if not 0.0 <= args.finetune_kd_weight <= 1.0:
+        raise UserError(f"--finetune-kd-weight must lie in [0, 1], got {args.finetune_kd_weight}")
+    if args.finetune_epochs and args.router_epochs == 0:
+        raise UserError("--finetune-epochs needs trained routers; set --router-epochs >= 1")
     out = start_run(args)
 
     model = load_base_model(args.model, args.checkpoint, parse_model_args(args.model_arg),
@@ -150,6 +164,15 @@ def _convert(args: argparse.Namespace) -> int:
         router_hidden=args.router_hidden, mode=args.mode, taus=taus, seed=args.seed,
         device=args.device, progress=progress,
     )
+    if args.finetune_epochs:
+        from frugalnn.dynamic.moe.finetune import finetune_routed
+
+        print(f"routed fine-tuning at tau in {ft_taus}, then re-fitting the routers")
+        finetune_routed(
+            moe, train_loader, taus=ft_taus, epochs=args.finetune_epochs, lr=args.finetune_lr,
+            kd_weight=args.finetune_kd_weight, router_epochs=args.router_epochs,
+            router_lr=args.router_lr, device=args.device, seed=args.seed, progress=progress,
+        )
     config = args_config(args, "moe convert")
     save_checkpoint(out / "checkpoint", moe, {"config": config})
     records = evaluate_into(
@@ -174,3 +197,14 @@ def _convert(args: argparse.Namespace) -> int:
     print(f"checkpoint: {out / 'checkpoint'}  (frugalnn evaluate {out} --data {args.data} ...)")
     print(f"report:     {out / 'report' / 'report.html'}")
     return 0
+
+
+def _parse_taus(text: str) -> list[float]:
+    """``"0.4,0.6"`` -> ``[0.4, 0.6]``, each checked to lie in [0, 1]."""
+    try:
+        taus = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--finetune-taus must be comma-separated numbers, got {text!r}") from None
+    if not taus or not all(0.0 <= t <= 1.0 for t in taus):
+        raise UserError(f"--finetune-taus must be numbers in [0, 1], got {text!r}")
+    return taus
