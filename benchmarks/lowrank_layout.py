@@ -1,0 +1,95 @@
+"""Does memory layout decide whether a factorised ResNet-56 is faster? Dense vs CP/Tucker/TT.
+
+Every 3x3 convolution of ResNet-56 is factorised to 2x fewer FLOPs (data-free,
+no fine-tuning: timing does not depend on the weights' values), and the dense
+and factorised models are timed in interleaved rounds in the default
+(NCHW, "contiguous") layout and in channels-last (NHWC), at batch 1 and 64.
+Speed-ups are against the dense model in the same layout *and* against the
+dense model in its faster layout, the honest baseline.
+
+    python benchmarks/lowrank_layout.py --out benchmarks/results/lowrank_layout.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from frugalnn.cost.count import count_flops
+from frugalnn.cost.latency import measure_latency
+from frugalnn.cost.machine import machine_markdown
+from frugalnn.lowrank.compress import compress_model
+from frugalnn.models import create_model
+
+LAYOUTS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--methods", default="tucker,cp,tt")
+    p.add_argument("--target", default="flops=2")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (fastest kept)")
+    p.add_argument("--repeats", type=int, default=10, help="timed calls per round (median)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="benchmarks/results/lowrank_layout.md")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    started = time.time()
+    dense = create_model("resnet56").eval()
+    example = torch.randn(2, 3, 32, 32)
+    models = {"dense": dense}
+    for method in a.methods.split(","):
+        models[method], _ = compress_model(copy.deepcopy(dense), method, a.target, example)
+    flops = {k: count_flops(m, example[:1]) for k, m in models.items()}
+    params = {k: sum(q.numel() for q in m.parameters()) for k, m in models.items()}
+    variants = {(k, lay): copy.deepcopy(m).eval().to(memory_format=fmt)
+                for k, m in models.items() for lay, fmt in LAYOUTS.items()}
+    ms: dict[tuple[str, str, int], float] = {}
+    with torch.inference_mode():
+        for bs in a.batch_sizes:
+            x = torch.randn(bs, 3, 32, 32)
+            inputs = {lay: x.contiguous(memory_format=fmt) for lay, fmt in LAYOUTS.items()}
+            for _ in range(a.rounds):
+                for (k, lay), m in variants.items():
+                    t = measure_latency(m, inputs[lay], warmup=2, repeats=a.repeats).median_ms
+                    key = (k, lay, bs)
+                    ms[key] = min(ms.get(key, float("inf")), t)
+    lines = [
+        "## Memory layout and factorised convolutions (ResNet-56, every 3x3 conv at "
+        f"{a.target})", "",
+        f"Command: `python benchmarks/lowrank_layout.py {' '.join(sys.argv[1:])}` "
+        f"({(time.time() - started) / 60:.1f} min)", "", machine_markdown(), "",
+        f"Data-free factorisation (timing does not depend on weight values); the fastest of "
+        f"{a.rounds} interleaved rounds, each the median of {a.repeats} calls, "
+        f"{a.threads} thread(s). 'vs best dense' divides by the dense model in whichever "
+        "layout is faster at that batch size.", "",
+        "| model | params | MFLOPs/example | layout | batch | ms | vs dense, same layout | "
+        "vs best dense |",
+        "|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for bs in a.batch_sizes:
+        best = min(ms[("dense", lay, bs)] for lay in LAYOUTS)
+        for k in models:
+            for lay in LAYOUTS:
+                t = ms[(k, lay, bs)]
+                lines.append(
+                    f"| {k} | {params[k]:,} | {flops[k] / 1e6:.1f} | {lay} | {bs} | {t:.2f} | "
+                    f"{ms[('dense', lay, bs)] / t:.2f}x | {best / t:.2f}x |")
+    text = "\n".join(lines) + "\n"
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(a.out).with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(a.out)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
