@@ -57,8 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="routed fine-tuning after conversion: train the MoE model at taus "
                         "drawn from --finetune-taus, distilling from the dense model, then "
                         "re-fit the routers (default 0: convert only, as D2DMoE)")
-    c.add_argument("--finetune-taus", default="0.4,0.5,0.6,0.7,0.8",
-                   help="comma-separated taus drawn per training step (0.4,...,0.8)")
+    c.add_argument("--finetune-taus", default="0.4,0.5,0.6",
+                   help="comma-separated taus drawn per training step (0.4,0.5,0.6)")
     c.add_argument("--finetune-lr", type=float, default=1e-4, help="fine-tuning learning rate")
     c.add_argument("--finetune-kd-weight", type=float, default=0.5,
                    help="weight of distillation from the dense model in [0, 1] (0.5)")

@@ -102,7 +102,7 @@ def finetune_routed(
     model: MoEModel,
     train_loader: Iterable[Any],
     *,
-    taus: Sequence[float] = (0.5, 0.6, 0.7, 0.8),
+    taus: Sequence[float] = (0.4, 0.5, 0.6),
     epochs: int = 1,
     lr: float = 1e-4,
     kd_weight: float = 0.5,
