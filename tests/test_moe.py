@@ -395,3 +395,19 @@ def copy_of(model: nn.Module) -> nn.Module:
     import copy
 
     return copy.deepcopy(model).eval()
+
+
+def test_embedding_objective_measures_cosine_distance_to_the_teacher():
+    import copy
+
+    from frugalnn.dynamic.moe import RoutedLoss, SparsityLoss
+
+    model = tiny_vit()
+    x = torch.randn(4, 1, 8, 8)
+    same = SparsityLoss(model, copy.deepcopy(model), objective="embedding", lam=0.0)
+    assert float(same(model, (x,))[0]) == pytest.approx(0.0, abs=1e-5)
+    other = tiny_vit()
+    assert float(SparsityLoss(model, other, objective="embedding", lam=0.0)(model, (x,))[0]) > 0.01
+    moe = convert_to_moe(copy.deepcopy(model), num_experts=4, router_epochs=0).eval()
+    routed = RoutedLoss(copy_of(moe), [1.0], objective="embedding")
+    assert float(routed(moe, (x,))[0]) == pytest.approx(0.0, abs=1e-5)

@@ -45,3 +45,37 @@ def replace_child(root: torch.nn.Module, old: torch.nn.Module, new: torch.nn.Mod
                 setattr(parent, name, new)
                 done = True
     return done
+
+
+def task_and_distill_loss(
+    out: torch.Tensor,
+    x: Any,
+    batch: Any,
+    teacher: torch.nn.Module | None,
+    *,
+    objective: str,
+    alpha: float,
+    temperature: float,
+) -> torch.Tensor:
+    """The fidelity part of the MoE fine-tuning losses (sparsity enforcement, routed tuning).
+
+    ``classification``: ``(1 - alpha) * CE(labels) + alpha * KD(teacher)`` (no KD
+    term without a teacher or with ``alpha = 0``); ``embedding`` (sentence
+    encoders, no labels): ``1 - cos(out, teacher(x))``.
+    """
+    import torch.nn.functional as F
+
+    from frugalnn.train.distill import kd_loss
+    from frugalnn.train.loop import cross_entropy
+
+    if objective == "embedding":
+        assert teacher is not None
+        with torch.no_grad():
+            target = teacher(x)
+        return 1.0 - F.cosine_similarity(out, target, dim=-1).mean()
+    loss = (1.0 - alpha) * cross_entropy(out, to_device(batch[1], out.device))
+    if teacher is not None and alpha > 0:
+        with torch.no_grad():
+            t_logits = teacher(x)
+        loss = loss + alpha * kd_loss(out, t_logits, temperature)
+    return loss

@@ -30,12 +30,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from frugalnn.dynamic.moe._batches import to_device
+from frugalnn.dynamic.moe._batches import task_and_distill_loss, to_device
 from frugalnn.dynamic.moe.convert import MoEModel, _check_tau, train_routers
 from frugalnn.errors import UserError
-from frugalnn.train.loop import cross_entropy
 
 __all__ = ["RoutedLoss", "finetune_routed"]
 
@@ -84,17 +82,8 @@ class RoutedLoss:
         if net.training:
             net.set_budget(self._rng.choice(self.taus))
         out = model(x)
-        with torch.no_grad():
-            target = self.teacher(x)
-        if self.objective == "embedding":
-            loss = 1.0 - F.cosine_similarity(out, target, dim=-1).mean()
-            return loss, out
-        from frugalnn.train.distill import kd_loss
-
-        y = to_device(batch[1], device)
-        loss = (1.0 - self.kd_weight) * cross_entropy(out, y)
-        if self.kd_weight > 0:
-            loss = loss + self.kd_weight * kd_loss(out, target, self.temperature)
+        loss = task_and_distill_loss(out, x, batch, self.teacher, objective=self.objective,
+                                     alpha=self.kd_weight, temperature=self.temperature)
         return loss, out
 
 

@@ -31,10 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from frugalnn.dynamic.moe._batches import replace_child, to_device
+from frugalnn.dynamic.moe._batches import replace_child, task_and_distill_loss, to_device
 from frugalnn.errors import UserError
 from frugalnn.models.base import FFNSite
-from frugalnn.train.loop import cross_entropy
 from frugalnn.transforms import record_transform, register_transform
 
 __all__ = ["SparsityLoss", "hoyer_squared", "relu_ffn", "enforce_sparsity"]
@@ -174,20 +173,8 @@ class SparsityLoss:
         else:
             logits = model(x)
         acts, self._acts = self._acts, []
-        if self.objective == "embedding":
-            assert self.teacher is not None
-            with torch.no_grad():
-                target = self.teacher(x)
-            loss = 1.0 - torch.nn.functional.cosine_similarity(logits, target, dim=-1).mean()
-        else:
-            y = to_device(batch[1], device)
-            loss = (1.0 - self.alpha) * cross_entropy(logits, y)
-        if self.objective == "classification" and self.teacher is not None and self.alpha > 0:
-            from frugalnn.train.distill import kd_loss
-
-            with torch.no_grad():
-                t_logits = self.teacher(x)
-            loss = loss + self.alpha * kd_loss(logits, t_logits, self.temperature)
+        loss = task_and_distill_loss(logits, x, batch, self.teacher, objective=self.objective,
+                                     alpha=self.alpha, temperature=self.temperature)
         if acts and self.lam > 0:
             hoyer = torch.stack([hoyer_squared(_per_example(a)) for a in acts]).mean()
             loss = loss + self.current_lam() * hoyer
