@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from frugalnn.dynamic.early_exit.model import EarlyExitModel
 from frugalnn.errors import UserError
+from frugalnn.train.distill import kd_loss
 
 
 @dataclass
@@ -252,30 +253,29 @@ def multi_exit_loss(
     t = float(kd_temperature)
     placed: dict[str, torch.device] = {}
 
-    def exit_loss(z: torch.Tensor, y: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
+    def exit_loss(z: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
         ce = F.cross_entropy(z, y, label_smoothing=label_smoothing)
-        if soft is None:
+        if target is None:
             return ce
-        kl = F.kl_div(F.log_softmax(z / t, 1), soft, reduction="batchmean") * t * t
-        return (1.0 - kd_weight) * ce + kd_weight * kl
+        return (1.0 - kd_weight) * ce + kd_weight * kd_loss(z, target, t)
 
     def loss_fn(model: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         from frugalnn.train.checkpoint import unwrap
 
         x, y = _split(batch)
         net = unwrap(model)
-        soft = None
+        target = None
         if use_kd:
             dev = next(net.parameters()).device
             if placed.get("device") != dev:  # follow the student (fit places it, per rank)
                 teacher.to(dev)
                 placed["device"] = dev
             with torch.no_grad():
-                soft = F.softmax(teacher(x).float() / t, 1)
+                target = teacher(x)
         outs = net.exit_outputs(x)
         if len(outs) != len(w):
             raise UserError(f"{len(w)} loss weights for {len(outs)} exits")
-        loss = sum(wi * exit_loss(z, y, soft) for wi, z in zip(w, outs))
+        loss = sum(wi * exit_loss(z, y, target) for wi, z in zip(w, outs))
         return loss, outs[-1]
 
     return loss_fn
