@@ -13,6 +13,7 @@ mixture-of-experts layer be trained to reproduce the layer it replaced.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,18 @@ class DistillConfig:
         if self.feature_weight < 0:
             raise UserError(f"feature_weight must be >= 0, got {self.feature_weight}")
         self.feature_pairs = [(str(s), str(t)) for s, t in self.feature_pairs]
+
+
+def frozen_copy(model: nn.Module, device: str | torch.device | None = None) -> nn.Module:
+    """A deep copy of ``model`` in eval mode with no trainable parameters: a teacher.
+
+    Fine-tuning steps distil from the model as it was before they changed it,
+    so they need this snapshot rather than the live model.
+    """
+    teacher = copy.deepcopy(model)
+    if device is not None:
+        teacher.to(device)
+    return teacher.eval().requires_grad_(False)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float):

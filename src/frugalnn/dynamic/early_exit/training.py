@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from frugalnn.dynamic.early_exit.model import EarlyExitModel
 from frugalnn.errors import UserError
-from frugalnn.train.distill import kd_loss
+from frugalnn.train.distill import frozen_copy, kd_loss
 
 
 @dataclass
@@ -303,15 +303,13 @@ def train_joint(
     ``kd_weight > 0`` distils every exit from ``teacher`` (by default a frozen
     copy of the backbone as it is before training), see :func:`multi_exit_loss`.
     """
-    import copy
-
     from frugalnn.train.loop import fit
 
     if weights is None:
         x, _ = _split(next(iter(loader)))
         weights = exit_loss_weights(model, x)
     if kd_weight > 0 and teacher is None:
-        teacher = copy.deepcopy(model.backbone)
+        teacher = frozen_copy(model.backbone)
     if teacher is not None:
         teacher.eval().requires_grad_(False)
     loss_fn = multi_exit_loss(weights, teacher=teacher, kd_weight=kd_weight,

@@ -24,7 +24,6 @@ the fine-tuned dense network.
 
 from __future__ import annotations
 
-import copy
 import random
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -34,6 +33,7 @@ import torch
 from frugalnn.dynamic.moe._batches import task_and_distill_loss, to_device
 from frugalnn.dynamic.moe.convert import MoEModel, _check_tau, train_routers
 from frugalnn.errors import UserError
+from frugalnn.train.distill import frozen_copy
 
 __all__ = ["RoutedLoss", "finetune_routed"]
 
@@ -123,9 +123,7 @@ def finetune_routed(
         raise UserError(f"router epochs must be >= 0, got {router_epochs}")
     mode = model.mode
     model.set_mode("dynamic")  # at full budget: the dense network, the teacher
-    teacher = copy.deepcopy(model).to(device).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    teacher = frozen_copy(model, device)
     loss_fn = RoutedLoss(teacher, taus, kd_weight=kd_weight, temperature=temperature,
                          objective=objective, seed=seed)
     flags = {p: p.requires_grad for p in model.parameters()}

@@ -22,7 +22,6 @@ activations.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,6 +33,7 @@ from torch.overrides import TorchFunctionMode
 from frugalnn.dynamic.moe._batches import replace_child, task_and_distill_loss, to_device
 from frugalnn.errors import UserError
 from frugalnn.models.base import FFNSite
+from frugalnn.train.distill import frozen_copy
 from frugalnn.transforms import record_transform, register_transform
 
 __all__ = ["SparsityLoss", "hoyer_squared", "relu_ffn", "enforce_sparsity"]
@@ -212,9 +212,7 @@ def enforce_sparsity(
     from frugalnn.train import fit
 
     sites = _resolve_sites(model, sites)
-    teacher = copy.deepcopy(model).to(device).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    teacher = frozen_copy(model, device)
     if relu and sites == "ffn":
         relu_ffn(model)
     model.to(device)
