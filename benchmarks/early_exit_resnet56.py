@@ -284,7 +284,8 @@ def joint_backbone(backbone, train_aug, args):
     train_joint(ee, DataLoader(subset(train_aug, args.finetune_limit, args.seed + 3),
                                 batch_size=128, shuffle=True), epochs=args.joint_epochs,
                 lr=args.joint_lr, seed=args.seed, progress=False,
-                kd_weight=args.joint_kd_weight, kd_temperature=args.joint_kd_temperature)
+                kd_weight=args.joint_kd_weight, kd_temperature=args.joint_kd_temperature,
+                final_weight=args.joint_final_weight)
     log(f"joint training in {time.perf_counter() - t0:.0f} s")
     if cached is not None:
         save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(cached))
@@ -316,6 +317,8 @@ def main(argv=None) -> int:
                    help="joint training: distil every exit from the fine-tuned backbone with "
                         "this weight (0: plain SDN cross-entropy)")
     p.add_argument("--joint-kd-temperature", type=float, default=2.0)
+    p.add_argument("--joint-final-weight", type=float, default=1.0,
+                   help="joint training: loss weight of the final exit (1: SDN weights)")
     p.add_argument("--joint-cache", help="safetensors file for the jointly trained backbone")
     p.add_argument("--positions", default="every:3")
     p.add_argument("--pool-size", type=int, default=4)
@@ -388,6 +391,8 @@ def main(argv=None) -> int:
                       f"{args.positions} on {args.finetune_limit} augmented train images "
                       f"(SGD lr {args.joint_lr}, "
                       "cosine, SDN loss weights = each exit's share of the FLOPs"
+                      + (f", final exit weight {args.joint_final_weight}"
+                         if args.joint_final_weight != 1.0 else "")
                       + (f"; every exit distilled from the fine-tuned backbone, weight "
                          f"{args.joint_kd_weight}, temperature {args.joint_kd_temperature}"
                          if args.joint_kd_weight > 0 else "")

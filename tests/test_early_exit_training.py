@@ -91,6 +91,28 @@ def test_joint_training_with_sdn_weights_updates_backbone():
     assert len(res.history) == 2
 
 
+def test_final_exit_weight_scales_only_the_final_exits_gradient():
+    from frugalnn.dynamic.early_exit.training import multi_exit_loss
+
+    x, y = _task(32)
+    ee = attach_heads(_cnn(), "every")
+    w1 = exit_loss_weights(ee, x[:1])
+    w3 = exit_loss_weights(ee, x[:1], final_weight=3.0)
+    assert w3[:-1] == w1[:-1] and w3[-1] == 3.0
+    head_param = next(ee.heads.parameters())
+    last = list(ee.backbone.parameters())[-1]  # the classifier's bias: only the final exit
+    grads = {}
+    for name, w in (("w1", w1), ("w3", w3)):
+        ee.zero_grad(set_to_none=True)
+        loss, _ = multi_exit_loss(w)(ee, (x, y))
+        loss.backward()
+        grads[name] = (last.grad.clone(), head_param.grad.clone())
+    torch.testing.assert_close(grads["w3"][0], 3.0 * grads["w1"][0])
+    torch.testing.assert_close(grads["w3"][1], grads["w1"][1])
+    with pytest.raises(UserError, match="final exit loss weight"):
+        exit_loss_weights(ee, x[:1], final_weight=0.0)
+
+
 def test_cli_train_writes_an_evaluable_run(tmp_path, capsys):
     base = tmp_path / "base"
     assert main(["train", "--model", "cnn_small", "--data", "digits", "--epochs", "1",
@@ -130,6 +152,8 @@ def test_cli_train_writes_an_evaluable_run(tmp_path, capsys):
     (["--augment"], "--augment applies"),
     (["--kd-weight", "0.5", "--checkpoint", "x"], "--kd-weight applies"),
     (["--mode", "joint", "--kd-weight", "2"], "must lie in [0, 1]"),
+    (["--final-weight", "3", "--checkpoint", "x"], "--final-weight applies"),
+    (["--mode", "joint", "--final-weight", "0"], "--final-weight must be positive"),
 ])
 def test_cli_bad_input(tmp_path, capsys, argv, message):
     base = ["early-exit", "train", "--model", "cnn_small", "--data", "digits",
@@ -224,9 +248,10 @@ def test_cli_joint_training_with_distillation(tmp_path):
     run = tmp_path / "joint"
     assert main(["early-exit", "train", "--model", "cnn_small", "--data", "digits",
                  "--checkpoint", str(base), "--mode", "joint", "--kd-weight", "0.7",
+                 "--final-weight", "2",
                  "--epochs", "1", "--train-limit", "200", "--eval-limit", "50",
                  "--budgets", "0.9", "1.0", "--offline-sweep", "--out", str(run),
                  "--no-progress"]) == 0
     config = json.loads((run / "config.json").read_text())
-    assert config["kd_weight"] == 0.7
+    assert config["kd_weight"] == 0.7 and config["final_weight"] == 2.0
     assert (run / "summary.json").exists()

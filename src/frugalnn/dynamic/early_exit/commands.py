@@ -74,6 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "backbone with this weight in [0, 1] (default 0: plain SDN losses)")
     t.add_argument("--kd-temperature", type=float, default=2.0,
                    help="distillation temperature (default 2)")
+    t.add_argument("--final-weight", type=float, default=1.0,
+                   help="joint mode: loss weight of the final exit; the internal exits weigh "
+                        "their share of the backbone's FLOPs (default 1, as in SDN)")
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--train-limit", type=int, help="random subset of the train split")
     t.add_argument("--eval-split", default="test")
@@ -123,6 +126,11 @@ def _train(args: argparse.Namespace) -> int:
         raise UserError(f"--kd-weight must lie in [0, 1], got {args.kd_weight}")
     if args.kd_temperature <= 0:
         raise UserError(f"--kd-temperature must be positive, got {args.kd_temperature}")
+    if args.final_weight != 1.0 and args.mode != "joint":
+        raise UserError("--final-weight applies to --mode joint (heads mode does not train "
+                        "the final exit)")
+    if args.final_weight <= 0:
+        raise UserError(f"--final-weight must be positive, got {args.final_weight}")
     if args.mode == "heads" and args.checkpoint is None:
         raise UserError("--mode heads freezes the backbone, so it needs a trained one: pass "
                         "--checkpoint, or use --mode joint")
@@ -161,7 +169,8 @@ def _train(args: argparse.Namespace) -> int:
         loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True)
         res = train_joint(model, loader, epochs=args.epochs, lr=args.lr or 0.01,
                           seed=args.seed, progress=progress, device=args.device,
-                          kd_weight=args.kd_weight, kd_temperature=args.kd_temperature)
+                          kd_weight=args.kd_weight, kd_temperature=args.kd_temperature,
+                          final_weight=args.final_weight)
         history["joint"] = res.history
     if args.ensemble:
         if cache is None:
