@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from frugalnn.errors import UserError
+
 State = torch.Tensor | dict[str, torch.Tensor]
 
 
@@ -45,6 +47,23 @@ class FFNSite:
     act: nn.Module
     fc2: nn.Linear
     install: Callable[[nn.Module], None]
+
+
+def require_ffn_sites(model: nn.Module, purpose: str) -> list[FFNSite]:
+    """The model's feed-forward sites, or a one-line error naming what needs them.
+
+    MoE conversion, sparsity enforcement and adaptive computation all replace
+    FFNs; a CNN has none, and the user should hear that before any training.
+    ``purpose`` completes "... layers; <purpose> needs a transformer".
+    """
+    sites = model.ffn_sites() if hasattr(model, "ffn_sites") else []
+    if not sites:
+        name = (getattr(model, "frugalnn_spec", None) or {}).get("name", type(model).__name__)
+        raise UserError(
+            f"model {name!r} has no feed-forward (FFN) layers; {purpose} needs a transformer "
+            "(vit_tiny, lm_tiny, bert_minilm)"
+        )
+    return sites
 
 
 class FeedForward(nn.Module):

@@ -21,7 +21,7 @@ from torch import nn
 
 from frugalnn.dynamic.acm.module import ACMFFN
 from frugalnn.errors import UserError
-from frugalnn.models.base import FFNSite, WrappedModel
+from frugalnn.models.base import FFNSite, WrappedModel, require_ffn_sites
 from frugalnn.transforms import record_transform, register_transform
 
 __all__ = ["DEFAULT_QS", "ACMModel", "convert_to_acm", "rebuild_acm"]
@@ -93,13 +93,7 @@ class ACMModel(WrappedModel):
 
 
 def _sites(model: nn.Module, names: Sequence[str] | None) -> list[FFNSite]:
-    sites = model.ffn_sites() if hasattr(model, "ffn_sites") else []
-    if not sites:
-        name = (getattr(model, "frugalnn_spec", None) or {}).get("name", type(model).__name__)
-        raise UserError(
-            f"model {name!r} has no feed-forward (FFN) layers to convert; adaptive computation "
-            "modules need a transformer (vit_tiny, lm_tiny, bert_minilm)"
-        )
+    sites = require_ffn_sites(model, "an adaptive computation module")
     if names is None:
         return sites
     by_name = {s.name: s for s in sites}

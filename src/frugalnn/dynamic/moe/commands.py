@@ -119,10 +119,11 @@ def _sparsity(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from frugalnn.data import get_dataset
-    from frugalnn.dynamic.moe.convert import DEFAULT_TAUS, _sites, convert_to_moe
+    from frugalnn.dynamic.moe.convert import DEFAULT_TAUS, convert_to_moe
     from frugalnn.dynamic.moe.report import write_extras
     from frugalnn.dynamic.moe.sparsify import enforce_sparsity
     from frugalnn.evaluate import evaluate_into
+    from frugalnn.models.base import require_ffn_sites
     from frugalnn.train.checkpoint import save_checkpoint
 
     check_positive(((args.train_limit, "--train-limit"), (args.eval_limit, "--eval-limit"),
@@ -150,7 +151,8 @@ def _convert(args: argparse.Namespace) -> int:
     train_loader = shuffled_loader(train, args.batch_size, args.seed)
     progress = not args.no_progress
     out.mkdir(parents=True, exist_ok=True)
-    _sites(model)  # a model without FFNs fails here, before any sparsity fine-tuning
+    # A model without FFNs fails here, before any sparsity fine-tuning.
+    require_ffn_sites(model, "MoE conversion")
     if args.sparsify:
         print("enforcing activation sparsity (GELU -> ReLU, Hoyer penalty, distillation)")
         enforce_sparsity(

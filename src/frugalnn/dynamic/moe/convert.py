@@ -27,7 +27,7 @@ from frugalnn.dynamic.moe.layer import MoEFFN
 from frugalnn.dynamic.moe.router import expert_output_norms
 from frugalnn.dynamic.moe.split import expert_layout, split_neurons
 from frugalnn.errors import UserError
-from frugalnn.models.base import FFNSite, WrappedModel
+from frugalnn.models.base import FFNSite, WrappedModel, require_ffn_sites
 from frugalnn.transforms import record_transform, register_transform
 
 __all__ = ["DEFAULT_TAUS", "MoEModel", "collect_ffn_activations", "convert_to_moe", "train_routers"]
@@ -116,17 +116,6 @@ def _check_tau(tau: float) -> None:
         raise UserError(f"tau must be in [0, 1] (1 = every expert = the dense model), got {tau}")
 
 
-def _sites(model: nn.Module) -> list[FFNSite]:
-    sites = model.ffn_sites() if hasattr(model, "ffn_sites") else []
-    if not sites:
-        name = (getattr(model, "frugalnn_spec", None) or {}).get("name", type(model).__name__)
-        raise UserError(
-            f"model {name!r} has no feed-forward (FFN) layers to convert to experts; "
-            "MoE conversion needs a transformer (vit_tiny, lm_tiny, bert_minilm)"
-        )
-    return sites
-
-
 def _install_layers(
     model: nn.Module, layers: dict[str, MoEFFN], sites: list[FFNSite]
 ) -> None:
@@ -145,7 +134,7 @@ def rebuild_moe(
     taus: Sequence[float] = DEFAULT_TAUS,
 ) -> MoEModel:
     """Recreate the structure of a converted model (weights are loaded afterwards)."""
-    by_name = {s.name: s for s in _sites(model)}
+    by_name = {s.name: s for s in require_ffn_sites(model, "MoE conversion")}
     layers = {}
     for spec in sites:
         site = by_name.get(spec["name"])
@@ -294,7 +283,7 @@ def convert_to_moe(
     untrained (useful only for tests and full-budget use). The returned
     model is at full budget.
     """
-    sites = _sites(model)
+    sites = require_ffn_sites(model, "MoE conversion")
     for t in taus:
         _check_tau(t)
     if (router_epochs > 0 or split == "coactivation") and loader is None:

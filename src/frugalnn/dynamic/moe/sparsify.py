@@ -32,7 +32,7 @@ from torch.overrides import TorchFunctionMode
 
 from frugalnn.dynamic.moe._batches import replace_child, task_and_distill_loss, to_device
 from frugalnn.errors import UserError
-from frugalnn.models.base import FFNSite
+from frugalnn.models.base import require_ffn_sites
 from frugalnn.train.distill import frozen_copy
 from frugalnn.transforms import record_transform, register_transform
 
@@ -83,20 +83,10 @@ def _per_example(a: torch.Tensor) -> torch.Tensor:
     return a.flatten(1) if a.dim() == 4 else a
 
 
-def _ffn_sites(model: nn.Module) -> list[FFNSite]:
-    sites = model.ffn_sites() if hasattr(model, "ffn_sites") else []
-    if not sites:
-        raise UserError(
-            "the model has no feed-forward (FFN) layers; sparsity enforcement applies to "
-            "transformers (vit_tiny, lm_tiny, bert_minilm)"
-        )
-    return sites
-
-
 @register_transform("ffn_relu")
 def relu_ffn(model: nn.Module) -> nn.Module:
     """Replace the activation of every FFN by ReLU (in place); recorded for checkpoints."""
-    for site in _ffn_sites(model):
+    for site in require_ffn_sites(model, "sparsity enforcement"):
         if not isinstance(site.act, nn.ReLU) and not replace_child(model, site.act, nn.ReLU()):
             raise UserError(f"cannot replace the activation of FFN {site.name}")
     record_transform(model, "ffn_relu", {})
@@ -146,7 +136,7 @@ class SparsityLoss:
         if self.sites == "ffn":
             self._handles = [
                 site.act.register_forward_hook(lambda _m, _i, out: self._acts.append(out))
-                for site in _ffn_sites(model)
+                for site in require_ffn_sites(model, "sparsity enforcement")
             ]
 
     def close(self) -> None:
