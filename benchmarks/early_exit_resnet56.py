@@ -292,6 +292,41 @@ def joint_backbone(backbone, train_aug, args):
     return backbone.eval()
 
 
+def control_backbone(backbone, train_aug, args):
+    """The same-training control: the fine-tuned backbone trained on, without heads.
+
+    It gets the joint run's data, epochs, optimiser and distillation (the final
+    exit's loss alone), so that a saving measured against it is not credit for
+    the extra epochs joint training gave the backbone. Returns a new model.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from frugalnn.train.distill import DistillConfig, frozen_copy
+
+    control = copy.deepcopy(backbone)
+    cached = Path(args.control_cache) if args.control_cache else None
+    if cached is not None and cached.is_file():
+        control.load_state_dict(load_file(str(cached)))
+        log(f"same-training control loaded from {cached} (same flags assumed)")
+        return control.eval()
+    torch.manual_seed(args.seed)
+    for prm in control.parameters():
+        prm.requires_grad_(True)
+    kd = args.joint_kd_weight > 0
+    t0 = time.perf_counter()
+    fit(control, DataLoader(subset(train_aug, args.finetune_limit, args.seed + 3),
+                            batch_size=128, shuffle=True),
+        epochs=args.joint_epochs, optimizer="sgd", lr=args.joint_lr, weight_decay=5e-4,
+        schedule="cosine", seed=args.seed, progress=False,
+        teacher=frozen_copy(backbone) if kd else None,
+        distill=DistillConfig(alpha=args.joint_kd_weight, temperature=args.joint_kd_temperature)
+        if kd else None)
+    log(f"same-training control in {time.perf_counter() - t0:.0f} s")
+    if cached is not None:
+        save_file({k: v.contiguous() for k, v in control.state_dict().items()}, str(cached))
+    return control.eval()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=os.environ.get("FRUGALNN_DATA", "../shared/data"))
@@ -320,6 +355,11 @@ def main(argv=None) -> int:
     p.add_argument("--joint-final-weight", type=float, default=1.0,
                    help="joint training: loss weight of the final exit (1: SDN weights)")
     p.add_argument("--joint-cache", help="safetensors file for the jointly trained backbone")
+    p.add_argument("--joint-control", action="store_true",
+                   help="also train the fine-tuned backbone without heads for the joint run's "
+                        "epochs, data and distillation, and measure savings against the better "
+                        "of it and the fine-tuned backbone (a same-training control)")
+    p.add_argument("--control-cache", help="safetensors file for the same-training control")
     p.add_argument("--positions", default="every:3")
     p.add_argument("--pool-size", type=int, default=4)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
@@ -386,6 +426,20 @@ def main(argv=None) -> int:
             ft_acc = accuracy(backbone, DataLoader(test_ds, batch_size=256))
             reference = ("backbone fine-tuned without heads", ft_acc)
             log(f"fine-tuned backbone: {100 * ft_acc:.2f} %")
+            control_line = None
+            if args.joint_control:
+                control = control_backbone(backbone, train_aug, args)
+                ctrl_acc = accuracy(control, DataLoader(test_ds, batch_size=256))
+                del control
+                log(f"same-training control: {100 * ctrl_acc:.2f} %")
+                ctrl_name = (f"backbone trained {args.joint_epochs} more epoch(s) without heads "
+                             "(same-training control)")
+                control_line = (f"Same-training control: the fine-tuned backbone trained on "
+                                f"without heads with the joint run's data, epochs, optimiser "
+                                f"and distillation reaches {100 * ctrl_acc:.2f} % "
+                                f"(fine-tuned backbone: {100 * ft_acc:.2f} %).")
+                if ctrl_acc > ft_acc:
+                    reference = (ctrl_name, ctrl_acc)
             backbone = joint_backbone(backbone, train_aug, args)
             lines += [f"Joint (SDN) training: {args.joint_epochs} epoch(s) of backbone + heads "
                       f"{args.positions} on {args.finetune_limit} augmented train images "
@@ -399,6 +453,8 @@ def main(argv=None) -> int:
                       + "), starting "
                       "from the fine-tuned backbone; then the backbone is frozen and the SDN "
                       "and ZTW heads are trained on it as in the frozen-backbone protocol.", ""]
+            if control_line:
+                lines += [control_line, ""]
         for prm in backbone.parameters():
             prm.requires_grad_(False)
         run_case("ResNet-56, CIFAR-10 JPEG", backbone,
