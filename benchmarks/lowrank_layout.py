@@ -29,6 +29,18 @@ from frugalnn.models import create_model
 LAYOUTS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
 
 
+def frozen_for_inference(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
+    """TorchScript trace + freeze + optimize_for_inference: BatchNorm folded, ops fused.
+
+    Framework overhead and unfused BatchNorm cost a chain of three thin
+    convolutions more than one dense convolution; this removes both, so the
+    comparison is between the convolutions themselves.
+    """
+    with torch.no_grad():
+        traced = torch.jit.trace(model, example)
+        return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", default="tucker,cp,tt")
@@ -37,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (fastest kept)")
     p.add_argument("--repeats", type=int, default=10, help="timed calls per round (median)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--jit", action="store_true",
+                   help="also time each model traced, frozen and optimize_for_inference'd "
+                        "(TorchScript folds BatchNorm into the convolutions)")
     p.add_argument("--out", default="benchmarks/results/lowrank_layout.md")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -51,11 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     params = {k: sum(q.numel() for q in m.parameters()) for k, m in models.items()}
     variants = {(k, lay): copy.deepcopy(m).eval().to(memory_format=fmt)
                 for k, m in models.items() for lay, fmt in LAYOUTS.items()}
+    layouts = dict(LAYOUTS)
+    if a.jit:
+        for lay, fmt in LAYOUTS.items():
+            layouts[lay + "+jit"] = fmt
+            for k in models:
+                variants[(k, lay + "+jit")] = frozen_for_inference(
+                    variants[(k, lay)], example.contiguous(memory_format=fmt))
     ms: dict[tuple[str, str, int], float] = {}
     with torch.inference_mode():
         for bs in a.batch_sizes:
             x = torch.randn(bs, 3, 32, 32)
-            inputs = {lay: x.contiguous(memory_format=fmt) for lay, fmt in LAYOUTS.items()}
+            inputs = {lay: x.contiguous(memory_format=fmt) for lay, fmt in layouts.items()}
             for _ in range(a.rounds):
                 for (k, lay), m in variants.items():
                     t = measure_latency(m, inputs[lay], warmup=2, repeats=a.repeats).median_ms
@@ -69,15 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         f"Data-free factorisation (timing does not depend on weight values); the fastest of "
         f"{a.rounds} interleaved rounds, each the median of {a.repeats} calls, "
         f"{a.threads} thread(s). 'vs best dense' divides by the dense model in whichever "
-        "layout is faster at that batch size.", "",
+        "layout is faster at that batch size"
+        + (" ('+jit': traced, frozen, optimize_for_inference)" if a.jit else "") + ".", "",
         "| model | params | MFLOPs/example | layout | batch | ms | vs dense, same layout | "
         "vs best dense |",
         "|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for bs in a.batch_sizes:
-        best = min(ms[("dense", lay, bs)] for lay in LAYOUTS)
+        best = min(ms[("dense", lay, bs)] for lay in layouts)
         for k in models:
-            for lay in LAYOUTS:
+            for lay in layouts:
                 t = ms[(k, lay, bs)]
                 lines.append(
                     f"| {k} | {params[k]:,} | {flops[k] / 1e6:.1f} | {lay} | {bs} | {t:.2f} | "
