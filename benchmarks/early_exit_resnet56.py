@@ -269,14 +269,28 @@ def run_case(title, backbone, train_plain, test_ds, args, out_lines, pretrained_
     return numbers
 
 
+def load_cache(model, path: str | None, what: str) -> bool:
+    """Load ``model``'s weights from a safetensors cache file if it exists (same flags assumed)."""
+    from safetensors.torch import load_file
+
+    if not path or not Path(path).is_file():
+        return False
+    model.load_state_dict(load_file(path))
+    log(f"{what} loaded from {path} (same flags assumed)")
+    return True
+
+
+def save_cache(model, path: str | None) -> None:
+    """Save ``model``'s weights to the cache file, if one was asked for."""
+    from safetensors.torch import save_file
+
+    if path:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+
+
 def joint_backbone(backbone, train_aug, args):
     """SDN training: backbone and heads together; returns the backbone (heads dropped)."""
-    from safetensors.torch import load_file, save_file
-
-    cached = Path(args.joint_cache) if args.joint_cache else None
-    if cached is not None and cached.is_file():
-        backbone.load_state_dict(load_file(str(cached)))
-        log(f"jointly trained backbone loaded from {cached} (same flags assumed)")
+    if load_cache(backbone, args.joint_cache, "jointly trained backbone"):
         return backbone.eval()
     torch.manual_seed(args.seed)
     ee = attach_heads(backbone, args.positions, pool_size=args.pool_size)
@@ -287,8 +301,7 @@ def joint_backbone(backbone, train_aug, args):
                 kd_weight=args.joint_kd_weight, kd_temperature=args.joint_kd_temperature,
                 final_weight=args.joint_final_weight)
     log(f"joint training in {time.perf_counter() - t0:.0f} s")
-    if cached is not None:
-        save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(cached))
+    save_cache(backbone, args.joint_cache)
     return backbone.eval()
 
 
@@ -299,15 +312,10 @@ def control_backbone(backbone, train_aug, args):
     exit's loss alone), so that a saving measured against it is not credit for
     the extra epochs joint training gave the backbone. Returns a new model.
     """
-    from safetensors.torch import load_file, save_file
-
     from frugalnn.train.distill import DistillConfig, frozen_copy
 
     control = copy.deepcopy(backbone)
-    cached = Path(args.control_cache) if args.control_cache else None
-    if cached is not None and cached.is_file():
-        control.load_state_dict(load_file(str(cached)))
-        log(f"same-training control loaded from {cached} (same flags assumed)")
+    if load_cache(control, args.control_cache, "same-training control"):
         return control.eval()
     torch.manual_seed(args.seed)
     for prm in control.parameters():
@@ -322,8 +330,7 @@ def control_backbone(backbone, train_aug, args):
         distill=DistillConfig(alpha=args.joint_kd_weight, temperature=args.joint_kd_temperature)
         if kd else None)
     log(f"same-training control in {time.perf_counter() - t0:.0f} s")
-    if cached is not None:
-        save_file({k: v.contiguous() for k, v in control.state_dict().items()}, str(cached))
+    save_cache(control, args.control_cache)
     return control.eval()
 
 
@@ -402,24 +409,15 @@ def main(argv=None) -> int:
         backbone = create_model("resnet56", checkpoint=str(ckpt)).eval()
         pre_acc = accuracy(backbone, DataLoader(test_ds, batch_size=256))
         log(f"pretrained ResNet-56 on the JPEG test subset: {100 * pre_acc:.2f} %")
-        cached = Path(args.backbone_cache) if args.backbone_cache else None
-        if cached is not None and cached.is_file():
-            from safetensors.torch import load_file
-
-            backbone.load_state_dict(load_file(str(cached)))
-            log(f"fine-tuned backbone loaded from {cached} (same flags assumed)")
-        elif args.finetune_epochs > 0:
+        cached = load_cache(backbone, args.backbone_cache, "fine-tuned backbone")
+        if not cached and args.finetune_epochs > 0:
             t0 = time.perf_counter()
             ft = subset(train_aug, args.finetune_limit, args.seed + 1)
             fit(backbone, DataLoader(ft, batch_size=128, shuffle=True), epochs=args.finetune_epochs,
                 optimizer="sgd", lr=0.01, weight_decay=5e-4, schedule="cosine", seed=args.seed,
                 progress=False)
             log(f"fine-tuned in {time.perf_counter() - t0:.0f} s")
-            if cached is not None:
-                from safetensors.torch import save_file
-
-                save_file({k: v.contiguous() for k, v in backbone.state_dict().items()},
-                          str(cached))
+            save_cache(backbone, args.backbone_cache)
         backbone.eval()
         reference = None
         if args.joint_epochs > 0:
