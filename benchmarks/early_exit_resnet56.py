@@ -259,18 +259,51 @@ def run_case(title, backbone, train_plain, test_ds, args, out_lines, pretrained_
         out_lines.append(f"- real batched path vs offline sweep, {name} at t={thr:.4f} on "
                          f"{min(args.check_examples, len(test_x))} examples: {check}")
         timed.append((f"{name} t={thr:.4f}", m, thr))
+    staged = hasattr(backbone, "blocks_per_stage")  # a ResNet: report time by stage
+    shares = {"as trained": stage_time_shares(backbone, test_x[:64])} if staged else {}
     prepared = prepare_for_timing(backbone, args)
     if args.channels_last:
         test_x = test_x.contiguous(memory_format=torch.channels_last)
+    if prepared and staged:
+        shares[f"as timed ({prepared})"] = stage_time_shares(backbone, test_x[:64])
     log(f"{title}: timing at batch sizes {args.batch_sizes}")
     rows = time_models(timed, test_x, args.batch_sizes, args.latency_passes, args.warmup)
+    how = f"; {prepared} for every timed model" if prepared else ""
     out_lines += ["", "Wall clock (real batched inference, no ledger, torch threads "
-                  f"{torch.get_num_threads()}{prepared}): every model runs over all of the first "
+                  f"{torch.get_num_threads()}{how}): every model runs over all of the first "
                   f"{len(test_x)} test examples at each batch size, {args.latency_passes} "
                   "passes interleaved across the models; the figure is the mean time per "
                   "batch of the median pass. The FLOPs ratio is the mean over the same "
                   "examples.", "", *latency_table(rows, flops_ratio), ""]
+    if staged:
+        out_lines += ["Backbone wall clock by stage at batch 64 (each stage has a third of the "
+                      "FLOPs; early exits save the late stages):", ""]
+        out_lines += [f"- {k}: " + " / ".join(f"{100 * v:.0f} %" for v in vals)
+                      for k, vals in shares.items()]
+        out_lines.append("")
     return numbers
+
+
+def stage_time_shares(backbone, x, repeats: int = 5) -> list[float]:
+    """Share of the backbone's wall clock spent in each ResNet stage (stem counted in the first).
+
+    Early exits save the *late* blocks; when the early, high-resolution stage
+    takes more time per FLOP, the time saved falls short of the FLOPs saved.
+    """
+    per_stage = backbone.blocks_per_stage
+    spent = [0.0] * (len(backbone.blocks) // per_stage)
+    with torch.inference_mode():
+        for rep in range(repeats + 1):
+            t0 = time.perf_counter()
+            h = backbone.embed(x)
+            t_stem = time.perf_counter() - t0
+            for b, block in enumerate(backbone.blocks):
+                t0 = time.perf_counter()
+                h = block(h)
+                if rep:  # the first pass is a warm-up
+                    spent[b // per_stage] += time.perf_counter() - t0 + (t_stem if b == 0 else 0)
+    total = sum(spent)
+    return [t / total for t in spent]
 
 
 def prepare_for_timing(backbone, args) -> str:
@@ -278,7 +311,7 @@ def prepare_for_timing(backbone, args) -> str:
 
     Done after the real-path check (folding changes float rounding) and in place
     on the one backbone that the plain model and every exit model share, so both
-    sides of each speed-up run the same prepared blocks. Returns the table note.
+    sides of each speed-up run the same prepared blocks. Returns what was done.
     """
     notes = []
     if args.fold_bn:
@@ -286,7 +319,7 @@ def prepare_for_timing(backbone, args) -> str:
     if args.channels_last:
         backbone.to(memory_format=torch.channels_last)
         notes.append("channels-last")
-    return "; " + ", ".join(notes) + " for every timed model" if notes else ""
+    return ", ".join(notes)
 
 
 def load_cache(model, path: str | None, what: str) -> bool:
