@@ -261,6 +261,16 @@ def run_case(title, backbone, train_plain, test_ds, args, out_lines, pretrained_
         timed.append((f"{name} t={thr:.4f}", m, thr))
     staged = hasattr(backbone, "blocks_per_stage")  # a ResNet: report time by stage
     shares = {"as trained": stage_time_shares(backbone, test_x[:64])} if staged else {}
+    intro = ("every model runs over all of the first "
+             f"{len(test_x)} test examples at each batch size, {args.latency_passes} "
+             "passes interleaved across the models; the figure is the mean time per "
+             "batch of the median pass. The FLOPs ratio is the mean over the same examples.")
+    threads = torch.get_num_threads()
+    if args.fold_bn or args.channels_last:  # the same operating points, as trained first
+        log(f"{title}: timing as trained at batch sizes {args.batch_sizes}")
+        rows = time_models(timed, test_x, args.batch_sizes, args.latency_passes, args.warmup)
+        out_lines += ["", f"Wall clock as trained (real batched inference, no ledger, torch "
+                      f"threads {threads}): {intro}", "", *latency_table(rows, flops_ratio), ""]
     prepared = prepare_for_timing(backbone, args)
     if args.channels_last:
         test_x = test_x.contiguous(memory_format=torch.channels_last)
@@ -269,12 +279,8 @@ def run_case(title, backbone, train_plain, test_ds, args, out_lines, pretrained_
     log(f"{title}: timing at batch sizes {args.batch_sizes}")
     rows = time_models(timed, test_x, args.batch_sizes, args.latency_passes, args.warmup)
     how = f"; {prepared} for every timed model" if prepared else ""
-    out_lines += ["", "Wall clock (real batched inference, no ledger, torch threads "
-                  f"{torch.get_num_threads()}{how}): every model runs over all of the first "
-                  f"{len(test_x)} test examples at each batch size, {args.latency_passes} "
-                  "passes interleaved across the models; the figure is the mean time per "
-                  "batch of the median pass. The FLOPs ratio is the mean over the same "
-                  "examples.", "", *latency_table(rows, flops_ratio), ""]
+    out_lines += ["", f"Wall clock (real batched inference, no ledger, torch threads "
+                  f"{threads}{how}): {intro}", "", *latency_table(rows, flops_ratio), ""]
     if staged:
         out_lines += ["Backbone wall clock by stage at batch 64 (each stage has a third of the "
                       "FLOPs; early exits save the late stages):", ""]

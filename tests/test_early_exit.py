@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -124,6 +125,18 @@ def test_head_costs_are_hand_countable():
     cv = ev.stage_costs(torch.zeros(1, *vshape))
     # CLS token + LayerNorm + Linear(32 [+ 10 cascaded logits] -> 10); norms are not counted.
     assert cv.heads == [2 * 32 * 10] + [2 * (32 + 10) * 10] * 2
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("hw", [(16, 16), (12, 8), (10, 10)])
+def test_pool_head_features_equal_adaptive_pooling_in_either_layout(layout, hw):
+    """The fast pooling paths (fixed kernels, column-then-row maximum) change no value."""
+    from frugalnn.dynamic.early_exit.heads import ExitHead
+
+    h = torch.randn(3, 5, *hw).contiguous(memory_format=layout)
+    head = ExitHead("pool", 5, 10, spatial=min(hw), pool_size=4)
+    want = torch.cat([F.adaptive_avg_pool2d(h, 4), F.adaptive_max_pool2d(h, 4)], 1).flatten(1)
+    assert torch.equal(head.features(h), want)
 
 
 @pytest.mark.parametrize("key", ["cnn", "vit"])

@@ -28,6 +28,24 @@ from frugalnn.models.base import State, hidden_of
 HEAD_KINDS = ("auto", "pool", "cls", "mean", "linear")
 
 
+def _window_max(h: torch.Tensor, s: int, k: tuple[int, int]) -> torch.Tensor:
+    """``F.max_pool2d(h, k)`` for an ``s*k`` map, exactly, but fast in NCHW layout.
+
+    On CPU, PyTorch's NCHW max pooling runs at about a quarter of the speed of
+    average pooling (sixth session, Intel Xeon, 1 thread: 1.6 ms against 0.44 ms
+    for a 64 x 16 x 32 x 32 batch), which made the 13 heads of ResNet-56 about a
+    tenth of its time at batch 64; the maximum over columns and then over rows
+    of contiguous views is 1.6-2.7x faster there and gives the same values (a
+    maximum involves no rounding). Channels-last tensors keep the native
+    kernel, which is fast in that layout.
+    """
+    if not h.is_contiguous():
+        return F.max_pool2d(h, k)
+    b, c, height, width = h.shape
+    cols = h.view(b, c, height, s, k[1]).amax(dim=4)  # (b, c, height, s)
+    return cols.view(b, c, s, k[0], s).amax(dim=3)
+
+
 def _token_mask(state: State) -> torch.Tensor | None:
     """The ``(B, T)`` mask of real tokens in a dict state, if it carries one."""
     if not isinstance(state, dict):
@@ -83,7 +101,7 @@ class ExitHead(nn.Module):
                 # Same windows as the adaptive ops (bit-identical), but the fixed-kernel
                 # kernels are faster; at batch size 1 head overhead is what limits speed-ups.
                 k = (height // s, width // s)
-                avg, mx = F.avg_pool2d(h, k), F.max_pool2d(h, k)
+                avg, mx = F.avg_pool2d(h, k), _window_max(h, s, k)
             else:
                 avg, mx = F.adaptive_avg_pool2d(h, s), F.adaptive_max_pool2d(h, s)
             return torch.cat([avg, mx], dim=1).flatten(1)

@@ -342,6 +342,17 @@ class EarlyExitModel(DynamicModule):
             )
             if not bool(exits.any()):
                 continue
+            if bool(exits.all()):
+                # Every remaining row leaves here (always so at batch size 1): no
+                # masks, gathers or scatters, which cost a CPU as much as a small block.
+                if out is None:
+                    out = decision
+                else:
+                    out[active] = decision
+                exit_at[active_cpu] = h
+                spent[active_cpu] = cost_so_far
+                active = active[:0]
+                break
             if out is None:
                 out = decision.new_empty((n, decision.shape[1]))
             out[active[exits]] = decision[exits]
