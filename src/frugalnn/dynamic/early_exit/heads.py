@@ -31,13 +31,13 @@ HEAD_KINDS = ("auto", "pool", "cls", "mean", "linear")
 def _window_max(h: torch.Tensor, s: int, k: tuple[int, int]) -> torch.Tensor:
     """``F.max_pool2d(h, k)`` for an ``s*k`` map, exactly, but fast in NCHW layout.
 
-    On CPU, PyTorch's NCHW max pooling runs at about a quarter of the speed of
-    average pooling (sixth session, Intel Xeon, 1 thread: 1.6 ms against 0.44 ms
-    for a 64 x 16 x 32 x 32 batch), which made the 13 heads of ResNet-56 about a
-    tenth of its time at batch 64; the maximum over columns and then over rows
-    of contiguous views is 1.6-2.7x faster there and gives the same values (a
-    maximum involves no rounding). Channels-last tensors keep the native
-    kernel, which is fast in that layout.
+    On CPU, PyTorch's NCHW max pooling runs at a quarter to a third of the speed of
+    average pooling at batch 64 (`benchmarks/results/head_pooling.md`), which
+    made it a visible share of ResNet-56's time with 13 heads; the maximum over
+    columns and then over rows of contiguous views is 1.8-2.8x faster there and
+    gives the same values (a maximum involves no rounding). At batch 1 the two
+    are within a few microseconds either way. Channels-last tensors keep the
+    native kernel, which is fast in that layout.
     """
     if not h.is_contiguous():
         return F.max_pool2d(h, k)
