@@ -14,6 +14,9 @@ Pipeline (one command, fixed seeds):
 4. the real batched path is checked against the offline sweep (predictions,
    exits and per-example FLOPs) and timed at batch 1 and 64 against the
    backbone in the same process, at the within-1-point operating point;
+   With ``--final-ensemble`` both variants' last exit becomes a weighted
+   geometric mean of every exit and the backbone, fitted on the test images
+   *outside* the evaluated subset (``--test-limit`` below the split's size);
 5. a transformer case: a small ViT (``--vit-data digits`` by default: 8x8
    digits, trained from scratch here; ``cifar10`` for the 32x32 ViT).
 
@@ -45,8 +48,11 @@ from frugalnn.dynamic.early_exit.offline import (
     trace_from_features,
 )
 from frugalnn.dynamic.early_exit.training import (
+    FeatureCache,
+    cache_augmented_passes,
     cache_features,
     train_ensemble,
+    train_final_ensemble,
     train_heads,
     train_joint,
 )
@@ -78,17 +84,26 @@ def stack(ds, n: int) -> torch.Tensor:
 
 
 
-def variants(backbone, args, train_cache, example):
-    """SDN and ZTW exit models on one frozen backbone, trained from one feature cache."""
+def variants(backbone, args, train_cache, example, aug_caches=()):
+    """SDN and ZTW exit models on one frozen backbone, trained from one feature cache.
+
+    ``aug_caches``: features of augmented passes over the same images (same
+    order); the heads train on the plain rows and these. ZTW's held-out images
+    are the same in every pass (one split seed), so neither heads nor ensemble
+    see an augmented copy of the other's images.
+    """
     out = {}
     for name, cascade in (("SDN", False), ("ZTW", True)):
         torch.manual_seed(args.seed)
         ee = attach_heads(backbone, args.positions, cascade=cascade, pool_size=args.pool_size)
         ee.freeze_backbone = True
         t0 = time.perf_counter()
-        head_data, ens_data = train_cache, train_cache
+        caches = [train_cache, *aug_caches]
+        head_data, ens_data = FeatureCache.concat(caches), FeatureCache.concat(caches)
         if cascade and args.ensemble_holdout > 0:
-            head_data, ens_data = train_cache.split(args.ensemble_holdout, seed=args.seed)
+            parts = [c.split(args.ensemble_holdout, seed=args.seed) for c in caches]
+            head_data = FeatureCache.concat([h for h, _ in parts])
+            ens_data = FeatureCache.concat([e for _, e in parts])
         train_heads(ee, head_data, epochs=args.head_epochs, lr=args.head_lr, seed=args.seed)
         if cascade:
             train_ensemble(ee, ens_data, epochs=args.ensemble_epochs, seed=args.seed)
@@ -207,7 +222,7 @@ def latency_table(rows, flops_ratio):
 
 
 def run_case(title, backbone, train_plain, test_ds, args, out_lines, pretrained_acc=None,
-             reference=None):
+             reference=None, fit_ds=None, make_augmented=None):
     test_loader = DataLoader(test_ds, batch_size=256)
     example = stack(test_ds, 2)
     log(f"{title}: caching head features of {len(train_plain)} train examples")
@@ -217,7 +232,22 @@ def run_case(title, backbone, train_plain, test_ds, args, out_lines, pretrained_
                                  dtype=torch.float16)
     log(f"  cached in {time.perf_counter() - t0:.0f} s; test features ({len(test_ds)})")
     test_cache = cache_features(probe, test_loader)
-    models = variants(backbone, args, train_cache, example)
+    aug_caches = []
+    if make_augmented is not None and args.head_augment_passes > 0:
+        t0 = time.perf_counter()
+        aug_caches = cache_augmented_passes(probe, make_augmented, args.head_augment_passes,
+                                            dtype=torch.float16)
+        log(f"  {args.head_augment_passes} augmented pass(es) cached in "
+            f"{time.perf_counter() - t0:.0f} s")
+    models = variants(backbone, args, train_cache, example, aug_caches)
+    if fit_ds is not None:
+        fit_cache = cache_features(probe, DataLoader(fit_ds, batch_size=256))
+        for name, m in models.items():
+            train_final_ensemble(m, fit_cache, seed=args.seed)
+            w = m.final_ensemble.weight.detach()
+            log(f"{name}: final ensemble fitted on {len(fit_ds)} held-out test images; "
+                f"weight on the backbone {float(w[-1]):.2f}, on the heads "
+                f"{float(w[:-1].abs().sum()):.2f} (sum of |w|)")
     traces = {k: trace_from_features(m, test_cache, example) for k, m in models.items()}
     base_acc = float((test_cache.final_logits.argmax(1) == test_cache.labels).double().mean())
     base_flops = float(traces["SDN"].backbone_flops[0])
@@ -239,7 +269,11 @@ def run_case(title, backbone, train_plain, test_ds, args, out_lines, pretrained_
         f"- backbone: {100 * base_acc:.2f} % accuracy, {base_flops / 1e6:.2f} MFLOPs/example "
         f"(FLOPs = 2 x MACs, FlopCounterMode)",
         f"- heads after blocks {probe.positions} of {len(backbone.blocks)}, policy maxprob, "
-        "thresholds swept offline (all heads once) on the test subset", "",
+        "thresholds swept offline (all heads once) on the test subset",
+        *([f"- final ensemble (SDN and ZTW): rows that reach the end get a weighted geometric "
+           f"mean of every exit and the backbone, fitted on the {len(fit_ds)} test images "
+           "outside the evaluated subset (no evaluated image is used to fit it); at the "
+           "full budget the backbone's own output"] if fit_ds is not None else []), "",
         *lines, "", "Accuracy of each exit alone (every example stopping there):", "",
         *head_table(traces), "",
     ]
@@ -453,6 +487,12 @@ def main(argv=None) -> int:
     p.add_argument("--latency-examples", type=int, default=640)
     p.add_argument("--check-examples", type=int, default=640)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--head-augment-passes", type=int, default=0,
+                   help="heads also train on this many augmented (crop + flip) passes over "
+                        "their train images (features cached once per pass)")
+    p.add_argument("--final-ensemble", action="store_true",
+                   help="fit a final-exit ensemble (every exit + the backbone) on the test "
+                        "images outside the --test-limit subset")
     p.add_argument("--fold-bn", action="store_true",
                    help="time backbone and exit models with BatchNorm folded into the convolutions")
     p.add_argument("--channels-last", action="store_true",
@@ -477,7 +517,10 @@ def main(argv=None) -> int:
              f"load average at start {machine.get('loadavg')}", "",
              f"Scale: fine-tune {args.finetune_epochs} epoch(s) on {args.finetune_limit} JPEG "
              f"train images; heads trained {args.head_epochs} epochs on {args.train_limit} "
-             f"train images (ZTW: heads on {100 * (1 - args.ensemble_holdout):.0f} % of them, "
+             f"train images"
+             + (f" plus {args.head_augment_passes} augmented (random crop + flip) pass(es) "
+                "over them" if args.head_augment_passes else "")
+             + f" (ZTW: heads on {100 * (1 - args.ensemble_holdout):.0f} % of them, "
              f"ensemble {args.ensemble_epochs} epochs on the other "
              f"{100 * args.ensemble_holdout:.0f} %); test on a random "
              f"{args.test_limit}-image subset of the JPEG test split (seed {args.seed}).", ""]
@@ -542,9 +585,23 @@ def main(argv=None) -> int:
                 lines += [control_line, ""]
         for prm in backbone.parameters():
             prm.requires_grad_(False)
+        def make_augmented(k):  # the same images as the heads' plain set, new crops/flips
+            aug = get_dataset("cifar10", "train", data_dir, augment=True, seed=args.seed + 100 + k)
+            return subset(aug, args.train_limit, args.seed + 2)
+
+        fit_ds = None
+        if args.final_ensemble:
+            full_test = test_ds.dataset if isinstance(test_ds, Subset) else test_ds
+            taken = set(test_ds.indices) if isinstance(test_ds, Subset) else set()
+            rest = [i for i in range(len(full_test)) if i not in taken]
+            if not rest:
+                sys.exit("error: --final-ensemble fits on the test images outside the "
+                         "evaluated subset; give a --test-limit below the split's size")
+            fit_ds = Subset(full_test, rest)
         run_case("ResNet-56, CIFAR-10 JPEG", backbone,
                  subset(train_plain, args.train_limit, args.seed + 2), test_ds, args, lines,
-                 pretrained_acc=pre_acc, reference=reference)
+                 pretrained_acc=pre_acc, reference=reference, fit_ds=fit_ds,
+                 make_augmented=make_augmented)
     if args.vit_data != "none":
         vit_args = copy.copy(args)
         if args.vit_data == "digits":

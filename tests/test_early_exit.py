@@ -38,6 +38,11 @@ def _scramble_heads(ee, x: torch.Tensor) -> None:
             p.copy_(torch.randn(p.shape, generator=g))
         if ee.ensemble is not None:
             ee.ensemble.weight.add_(0.3 * torch.rand(ee.ensemble.weight.shape, generator=g))
+        if ee.final_ensemble is not None:
+            ee.final_ensemble.weight.add_(0.5 * torch.rand(ee.final_ensemble.weight.shape,
+                                                           generator=g))
+            ee.final_ensemble.bias.add_(0.1 * torch.randn(ee.final_ensemble.bias.shape,
+                                                          generator=g))
         feats, _ = ee.head_features(x)
         for head, f in zip(ee.heads, feats):  # cascading keeps later inputs near this scale
             z = head.linear(torch.cat([head.norm(f), torch.zeros(len(f), head.cascade_in)], 1))
@@ -58,7 +63,8 @@ def test_never_exit_reproduces_backbone_exactly(key, policy):
     x = torch.randn(6, *shape)
     with torch.inference_mode():
         ref = backbone(x)
-    ee = attach_heads(backbone, "every", cascade=True, ensemble=True, policy=policy).eval()
+    ee = attach_heads(backbone, "every", cascade=True, ensemble=True, final_ensemble=True,
+                      policy=policy).eval()
     _scramble_heads(ee, x)
     ee.set_budget(ee.full_budget())
     out, ledger = _run(ee, x)
@@ -145,10 +151,12 @@ def test_pool_head_features_equal_adaptive_pooling_in_either_layout(layout, hw):
     [("maxprob", [0.0, 0.6, 0.9, 0.99]), ("entropy", [1.0, 0.5, 0.2, 0.05]),
      ("patience", [1, 2, 3])],
 )
-@pytest.mark.parametrize("ztw", [False, True])
-def test_real_batched_path_matches_offline_sweep(key, policy, thresholds, ztw):
+@pytest.mark.parametrize("variant", ["sdn", "ztw", "ztw+final"])
+def test_real_batched_path_matches_offline_sweep(key, policy, thresholds, variant):
     backbone, shape = _backbone(key)
-    ee = attach_heads(backbone, "every", cascade=ztw, ensemble=ztw, policy=policy).eval()
+    ztw = variant != "sdn"
+    ee = attach_heads(backbone, "every", cascade=ztw, ensemble=ztw, policy=policy,
+                      final_ensemble=variant.endswith("final")).eval()
     torch.manual_seed(3)
     x = torch.randn(40, *shape)
     _scramble_heads(ee, x)
@@ -172,6 +180,14 @@ def test_real_batched_path_matches_offline_sweep(key, policy, thresholds, ztw):
         torch.testing.assert_close(out, sim.logits, rtol=1e-5, atol=1e-5)
         seen_exits |= set(exits.long().tolist())
     assert len(seen_exits) >= 2  # the thresholds really send examples to different exits
+    if ee.final_ensemble is not None:  # below the full budget the last exit is the ensemble
+        strictest = [t for t in thresholds if t != ee.full_budget()][-1]
+        sim = simulate(trace, policy, strictest)
+        last = sim.exit_index == ee.num_internal
+        assert bool(last.any())
+        assert not torch.allclose(sim.logits[last], trace.plain_logits[last])
+        full = simulate(trace, policy, ee.full_budget())
+        assert torch.equal(full.logits, trace.plain_logits)
 
 
 def test_outputs_stay_in_original_order_and_costs_monotone():
@@ -219,11 +235,13 @@ def test_checkpoint_round_trip(tmp_path):
     backbone, shape = _backbone("vit")
     ee = attach_heads(backbone, "every", cascade=True, policy="entropy").eval()
     ee.add_ensemble()
+    ee.add_final_ensemble()
     x = torch.randn(12, *shape)
     _scramble_heads(ee, x)
     save_checkpoint(tmp_path / "ckpt", ee, {"note": "test"})
     loaded = load_model(tmp_path / "ckpt").eval()
     assert loaded.policy == "entropy" and loaded.ensemble is not None and loaded.cascade
+    assert loaded.final_ensemble is not None
     for t in (0.6, 0.3, 0.0):
         ee.set_budget(t)
         loaded.set_budget(t)

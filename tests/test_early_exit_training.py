@@ -12,9 +12,12 @@ from frugalnn.cli import main
 from frugalnn.dynamic.early_exit import attach_heads
 from frugalnn.dynamic.early_exit.offline import collect_trace, trace_from_features
 from frugalnn.dynamic.early_exit.training import (
+    FeatureCache,
+    cache_augmented_passes,
     cache_features,
     exit_loss_weights,
     train_ensemble,
+    train_final_ensemble,
     train_heads,
     train_joint,
 )
@@ -74,6 +77,60 @@ def test_ensemble_starts_as_identity_and_training_lowers_its_loss():
     assert hist[-1]["loss"] < hist[0]["loss"]
     assert torch.all(torch.triu(ens.weight, diagonal=1) == 0)
     assert ee.frugalnn_transforms[-1]["args"]["ensemble"] is True
+
+
+def test_final_ensemble_starts_as_backbone_and_fitting_beats_a_weak_backbone():
+    """The fit leans on the heads when the backbone's own classifier is poor."""
+    x, y = _task(512)
+    backbone = _cnn()
+    ee = attach_heads(backbone, "every", cascade=True)
+    ee.freeze_backbone = True
+    cache = cache_features(ee, DataLoader(TensorDataset(x, y), batch_size=128))
+    train_heads(ee, cache, epochs=15, lr=1e-2, batch_size=64)
+    fit_part, held = cache.split(0.5, seed=1)
+    fin = ee.add_final_ensemble()
+    with torch.no_grad():
+        start = trace_from_features(ee, held, x[:1])
+    # Identity start: the last exit is the backbone's own log-probabilities.
+    torch.testing.assert_close(start.logits[-1], torch.log_softmax(held.final_logits, 1))
+    assert torch.equal(start.plain_logits, held.final_logits)
+    hist = train_final_ensemble(ee, fit_part, epochs=100, lr=5e-2)
+    assert hist[-1]["loss"] < 0.5 * hist[0]["loss"]
+    after = trace_from_features(ee, held, x[:1])
+    acc = [float((t.logits[-1].argmax(1) == held.labels).double().mean()) for t in (start, after)]
+    assert acc[1] > acc[0] + 0.2  # untrained backbone classifier: the heads carry the answer
+    assert float(fin.weight.detach()[:-1].abs().sum()) > 0.1
+    assert ee.frugalnn_transforms[-1]["args"]["final_ensemble"] is True
+    with pytest.raises(UserError, match="final ensemble"):
+        train_joint(ee, DataLoader(TensorDataset(x, y), batch_size=64), epochs=1,
+                    progress=False)
+
+
+def test_augmented_passes_concatenate_and_split_by_the_same_images():
+    x, y = _task(64)
+    ee = attach_heads(_cnn(), "every")
+    plain = cache_features(ee, DataLoader(TensorDataset(x, y), batch_size=32))
+
+    def flipped(k):  # a deterministic "augmentation" per pass
+        return TensorDataset(torch.flip(x, dims=[3]) if k == 0 else x + 0.1 * k, y)
+
+    passes = cache_augmented_passes(ee, flipped, 2, batch_size=16)
+    assert len(passes) == 2 and all(len(c) == 64 for c in passes)
+    assert not torch.equal(passes[0].feats[0], plain.feats[0])
+    assert cache_augmented_passes(ee, flipped, 0) == []
+    both = FeatureCache.concat([plain, *passes])
+    assert len(both) == 192 and torch.equal(both.labels, y.repeat(3))
+    assert torch.equal(both.feats[1][64:128], passes[0].feats[1])
+    # One split seed holds out the same images (labels and positions) in every pass.
+    (_, held_plain), (_, held_aug) = plain.split(0.25, seed=3), passes[1].split(0.25, seed=3)
+    assert torch.equal(held_plain.labels, held_aug.labels) and len(held_plain) == 16
+    with pytest.raises(UserError, match="at least one"):
+        FeatureCache.concat([])
+    other = attach_heads(_cnn(), "every:2")
+    with pytest.raises(UserError, match="different heads"):
+        FeatureCache.concat([plain, cache_features(other, DataLoader(TensorDataset(x, y)))])
+    with pytest.raises(UserError, match=">= 0"):
+        cache_augmented_passes(ee, flipped, -1)
 
 
 def test_joint_training_with_sdn_weights_updates_backbone():
@@ -146,7 +203,34 @@ def test_cli_train_writes_an_evaluable_run(tmp_path, capsys):
     assert a.meta["baseline_flops"] == pytest.approx(b.meta["baseline_flops"])
 
 
+def test_cli_final_ensemble_is_fitted_on_held_out_evaluation_examples(tmp_path):
+    from frugalnn.evaluate import load_records
+    from frugalnn.train.checkpoint import load_model
+
+    base = tmp_path / "base"
+    assert main(["train", "--model", "cnn_small", "--data", "digits", "--epochs", "1",
+                 "--limit", "300", "--eval-limit", "100", "--out", str(base),
+                 "--no-progress", "--threads", "1"]) == 0
+    run = tmp_path / "sdn_final"
+    assert main(["early-exit", "train", "--model", "cnn_small", "--data", "digits",
+                 "--checkpoint", str(base), "--epochs", "2", "--final-ensemble",
+                 "--augment-passes", "1",
+                 "--final-ensemble-holdout", "0.4", "--train-limit", "300", "--eval-limit",
+                 "100", "--budgets", "0.5", "1.0", "--offline-sweep", "--out", str(run),
+                 "--no-progress"]) == 0
+    records = load_records(run)
+    assert len(records.columns["budget"]) == 2 * 60  # 40 of the 100 went to the fit
+    assert "final ensemble" in records.meta["method"]
+    loaded = load_model(run / "checkpoint")
+    assert loaded.final_ensemble is not None
+    assert not torch.equal(loaded.final_ensemble.weight.detach(),
+                           torch.eye(loaded.num_exits)[-1])  # fitted, not the identity start
+
+
 @pytest.mark.parametrize("argv,message", [
+    (["--final-ensemble-holdout", "1.5", "--checkpoint", "x"], "must lie in (0, 1)"),
+    (["--augment-passes", "1", "--mode", "joint"], "--augment-passes applies"),
+    (["--augment-passes", "-1"], "must be >= 0"),
     (["--positions", "7"], "out of range"),
     (["--mode", "heads"], "needs a trained one"),
     (["--augment"], "--augment applies"),

@@ -6,10 +6,18 @@ Importing this package registers the ``early_exit`` transformation, so that
 
 from frugalnn.dynamic.early_exit.model import (
     EarlyExitModel,
+    FinalEnsemble,
     GeometricEnsemble,
     attach_heads,
     parse_positions,
 )
 from frugalnn.dynamic.early_exit.policies import POLICIES
 
-__all__ = ["POLICIES", "EarlyExitModel", "GeometricEnsemble", "attach_heads", "parse_positions"]
+__all__ = [
+    "POLICIES",
+    "EarlyExitModel",
+    "FinalEnsemble",
+    "GeometricEnsemble",
+    "attach_heads",
+    "parse_positions",
+]

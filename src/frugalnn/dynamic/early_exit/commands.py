@@ -35,6 +35,25 @@ from frugalnn.cli_common import (
 from frugalnn.errors import UserError
 
 
+def split_dataset(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any]:
+    """A seeded random ``(held_out, rest)`` split with ``fraction`` of the examples held out."""
+    import torch
+    from torch.utils.data import Subset
+
+    n = len(dataset)
+    k = int(round(fraction * n))
+    if k < 1 or k >= n:
+        raise UserError(f"cannot hold out {fraction} of {n} evaluation examples; use a larger "
+                        "--eval-limit or another --final-ensemble-holdout")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7)).tolist()
+    parts = []
+    for idx in (sorted(order[:k]), sorted(order[k:])):
+        part = Subset(dataset, idx)
+        part.info = getattr(dataset, "info", None)  # type: ignore[attr-defined]
+        parts.append(part)
+    return parts[0], parts[1]
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     top = subparsers.add_parser(
         "early-exit", help="early-exit networks: attach, train and sweep exit heads",
@@ -59,6 +78,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "the previous head's logits")
     t.add_argument("--ensemble", action="store_true", help="ZTW geometric ensemble of heads, "
                    "trained afterwards on the frozen cascade")
+    t.add_argument("--final-ensemble", action="store_true",
+                   help="rows reaching the end get a learned weighted geometric mean of every "
+                        "exit and the backbone, fitted on --final-ensemble-holdout of the "
+                        "evaluation split (kept out of the evaluation)")
+    t.add_argument("--final-ensemble-holdout", type=float, default=0.5,
+                   help="with --final-ensemble: fraction of the evaluation examples used to "
+                        "fit it and not evaluated (default 0.5)")
     t.add_argument("--policy", default="maxprob", choices=("maxprob", "entropy", "patience"))
     t.add_argument("--mode", default="heads", choices=("heads", "joint"),
                    help="heads: frozen backbone (default); joint: backbone and heads, SDN losses")
@@ -69,6 +95,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --ensemble: fraction of the training examples kept out of head "
                         "training and used to fit the ensemble (default 0.2; 0 = reuse them)")
     t.add_argument("--augment", action="store_true", help="augment images (joint mode only)")
+    t.add_argument("--augment-passes", type=int, default=0,
+                   help="heads mode: also train the heads on this many augmented (crop + "
+                        "flip) passes over the training images (default 0)")
     t.add_argument("--kd-weight", type=float, default=0.0,
                    help="joint mode: distil every exit from a frozen copy of the starting "
                         "backbone with this weight in [0, 1] (default 0: plain SDN losses)")
@@ -100,8 +129,11 @@ def _train(args: argparse.Namespace) -> int:
     from frugalnn.dynamic.early_exit.offline import collect_trace, sweep
     from frugalnn.dynamic.early_exit.report import write_extras
     from frugalnn.dynamic.early_exit.training import (
+        FeatureCache,
+        cache_augmented_passes,
         cache_features,
         train_ensemble,
+        train_final_ensemble,
         train_heads,
         train_joint,
     )
@@ -119,6 +151,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.augment and args.mode != "joint":
         raise UserError("--augment applies to --mode joint; heads mode trains on cached "
                         "features of un-augmented images")
+    if args.augment_passes < 0:
+        raise UserError(f"--augment-passes must be >= 0, got {args.augment_passes}")
+    if args.augment_passes and args.mode != "heads":
+        raise UserError("--augment-passes applies to --mode heads (joint mode augments with "
+                        "--augment)")
     if args.kd_weight and args.mode != "joint":
         raise UserError("--kd-weight applies to --mode joint (heads mode leaves the backbone "
                         "as it is)")
@@ -134,6 +171,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.mode == "heads" and args.checkpoint is None:
         raise UserError("--mode heads freezes the backbone, so it needs a trained one: pass "
                         "--checkpoint, or use --mode joint")
+    if not 0.0 < args.final_ensemble_holdout < 1.0:
+        raise UserError("--final-ensemble-holdout must lie in (0, 1), got "
+                        f"{args.final_ensemble_holdout}")
     budgets = parse_floats(args.budgets)
     sizes = parse_ints(args.latency_batch_sizes, "--latency-batch-sizes")
     out = start_run(args)
@@ -141,6 +181,11 @@ def _train(args: argparse.Namespace) -> int:
 
     train_ds, eval_ds, info = load_subsets(args, args.eval_split, augment=args.augment,
                                            seed=args.seed)
+    fit_ds = None
+    if args.final_ensemble:
+        # The backbone saw the whole train split; only unseen examples show how far to
+        # trust it, so the fit takes a seeded part of the evaluation split instead.
+        fit_ds, eval_ds = split_dataset(eval_ds, args.final_ensemble_holdout, args.seed)
     backbone = load_model_for_data(args.model, args.checkpoint, info, args.model_arg,
                                    args.device)
     model = attach_heads(backbone, args.positions, args.head, cascade=args.cascade,
@@ -158,10 +203,20 @@ def _train(args: argparse.Namespace) -> int:
         model.freeze_backbone = True
         cache = cache_features(model, DataLoader(train_ds, batch_size=256),
                                device=args.device, progress=progress)
-        head_cache = cache
+        # Every augmented pass lists the same images in the same order as ``cache``.
+        caches = [cache, *cache_augmented_passes(
+            model,
+            lambda k: random_subset(get_dataset(args.data, "train", args.data_dir, augment=True,
+                                                seed=args.seed + 100 + k),
+                                    args.train_limit, args.seed),
+            args.augment_passes, device=args.device, progress=progress)]
+        head_cache = cache = FeatureCache.concat(caches)
         if args.ensemble and args.ensemble_holdout > 0:
-            # Over-fitted heads look too reliable on their own training rows.
-            head_cache, cache = cache.split(args.ensemble_holdout, seed=args.seed)
+            # Over-fitted heads look too reliable on their own training rows. One seed
+            # holds out the same images in every pass.
+            parts = [c.split(args.ensemble_holdout, seed=args.seed) for c in caches]
+            head_cache = FeatureCache.concat([h for h, _ in parts])
+            cache = FeatureCache.concat([e for _, e in parts])
         history["heads"] = train_heads(model, head_cache, epochs=args.epochs, lr=args.lr or 2e-3,
                                        batch_size=args.batch_size, seed=args.seed,
                                        device=args.device, progress=progress)
@@ -180,8 +235,14 @@ def _train(args: argparse.Namespace) -> int:
                                    device=args.device, progress=progress)
         history["ensemble"] = train_ensemble(model, cache, epochs=args.ensemble_epochs,
                                              seed=args.seed, device=args.device)
+    if fit_ds is not None:
+        history["final_ensemble"] = train_final_ensemble(
+            model, DataLoader(fit_ds, batch_size=256), seed=args.seed, device=args.device,
+            progress=progress)
     model.eval()
     method = args.method or ("early-exit ZTW" if args.cascade else "early-exit SDN")
+    if args.final_ensemble and not args.method:
+        method += " + final ensemble"
     save_checkpoint(out / "checkpoint", model, {"method": method, "history": history,
                                                 "config": config})
     trace = collect_trace(model, DataLoader(eval_ds, batch_size=256), device=args.device,

@@ -13,6 +13,12 @@ The exits are numbered ``0 .. num_internal``: the internal heads in block
 order, then the backbone's own classifier. At the policy's full budget no head
 can fire, heads are skipped, and the model computes exactly the backbone's
 outputs at exactly the backbone's cost.
+
+Optionally (:meth:`EarlyExitModel.add_final_ensemble`) the rows that reach
+the end get a learned weighted geometric mean of every exit's output and the
+backbone's own instead of the backbone's output alone: the heads were
+computed for those rows anyway, so the combination costs a few hundred FLOPs.
+At the full budget no head runs and the backbone's output is returned as is.
 """
 
 from __future__ import annotations
@@ -61,6 +67,30 @@ class GeometricEnsemble(nn.Module):
         return (stacked * w.view(-1, 1, 1)).sum(0) + self.bias[i]
 
 
+class FinalEnsemble(nn.Module):
+    """The last exit as ``sum_j w_j log p_j + b`` over every exit (internal, then final).
+
+    ``p_j`` are the probabilities the internal exits decided on (ensembled ones
+    for ZTW) and the backbone's own. Starts as the backbone's log-probabilities
+    (``w = (0, ..., 0, 1)``, ``b = 0``) and is fitted afterwards
+    (:func:`frugalnn.dynamic.early_exit.training.train_final_ensemble`) on
+    examples the backbone was *not* trained on: on its training rows the backbone
+    looks more reliable than it is, and the fit would trust it too much.
+    """
+
+    def __init__(self, num_exits: int, num_classes: int) -> None:
+        super().__init__()
+        weight = torch.zeros(num_exits)
+        weight[-1] = 1.0
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+
+    def combine(self, log_probs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Combined logits from the log-probabilities of every exit (final last)."""
+        stacked = torch.stack(list(log_probs), dim=0)
+        return (stacked * self.weight.to(stacked.dtype).view(-1, 1, 1)).sum(0) + self.bias
+
+
 class _Call(nn.Module):
     """Wraps a callable so the FLOP counter can run it like a module."""
 
@@ -81,6 +111,7 @@ class StageCosts:
     heads: list[float]
     ensemble: list[float]
     classify: float
+    final_ensemble: float = 0.0
 
     def backbone(self) -> float:
         return self.embed + sum(self.blocks) + self.classify
@@ -133,6 +164,7 @@ class EarlyExitModel(DynamicModule):
         policy: str = "maxprob",
         cascade: bool = False,
         ensemble: bool = False,
+        final_ensemble: bool = False,
         num_classes: int,
     ) -> None:
         super().__init__()
@@ -143,6 +175,9 @@ class EarlyExitModel(DynamicModule):
         self.num_classes = num_classes
         self.ensemble: GeometricEnsemble | None = (
             GeometricEnsemble(len(positions), num_classes) if ensemble else None
+        )
+        self.final_ensemble: FinalEnsemble | None = (
+            FinalEnsemble(len(positions) + 1, num_classes) if final_ensemble else None
         )
         self.feature_kind = backbone.feature_kind
         self.policy = policies.check_policy(policy)
@@ -173,7 +208,17 @@ class EarlyExitModel(DynamicModule):
             p = next(self.heads.parameters())
             self.ensemble = GeometricEnsemble(self.num_internal, self.num_classes).to(p.device)
             self._update_record(ensemble=True)
+            self._costs.clear()  # measured without it
         return self.ensemble
+
+    def add_final_ensemble(self) -> FinalEnsemble:
+        """Add the final-exit ensemble (starts as the backbone's output) and record it."""
+        if self.final_ensemble is None:
+            p = next(self.heads.parameters())
+            self.final_ensemble = FinalEnsemble(self.num_exits, self.num_classes).to(p.device)
+            self._update_record(final_ensemble=True)
+            self._costs.clear()  # measured without it
+        return self.final_ensemble
 
     def _update_record(self, **changes: Any) -> None:
         history = [dict(h) for h in getattr(self, "frugalnn_transforms", [])]
@@ -243,8 +288,15 @@ class EarlyExitModel(DynamicModule):
                     ens.append(float(count_flops(_Call(self.ensemble.combine), h, log_probs)))
                 else:
                     ens.append(0.0)
+            final = bb.classify(state)
             classify = float(count_flops(_Call(bb.classify), state))
-            return StageCosts(embed, blocks, heads, ens, classify)
+            final_ens = 0.0
+            if self.final_ensemble is not None:
+                # The combination's cost depends only on the shapes: log-softmax of every
+                # exit, then the weighted sum.
+                final_ens = float(count_flops(
+                    _Call(self.finish), [final] * self.num_internal, final))
+            return StageCosts(embed, blocks, heads, ens, classify, final_ens)
         finally:
             self.train(was_training)
 
@@ -258,7 +310,7 @@ class EarlyExitModel(DynamicModule):
             spent += sum(c.blocks[done : p + 1]) + c.heads[h] + c.ensemble[h]
             done = p + 1
             out.append(spent)
-        out.append(spent + sum(c.blocks[done:]) + c.classify)
+        out.append(spent + sum(c.blocks[done:]) + c.classify + c.final_ensemble)
         return out
 
     # -- all-exits passes (training and offline evaluation) ----------------------
@@ -292,9 +344,21 @@ class EarlyExitModel(DynamicModule):
         return [self.ensemble.combine(i, log_probs) for i in range(len(log_probs))]
 
     def exit_outputs(self, x: Any) -> list[torch.Tensor]:
-        """Logits of every exit for every row (no exiting): internal exits then final."""
+        """Logits of every exit for every row (no exiting): internal exits then final.
+
+        With a final ensemble the last entry is the ensembled final exit (what a
+        row reaching the end gets below the full budget), not the backbone's output.
+        """
         feats, final = self.head_features(x)
-        return self.combine(self.heads_from_features(feats)) + [final]
+        internal = self.combine(self.heads_from_features(feats))
+        return internal + [self.finish(internal, final)]
+
+    def finish(self, exit_logits: Sequence[torch.Tensor], final: torch.Tensor) -> torch.Tensor:
+        """The last exit's output from the internal exits' outputs and the backbone's."""
+        if self.final_ensemble is None:
+            return final
+        lps = [F.log_softmax(z, dim=1) for z in exit_logits]
+        return self.final_ensemble.combine([*lps, F.log_softmax(final, dim=1)])
 
     # -- real inference ----------------------------------------------------------
     def forward(self, x: Any) -> torch.Tensor:
@@ -311,6 +375,8 @@ class EarlyExitModel(DynamicModule):
         out: torch.Tensor | None = None
         prev: torch.Tensor | None = None
         log_probs: list[torch.Tensor] = []
+        keep_exits = use_heads and self.final_ensemble is not None
+        exit_lps: list[torch.Tensor] = []  # every exit's decision, for the final ensemble
         memory: policies.PatienceState | None = None
         # Every row still running has run the same stages, so one running sum is its
         # cost so far; it is written to a row when the row leaves (no per-block
@@ -337,9 +403,10 @@ class EarlyExitModel(DynamicModule):
                 decision = self.ensemble.combine(h, log_probs)
             else:
                 decision = logits
-            exits, memory = policies.exit_mask(
-                self.policy, self.threshold, F.log_softmax(decision, dim=1), memory
-            )
+            decision_lp = F.log_softmax(decision, dim=1)
+            if keep_exits:
+                exit_lps.append(decision_lp)
+            exits, memory = policies.exit_mask(self.policy, self.threshold, decision_lp, memory)
             if not bool(exits.any()):
                 continue
             if bool(exits.all()):
@@ -366,11 +433,16 @@ class EarlyExitModel(DynamicModule):
             state = select_rows(state, keep)
             prev = prev[keep]
             log_probs = [t[keep] for t in log_probs]
+            exit_lps = [t[keep] for t in exit_lps]
             memory = memory.select(keep) if memory is not None else None
         if active.numel():
             with rows_ctx():
                 final = bb.classify(state)
             spent[active_cpu] = cost_so_far + costs.classify
+            if keep_exits:
+                assert self.final_ensemble is not None
+                final = self.final_ensemble.combine([*exit_lps, F.log_softmax(final, dim=1)])
+                spent[active_cpu] += costs.final_ensemble
             if out is None:
                 out = final  # nobody exited: exactly the backbone's output
             else:
@@ -468,6 +540,7 @@ def attach_heads(
     *,
     cascade: bool = False,
     ensemble: bool = False,
+    final_ensemble: bool = False,
     policy: str = "maxprob",
     pool_size: int = 4,
     input_shape: Sequence[int] | None = None,
@@ -529,14 +602,14 @@ def attach_heads(
     device = next(model.parameters()).device
     ee = EarlyExitModel(
         model, pos, heads.to(device), policy=policy, cascade=cascade, ensemble=ensemble,
-        num_classes=num_classes,
+        final_ensemble=final_ensemble, num_classes=num_classes,
     ).to(device)
     ee.train(was_training)
     ee.frugalnn_spec = getattr(model, "frugalnn_spec", None)
     ee.frugalnn_transforms = list(getattr(model, "frugalnn_transforms", []))
     args = {
         "positions": pos, "head": kind, "cascade": cascade, "ensemble": ensemble,
-        "policy": policy, "pool_size": pool_size,
+        "final_ensemble": final_ensemble, "policy": policy, "pool_size": pool_size,
     }
     if input_shape is not None:
         args["input_shape"] = [int(s) for s in input_shape]

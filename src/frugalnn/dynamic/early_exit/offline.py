@@ -41,13 +41,21 @@ class ExitTrace:
     ``logits``: ``(num_exits, N, C)`` float32; ``labels``: ``(N,)``;
     ``exit_flops``: ``(num_exits, N)`` float64 FLOPs of stopping at each exit
     with every earlier head evaluated; ``backbone_flops``: ``(N,)`` the plain
-    backbone's cost (the full-budget cost).
+    backbone's cost (the full-budget cost); ``backbone_logits``: ``(N, C)`` the
+    plain backbone's outputs when they differ from the last exit's (a final
+    ensemble), else ``None``.
     """
 
     logits: torch.Tensor
     labels: torch.Tensor
     exit_flops: torch.Tensor
     backbone_flops: torch.Tensor
+    backbone_logits: torch.Tensor | None = None
+
+    @property
+    def plain_logits(self) -> torch.Tensor:
+        """The backbone's own outputs (what the full budget returns)."""
+        return self.logits[-1] if self.backbone_logits is None else self.backbone_logits
 
     @property
     def num_exits(self) -> int:
@@ -96,7 +104,7 @@ def collect_trace(
     device = torch.device(device)
     was_training = model.training
     model.eval().to(device)
-    logits, labels, costs, base = [], [], [], []
+    logits, labels, costs, base, plain = [], [], [], [], []
     try:
         for batch in tqdm(loader, desc="all exits", unit="batch", disable=not progress,
                           leave=False):
@@ -104,8 +112,11 @@ def collect_trace(
             x = x.to(device) if isinstance(x, torch.Tensor) else {
                 k: v.to(device) for k, v in x.items()}
             n = int(y.shape[0])
-            outs = model.exit_outputs(x)
+            feats, final = model.head_features(x)
+            internal = model.combine(model.heads_from_features(feats))
+            outs = [*internal, model.finish(internal, final)]
             logits.append(torch.stack([o.float().cpu() for o in outs]))
+            plain.append(final.float().cpu())
             labels.append(y.cpu().long())
             per_exit = torch.tensor(model.exit_costs(x), dtype=torch.float64)
             costs.append(per_exit[:, None].expand(-1, n))
@@ -114,8 +125,9 @@ def collect_trace(
         model.train(was_training)
     if not labels:
         raise UserError("the data loader yielded no examples; check the dataset and --limit")
+    backbone_logits = torch.cat(plain) if model.final_ensemble is not None else None
     return ExitTrace(torch.cat(logits, 1), torch.cat(labels), torch.cat(costs, 1),
-                     torch.cat(base))
+                     torch.cat(base), backbone_logits)
 
 
 def simulate(trace: ExitTrace, policy: str, threshold: float) -> SimResult:
@@ -128,7 +140,7 @@ def simulate(trace: ExitTrace, policy: str, threshold: float) -> SimResult:
     n = trace.labels.shape[0]
     last = trace.num_internal
     if threshold == policies.full_budget(policy, trace.num_internal):
-        return SimResult(torch.full((n,), last, dtype=torch.long), trace.logits[last].clone(),
+        return SimResult(torch.full((n,), last, dtype=torch.long), trace.plain_logits.clone(),
                          trace.backbone_flops.clone())
     exit_index = torch.full((n,), last, dtype=torch.long)
     undecided = torch.ones(n, dtype=torch.bool)
@@ -176,7 +188,7 @@ def sweep(
         cols["exit_index"].append(r.exit_index.double().numpy())
     columns = {k: np.concatenate(v) for k, v in cols.items()}
     full = policies.full_budget(policy, trace.num_internal)
-    base_acc = float((trace.logits[-1].argmax(1) == y).double().mean())
+    base_acc = float((trace.plain_logits.argmax(1) == y).double().mean())
     from frugalnn.cost.machine import describe_machine
 
     records = EvalRecords(columns, [])
@@ -238,7 +250,7 @@ def saving_within(
     ``reference - drop`` the entry has ``flops_saving`` NaN and threshold NaN.
     """
     base = float(trace.backbone_flops.mean())
-    base_acc = float((trace.logits[-1].argmax(1) == trace.labels).double().mean())
+    base_acc = float((trace.plain_logits.argmax(1) == trace.labels).double().mean())
     if reference_accuracy is not None:
         base_acc = float(reference_accuracy)
     points = _points(trace, policy, budgets)
@@ -289,13 +301,16 @@ def trace_from_features(model: EarlyExitModel, cache: Any, example_input: Any) -
         outs = []
         for start in range(0, len(cache), 1024):
             feats = [f[start : start + 1024].float() for f in cache.feats]
-            outs.append(torch.stack([o.float() for o in model.combine(
-                model.heads_from_features(feats))]))
-        internal = torch.cat(outs, 1)
+            internal = model.combine(model.heads_from_features(feats))
+            final = cache.final_logits[start : start + 1024].float()
+            outs.append(torch.stack([o.float() for o in
+                                     [*internal, model.finish(internal, final)]]))
+        logits = torch.cat(outs, 1)
     finally:
         model.train(was_training)
-    logits = torch.cat([internal, cache.final_logits[None].float()])
     n = len(cache)
     per_exit = torch.tensor(model.exit_costs(example_input), dtype=torch.float64)
     base = torch.full((n,), model.stage_costs(example_input).backbone(), dtype=torch.float64)
-    return ExitTrace(logits, cache.labels.clone(), per_exit[:, None].expand(-1, n).clone(), base)
+    plain = cache.final_logits.float().clone() if model.final_ensemble is not None else None
+    return ExitTrace(logits, cache.labels.clone(), per_exit[:, None].expand(-1, n).clone(), base,
+                     plain)
