@@ -99,11 +99,13 @@ def variants(backbone, args, train_cache, example, aug_caches=()):
         ee.freeze_backbone = True
         t0 = time.perf_counter()
         caches = [train_cache, *aug_caches]
-        head_data, ens_data = FeatureCache.concat(caches), FeatureCache.concat(caches)
         if cascade and args.ensemble_holdout > 0:
             parts = [c.split(args.ensemble_holdout, seed=args.seed) for c in caches]
             head_data = FeatureCache.concat([h for h, _ in parts])
             ens_data = FeatureCache.concat([e for _, e in parts])
+            del parts  # the features are large (1.5 GB per pass for ResNet-56 at fp16)
+        else:
+            head_data = ens_data = FeatureCache.concat(caches)
         train_heads(ee, head_data, epochs=args.head_epochs, lr=args.head_lr, seed=args.seed)
         if cascade:
             train_ensemble(ee, ens_data, epochs=args.ensemble_epochs, seed=args.seed)
@@ -490,6 +492,8 @@ def main(argv=None) -> int:
     p.add_argument("--head-augment-passes", type=int, default=0,
                    help="heads also train on this many augmented (crop + flip) passes over "
                         "their train images (features cached once per pass)")
+    p.add_argument("--head-augment-seed", type=int, default=100,
+                   help="seed of the first augmented pass's crops and flips (pass k: seed + k)")
     p.add_argument("--final-ensemble", action="store_true",
                    help="fit a final-exit ensemble (every exit + the backbone) on the test "
                         "images outside the --test-limit subset")
@@ -519,7 +523,8 @@ def main(argv=None) -> int:
              f"train images; heads trained {args.head_epochs} epochs on {args.train_limit} "
              f"train images"
              + (f" plus {args.head_augment_passes} augmented (random crop + flip) pass(es) "
-                "over them" if args.head_augment_passes else "")
+                f"over them (augmentation seed {args.head_augment_seed})"
+                if args.head_augment_passes else "")
              + f" (ZTW: heads on {100 * (1 - args.ensemble_holdout):.0f} % of them, "
              f"ensemble {args.ensemble_epochs} epochs on the other "
              f"{100 * args.ensemble_holdout:.0f} %); test on a random "
@@ -586,7 +591,8 @@ def main(argv=None) -> int:
         for prm in backbone.parameters():
             prm.requires_grad_(False)
         def make_augmented(k):  # the same images as the heads' plain set, new crops/flips
-            aug = get_dataset("cifar10", "train", data_dir, augment=True, seed=args.seed + 100 + k)
+            aug = get_dataset("cifar10", "train", data_dir, augment=True,
+                              seed=args.head_augment_seed + k)
             return subset(aug, args.train_limit, args.seed + 2)
 
         fit_ds = None

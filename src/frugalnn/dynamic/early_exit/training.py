@@ -72,6 +72,8 @@ class FeatureCache:
         """
         if not caches:
             raise UserError("concat needs at least one feature cache")
+        if len(caches) == 1:
+            return caches[0]  # no copy: the features can be gigabytes
         widths = [[f.shape[1:] for f in c.feats] for c in caches]
         if any(w != widths[0] for w in widths):
             raise UserError("feature caches of different heads cannot be concatenated")
