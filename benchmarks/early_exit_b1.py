@@ -30,10 +30,10 @@ import os
 import sys
 import time
 import types
-from pathlib import Path
 
 import torch
 
+from frugalnn.cost._io import write_text_atomic
 from frugalnn.cost.machine import describe_machine
 from frugalnn.dynamic.early_exit import attach_heads
 from frugalnn.models import create_model
@@ -129,11 +129,7 @@ def main(argv=None) -> int:
                      f"{trivial:.2f} | {1e3 * (heads - full) / n:.0f} | "
                      f"{1e3 * (heads - trivial) / n:.0f} | {1e3 * (trivial - full) / n:.0f} |")
     lines += ["", f"Load average at end {[round(v, 2) for v in os.getloadavg()]}.", ""]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out)
+    write_text_atomic(args.out, "\n".join(lines))
     print("\n".join(lines))
     return 0
 

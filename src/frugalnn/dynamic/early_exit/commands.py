@@ -210,13 +210,15 @@ def _train(args: argparse.Namespace) -> int:
                                                 seed=args.seed + 100 + k),
                                     args.train_limit, args.seed),
             args.augment_passes, device=args.device, progress=progress)]
-        head_cache = cache = FeatureCache.concat(caches)
         if args.ensemble and args.ensemble_holdout > 0:
             # Over-fitted heads look too reliable on their own training rows. One seed
             # holds out the same images in every pass.
             parts = [c.split(args.ensemble_holdout, seed=args.seed) for c in caches]
             head_cache = FeatureCache.concat([h for h, _ in parts])
             cache = FeatureCache.concat([e for _, e in parts])
+            del parts
+        else:
+            head_cache = cache = FeatureCache.concat(caches)
         history["heads"] = train_heads(model, head_cache, epochs=args.epochs, lr=args.lr or 2e-3,
                                        batch_size=args.batch_size, seed=args.seed,
                                        device=args.device, progress=progress)
