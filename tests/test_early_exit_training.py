@@ -170,11 +170,18 @@ def test_final_exit_weight_scales_only_the_final_exits_gradient():
         exit_loss_weights(ee, x[:1], final_weight=0.0)
 
 
-def test_cli_train_writes_an_evaluable_run(tmp_path, capsys):
-    base = tmp_path / "base"
+@pytest.fixture(scope="module")
+def trained_base(tmp_path_factory):
+    """A briefly trained cnn_small run directory, shared by the CLI tests (read only)."""
+    base = tmp_path_factory.mktemp("ee_cli") / "base"
     assert main(["train", "--model", "cnn_small", "--data", "digits", "--epochs", "1",
                  "--limit", "300", "--eval-limit", "100", "--out", str(base),
                  "--no-progress", "--threads", "1"]) == 0
+    return base
+
+
+def test_cli_train_writes_an_evaluable_run(tmp_path, capsys, trained_base):
+    base = trained_base
     run = tmp_path / "ztw"
     args = ["early-exit", "train", "--model", "cnn_small", "--data", "digits",
             "--checkpoint", str(base), "--cascade", "--ensemble", "--epochs", "2",
@@ -203,14 +210,11 @@ def test_cli_train_writes_an_evaluable_run(tmp_path, capsys):
     assert a.meta["baseline_flops"] == pytest.approx(b.meta["baseline_flops"])
 
 
-def test_cli_final_ensemble_is_fitted_on_held_out_evaluation_examples(tmp_path):
+def test_cli_final_ensemble_is_fitted_on_held_out_evaluation_examples(tmp_path, trained_base):
     from frugalnn.evaluate import load_records
     from frugalnn.train.checkpoint import load_model
 
-    base = tmp_path / "base"
-    assert main(["train", "--model", "cnn_small", "--data", "digits", "--epochs", "1",
-                 "--limit", "300", "--eval-limit", "100", "--out", str(base),
-                 "--no-progress", "--threads", "1"]) == 0
+    base = trained_base
     run = tmp_path / "sdn_final"
     assert main(["early-exit", "train", "--model", "cnn_small", "--data", "digits",
                  "--checkpoint", str(base), "--epochs", "2", "--final-ensemble",
@@ -324,11 +328,8 @@ def test_distilled_joint_training_keeps_the_final_exit_closer_to_the_backbone():
     assert drift[1.0] < drift[0.0]
 
 
-def test_cli_joint_training_with_distillation(tmp_path):
-    base = tmp_path / "base"
-    assert main(["train", "--model", "cnn_small", "--data", "digits", "--epochs", "1",
-                 "--limit", "200", "--eval-limit", "50", "--out", str(base),
-                 "--no-progress", "--threads", "1"]) == 0
+def test_cli_joint_training_with_distillation(tmp_path, trained_base):
+    base = trained_base
     run = tmp_path / "joint"
     assert main(["early-exit", "train", "--model", "cnn_small", "--data", "digits",
                  "--checkpoint", str(base), "--mode", "joint", "--kd-weight", "0.7",

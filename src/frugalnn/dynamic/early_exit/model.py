@@ -349,7 +349,12 @@ class EarlyExitModel(DynamicModule):
         With a final ensemble the last entry is the ensembled final exit (what a
         row reaching the end gets below the full budget), not the backbone's output.
         """
-        feats, final = self.head_features(x)
+        return self.outputs_from_features(*self.head_features(x))
+
+    def outputs_from_features(
+        self, feats: Sequence[torch.Tensor], final: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Every exit's output from the heads' reduced features and the backbone's logits."""
         internal = self.combine(self.heads_from_features(feats))
         return internal + [self.finish(internal, final)]
 

@@ -113,8 +113,7 @@ def collect_trace(
                 k: v.to(device) for k, v in x.items()}
             n = int(y.shape[0])
             feats, final = model.head_features(x)
-            internal = model.combine(model.heads_from_features(feats))
-            outs = [*internal, model.finish(internal, final)]
+            outs = model.outputs_from_features(feats, final)
             logits.append(torch.stack([o.float().cpu() for o in outs]))
             plain.append(final.float().cpu())
             labels.append(y.cpu().long())
@@ -301,10 +300,9 @@ def trace_from_features(model: EarlyExitModel, cache: Any, example_input: Any) -
         outs = []
         for start in range(0, len(cache), 1024):
             feats = [f[start : start + 1024].float() for f in cache.feats]
-            internal = model.combine(model.heads_from_features(feats))
             final = cache.final_logits[start : start + 1024].float()
-            outs.append(torch.stack([o.float() for o in
-                                     [*internal, model.finish(internal, final)]]))
+            outs.append(torch.stack([o.float()
+                                     for o in model.outputs_from_features(feats, final)]))
         logits = torch.cat(outs, 1)
     finally:
         model.train(was_training)

@@ -62,7 +62,6 @@ class FeatureCache:
                                       self.final_logits[idx]))
         return parts[0], parts[1]
 
-
     @classmethod
     def concat(cls, caches: Sequence[FeatureCache]) -> FeatureCache:
         """The rows of several caches of the same heads, one after another.
