@@ -1,7 +1,9 @@
 """Does memory layout decide whether a factorised ResNet-56 is faster? Dense vs CP/Tucker/TT.
 
-Every 3x3 convolution of ResNet-56 is factorised to 2x fewer FLOPs (data-free,
-no fine-tuning: timing does not depend on the weights' values), and the dense
+Every 3x3 convolution of ResNet-56 is factorised to the target (2x fewer FLOPs
+by default; ``--target flops=2 flops=3`` builds each method at both; data-free,
+no fine-tuning: timing does not depend on the weights' values, so a fine-tuned
+model with the same ranks runs exactly as fast), and the dense
 and factorised models are timed in interleaved rounds in the default
 (NCHW, "contiguous") layout and in channels-last (NHWC), at batch 1 and 64.
 Speed-ups are against the dense model in the same layout *and* against the
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from frugalnn.cost.allocator import retain_freed_memory
 from frugalnn.cost.count import count_flops
 from frugalnn.cost.latency import measure_latency
 from frugalnn.cost.machine import machine_markdown
@@ -64,7 +67,10 @@ def pointwise_bound(model: torch.nn.Module) -> torch.nn.Module:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", default="tucker,cp,tt")
-    p.add_argument("--target", default="flops=2")
+    p.add_argument("--target", nargs="+", default=["flops=2"],
+                   help="one or more rank targets; every method is built at each")
+    p.add_argument("--exclude", nargs="*", default=[],
+                   help="module-name patterns left dense (as in lowrank_resnet56.py)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (fastest kept)")
     p.add_argument("--repeats", type=int, default=10, help="timed calls per round (median)")
@@ -75,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bound", action="store_true",
                    help="also time 'bound 3x3->1x1': the dense model with every 3x3 conv "
                         "replaced by a 1x1 (an upper bound on any factorisation's speed-up)")
+    p.add_argument("--allocator", nargs="+", default=["default"], choices=("default", "retain"),
+                   help="'retain': time again after frugalnn.cost.allocator.retain_freed_memory() "
+                        "(glibc keeps freed activations instead of page-faulting them back); "
+                        "'default' always runs first, since the setting cannot be undone")
     p.add_argument("--out", default="benchmarks/results/lowrank_layout.md")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -83,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     dense = create_model("resnet56").eval()
     example = torch.randn(2, 3, 32, 32)
     models = {"dense": dense}
-    for method in a.methods.split(","):
-        models[method], _ = compress_model(copy.deepcopy(dense), method, a.target, example)
+    for target in a.target:
+        for method in a.methods.split(","):
+            name = method if len(a.target) == 1 else f"{method} {target}"
+            models[name], _ = compress_model(copy.deepcopy(dense), method, target, example,
+                                             exclude=a.exclude or None)
     if a.bound:
         models["bound 3x3->1x1"] = pointwise_bound(dense)
     flops = {k: count_flops(m, example[:1]) for k, m in models.items()}
@@ -98,19 +111,25 @@ def main(argv: list[str] | None = None) -> int:
             for k in models:
                 variants[(k, lay + "+jit")] = frozen_for_inference(
                     variants[(k, lay)], example.contiguous(memory_format=fmt))
-    ms: dict[tuple[str, str, int], float] = {}
+    allocators = sorted(set(a.allocator), key=("default", "retain").index)
+    ms: dict[tuple[str, str, int, str], float] = {}
     with torch.inference_mode():
-        for bs in a.batch_sizes:
-            x = torch.randn(bs, 3, 32, 32)
-            inputs = {lay: x.contiguous(memory_format=fmt) for lay, fmt in layouts.items()}
-            for _ in range(a.rounds):
-                for (k, lay), m in variants.items():
-                    t = measure_latency(m, inputs[lay], warmup=2, repeats=a.repeats).median_ms
-                    key = (k, lay, bs)
-                    ms[key] = min(ms.get(key, float("inf")), t)
+        for alloc in allocators:
+            if alloc == "retain" and not retain_freed_memory():
+                print("retain_freed_memory() is not available here (no glibc); skipped")
+                allocators.remove(alloc)
+                break
+            for bs in a.batch_sizes:
+                x = torch.randn(bs, 3, 32, 32)
+                inputs = {lay: x.contiguous(memory_format=fmt) for lay, fmt in layouts.items()}
+                for _ in range(a.rounds):
+                    for (k, lay), m in variants.items():
+                        t = measure_latency(m, inputs[lay], warmup=2, repeats=a.repeats).median_ms
+                        key = (k, lay, bs, alloc)
+                        ms[key] = min(ms.get(key, float("inf")), t)
     lines = [
         "## Memory layout and factorised convolutions (ResNet-56, every 3x3 conv at "
-        f"{a.target})", "",
+        f"{' / '.join(a.target)})", "",
         f"Command: `python benchmarks/lowrank_layout.py {' '.join(sys.argv[1:])}` "
         f"({(time.time() - started) / 60:.1f} min)", "", machine_markdown(), "",
         f"Data-free factorisation (timing does not depend on weight values); the fastest of "
@@ -120,19 +139,25 @@ def main(argv: list[str] | None = None) -> int:
         + (" ('+jit': traced, frozen, optimize_for_inference)" if a.jit else "") + "."
         + (" 'bound 3x3->1x1' is not a usable model: the dense network with every 3x3 "
            "convolution replaced by a 1x1 of the same shape, whose speed-up bounds what any "
-           "factorisation of the 3x3 convolutions can buy here." if a.bound else ""), "",
-        "| model | params | MFLOPs/example | layout | batch | ms | vs dense, same layout | "
-        "vs best dense |",
-        "|---|---:|---:|---|---:|---:|---:|---:|",
+           "factorisation of the 3x3 convolutions can buy here." if a.bound else "")
+        + (" Allocator 'retain': timed after frugalnn.cost.allocator.retain_freed_memory() "
+           "(glibc keeps freed blocks; no page faults for re-allocated activations); "
+           "'default': glibc's defaults. Ratios compare models under the same allocator."
+           if "retain" in allocators else ""), "",
+        "| model | params | MFLOPs/example | layout | allocator | batch | ms | "
+        "vs dense, same layout | vs best dense |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|",
     ]
-    for bs in a.batch_sizes:
-        best = min(ms[("dense", lay, bs)] for lay in layouts)
-        for k in models:
-            for lay in layouts:
-                t = ms[(k, lay, bs)]
-                lines.append(
-                    f"| {k} | {params[k]:,} | {flops[k] / 1e6:.1f} | {lay} | {bs} | {t:.2f} | "
-                    f"{ms[('dense', lay, bs)] / t:.2f}x | {best / t:.2f}x |")
+    for alloc in allocators:
+        for bs in a.batch_sizes:
+            best = min(ms[("dense", lay, bs, alloc)] for lay in layouts)
+            for k in models:
+                for lay in layouts:
+                    t = ms[(k, lay, bs, alloc)]
+                    lines.append(
+                        f"| {k} | {params[k]:,} | {flops[k] / 1e6:.1f} | {lay} | {alloc} | {bs} "
+                        f"| {t:.2f} | {ms[('dense', lay, bs, alloc)] / t:.2f}x | "
+                        f"{best / t:.2f}x |")
     text = "\n".join(lines) + "\n"
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(a.out).with_suffix(".tmp")

@@ -58,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default="cp,tucker,tt")
     p.add_argument("--target", default="flops=2")
     p.add_argument("--latency-target", type=float, help="also run Tucker-2 at latency=F")
+    p.add_argument("--exclude", nargs="*", default=[],
+                   help="module-name patterns left dense (e.g. conv1: the 3-channel stem, "
+                        "0.35 %% of the FLOPs, which a 2.5x target squeezes to rank 3)")
+    p.add_argument("--train-threads", type=int,
+                   help="torch threads while training (default: --threads, used for timing)")
     p.add_argument("--baseline-epochs", type=int, default=1)
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (SGD)")
@@ -115,14 +120,16 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         latency = {"batch_size": args.batch_size, "repeats": max(3, args.repeats // 2)}
         try:
+            torch.set_num_threads(args.train_threads or args.threads)
             model, plan, hist = compress_and_finetune(
                 base, method, target, example, train_loader,
                 finetune_epochs=args.finetune_epochs, lr=args.lr, latency=latency, seed=args.seed,
-                progress=False)
+                exclude=args.exclude or None, progress=False)
         except UserError as exc:  # e.g. a latency target this machine cannot reach
             log(f"  {exc}")
             errors[f"{method} {target}"] = str(exc)
             continue
+        torch.set_num_threads(args.threads)
         cmp = compare(copy.deepcopy(base), model, plan, example,
                       batch_sizes=(1, args.batch_size), repeats=args.repeats,
                       threads=args.threads, eval_loader=test_loader)

@@ -16,6 +16,7 @@ from frugalnn.lowrank.compress import compress_model, find_layers, plan_totals
 from frugalnn.lowrank.geometry import ConvSpec
 from frugalnn.lowrank.latency_select import greedy_choice
 from frugalnn.models import create_model
+from frugalnn.models.fold import conv_bn_pairs, fold_batchnorm
 from frugalnn.train.checkpoint import load_model, save_checkpoint
 
 
@@ -44,6 +45,25 @@ def test_flops_target_met_and_counted(method: str) -> None:
     params = sum(p.numel() for p in model.parameters())
     assert params == dense_params - totals["dense_params"] + totals["params"]
     assert model(x).shape == (2, 10)
+
+
+def test_batchnorm_folds_into_absorbed_tt_chains(tmp_path) -> None:
+    # The spatially separable TT chain ends in a real Conv2d, so the BatchNorm
+    # after it folds as in the dense model (what fair latency comparisons use),
+    # and a saved TT model rebuilds to the same outputs.
+    model, x = _resnet()
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    dense_pairs = len(conv_bn_pairs(model))
+    model, _ = compress_model(model, "tt", "flops=3", x)
+    ref = model(x)
+    save_checkpoint(tmp_path / "ckpt", model, {"note": "tt"})
+    torch.testing.assert_close(load_model(tmp_path / "ckpt")(x), ref)
+    assert fold_batchnorm(model) == dense_pairs
+    torch.testing.assert_close(model(x), ref, atol=1e-4, rtol=1e-4)
 
 
 def test_checkpoint_rebuild_gives_identical_outputs(tmp_path) -> None:

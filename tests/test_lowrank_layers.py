@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import tensorly as tl
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from frugalnn.errors import UserError
+from frugalnn.lowrank import decompose as dec
 from frugalnn.lowrank import layers as L
 from frugalnn.lowrank.costs import chain_params
 from frugalnn.lowrank.geometry import ConvSpec
@@ -95,7 +97,8 @@ def test_flops_and_params_equal_counted(geometry: str, method: str, ranks) -> No
     assert spec.dense_params() == sum(p.numel() for p in conv.parameters())
 
 
-@pytest.mark.parametrize("method,ranks", [("cp", 6), ("tucker", (4, 6)), ("tt", (4, 8, 6))])
+@pytest.mark.parametrize("method,ranks", [("cp", 6), ("tucker", (4, 6)), ("tt", (4, 8, 6)),
+                                          ("tt", (6, 8, 8))])
 def test_rank_fraction_skips_work_and_full_is_identity(method: str, ranks) -> None:
     conv = nn.Conv2d(6, 8, 3, padding=1)
     layer = L.from_conv(conv, method, ranks)
@@ -110,6 +113,48 @@ def test_rank_fraction_skips_work_and_full_is_identity(method: str, ranks) -> No
     torch.testing.assert_close(layer(x), full)
     with pytest.raises(UserError):
         layer.set_rank_fraction(0.0)
+
+
+@pytest.mark.parametrize("geometry", sorted(CONVS))
+def test_tt_full_end_ranks_are_absorbed_into_two_convolutions(geometry: str) -> None:
+    # At ranks (in, r, out) the end cores are square basis changes: the layer
+    # must run only the Kx1 and 1xK convolutions and still compute exactly the
+    # TT-SVD reconstruction of the kernel.
+    conv = CONVS[geometry]()
+    spec = ConvSpec.of(conv)
+    ranks = (conv.in_channels, 4, conv.out_channels)
+    layer = L.from_conv(conv, "tt", ranks)
+    convs = [m for m in layer.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.kernel_size for c in convs] == [(spec.kernel[0], 1), (1, spec.kernel[1])]
+    assert layer.c1 is None and layer.c4 is None
+    cores = dec.tt_factors(conv.weight, ranks).cores
+    kernel = torch.as_tensor(tl.tt_to_tensor(cores).transpose(3, 0, 1, 2), dtype=torch.float32)
+    x = torch.randn(2, conv.in_channels, 11, 9)
+    ref = torch.nn.functional.conv2d(x, kernel, conv.bias, conv.stride, conv.padding,
+                                     conv.dilation)
+    torch.testing.assert_close(layer(x), ref, atol=1e-5, rtol=1e-4)
+    assert layer.flops(11, 9) == _flops(layer, x[:1])
+    assert chain_params("tt", spec, ranks) == layer.param_count()
+    # a rebuilt layer (checkpoint path) has the same structure and state keys
+    rebuilt = L.empty_like_conv(conv, "tt", ranks)
+    rebuilt.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(rebuilt(x), layer(x))
+
+
+def test_tt_absorbs_one_end_only_when_only_that_rank_is_full() -> None:
+    conv = nn.Conv2d(6, 8, 3, padding=1)
+    x = torch.randn(2, 6, 8, 8)
+    first = L.from_conv(conv, "tt", (6, 5, 4))
+    last = L.from_conv(conv, "tt", (3, 5, 8))
+    assert first.c1 is None and first.c4 is not None
+    assert last.c1 is not None and last.c4 is None
+    for layer in (first, last):
+        assert layer.flops(8, 8) == _flops(layer, x[:1])
+        assert chain_params("tt", ConvSpec.of(conv), layer.ranks) == layer.param_count()
+    # r3 = out is allowed even above r2 * kw (zero-padded cores): still exact at full r2
+    torch.testing.assert_close(L.from_conv(conv, "tt", (6, 18, 8))(x), conv(x),
+                               atol=1e-5, rtol=1e-4)
+    assert L.from_conv(conv, "tt", (6, 2, 8)).ranks == (6, 2, 8)
 
 
 def test_refusals_are_user_errors() -> None:

@@ -70,6 +70,16 @@ def test_ratio_target_is_met_and_tight(method: str, measure: str) -> None:
     assert cost(bigger) > dense / 3.0 * 0.9  # no much larger ranks would fit
 
 
+def test_tt_ladder_keeps_end_ranks_full() -> None:
+    # Compression targets climb only the middle TT rank: the chain is Kx1 -> 1xK
+    # with every channel kept, 3 r (in + out) multiply-adds per output pixel.
+    spec = ConvSpec(16, 16, (3, 3), (1, 1), (1, 1), (1, 1), False)
+    assert ranks_for_ratio("tt", spec, (32, 32), "flops", 2.0) == (16, 12, 16)
+    assert ranks_for_ratio("tt", spec, (32, 32), "flops", 3.0) == (16, 8, 16)
+    down = ConvSpec(16, 32, (3, 3), (2, 2), (1, 1), (1, 1), False)
+    assert ranks_for_ratio("tt", down, (32, 32), "params", 2.0) == (16, 16, 32)
+
+
 def test_ratio_impossible_keeps_layer_dense() -> None:
     spec = ConvSpec(3, 4, (3, 3), padding=(1, 1), bias=False)
     assert ranks_for_ratio("tucker", spec, (8, 8), "flops", 50.0) is None

@@ -215,7 +215,10 @@ def compress_model(
         )
     for row, t in zip(plan, targets):
         if row.ranks is not None:
-            model.set_submodule(t.name, _build(t, method, row.ranks, depthwise, True))
+            # the chain takes the replaced layer's mode, so an eval-mode model stays
+            # eval throughout (BatchNorm folding refuses training-mode convolutions)
+            layer = _build(t, method, row.ranks, depthwise, True).train(t.module.training)
+            model.set_submodule(t.name, layer)
     layers = {p.name: list(p.ranks) for p in plan if p.ranks is not None}
     record_transform(model, TRANSFORM, {"method": method, "depthwise": depthwise,
                                         "layers": layers})
@@ -237,7 +240,8 @@ def rebuild_lowrank(model: nn.Module, method: str, layers: dict[str, list[int]],
             ) from None
         spec = linear_spec(module) if isinstance(module, nn.Linear) else ConvSpec.of(module, name)
         target = LayerTarget(name, module, spec, (1, 1))
-        model.set_submodule(name, _build(target, method, tuple(ranks), depthwise, False))
+        layer = _build(target, method, tuple(ranks), depthwise, False).train(module.training)
+        model.set_submodule(name, layer)
     attach_rank_knob(model)
     return model
 

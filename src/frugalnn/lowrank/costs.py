@@ -13,6 +13,15 @@ from __future__ import annotations
 from frugalnn.lowrank.geometry import ConvSpec, out_len
 
 
+def tt_absorbed(spec: ConvSpec, ranks: tuple[int, ...]) -> tuple[bool, bool]:
+    """Whether a TT chain's first / last 1x1 core is at full rank and so absorbed.
+
+    A full-rank end core is a square basis change; ``TTConv2d`` folds it into
+    its neighbour instead of running it, and the counts here follow suit.
+    """
+    return ranks[0] == spec.in_channels, ranks[2] == spec.out_channels
+
+
 def chain_params(method: str, spec: ConvSpec, ranks: tuple[int, ...],
                  depthwise: str = "separable") -> int:
     """Parameters of the factorised chain (bias included)."""
@@ -30,7 +39,9 @@ def chain_params(method: str, spec: ConvSpec, ranks: tuple[int, ...],
         return ri * i + ro * ri * kh * kw + o * ro + bias
     if method == "tt":
         r1, r2, r3 = ranks
-        return r1 * i + r2 * r1 * kh + r3 * r2 * kw + o * r3 + bias
+        a_in, a_out = tt_absorbed(spec, ranks)
+        ends = (0 if a_in else r1 * i) + (0 if a_out else o * r3)
+        return ends + r2 * r1 * kh + r3 * r2 * kw + bias
     raise ValueError(method)
 
 
@@ -54,6 +65,7 @@ def chain_flops(method: str, spec: ConvSpec, ranks: tuple[int, ...], h: int, w: 
         return 2 * ri * i * h * w + 2 * ro * ri * kh * kw * ho * wo + 2 * o * ro * ho * wo
     if method == "tt":
         r1, r2, r3 = ranks
-        return (2 * r1 * i * h * w + 2 * r2 * r1 * kh * hmid * w
-                + 2 * r3 * r2 * kw * ho * wo + 2 * o * r3 * ho * wo)
+        a_in, a_out = tt_absorbed(spec, ranks)
+        ends = (0 if a_in else 2 * r1 * i * h * w) + (0 if a_out else 2 * o * r3 * ho * wo)
+        return ends + 2 * r2 * r1 * kh * hmid * w + 2 * r3 * r2 * kw * ho * wo
     raise ValueError(method)

@@ -182,5 +182,8 @@ def check_tt_ranks(ranks: tuple[int, ...], o: int, i: int, kh: int, kw: int) -> 
     what = f"a {o}x{i}x{kh}x{kw} kernel"
     r1 = check_rank(ranks[0], min(i, kh * kw * o), f"TT rank 1 of {what}")
     r2 = check_rank(ranks[1], min(r1 * kh, kw * o), f"TT rank 2 of {what} (given r1={r1})")
-    r3 = check_rank(ranks[2], min(r2 * kw, o), f"TT rank 3 of {what} (given r2={r2})")
+    # r3 = out is always allowed: a full last core is absorbed (TTConv2d), and
+    # the TT-SVD cores are zero-padded up to it when r2 * kw < out.
+    r3 = int(ranks[2]) if int(ranks[2]) == o else check_rank(
+        ranks[2], min(r2 * kw, o), f"TT rank 3 of {what} (given r2={r2})")
     return [r1, r2, r3]

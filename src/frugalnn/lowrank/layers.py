@@ -12,7 +12,9 @@ directly from the geometry and ranks (weights then come from the checkpoint).
 ``CPConv2d``       1x1 (in->R) -> Kx1 depthwise -> 1xK depthwise -> 1x1 (R->out)
                    (or a single KxK depthwise in the middle, ``depthwise="kxk"``)
 ``TuckerConv2d``   1x1 (in->r_in) -> KxK (r_in->r_out) -> 1x1 (r_out->out)
-``TTConv2d``       1x1 (in->r1) -> Kx1 (r1->r2) -> 1xK (r2->r3) -> 1x1 (r3->out)
+``TTConv2d``       1x1 (in->r1) -> Kx1 (r1->r2) -> 1xK (r2->r3) -> 1x1 (r3->out);
+                   a full-rank end 1x1 is absorbed, so at ranks (in, r, out)
+                   it is Kx1 (in->r) -> 1xK (r->out)
 =================  ==========================================================
 
 Every layer also has a run-time rank knob (``set_rank_fraction``): at a
@@ -26,13 +28,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from frugalnn.errors import UserError
 from frugalnn.lowrank import decompose as dec
-from frugalnn.lowrank.costs import chain_flops
+from frugalnn.lowrank.costs import chain_flops, tt_absorbed
 from frugalnn.lowrank.geometry import ConvSpec
 
 METHODS = ("svd", "cp", "tucker", "tt")
@@ -277,7 +280,16 @@ class TuckerConv2d(_ConvChain):
 
 
 class TTConv2d(_ConvChain):
-    """Tensor-train of the kernel ``(in, kh, kw, out)`` run as 1x1 -> Kx1 -> 1xK -> 1x1."""
+    """Tensor-train of the kernel ``(in, kh, kw, out)`` run as 1x1 -> Kx1 -> 1xK -> 1x1.
+
+    An end core at full rank (``r1 == in`` or ``r3 == out``) is a square 1x1
+    convolution that only changes basis, so it is *absorbed* into its
+    neighbour: with both ends full the layer is two convolutions, Kx1
+    (in->r2) then 1xK (r2->out), the spatially separable scheme of Tai et al.
+    (2016), and it keeps every channel wide. That form is the one that runs
+    faster than the dense convolution on a CPU (``benchmarks/lowrank_layout.py``):
+    thin 1x1 chains spend more time moving activations than they save in FLOPs.
+    """
 
     method = "tt"
 
@@ -286,30 +298,52 @@ class TTConv2d(_ConvChain):
         (ph, pw), (dh, dw) = spec.padding, spec.dilation
         r1, r2, r3 = dec.check_tt_ranks(tuple(ranks), spec.out_channels, spec.in_channels, kh, kw)
         super().__init__(spec, (r1, r2, r3))
-        self.c1 = nn.Conv2d(spec.in_channels, r1, 1, bias=False)
+        self.absorb_in, self.absorb_out = tt_absorbed(spec, (r1, r2, r3))
+        # An absorbed core is registered as None (no module, no weights), not as
+        # nn.Identity: BatchNorm folding looks for a Conv2d feeding the BatchNorm.
+        self.register_module("c1", None if self.absorb_in else nn.Conv2d(
+            spec.in_channels, r1, 1, bias=False))
         self.c2 = nn.Conv2d(r1, r2, (kh, 1), (sh, 1), (ph, 0), (dh, 1), bias=False)
-        self.c3 = nn.Conv2d(r2, r3, (1, kw), (1, sw), (0, pw), (1, dw), bias=False)
-        self.c4 = nn.Conv2d(r3, spec.out_channels, 1, bias=spec.bias)
+        self.c3 = nn.Conv2d(r2, r3, (1, kw), (1, sw), (0, pw), (1, dw),
+                            bias=spec.bias and self.absorb_out)
+        self.register_module("c4", None if self.absorb_out else nn.Conv2d(
+            r3, spec.out_channels, 1, bias=spec.bias))
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, ranks: tuple[int, int, int]) -> TTConv2d:
         f = dec.tt_factors(conv.weight, tuple(ranks))
         layer = cls._from(conv, ranks)
         g1, g2, g3, g4 = f.cores
+        if layer.absorb_in:  # fold the (in, r1) basis change into the Kx1 core
+            g2 = np.einsum("ia,ahb->ihb", g1[0], g2)
+        if layer.absorb_out:  # and the (r3, out) one into the 1xK core
+            g3 = np.einsum("awb,bo->awo", g3, g4[:, :, 0])
         with torch.no_grad():
-            layer.c1.weight.copy_(_as_weight(g1[0].T, layer.c1.weight))  # (r1, in)
+            if not layer.absorb_in:
+                layer.c1.weight.copy_(_as_weight(g1[0].T, layer.c1.weight))  # (r1, in)
             layer.c2.weight.copy_(_as_weight(g2.transpose(2, 0, 1), layer.c2.weight))  # (r2,r1,kh)
             layer.c3.weight.copy_(_as_weight(g3.transpose(2, 0, 1), layer.c3.weight))  # (r3,r2,kw)
-            layer.c4.weight.copy_(_as_weight(g4[:, :, 0].T, layer.c4.weight))  # (out, r3)
-        layer._copy_bias(conv, layer.c4)
+            if not layer.absorb_out:
+                layer.c4.weight.copy_(_as_weight(g4[:, :, 0].T, layer.c4.weight))  # (out, r3)
+        layer._copy_bias(conv, layer.c3 if layer.absorb_out else layer.c4)
         return layer
+
+    def active_ranks(self) -> tuple[int, ...]:
+        """Absorbed end ranks cannot shrink at run time; only the others follow the knob."""
+        r1, r2, r3 = super().active_ranks()
+        return (self.ranks[0] if self.absorb_in else r1, r2,
+                self.ranks[2] if self.absorb_out else r3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.rank_fraction == 1.0:
-            return self.c4(self.c3(self.c2(self.c1(x))))
+            h = x if self.c1 is None else self.c1(x)
+            h = self.c3(self.c2(h))
+            return h if self.c4 is None else self.c4(h)
         r1, r2, r3 = self.active_ranks()
-        h = _conv(self.c2, _conv(self.c1, x, r1, None), r2, r1)
-        return _conv(self.c4, _conv(self.c3, h, r3, r2), self.spec.out_channels, r3)
+        h = x if self.absorb_in else _conv(self.c1, x, r1, None)
+        h = _conv(self.c2, h, r2, None if self.absorb_in else r1)
+        h = _conv(self.c3, h, r3, r2)
+        return h if self.absorb_out else _conv(self.c4, h, self.spec.out_channels, r3)
 
 
 def normalize_ranks(method: str, rank: int | list[int] | tuple[int, ...]) -> tuple[int, ...]:

@@ -109,15 +109,25 @@ def feasible(method: str, spec: ConvSpec, ranks: tuple[int, ...]) -> tuple[int, 
     if method == "tt":
         kh, kw = spec.kernel
         r[1] = min(r[1], r[0] * kh)
-        r[2] = min(r[2], r[1] * kw)
+        if r[2] != spec.out_channels:  # a full last rank is absorbed, always allowed
+            r[2] = min(r[2], r[1] * kw)
     return tuple(r)
 
 
 def scaled_ranks(method: str, spec: ConvSpec, t: int) -> tuple[int, ...]:
-    """Ranks at step ``t`` of a ladder that grows every rank in proportion to its maximum."""
+    """Ranks at step ``t`` of the ladder that compression targets climb.
+
+    Every rank grows in proportion to its maximum, except for tensor-train:
+    there the end ranks stay full (their 1x1 cores are absorbed, see
+    ``TTConv2d``) and only the middle rank climbs, which gives the two-kernel
+    Kx1 -> 1xK chain. Per FLOP it keeps the channels wide, which is what runs
+    fast on a CPU, where thin channel bottlenecks do not.
+    """
     from frugalnn.lowrank.layers import max_ranks
 
     limits = max_ranks(method, spec)
+    if method == "tt":
+        return feasible(method, spec, (limits[0], t, limits[2]))
     top = max(limits)
     return feasible(method, spec, tuple(math.ceil(t * m / top) for m in limits))
 
@@ -125,7 +135,8 @@ def scaled_ranks(method: str, spec: ConvSpec, t: int) -> tuple[int, ...]:
 def rank_ladder_size(method: str, spec: ConvSpec) -> int:
     from frugalnn.lowrank.layers import max_ranks
 
-    return max(max_ranks(method, spec))
+    limits = max_ranks(method, spec)
+    return limits[1] if method == "tt" else max(limits)
 
 
 def chain_cost(method: str, spec: ConvSpec, ranks: tuple[int, ...], hw: tuple[int, int],
