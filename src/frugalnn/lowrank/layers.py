@@ -336,9 +336,8 @@ class TTConv2d(_ConvChain):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.rank_fraction == 1.0:
-            h = x if self.c1 is None else self.c1(x)
-            h = self.c3(self.c2(h))
-            return h if self.c4 is None else self.c4(h)
+            h = self.c3(self.c2(x if self.absorb_in else self.c1(x)))
+            return h if self.absorb_out else self.c4(h)
         r1, r2, r3 = self.active_ranks()
         h = x if self.absorb_in else _conv(self.c1, x, r1, None)
         h = _conv(self.c2, h, r2, None if self.absorb_in else r1)
