@@ -286,8 +286,8 @@ class TTConv2d(_ConvChain):
     convolution that only changes basis, so it is *absorbed* into its
     neighbour: with both ends full the layer is two convolutions, Kx1
     (in->r2) then 1xK (r2->out), the spatially separable scheme of Tai et al.
-    (2016), and it keeps every channel wide. That form is the one that runs
-    faster than the dense convolution on a CPU (``benchmarks/lowrank_layout.py``):
+    (2016), and it keeps every channel wide. That form was the fastest
+    factorisation measured on the project's CPU (``benchmarks/lowrank_layout.py``):
     thin 1x1 chains spend more time moving activations than they save in FLOPs.
     """
 
