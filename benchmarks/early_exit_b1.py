@@ -34,6 +34,7 @@ import types
 import torch
 
 from frugalnn.cost._io import write_text_atomic
+from frugalnn.cost.allocator import retain_freed_memory
 from frugalnn.cost.machine import describe_machine
 from frugalnn.dynamic.early_exit import attach_heads
 from frugalnn.models import create_model
@@ -95,8 +96,12 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=200)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--retain-freed-memory", action="store_true",
+                   help="time after frugalnn.cost.allocator.retain_freed_memory() (glibc keeps "
+                        "freed blocks instead of returning them to the kernel)")
     p.add_argument("--out", default="benchmarks/results/early_exit_b1.md")
     args = p.parse_args(argv)
+    retained = args.retain_freed_memory and retain_freed_memory()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     machine = describe_machine()
@@ -107,7 +112,8 @@ def main(argv=None) -> int:
              f"{machine.get('date')}, load average at start {machine.get('loadavg')}", "",
              "glibc malloc settings from the environment: "
              + (", ".join(f"`{k}={v}`" for k, v in sorted(os.environ.items())
-                          if k.startswith("MALLOC_")) or "none (defaults)"), "",
+                          if k.startswith("MALLOC_")) or "none (defaults)")
+             + ("; retain_freed_memory() applied" if retained else ""), "",
              "Random weights, BatchNorm folded into the convolutions, batch 1. Each figure is "
              f"the median of {args.rounds} rounds of {args.repeats} calls.", "",
              "| layout | stage 1 block (µs, mean of 9) | stage 2 block | stage 3 block | "

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from frugalnn.cost.allocator import retain_freed_memory
 from frugalnn.cost.machine import describe_machine
 from frugalnn.data import get_dataset
 from frugalnn.dynamic.early_exit import attach_heads
@@ -84,13 +85,15 @@ def stack(ds, n: int) -> torch.Tensor:
 
 
 
-def variants(backbone, args, train_cache, example, aug_caches=()):
+def variants(backbone, args, train_cache, example, aug_caches=(), ens_cache=None):
     """SDN and ZTW exit models on one frozen backbone, trained from one feature cache.
 
     ``aug_caches``: features of augmented passes over the same images (same
     order); the heads train on the plain rows and these. ZTW's held-out images
     are the same in every pass (one split seed), so neither heads nor ensemble
-    see an augmented copy of the other's images.
+    see an augmented copy of the other's images. ``ens_cache``: fit the ZTW
+    ensemble on these features instead (the test images outside the evaluated
+    subset), so ZTW's heads train on every train image, as SDN's do.
     """
     out = {}
     for name, cascade in (("SDN", False), ("ZTW", True)):
@@ -99,7 +102,9 @@ def variants(backbone, args, train_cache, example, aug_caches=()):
         ee.freeze_backbone = True
         t0 = time.perf_counter()
         caches = [train_cache, *aug_caches]
-        if cascade and args.ensemble_holdout > 0:
+        if cascade and ens_cache is not None:
+            head_data, ens_data = FeatureCache.concat(caches), ens_cache
+        elif cascade and args.ensemble_holdout > 0:
             parts = [c.split(args.ensemble_holdout, seed=args.seed) for c in caches]
             head_data = FeatureCache.concat([h for h, _ in parts])
             ens_data = FeatureCache.concat([e for _, e in parts])
@@ -241,9 +246,12 @@ def run_case(title, backbone, train_plain, test_ds, args, out_lines, pretrained_
                                             dtype=torch.float16)
         log(f"  {args.head_augment_passes} augmented pass(es) cached in "
             f"{time.perf_counter() - t0:.0f} s")
-    models = variants(backbone, args, train_cache, example, aug_caches)
-    if fit_ds is not None:
-        fit_cache = cache_features(probe, DataLoader(fit_ds, batch_size=256))
+    fit_cache = (cache_features(probe, DataLoader(fit_ds, batch_size=256))
+                 if fit_ds is not None else None)
+    ztw_on_test = args.ztw_ensemble_fit == "heldout-test"
+    models = variants(backbone, args, train_cache, example, aug_caches,
+                      ens_cache=fit_cache if ztw_on_test else None)
+    if fit_ds is not None and args.final_ensemble:
         for name, m in models.items():
             train_final_ensemble(m, fit_cache, seed=args.seed)
             w = m.final_ensemble.weight.detach()
@@ -272,10 +280,14 @@ def run_case(title, backbone, train_plain, test_ds, args, out_lines, pretrained_
         f"(FLOPs = 2 x MACs, FlopCounterMode)",
         f"- heads after blocks {probe.positions} of {len(backbone.blocks)}, policy maxprob, "
         "thresholds swept offline (all heads once) on the test subset",
+        *([f"- ZTW: heads trained on every train image (as SDN's); its ensemble fitted on the "
+           f"{len(fit_ds)} test images outside the evaluated subset"]
+          if fit_ds is not None and ztw_on_test else []),
         *([f"- final ensemble (SDN and ZTW): rows that reach the end get a weighted geometric "
            f"mean of every exit and the backbone, fitted on the {len(fit_ds)} test images "
            "outside the evaluated subset (no evaluated image is used to fit it); at the "
-           "full budget the backbone's own output"] if fit_ds is not None else []), "",
+           "full budget the backbone's own output"]
+          if fit_ds is not None and args.final_ensemble else []), "",
         *lines, "", "Accuracy of each exit alone (every example stopping there):", "",
         *head_table(traces), "",
     ]
@@ -456,6 +468,12 @@ def main(argv=None) -> int:
     p.add_argument("--ensemble-holdout", type=float, default=0.2,
                    help="fraction of the head-training examples kept out of head training "
                         "and used to fit the ZTW ensemble (0: fit it on the same examples)")
+    p.add_argument("--ztw-ensemble-fit", default="train-holdout",
+                   choices=("train-holdout", "heldout-test"),
+                   help="where ZTW's ensemble is fitted: on --ensemble-holdout of the "
+                        "head-training images (kept from its heads), or on the test images "
+                        "outside the --test-limit subset, so that its heads see every train "
+                        "image, as SDN's do")
     p.add_argument("--backbone-cache", help="safetensors file: load the fine-tuned backbone "
                    "from it if it exists, else save it there after fine-tuning")
     p.add_argument("--joint-epochs", type=int, default=0,
@@ -508,8 +526,13 @@ def main(argv=None) -> int:
     p.add_argument("--vit-epochs", type=int, default=40)
     p.add_argument("--vit-checkpoint", help="a trained vit_tiny checkpoint (with --vit-data "
                    "cifar10) instead of training one here")
+    p.add_argument("--retain-freed-memory", action="store_true",
+                   help="call frugalnn.cost.allocator.retain_freed_memory() first: glibc keeps "
+                        "freed blocks, so timings (backbone and exit models alike) carry no "
+                        "page faults for re-allocated activations")
     p.add_argument("--out", default="benchmarks/results/early_exit.md")
     args = p.parse_args(argv)
+    retained = args.retain_freed_memory and retain_freed_memory()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     started = time.time()
@@ -518,16 +541,21 @@ def main(argv=None) -> int:
              "Command: `" + " ".join([sys.executable.split("/")[-1], *sys.argv]) + "`", "",
              f"Machine: {machine.get('cpu')}, {machine.get('usable_cores')} usable cores, "
              f"torch {machine.get('torch')} with {args.threads} thread(s), {machine.get('date')}, "
-             f"load average at start {machine.get('loadavg')}", "",
+             f"load average at start {machine.get('loadavg')}"
+             + ("; freed memory retained (frugalnn.cost.allocator.retain_freed_memory)"
+                if retained else ""), "",
              f"Scale: fine-tune {args.finetune_epochs} epoch(s) on {args.finetune_limit} JPEG "
              f"train images; heads trained {args.head_epochs} epochs on {args.train_limit} "
              f"train images"
              + (f" plus {args.head_augment_passes} augmented (random crop + flip) pass(es) "
                 f"over them (augmentation seed {args.head_augment_seed})"
                 if args.head_augment_passes else "")
-             + f" (ZTW: heads on {100 * (1 - args.ensemble_holdout):.0f} % of them, "
-             f"ensemble {args.ensemble_epochs} epochs on the other "
-             f"{100 * args.ensemble_holdout:.0f} %); test on a random "
+             + (f" (ZTW: heads on all of them, ensemble {args.ensemble_epochs} epochs on the "
+                "test images outside the evaluated subset)"
+                if args.ztw_ensemble_fit == "heldout-test" else
+                f" (ZTW: heads on {100 * (1 - args.ensemble_holdout):.0f} % of them, "
+                f"ensemble {args.ensemble_epochs} epochs on the other "
+                f"{100 * args.ensemble_holdout:.0f} %)") + "; test on a random "
              f"{args.test_limit}-image subset of the JPEG test split (seed {args.seed}).", ""]
     if not args.skip_resnet:
         data_dir = Path(args.data_dir)
@@ -596,13 +624,14 @@ def main(argv=None) -> int:
             return subset(aug, args.train_limit, args.seed + 2)
 
         fit_ds = None
-        if args.final_ensemble:
+        if args.final_ensemble or args.ztw_ensemble_fit == "heldout-test":
             full_test = test_ds.dataset if isinstance(test_ds, Subset) else test_ds
             taken = set(test_ds.indices) if isinstance(test_ds, Subset) else set()
             rest = [i for i in range(len(full_test)) if i not in taken]
             if not rest:
-                sys.exit("error: --final-ensemble fits on the test images outside the "
-                         "evaluated subset; give a --test-limit below the split's size")
+                sys.exit("error: --final-ensemble and --ztw-ensemble-fit heldout-test fit on "
+                         "the test images outside the evaluated subset; give a --test-limit "
+                         "below the split's size")
             fit_ds = Subset(full_test, rest)
         run_case("ResNet-56, CIFAR-10 JPEG", backbone,
                  subset(train_plain, args.train_limit, args.seed + 2), test_ds, args, lines,

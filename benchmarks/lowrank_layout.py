@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -68,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", default="tucker,cp,tt")
     p.add_argument("--target", nargs="+", default=["flops=2"],
-                   help="one or more rank targets; every method is built at each")
+                   help="one or more rank targets; every method is built at each. A target "
+                        "may add per-layer overrides after ';': "
+                        "'flops=2;blocks.[0-8].*:flops=3' (see --layer-target of the CLI)")
+    p.add_argument("--rank-multiple", type=int, default=1,
+                   help="round flops/params ranks down to multiples of this (every target)")
     p.add_argument("--exclude", nargs="*", default=[],
                    help="module-name patterns left dense (as in lowrank_resnet56.py)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
@@ -93,11 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     dense = create_model("resnet56").eval()
     example = torch.randn(2, 3, 32, 32)
     models = {"dense": dense}
-    for target in a.target:
+    legend, labels = [], []
+    for i, target in enumerate(a.target):
+        default, *overrides = target.split(";")
+        label = f"plan {i + 1}" if overrides else target
+        labels.append(label)
+        if overrides:
+            legend.append(f"- plan {i + 1}: `--target {default} "
+                          + " ".join(f"--layer-target '{o}'" for o in overrides) + "`")
         for method in a.methods.split(","):
-            name = method if len(a.target) == 1 else f"{method} {target}"
-            models[name], _ = compress_model(copy.deepcopy(dense), method, target, example,
-                                             exclude=a.exclude or None)
+            name = method if len(a.target) == 1 else f"{method} {label}"
+            models[name], _ = compress_model(copy.deepcopy(dense), method, default, example,
+                                             exclude=a.exclude or None, layer_targets=overrides,
+                                             rank_multiple=a.rank_multiple)
     if a.bound:
         models["bound 3x3->1x1"] = pointwise_bound(dense)
     flops = {k: count_flops(m, example[:1]) for k, m in models.items()}
@@ -129,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                         ms[key] = min(ms.get(key, float("inf")), t)
     lines = [
         "## Memory layout and factorised convolutions (ResNet-56, every 3x3 conv at "
-        f"{' / '.join(a.target)})", "",
-        f"Command: `python benchmarks/lowrank_layout.py {' '.join(sys.argv[1:])}` "
+        f"{' / '.join(labels)})", "",
+        f"Command: `python benchmarks/lowrank_layout.py {shlex.join(sys.argv[1:])}` "
         f"({(time.time() - started) / 60:.1f} min)", "", machine_markdown(), "",
         f"Data-free factorisation (timing does not depend on weight values); the fastest of "
         f"{a.rounds} interleaved rounds, each the median of {a.repeats} calls, "
@@ -143,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         + (" Allocator 'retain': timed after frugalnn.cost.allocator.retain_freed_memory() "
            "(glibc keeps freed blocks; no page faults for re-allocated activations); "
            "'default': glibc's defaults. Ratios compare models under the same allocator."
-           if "retain" in allocators else ""), "",
+           if "retain" in allocators else ""), "", *legend, *([""] if legend else []),
         "| model | params | MFLOPs/example | layout | allocator | batch | ms | "
         "vs dense, same layout | vs best dense |",
         "|---|---:|---:|---|---|---:|---:|---:|---:|",

@@ -25,6 +25,7 @@ import argparse
 import copy
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -61,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exclude", nargs="*", default=[],
                    help="module-name patterns left dense (e.g. conv1: the 3-channel stem, "
                         "0.35 %% of the FLOPs, which a 2.5x target squeezes to rank 3)")
+    p.add_argument("--layer-target", nargs="*", default=[], metavar="PATTERN:TARGET",
+                   help="per-layer targets overriding --target (first match wins), e.g. "
+                        "'blocks.1[8-9]*:flops=2.4'")
+    p.add_argument("--rank-multiple", type=int, default=1,
+                   help="round flops/params ranks down to multiples of this")
     p.add_argument("--train-threads", type=int,
                    help="torch threads while training (default: --threads, used for timing)")
     p.add_argument("--baseline-epochs", type=int, default=1)
@@ -116,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.latency_target:
         configs.append(("tucker", f"latency={args.latency_target}"))
     for method, target in configs:
-        log(f"{method} {target}: decompose + fine-tune {args.finetune_epochs} epoch(s)")
+        label = f"{method} {target}" + (" + layer targets" if args.layer_target
+                                         and not target.startswith("latency") else "")
+        log(f"{label}: decompose + fine-tune {args.finetune_epochs} epoch(s)")
         t0 = time.time()
         latency = {"batch_size": args.batch_size, "repeats": max(3, args.repeats // 2)}
         try:
@@ -124,10 +132,11 @@ def main(argv: list[str] | None = None) -> int:
             model, plan, hist = compress_and_finetune(
                 base, method, target, example, train_loader,
                 finetune_epochs=args.finetune_epochs, lr=args.lr, latency=latency, seed=args.seed,
-                exclude=args.exclude or None, progress=False)
+                exclude=args.exclude or None, layer_targets=args.layer_target or None,
+                rank_multiple=args.rank_multiple, progress=False)
         except UserError as exc:  # e.g. a latency target this machine cannot reach
             log(f"  {exc}")
-            errors[f"{method} {target}"] = str(exc)
+            errors[label] = str(exc)
             continue
         torch.set_num_threads(args.threads)
         cmp = compare(copy.deepcopy(base), model, plan, example,
@@ -135,14 +144,14 @@ def main(argv: list[str] | None = None) -> int:
                       threads=args.threads, eval_loader=test_loader)
         cmp["seconds"] = time.time() - t0
         cmp["plan"] = [row.to_dict() for row in plan]
-        results[f"{method} {target}"] = cmp
+        results[label] = cmp
         o, c = cmp["models"]["original"], cmp["models"]["compressed"]
         log(f"  params {cmp['params_ratio']:.2f}x, FLOPs {cmp['flops_ratio']:.2f}x, "
             f"speed-up b1 {cmp['speedup_b1']:.2f}x b{args.batch_size} "
             f"{cmp[f'speedup_b{args.batch_size}']:.2f}x, acc {100 * o['accuracy']:.2f} -> "
             f"{100 * c['accuracy']:.2f}")
         if method == "tucker" and target.startswith("latency"):
-            results[f"{method} {target}"]["plan_md"] = plan_markdown(plan)
+            results[label]["plan_md"] = plan_markdown(plan)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(args.out).with_suffix(".tmp")
     tmp.write_text(json.dumps({"args": vars(args), "machine": describe_machine(),
@@ -155,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 def write_markdown(args, results: dict[str, dict], errors: dict[str, str],
                    seconds: float) -> None:
     b = args.batch_size
-    cmd = "python benchmarks/lowrank_resnet56.py " + " ".join(sys.argv[1:])
+    cmd = "python benchmarks/lowrank_resnet56.py " + shlex.join(sys.argv[1:])
     names = ", ".join(results) or args.methods
     header = f"## Low-rank ResNet-56 on CIFAR-10 (JPEG): {names} (fine-tuning lr {args.lr})"
     lines = [

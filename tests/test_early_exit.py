@@ -354,3 +354,16 @@ def test_saving_within_an_outside_reference_accuracy():
     assert stricter[0.05]["flops_saving"] <= same[0.05]["flops_saving"]
     unreachable = saving_within(trace, "maxprob", [0.0], reference_accuracy=1.01)
     assert unreachable[0.0]["flops_saving"] != unreachable[0.0]["flops_saving"]  # NaN
+
+
+@pytest.mark.parametrize("rows", [1, 8, 16, 33])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_head_max_pooling_is_exact_at_every_batch_size(rows: int, channels_last: bool) -> None:
+    from frugalnn.dynamic.early_exit.heads import _max_pool, _window_max
+
+    x = torch.randn(rows, 16, 32, 32)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = F.max_pool2d(x, (8, 8))
+    assert torch.equal(_max_pool(x, 4, (8, 8)), ref)
+    assert torch.equal(_window_max(x, 4, (8, 8)), ref)

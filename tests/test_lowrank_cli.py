@@ -39,6 +39,14 @@ def test_plan_and_user_errors(capsys) -> None:
     assert main(["lowrank", "plan", "resnet20", "--method", "tucker", "--target", "rank=99"]) == 2
     assert "impossible" in capsys.readouterr().err
     assert main(["lowrank", "plan", "resnet20", "--method", "tt", "--target", "flops=0.5"]) == 2
+    capsys.readouterr()
+    assert main(["lowrank", "plan", "resnet20", "--method", "tt", "--rank-multiple", "8",
+                 "--layer-target", "blocks.[0-2].*:flops=1.5"]) == 0
+    out = capsys.readouterr().out
+    assert "| 16,16,16 |" in out and "multiple of 8" in out
+    assert main(["lowrank", "plan", "resnet20", "--method", "tt",
+                 "--layer-target", "nosuch.*:flops=2"]) == 2
+    assert "match no eligible layer" in capsys.readouterr().err
 
 
 def test_nmf_command(tmp_path) -> None:

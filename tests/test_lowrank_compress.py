@@ -175,3 +175,32 @@ def test_compressing_twice_leaves_existing_chains_alone() -> None:
     mlp, _ = compress_model(mlp, "svd", "params=1.5", x)
     with pytest.raises(UserError, match="nothing to factorise"):
         compress_model(mlp, "svd", "params=1.5", x, include=["*first*", "*second*"])
+
+
+def test_layer_targets_override_by_pattern_and_align_ranks(tmp_path) -> None:
+    model, x = _resnet()  # resnet20: blocks 0-2 at 16 channels, 3-5 at 32, 6-8 at 64
+    model, plan = compress_model(
+        model, "tt", "flops=2", x, exclude=["conv1"], rank_multiple=8,
+        layer_targets=["blocks.[0-2].*:flops=1.5", "blocks.[3-5].*:flops=3", "blocks.0.*:flops=4"])
+    ranks = {row.name: row.ranks for row in plan}
+    assert ranks["blocks.0.conv1"] == (16, 16, 16)  # 1.5x: the first matching pattern wins
+    assert ranks["blocks.4.conv2"] == (32, 16, 32)  # 3x
+    assert ranks["blocks.7.conv1"] == (64, 48, 64)  # no pattern: the default flops=2
+    assert "conv1" not in ranks
+    assert all("multiple of 8" in row.reason for row in plan if row.name.startswith("blocks.0"))
+    save_checkpoint(tmp_path / "ckpt", model, {"note": "test"})
+    loaded = load_model(tmp_path / "ckpt").eval()
+    assert torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"layer_targets": ["flops=2"]}, "PATTERN:TARGET"),
+    ({"layer_targets": ["blocks.0.*:speed=2"]}, "bad target"),
+    ({"layer_targets": ["layer9.*:flops=2"]}, "match no eligible layer"),
+    ({"layer_targets": ["blocks.0.*:latency=0.5"]}, "whole-model"),
+    ({"rank_multiple": 0}, "rank-multiple"),
+])
+def test_bad_layer_targets_are_user_errors(kwargs, match) -> None:
+    model, x = _resnet()
+    with pytest.raises(UserError, match=match):
+        compress_model(model, "tt", "flops=2", x, **kwargs)

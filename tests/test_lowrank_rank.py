@@ -115,3 +115,22 @@ def test_bad_targets_are_user_errors(text: str) -> None:
 def test_criterion_round_trip() -> None:
     for text in ("flops=2", "params=3.5", "energy=0.9", "vbmf", "latency=0.6", "rank=4,8"):
         assert str(Criterion.parse(text)) == text
+
+
+def test_rank_multiple_rounds_down_and_keeps_target() -> None:
+    spec = ConvSpec(32, 32, (3, 3), (1, 1), (1, 1), (1, 1), False)
+    hw = (16, 16)
+    # 2.5x: 9*32 / (6 r) <= 1/2.5 of the dense cost -> r = 19 unaligned.
+    assert ranks_for_ratio("tt", spec, hw, "flops", 2.5) == (32, 19, 32)
+    assert ranks_for_ratio("tt", spec, hw, "flops", 2.5, multiple=8) == (32, 16, 32)
+    assert ranks_for_ratio("tt", spec, hw, "flops", 2.0, multiple=8) == (32, 24, 32)
+    small = ConvSpec(16, 16, (3, 3), (1, 1), (1, 1), (1, 1), False)
+    # No multiple of 16 fits a 3x budget (r <= 8): the unaligned rank is kept.
+    assert ranks_for_ratio("tt", small, (32, 32), "flops", 3.0, multiple=16) == (16, 8, 16)
+    for method in ("tucker", "tt"):
+        for ratio in (1.5, 2.0, 3.0):
+            ranks = ranks_for_ratio(method, spec, hw, "flops", ratio, multiple=8)
+            assert chain_flops(method, spec, ranks, *hw) <= spec.dense_flops(*hw) / ratio
+            assert max(ranks[:2] if method == "tucker" else ranks[1:2]) % 8 == 0
+    with pytest.raises(UserError, match="multiple"):
+        ranks_for_ratio("tt", spec, hw, "flops", 2.0, multiple=0)

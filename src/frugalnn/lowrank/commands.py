@@ -59,6 +59,12 @@ def _targeting(p: argparse.ArgumentParser) -> None:
                    help="CP middle: Kx1 + 1xK depthwise (default) or one KxK depthwise")
     p.add_argument("--include", action="append", help="only layers matching this pattern")
     p.add_argument("--exclude", action="append", help="skip layers matching this pattern")
+    p.add_argument("--layer-target", action="append", metavar="PATTERN:TARGET",
+                   help="another target for layers matching PATTERN, e.g. 'blocks.2*:flops=3' "
+                        "(repeatable; the first match wins)")
+    p.add_argument("--rank-multiple", type=int, default=1, metavar="M",
+                   help="flops/params targets: round ranks down to multiples of M, which "
+                        "kernels run faster (e.g. 8 or 16; default 1)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -136,7 +142,8 @@ def _plan(args: argparse.Namespace) -> int:
     x = torch.randn(2, *shape, device=args.device)
     _, plan = compress_model(model, args.method, args.target, x, include=args.include,
                              exclude=args.exclude, depthwise=args.depthwise,
-                             latency={"batch_size": args.latency_batch, "device": args.device})
+                             latency={"batch_size": args.latency_batch, "device": args.device},
+                             layer_targets=args.layer_target, rank_multiple=args.rank_multiple)
     print(plan_markdown(plan))
     t = plan_totals(plan)
     print(f"{t['layers_factorised']}/{t['layers_eligible']} layers factorised; eligible layers: "
@@ -205,6 +212,7 @@ def _compress(args: argparse.Namespace) -> int:
         alpha=args.alpha, depthwise=args.depthwise, include=args.include, exclude=args.exclude,
         latency={"batch_size": args.latency_batch, "device": args.device,
                  "threads": args.threads},
+        layer_targets=args.layer_target, rank_multiple=args.rank_multiple,
         device=args.device, seed=args.seed, progress=not args.no_progress,
     )
     method = f"lowrank {args.method} {args.target}"

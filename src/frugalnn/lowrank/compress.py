@@ -8,6 +8,12 @@ returns a per-layer plan with costs before and after. It records the
 so :func:`frugalnn.train.checkpoint.load_model` rebuilds the structure from a
 checkpoint and then loads the fine-tuned weights.
 
+``layer_targets`` override the target for some layers: ``"PATTERN:SPEC"``
+(an fnmatch pattern on the module name, then a target such as ``flops=3``);
+the first matching pattern wins. Different stages of a network differ in how
+much a rank costs in time and in accuracy, so one ratio everywhere is rarely
+the best plan (the eighth and ninth sessions' ResNet-56 measurements).
+
 Eligible layers: for ``cp``/``tucker``/``tt``, ``Conv2d`` with a kernel larger
 than 1x1 and ``groups=1``; for ``svd``, ``Linear`` and 1x1 ``Conv2d``. A model
 with none, or a target under which no layer gets cheaper, is a ``UserError``.
@@ -133,6 +139,23 @@ def find_layers(model: nn.Module, method: str, example_input: Any,
     return targets
 
 
+def parse_layer_targets(texts: list[str] | None) -> list[tuple[str, Criterion]]:
+    """``["PATTERN:SPEC", ...]`` as (pattern, criterion) pairs; latency is whole-model only."""
+    out = []
+    for text in texts or []:
+        pattern, sep, spec = str(text).rpartition(":")
+        if not sep or not pattern:
+            raise UserError(
+                f"bad layer target {text!r}; use PATTERN:TARGET, e.g. 'blocks.2*:flops=3'"
+            )
+        crit = Criterion.parse(spec)
+        if crit.kind == "latency":
+            raise UserError(f"layer target {text!r}: a latency target is whole-model; "
+                            "give it as --target")
+        out.append((pattern, crit))
+    return out
+
+
 def _first_example(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
         return x[:1]
@@ -179,14 +202,24 @@ def compress_model(
     exclude: list[str] | None = None,
     depthwise: str = "separable",
     latency: dict[str, Any] | None = None,
+    layer_targets: list[str] | None = None,
+    rank_multiple: int = 1,
 ) -> tuple[nn.Module, list[LayerPlan]]:
     """Factorise the eligible layers of ``model`` in place; return it and the plan.
 
-    ``latency`` (for ``target="latency=F"``) holds options of
+    ``layer_targets`` (``"PATTERN:SPEC"``) override ``target`` for matching
+    layers; ``rank_multiple`` aligns the ranks of ``flops``/``params`` targets
+    (see :mod:`frugalnn.lowrank.rank`). ``latency`` (for ``target="latency=F"``) holds options of
     :func:`frugalnn.lowrank.latency_select.choose_ranks` (batch size, device,
     repeats); the measured table is stored in each plan row's ``extra``.
     """
     crit = target if isinstance(target, Criterion) else Criterion.parse(target)
+    overrides = parse_layer_targets(layer_targets)
+    if rank_multiple < 1:
+        raise UserError(f"--rank-multiple must be >= 1, got {rank_multiple}")
+    if crit.kind == "latency" and (overrides or rank_multiple > 1):
+        raise UserError("a latency target chooses every rank itself; drop --layer-target and "
+                        "--rank-multiple, or use a flops/params target")
     targets = find_layers(model, method, example_input, include, exclude)
     if not targets:
         kinds = "Linear or 1x1 Conv2d" if method == "svd" else "KxK Conv2d (K>1, groups=1)"
@@ -202,12 +235,21 @@ def compress_model(
     else:
         chosen = {}
         for t in targets:
-            ranks = select_ranks(method, t.spec, t.module.weight, t.hw, crit, depthwise)
-            chosen[t.name] = (ranks, f"{crit}" if ranks else f"not cheaper under {crit}", {})
+            layer_crit = next((c for pat, c in overrides if fnmatch.fnmatchcase(t.name, pat)), crit)
+            ranks = select_ranks(method, t.spec, t.module.weight, t.hw, layer_crit, depthwise,
+                                 rank_multiple)
+            aligned = f", multiple of {rank_multiple}" if rank_multiple > 1 else ""
+            label = f"{layer_crit}{aligned}"
+            chosen[t.name] = (ranks, label if ranks else f"not cheaper under {layer_crit}", {})
     plan = [plan_row(t, method, *chosen[t.name][:2], depthwise) for t in targets]
     for row, t in zip(plan, targets):
         row.extra.update(chosen[t.name][2])
         row.extra["input_hw"] = list(t.hw)
+    unused = [pat for pat, _ in overrides
+              if not any(fnmatch.fnmatchcase(t.name, pat) for t in targets)]
+    if unused:
+        raise UserError(f"layer target pattern(s) {', '.join(map(repr, unused))} match no "
+                        f"eligible layer (e.g. {targets[0].name!r}); check the module names")
     if all(p.ranks is None for p in plan):
         raise UserError(
             f"no layer gets cheaper under target {crit} with --method {method}; "

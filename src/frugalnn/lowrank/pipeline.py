@@ -50,6 +50,7 @@ def compress_and_finetune(
     lr: float = 0.01, optimizer: str = "sgd", weight_decay: float = 5e-4, alpha: float = 0.5,
     temperature: float = 2.0, depthwise: str = "separable", include: list[str] | None = None,
     exclude: list[str] | None = None, latency: dict[str, Any] | None = None,
+    layer_targets: list[str] | None = None, rank_multiple: int = 1,
     device: str | torch.device = "cpu", seed: int = 0, progress: bool = True,
 ) -> tuple[nn.Module, list[LayerPlan], dict[str, Any]]:
     """A factorised, fine-tuned copy of ``teacher`` with its plan and training history."""
@@ -60,7 +61,8 @@ def compress_and_finetune(
     student = copy.deepcopy(teacher)
     student, plan = compress_model(student, method, target, example_input.to(device),
                                    include=include, exclude=exclude, depthwise=depthwise,
-                                   latency=latency)
+                                   latency=latency, layer_targets=layer_targets,
+                                   rank_multiple=rank_multiple)
     history: dict[str, Any] = {}
     if finetune_epochs > 0 and train_loader is not None:
         for p in teacher.parameters():

@@ -13,6 +13,15 @@ A *criterion* is parsed from the ``--target`` string of the CLI:
                    (see :mod:`frugalnn.lowrank.latency_select`)
 =================  ===========================================================
 
+``rank_multiple=M`` (``--rank-multiple``) restricts the ``flops``/``params``
+ladder to ranks that are multiples of M: the climbing rank is rounded *down*
+(so the layer still meets its target), and a layer whose budget is below M
+keeps its unaligned rank. Kernels block channels (oneDNN on an AVX2 CPU in
+steps of 8-16, GPU tensor cores in multiples of 8), so a rank just past a
+block boundary costs nearly a whole extra block: on the eighth-session EPYC a
+32-channel Kx1 -> 1xK chain at rank 16 ran 1.7x faster than the dense layer,
+at rank 19 only 1.1x (``benchmarks/lowrank_rank_steps.py``).
+
 Which unfoldings: SVD uses the matrix itself; Tucker-2 the mode-1 (input) and
 mode-0 (output) unfoldings; tensor-train the three sequential unfoldings of the
 kernel ordered ``(in, kh, kw, out)``, as TT-SVD does; CP has no such spectral
@@ -151,16 +160,33 @@ def dense_cost(spec: ConvSpec, hw: tuple[int, int], measure: str) -> int:
 
 
 def ranks_for_ratio(method: str, spec: ConvSpec, hw: tuple[int, int], measure: str,
-                    ratio: float, depthwise: str = "separable") -> tuple[int, ...] | None:
-    """The largest ladder ranks whose chain costs at most ``1/ratio`` of the dense layer."""
+                    ratio: float, depthwise: str = "separable",
+                    multiple: int = 1) -> tuple[int, ...] | None:
+    """The largest ladder ranks whose chain costs at most ``1/ratio`` of the dense layer.
+
+    With ``multiple`` > 1 only ladder steps that are multiples of it are
+    considered; if none fits the budget, the unaligned step is returned.
+    """
+    if multiple < 1:
+        raise UserError(f"rank multiple must be >= 1, got {multiple}")
     budget = dense_cost(spec, hw, measure) / ratio
-    lo, hi = 1, rank_ladder_size(method, spec)
-    if chain_cost(method, spec, scaled_ranks(method, spec, lo), hw, measure, depthwise) > budget:
+
+    def cost(t: int) -> int:
+        return chain_cost(method, spec, scaled_ranks(method, spec, t), hw, measure, depthwise)
+
+    size = rank_ladder_size(method, spec)
+    if multiple > 1 and size >= multiple and cost(multiple) <= budget:
+        lo, hi = 1, size // multiple  # search over k: step k * multiple
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if cost(mid * multiple) <= budget else (lo, mid - 1)
+        return scaled_ranks(method, spec, lo * multiple)
+    lo, hi = 1, size
+    if cost(lo) > budget:
         return None
     while lo < hi:  # cost grows with t: binary search for the last t within budget
         mid = (lo + hi + 1) // 2
-        cost = chain_cost(method, spec, scaled_ranks(method, spec, mid), hw, measure, depthwise)
-        if cost <= budget:
+        if cost(mid) <= budget:
             lo = mid
         else:
             hi = mid - 1
@@ -182,7 +208,8 @@ def spectral_ranks(method: str, weight: torch.Tensor, criterion: Criterion) -> t
 
 
 def select_ranks(method: str, spec: ConvSpec, weight: torch.Tensor, hw: tuple[int, int],
-                 criterion: Criterion, depthwise: str = "separable") -> tuple[int, ...] | None:
+                 criterion: Criterion, depthwise: str = "separable",
+                 multiple: int = 1) -> tuple[int, ...] | None:
     """Ranks for one layer under ``criterion``; ``None`` when the layer should stay dense.
 
     A fixed rank that the layer cannot take raises ``UserError`` (the layer
@@ -193,7 +220,7 @@ def select_ranks(method: str, spec: ConvSpec, weight: torch.Tensor, hw: tuple[in
         raise ValueError("latency targets are whole-model; use latency_select.choose_ranks")
     measure = "params" if criterion.kind == "params" else "flops"
     if criterion.kind in ("flops", "params"):
-        return ranks_for_ratio(method, spec, hw, measure, criterion.value, depthwise)
+        return ranks_for_ratio(method, spec, hw, measure, criterion.value, depthwise, multiple)
     if criterion.kind == "rank":
         from frugalnn.lowrank.layers import max_ranks, normalize_ranks
 

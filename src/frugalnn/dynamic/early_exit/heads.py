@@ -35,15 +35,28 @@ def _window_max(h: torch.Tensor, s: int, k: tuple[int, int]) -> torch.Tensor:
     average pooling at batch 64 (`benchmarks/results/head_pooling.md`), which
     made it a visible share of ResNet-56's time with 13 heads; the maximum over
     columns and then over rows of contiguous views is 1.8-2.8x faster there and
-    gives the same values (a maximum involves no rounding). At batch 1 the two
-    are within a few microseconds either way. Channels-last tensors keep the
-    native kernel, which is fast in that layout.
+    gives the same values (a maximum involves no rounding). Below 16 rows the
+    stock kernel is the faster one (:func:`_max_pool` picks). Channels-last
+    tensors keep the native kernel, which is fast in that layout.
     """
     if not h.is_contiguous():
         return F.max_pool2d(h, k)
     b, c, height, width = h.shape
     cols = h.view(b, c, height, s, k[1]).amax(dim=4)  # (b, c, height, s)
     return cols.view(b, c, s, k[0], s).amax(dim=3)
+
+
+# Below this many rows the stock kernel wins in NCHW as well (1.2-1.8x faster at batch
+# 1-8 on the ninth session's AMD EPYC; `benchmarks/head_pooling.py --batch-sizes ...`), and at
+# batch 1 head overhead is what limits early-exit speed-ups.
+WINDOW_MAX_MIN_ROWS = 16
+
+
+def _max_pool(h: torch.Tensor, s: int, k: tuple[int, int]) -> torch.Tensor:
+    """``F.max_pool2d(h, k)`` by whichever exact kernel is faster for this batch and layout."""
+    if h.shape[0] >= WINDOW_MAX_MIN_ROWS and h.is_contiguous():
+        return _window_max(h, s, k)
+    return F.max_pool2d(h, k)
 
 
 def _token_mask(state: State) -> torch.Tensor | None:
@@ -101,7 +114,7 @@ class ExitHead(nn.Module):
                 # Same windows as the adaptive ops (bit-identical), but the fixed-kernel
                 # kernels are faster; at batch size 1 head overhead is what limits speed-ups.
                 k = (height // s, width // s)
-                avg, mx = F.avg_pool2d(h, k), _window_max(h, s, k)
+                avg, mx = F.avg_pool2d(h, k), _max_pool(h, s, k)
             else:
                 avg, mx = F.adaptive_avg_pool2d(h, s), F.adaptive_max_pool2d(h, s)
             return torch.cat([avg, mx], dim=1).flatten(1)
