@@ -119,3 +119,16 @@ def test_models_lists_registry(capsys):
     assert main(["models"]) == 0
     line = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("resnet20 "))
     assert "269.72 K" in line and "3x32x32" in line
+
+
+def test_profile_can_time_with_freed_memory_retained(capsys) -> None:
+    from frugalnn.cost.allocator import retain_freed_memory
+
+    argv = ["profile", "mlp", "--batch-size", "4", "--repeats", "2", "--warmup", "0",
+            "--retain-freed-memory"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    applied = retain_freed_memory()  # already applied by the command where glibc allows
+    assert ("freed memory retained" in out) == applied
+    assert ("needs glibc" in out) == (not applied)
+    assert "batch    4" in out

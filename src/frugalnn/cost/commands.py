@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=20, help="timed calls (default 20)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     p.add_argument("--no-timing", action="store_true", help="count only, skip latency/memory")
+    p.add_argument("--retain-freed-memory", action="store_true",
+                   help="time with glibc keeping freed memory (no page faults for re-allocated "
+                        "activations; see docs/cost.md)")
     p.set_defaults(func=_profile)
 
     m = subparsers.add_parser("models", help="list the registered models")
@@ -63,6 +66,13 @@ def _profile(args: argparse.Namespace) -> int:
     from frugalnn.models import model_info
 
     _check_args(args)
+    retained = False
+    if args.retain_freed_memory:
+        from frugalnn.cost.allocator import retain_freed_memory
+
+        retained = retain_freed_memory()
+        if not retained:
+            print("note: --retain-freed-memory needs glibc; timing with this platform's allocator")
     info = model_info(args.model)
     shape = parse_shape(args.input_shape) if args.input_shape else info.input_shape
     model = load_for_profile(args.model, args.checkpoint)
@@ -89,7 +99,8 @@ def _profile(args: argparse.Namespace) -> int:
     if prof.latency:
         print()
         print(f"latency on {prof.machine.get('device')} (median of {args.repeats}, "
-              f"load average {prof.machine.get('loadavg')}):")
+              f"load average {prof.machine.get('loadavg')}"
+              + (", freed memory retained" if retained else "") + "):")
         for bs, rec in prof.latency.items():
             mem = prof.memory[bs]
             print(f"  batch {bs:>4}: {rec.median_ms:9.3f} ms  "

@@ -95,6 +95,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation loss")
     c.add_argument("--latency-batch", type=int, default=1,
                    help="batch size of the latency table for --target latency=F (default 1)")
+    c.add_argument("--retain-freed-memory", action="store_true",
+                   help="time (original, compressed, latency table) with glibc keeping freed "
+                        "memory: no page faults for re-allocated activations (docs/cost.md)")
     c.set_defaults(func=_compress)
 
     n = sub.add_parser("nmf", help="ViT with NMF token mixing instead of attention")
@@ -195,6 +198,11 @@ def _compress(args: argparse.Namespace) -> int:
 
     if args.finetune_epochs < 0:
         raise UserError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    if args.retain_freed_memory:
+        from frugalnn.cost.allocator import retain_freed_memory
+
+        if not retain_freed_memory():
+            print("note: --retain-freed-memory needs glibc; timing with this platform's allocator")
     original, train_ds, eval_ds, out = _prepare(args, args.model)
     original.eval()
     import torch
