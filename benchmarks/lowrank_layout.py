@@ -19,10 +19,10 @@ import copy
 import shlex
 import sys
 import time
-from pathlib import Path
 
 import torch
 
+from frugalnn.cost._io import write_text_atomic
 from frugalnn.cost.allocator import retain_freed_memory
 from frugalnn.cost.count import count_flops
 from frugalnn.cost.latency import measure_latency
@@ -172,10 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"| {t:.2f} | {ms[('dense', lay, bs, alloc)] / t:.2f}x | "
                         f"{best / t:.2f}x |")
     text = "\n".join(lines) + "\n"
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(a.out).with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(a.out)
+    write_text_atomic(a.out, text)
     print(text)
     return 0
 

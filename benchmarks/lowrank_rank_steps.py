@@ -20,11 +20,11 @@ import argparse
 import shlex
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from frugalnn.cost._io import write_text_atomic
 from frugalnn.cost.allocator import retain_freed_memory
 from frugalnn.cost.latency import measure_latency
 from frugalnn.cost.machine import machine_markdown
@@ -83,10 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {c} | {side}x{side} | {r} | {ratio:.2f}x | {dense_ms:.3f} | {ms:.3f} "
                      f"| {dense_ms / ms:.2f}x |")
     text = "\n".join(lines) + "\n"
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(a.out).with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(a.out)
+    write_text_atomic(a.out, text)
     print(text)
     return 0
 

@@ -227,6 +227,11 @@ def compress_model(
             f"{type(model).__name__} has nothing to factorise with --method {method}: no {kinds} "
             "layer is used in its forward pass; try another method"
         )
+    unused = [pat for pat, _ in overrides
+              if not any(fnmatch.fnmatchcase(t.name, pat) for t in targets)]
+    if unused:
+        raise UserError(f"layer target pattern(s) {', '.join(map(repr, unused))} match no "
+                        f"eligible layer (e.g. {targets[0].name!r}); check the module names")
     if crit.kind == "latency":
         from frugalnn.lowrank.latency_select import choose_ranks
 
@@ -238,18 +243,13 @@ def compress_model(
             layer_crit = next((c for pat, c in overrides if fnmatch.fnmatchcase(t.name, pat)), crit)
             ranks = select_ranks(method, t.spec, t.module.weight, t.hw, layer_crit, depthwise,
                                  rank_multiple)
-            aligned = f", multiple of {rank_multiple}" if rank_multiple > 1 else ""
-            label = f"{layer_crit}{aligned}"
+            aligned = rank_multiple > 1 and layer_crit.kind in ("flops", "params")
+            label = f"{layer_crit}" + (f", multiple of {rank_multiple}" if aligned else "")
             chosen[t.name] = (ranks, label if ranks else f"not cheaper under {layer_crit}", {})
     plan = [plan_row(t, method, *chosen[t.name][:2], depthwise) for t in targets]
     for row, t in zip(plan, targets):
         row.extra.update(chosen[t.name][2])
         row.extra["input_hw"] = list(t.hw)
-    unused = [pat for pat, _ in overrides
-              if not any(fnmatch.fnmatchcase(t.name, pat) for t in targets)]
-    if unused:
-        raise UserError(f"layer target pattern(s) {', '.join(map(repr, unused))} match no "
-                        f"eligible layer (e.g. {targets[0].name!r}); check the module names")
     if all(p.ranks is None for p in plan):
         raise UserError(
             f"no layer gets cheaper under target {crit} with --method {method}; "
