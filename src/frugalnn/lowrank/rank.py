@@ -16,11 +16,11 @@ A *criterion* is parsed from the ``--target`` string of the CLI:
 ``rank_multiple=M`` (``--rank-multiple``) restricts the ``flops``/``params``
 ladder to ranks that are multiples of M: the climbing rank is rounded *down*
 (so the layer still meets its target), and a layer whose budget is below M
-keeps its unaligned rank. Kernels block channels (oneDNN on an AVX2 CPU in
-steps of 8-16, GPU tensor cores in multiples of 8), so a rank just past a
-block boundary costs nearly a whole extra block: on the eighth-session EPYC a
-32-channel Kx1 -> 1xK chain at rank 16 ran 1.7x faster than the dense layer,
-at rank 19 only 1.1x (``benchmarks/lowrank_rank_steps.py``).
+keeps its unaligned rank. Kernels work on blocks of channels (GPU tensor cores
+want multiples of 8), so a rank just past a block boundary costs nearly a
+whole extra block: on the ninth session's AMD EPYC the steps were 16 channels
+wide, and a 32-channel Kx1 -> 1xK chain ran 1.84x faster than the dense layer
+at rank 16 but 1.10x at rank 20 (``benchmarks/lowrank_rank_steps.py``).
 
 Which unfoldings: SVD uses the matrix itself; Tucker-2 the mode-1 (input) and
 mode-0 (output) unfoldings; tensor-train the three sequential unfoldings of the
