@@ -56,6 +56,7 @@ from frugalnn.dynamic.early_exit.training import (
     train_final_ensemble,
     train_heads,
     train_joint,
+    train_ztw_crossfit,
 )
 from frugalnn.lowrank.pipeline import accuracy
 from frugalnn.models import create_model
@@ -102,6 +103,17 @@ def variants(backbone, args, train_cache, example, aug_caches=(), ens_cache=None
         ee.freeze_backbone = True
         t0 = time.perf_counter()
         caches = [train_cache, *aug_caches]
+        if cascade and args.ztw_ensemble_fit == "crossfit":
+            data = FeatureCache.concat(caches)
+            train_ztw_crossfit(ee, data, folds=args.ensemble_folds,
+                               groups=torch.arange(len(data)) % len(train_cache),
+                               epochs=args.head_epochs, lr=args.head_lr,
+                               ensemble_epochs=args.ensemble_epochs, seed=args.seed)
+            del data
+            log(f"{name}: heads cross-fitted ({args.ensemble_folds} folds) in "
+                f"{time.perf_counter() - t0:.0f} s")
+            out[name] = ee.eval()
+            continue
         if cascade and ens_cache is not None:
             head_data, ens_data = FeatureCache.concat(caches), ens_cache
         elif cascade and args.ensemble_holdout > 0:
@@ -469,11 +481,14 @@ def main(argv=None) -> int:
                    help="fraction of the head-training examples kept out of head training "
                         "and used to fit the ZTW ensemble (0: fit it on the same examples)")
     p.add_argument("--ztw-ensemble-fit", default="train-holdout",
-                   choices=("train-holdout", "heldout-test"),
+                   choices=("train-holdout", "heldout-test", "crossfit"),
                    help="where ZTW's ensemble is fitted: on --ensemble-holdout of the "
-                        "head-training images (kept from its heads), or on the test images "
-                        "outside the --test-limit subset, so that its heads see every train "
-                        "image, as SDN's do")
+                        "head-training images (kept from its heads), on the test images "
+                        "outside the --test-limit subset, or (crossfit) on out-of-fold "
+                        "predictions of --ensemble-folds fold models; the last two let its "
+                        "heads see every train image, as SDN's do")
+    p.add_argument("--ensemble-folds", type=int, default=5,
+                   help="folds for --ztw-ensemble-fit crossfit (default 5)")
     p.add_argument("--backbone-cache", help="safetensors file: load the fine-tuned backbone "
                    "from it if it exists, else save it there after fine-tuning")
     p.add_argument("--joint-epochs", type=int, default=0,
@@ -553,6 +568,10 @@ def main(argv=None) -> int:
              + (f" (ZTW: heads on all of them, ensemble {args.ensemble_epochs} epochs on the "
                 "test images outside the evaluated subset)"
                 if args.ztw_ensemble_fit == "heldout-test" else
+                f" (ZTW: heads on all of them, ensemble {args.ensemble_epochs} epochs on the "
+                f"out-of-fold predictions of {args.ensemble_folds} fold models, each trained "
+                f"on the other folds' images; an image's augmented copies share its fold)"
+                if args.ztw_ensemble_fit == "crossfit" else
                 f" (ZTW: heads on {100 * (1 - args.ensemble_holdout):.0f} % of them, "
                 f"ensemble {args.ensemble_epochs} epochs on the other "
                 f"{100 * args.ensemble_holdout:.0f} %)") + "; test on a random "

@@ -20,6 +20,7 @@ from frugalnn.dynamic.early_exit.training import (
     train_final_ensemble,
     train_heads,
     train_joint,
+    train_ztw_crossfit,
 )
 from frugalnn.errors import UserError
 from frugalnn.models import create_model
@@ -170,6 +171,55 @@ def test_final_exit_weight_scales_only_the_final_exits_gradient():
         exit_loss_weights(ee, x[:1], final_weight=0.0)
 
 
+def test_crossfit_keeps_groups_in_one_fold_and_trains_final_heads_on_every_row(monkeypatch):
+    """Stacking: fold models see the other folds only; the kept heads see every row."""
+    import frugalnn.dynamic.early_exit.training as training
+
+    x, y = _task(128)
+    ee = attach_heads(_cnn(), "every", cascade=True)
+    ee.freeze_backbone = True
+    loader = DataLoader(TensorDataset(x, y), batch_size=64)
+    plain = cache_features(ee, loader)
+    noisy = cache_features(ee, DataLoader(TensorDataset(x + 0.2, y), batch_size=64))
+    cache = FeatureCache.concat([plain, noisy])
+    groups = torch.arange(256) % 128  # row r and r + 128 are the same image
+    reference = attach_heads(_cnn(), "every", cascade=True)
+    reference.heads.load_state_dict(ee.heads.state_dict())
+    train_heads(reference, cache, epochs=3, lr=1e-2, seed=5)
+
+    seen_rows = []
+    real_train_heads = training.train_heads
+
+    def spy(model, data, **kw):
+        seen_rows.append(kw.get("rows"))
+        return real_train_heads(model, data, **kw)
+
+    monkeypatch.setattr(training, "train_heads", spy)
+    out = train_ztw_crossfit(ee, cache, folds=4, groups=groups, epochs=3, lr=1e-2,
+                             ensemble_epochs=20, ensemble_lr=5e-2, seed=5)
+    assert len(out["folds"]) == 4 and len(out["heads"]) == 3 and len(out["ensemble"]) == 20
+    assert len(seen_rows) == 5 and seen_rows[-1] is None  # the kept heads: every row
+    held_sets = []
+    for rows in seen_rows[:4]:
+        held = sorted(set(range(256)) - set(rows.tolist()))
+        held_groups = set(groups[held].tolist())
+        # No image of a held-out fold is among the rows its fold model trained on.
+        assert not held_groups & set(groups[rows].tolist())
+        assert 20 <= len(held_groups) <= 44
+        held_sets.append(set(held))
+    assert set().union(*held_sets) == set(range(256)) and sum(map(len, held_sets)) == 256
+    for (k, v), w in zip(ee.heads.state_dict().items(), reference.heads.state_dict().values()):
+        assert torch.equal(v, w), k  # restarted from the initial weights, same seed
+    ens = ee.ensemble.weight.detach()
+    assert torch.all(torch.triu(ens, diagonal=1) == 0) and not torch.equal(ens, torch.eye(2))
+    with pytest.raises(UserError, match="2 <= folds <= 128"):
+        train_ztw_crossfit(ee, cache, folds=1, groups=groups)
+    with pytest.raises(UserError, match="2 <= folds <= 128"):
+        train_ztw_crossfit(ee, cache, folds=129, groups=groups)
+    with pytest.raises(UserError, match="groups has 128 entries"):
+        train_ztw_crossfit(ee, cache, folds=2, groups=groups[:128])
+
+
 @pytest.fixture(scope="module")
 def trained_base(tmp_path_factory):
     """A briefly trained cnn_small run directory, shared by the CLI tests (read only)."""
@@ -210,6 +260,23 @@ def test_cli_train_writes_an_evaluable_run(tmp_path, capsys, trained_base):
     assert a.meta["baseline_flops"] == pytest.approx(b.meta["baseline_flops"])
 
 
+def test_cli_crossfit_ensemble_run(tmp_path, trained_base):
+    from frugalnn.train.checkpoint import load_model
+
+    run = tmp_path / "ztw_cf"
+    assert main(["early-exit", "train", "--model", "cnn_small", "--data", "digits",
+                 "--checkpoint", str(trained_base), "--cascade", "--ensemble",
+                 "--ensemble-folds", "3", "--augment-passes", "1", "--epochs", "2",
+                 "--ensemble-epochs", "3", "--train-limit", "300", "--eval-limit", "100",
+                 "--budgets", "0.5", "1.0", "--offline-sweep", "--out", str(run),
+                 "--no-progress"]) == 0
+    ckpt = json.loads((run / "config.json").read_text())
+    assert ckpt["ensemble_folds"] == 3
+    loaded = load_model(run / "checkpoint")
+    w = loaded.ensemble.weight.detach()
+    assert not torch.equal(w, torch.eye(w.shape[0]))  # fitted on the out-of-fold rows
+
+
 def test_cli_final_ensemble_is_fitted_on_held_out_evaluation_examples(tmp_path, trained_base):
     from frugalnn.evaluate import load_records
     from frugalnn.train.checkpoint import load_model
@@ -241,6 +308,8 @@ def test_cli_final_ensemble_is_fitted_on_held_out_evaluation_examples(tmp_path, 
     (["--kd-weight", "0.5", "--checkpoint", "x"], "--kd-weight applies"),
     (["--mode", "joint", "--kd-weight", "2"], "must lie in [0, 1]"),
     (["--final-weight", "3", "--checkpoint", "x"], "--final-weight applies"),
+    (["--ensemble-folds", "3", "--checkpoint", "x"], "cross-fitting needs --ensemble"),
+    (["--ensemble", "--ensemble-folds", "1", "--checkpoint", "x"], "at least 2 folds"),
     (["--mode", "joint", "--final-weight", "0"], "--final-weight must be positive"),
 ])
 def test_cli_bad_input(tmp_path, capsys, argv, message):

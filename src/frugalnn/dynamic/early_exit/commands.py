@@ -94,6 +94,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--ensemble-holdout", type=float, default=0.2,
                    help="with --ensemble: fraction of the training examples kept out of head "
                         "training and used to fit the ensemble (default 0.2; 0 = reuse them)")
+    t.add_argument("--ensemble-folds", type=int, default=0,
+                   help="with --ensemble in heads mode: cross-fit instead of holding out; the "
+                        "heads train on every example and the ensemble on out-of-fold "
+                        "predictions of K fold models (K+1 head trainings; default 0 = off)")
     t.add_argument("--augment", action="store_true", help="augment images (joint mode only)")
     t.add_argument("--augment-passes", type=int, default=0,
                    help="heads mode: also train the heads on this many augmented (crop + "
@@ -136,6 +140,7 @@ def _train(args: argparse.Namespace) -> int:
         train_final_ensemble,
         train_heads,
         train_joint,
+        train_ztw_crossfit,
     )
     from frugalnn.evaluate import evaluate_into
     from frugalnn.evaluate_commands import parse_floats, parse_ints
@@ -168,6 +173,10 @@ def _train(args: argparse.Namespace) -> int:
                         "the final exit)")
     if args.final_weight <= 0:
         raise UserError(f"--final-weight must be positive, got {args.final_weight}")
+    if args.ensemble_folds and (args.ensemble_folds < 2 or not args.ensemble
+                                or args.mode != "heads"):
+        raise UserError(f"--ensemble-folds {args.ensemble_folds}: cross-fitting needs "
+                        "--ensemble, --mode heads and at least 2 folds (0 turns it off)")
     if args.mode == "heads" and args.checkpoint is None:
         raise UserError("--mode heads freezes the backbone, so it needs a trained one: pass "
                         "--checkpoint, or use --mode joint")
@@ -210,7 +219,19 @@ def _train(args: argparse.Namespace) -> int:
                                                 seed=args.seed + 100 + k),
                                     args.train_limit, args.seed),
             args.augment_passes, device=args.device, progress=progress)]
-        if args.ensemble and args.ensemble_holdout > 0:
+        if args.ensemble and args.ensemble_folds:
+            # Rows of every pass follow the plain images' order: one group per image.
+            plain_rows = len(caches[0])
+            cache = FeatureCache.concat(caches)
+            del caches
+            fitted = train_ztw_crossfit(
+                model, cache, folds=args.ensemble_folds,
+                groups=torch.arange(len(cache)) % plain_rows, epochs=args.epochs,
+                lr=args.lr or 2e-3, batch_size=args.batch_size,
+                ensemble_epochs=args.ensemble_epochs, seed=args.seed, device=args.device,
+                progress=progress)
+            history["heads"], history["ensemble"] = fitted["heads"], fitted["ensemble"]
+        elif args.ensemble and args.ensemble_holdout > 0:
             # Over-fitted heads look too reliable on their own training rows. One seed
             # holds out the same images in every pass.
             parts = [c.split(args.ensemble_holdout, seed=args.seed) for c in caches]
@@ -219,9 +240,11 @@ def _train(args: argparse.Namespace) -> int:
             del parts
         else:
             head_cache = cache = FeatureCache.concat(caches)
-        history["heads"] = train_heads(model, head_cache, epochs=args.epochs, lr=args.lr or 2e-3,
-                                       batch_size=args.batch_size, seed=args.seed,
-                                       device=args.device, progress=progress)
+        if "heads" not in history:
+            history["heads"] = train_heads(model, head_cache, epochs=args.epochs,
+                                           lr=args.lr or 2e-3, batch_size=args.batch_size,
+                                           seed=args.seed, device=args.device,
+                                           progress=progress)
     else:
         loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True)
         res = train_joint(model, loader, epochs=args.epochs, lr=args.lr or 0.01,
@@ -229,7 +252,7 @@ def _train(args: argparse.Namespace) -> int:
                           kd_weight=args.kd_weight, kd_temperature=args.kd_temperature,
                           final_weight=args.final_weight)
         history["joint"] = res.history
-    if args.ensemble:
+    if args.ensemble and "ensemble" not in history:
         if cache is None:
             plain = get_dataset(args.data, "train", args.data_dir)
             plain = random_subset(plain, args.train_limit, args.seed)

@@ -15,7 +15,9 @@ Three procedures, all minimising cross-entropy at the exits:
   (:func:`exit_loss_weights`: each exit weighted by its depth, measured as the
   fraction of the backbone's FLOPs spent before it; the final exit weighs 1).
 * :func:`train_ensemble`: the ZTW geometric ensemble, trained afterwards on the
-  frozen cascade from cached head log-probabilities.
+  frozen cascade from cached head log-probabilities (of held-out rows).
+* :func:`train_ztw_crossfit`: heads on every row and the ensemble on
+  out-of-fold predictions of fold models (stacking), instead of a hold-out.
 """
 
 from __future__ import annotations
@@ -163,16 +165,22 @@ def train_heads(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    rows: torch.Tensor | None = None,
 ) -> list[dict[str, float]]:
     """Train the internal heads on a frozen backbone; returns per-epoch loss/accuracy rows.
 
     ``data`` is a :class:`FeatureCache` or a loader (cached first). Adam with
     a cosine learning-rate decay, examples reshuffled every epoch from ``seed``.
+    ``rows`` (indices into the cache) trains on those rows only, without
+    copying the features (cross-fitting trains on several such subsets).
     """
     if epochs < 1:
         raise UserError(f"epochs must be at least 1, got {epochs}")
     cache = data if isinstance(data, FeatureCache) else cache_features(
         model, data, device=device, progress=progress)
+    pool = torch.arange(len(cache)) if rows is None else rows.long().flatten()
+    if len(pool) == 0:
+        raise UserError("no rows to train the heads on; check the data and its split")
     device = torch.device(device)
     params = list(model.heads.parameters())
     flags = {p: p.requires_grad for p in model.parameters()}
@@ -181,7 +189,7 @@ def train_heads(
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    n = len(cache)
+    n = len(pool)
     steps = epochs * max(1, (n + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     gen = torch.Generator().manual_seed(seed)
@@ -189,7 +197,7 @@ def train_heads(
     model.heads.train()
     try:
         for epoch in range(epochs):
-            order = torch.randperm(n, generator=gen)
+            order = pool[torch.randperm(n, generator=gen)]
             total, correct = 0.0, torch.zeros(model.num_internal)
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
@@ -226,21 +234,55 @@ def train_ensemble(
     progress: bool = False,
 ) -> list[dict[str, float]]:
     """Fit the ZTW geometric-ensemble weights on the frozen cascade (adds it if missing)."""
-    ens = model.add_ensemble()
     cache = data if isinstance(data, FeatureCache) else cache_features(
         model, data, device=device, progress=progress)
+    log_probs = head_log_probs(model, cache, device=device)
+    return _fit_ensemble(model, log_probs, cache.labels, epochs=epochs, lr=lr,
+                         batch_size=batch_size, seed=seed, device=device)
+
+
+def head_log_probs(
+    model: EarlyExitModel,
+    cache: FeatureCache,
+    rows: torch.Tensor | None = None,
+    *,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Log-probabilities ``(H, N, C)`` of every internal head (not ensembled) on cached rows."""
     device = torch.device(device)
-    with torch.no_grad():
-        model.heads.eval()
-        logp = []
-        for start in range(0, len(cache), 1024):
-            feats = [f[start : start + 1024].to(device, torch.float32) for f in cache.feats]
-            logp.append(torch.stack(
-                [F.log_softmax(z, 1) for z in model.heads_from_features(feats)]).cpu())
-        log_probs = torch.cat(logp, 1)  # (H, N, C)
+    pool = torch.arange(len(cache)) if rows is None else rows.long().flatten()
+    was_training = model.heads.training
+    model.heads.eval()
+    try:
+        with torch.no_grad():
+            logp = []
+            for start in range(0, len(pool), 1024):
+                idx = pool[start : start + 1024]
+                feats = [f[idx].to(device, torch.float32) for f in cache.feats]
+                logp.append(torch.stack(
+                    [F.log_softmax(z, 1) for z in model.heads_from_features(feats)]).cpu())
+    finally:
+        model.heads.train(was_training)
+    return torch.cat(logp, 1)
+
+
+def _fit_ensemble(
+    model: EarlyExitModel,
+    log_probs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    device: str | torch.device,
+) -> list[dict[str, float]]:
+    """Fit the geometric ensemble (added if missing) on head log-probabilities ``(H, N, C)``."""
+    ens = model.add_ensemble()
+    device = torch.device(device)
     opt = torch.optim.Adam(ens.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    n = len(cache)
+    n = int(labels.shape[0])
     history = []
     mask = torch.tril(torch.ones_like(ens.weight))
     for epoch in range(epochs):
@@ -249,7 +291,7 @@ def train_ensemble(
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             lp = log_probs[:, idx].to(device)
-            y = cache.labels[idx].to(device)
+            y = labels[idx].to(device)
             # All exits at once: exit i mixes heads j <= i (lower-triangular weights).
             comb = torch.einsum("ij,jbc->ibc", ens.weight * mask.to(device), lp)
             comb = comb + ens.bias[:, None, :]
@@ -262,6 +304,78 @@ def train_ensemble(
     with torch.no_grad():
         ens.weight.mul_(mask.to(ens.weight.device))  # unused upper entries stay zero
     return history
+
+
+def train_ztw_crossfit(
+    model: EarlyExitModel,
+    cache: FeatureCache,
+    *,
+    folds: int = 5,
+    groups: torch.Tensor | None = None,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    batch_size: int = 128,
+    ensemble_epochs: int = 50,
+    ensemble_lr: float = 1e-2,
+    ensemble_batch_size: int = 512,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train the heads on every row and fit the ZTW ensemble on out-of-fold predictions.
+
+    The ensemble must be fitted on head outputs the heads were not trained on
+    (on their own training rows over-fitted heads look too reliable), and the
+    paper's recipe holds a validation split out of the heads' data for it; the
+    heads then train on less data than SDN's. Cross-fitting (stacking) keeps
+    both: the rows are cut into ``folds`` parts; for each part the heads are
+    trained, from the same initial weights, on the other parts and record
+    their log-probabilities on it; the ensemble is fitted on those
+    out-of-fold log-probabilities, and the heads that are kept are trained
+    once more on every row. Costs ``folds + 1`` head trainings (cheap on a
+    feature cache). ``groups`` (one id per row) keeps rows that share an id in
+    one fold: augmented passes over the same images must not straddle folds.
+    Returns ``{"heads": ..., "ensemble": ..., "folds": [...]}`` histories.
+    """
+    n = len(cache)
+    if groups is None:
+        groups = torch.arange(n)
+    groups = groups.long().flatten()
+    if groups.shape[0] != n:
+        raise UserError(f"groups has {groups.shape[0]} entries for {n} cached rows")
+    ids, inverse = torch.unique(groups, return_inverse=True)
+    if not 2 <= folds <= len(ids):
+        raise UserError(f"cross-fitting needs 2 <= folds <= {len(ids)} (distinct groups), "
+                        f"got {folds}")
+    gen = torch.Generator().manual_seed(seed + 7919)
+    fold_of_group = torch.randperm(len(ids), generator=gen) % folds
+    fold_of_row = fold_of_group[inverse]
+    initial = {k: v.clone() for k, v in model.heads.state_dict().items()}
+    out_of_fold: torch.Tensor | None = None
+    fold_histories = []
+    for k in range(folds):
+        model.heads.load_state_dict(initial)
+        held = torch.nonzero(fold_of_row == k).flatten()
+        rest = torch.nonzero(fold_of_row != k).flatten()
+        fold_histories.append(train_heads(
+            model, cache, epochs=epochs, lr=lr, weight_decay=weight_decay,
+            batch_size=batch_size, seed=seed, device=device, progress=progress, rows=rest))
+        lp = head_log_probs(model, cache, held, device=device)
+        if out_of_fold is None:
+            out_of_fold = torch.empty(lp.shape[0], n, lp.shape[2])
+        out_of_fold[:, held] = lp
+        if progress:
+            tqdm.write(f"cross-fit fold {k + 1}/{folds} done")
+    model.heads.load_state_dict(initial)
+    heads_history = train_heads(model, cache, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                                batch_size=batch_size, seed=seed, device=device,
+                                progress=progress)
+    assert out_of_fold is not None
+    ensemble_history = _fit_ensemble(model, out_of_fold, cache.labels, epochs=ensemble_epochs,
+                                     lr=ensemble_lr, batch_size=ensemble_batch_size, seed=seed,
+                                     device=device)
+    return {"heads": heads_history, "ensemble": ensemble_history, "folds": fold_histories}
 
 
 def train_final_ensemble(
