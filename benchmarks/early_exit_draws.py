@@ -65,6 +65,9 @@ def parse_run(text: str, name: str) -> dict:
     if command is None:
         raise DrawError(f"{name}: no 'Command: `...`' line; is it an early_exit_resnet56 result?")
     seed = _SEED.search(text)
+    if seed is None:
+        raise DrawError(f"{name}: no 'augmentation seed N' in the file; only runs with "
+                        "--head-augment-passes >= 1 differ between draws")
     rows: dict[str, list[float]] = {}
     for line in text.splitlines():
         m = _ROW.match(line)
@@ -82,7 +85,7 @@ def parse_run(text: str, name: str) -> dict:
     missing = [k for k in METHODS if k not in rows]
     if missing:
         raise DrawError(f"{name}: no {' / '.join(missing)} row in the method table")
-    return {"name": name, "command": command, "seed": int(seed.group(1)) if seed else None,
+    return {"name": name, "command": command, "seed": int(seed.group(1)),
             "rows": rows}
 
 

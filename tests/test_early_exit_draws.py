@@ -68,15 +68,18 @@ def test_pool_refuses_runs_with_other_model_flags(draws, tmp_path, capsys):
     assert err.startswith("error: ") and "--head-epochs" in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("case", ["same seed", "missing file", "no table", "one file"])
+@pytest.mark.parametrize("case", ["same seed", "missing file", "no table", "one file",
+                                  "no augmentation"])
 def test_pool_bad_input(draws, tmp_path, capsys, case):
     row = "76.00 % | 87.00 % | 89.00 % | 40.0 % (a) | 44.0 % (a)"
     a = tmp_path / "a.md"
     a.write_text(_result(1, row, row))
     b = tmp_path / "b.md"
     b.write_text(_result(1 if case == "same seed" else 2, row, row))
+    if case == "no augmentation":
+        b.write_text(b.read_text().replace("augmentation seed 2", "no augmentation"))
     if case == "no table":
-        b.write_text("Command: `python x.py --out y`\n\nno table here\n")
+        b.write_text("Command: `python x.py --out y`\n\naugmentation seed 2, no table here\n")
     paths = {"missing file": [a, tmp_path / "nope.md"], "one file": [a]}.get(case, [a, b])
     assert draws.main([str(p) for p in paths]) == 2
     assert capsys.readouterr().err.startswith("error: ")
