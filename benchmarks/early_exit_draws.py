@@ -89,6 +89,13 @@ def parse_run(text: str, name: str) -> dict:
             "rows": rows}
 
 
+def _cells(values: list[float], bold: bool = False) -> str:
+    """Table cells as the results files print them: accuracies to 0.01, savings to 0.1."""
+    mark = "**" if bold else ""
+    return " | ".join(f"{mark}{v:.{2 if col.startswith('acc') else 1}f} %{mark}"
+                      for col, v in zip(COLUMNS, values, strict=True))
+
+
 def pool(runs: list[dict]) -> str:
     """Markdown: one row per draw and method, the means, and the paired ZTW - SDN gaps."""
     if len(runs) < 2:
@@ -111,14 +118,10 @@ def pool(runs: list[dict]) -> str:
     ]
     for run in runs:
         for method in METHODS:
-            cells = " | ".join(f"{v:.2f} %" if i < 3 else f"{v:.1f} %"
-                               for i, v in enumerate(run["rows"][method]))
-            lines.append(f"| {run['seed']} | {method} | {cells} |")
+            lines.append(f"| {run['seed']} | {method} | {_cells(run['rows'][method])} |")
     for method in METHODS:
         means = [statistics.fmean(r["rows"][method][i] for r in runs) for i in range(len(COLUMNS))]
-        cells = " | ".join(f"**{v:.2f} %**" if i < 3 else f"**{v:.1f} %**"
-                           for i, v in enumerate(means))
-        lines.append(f"| mean of {len(runs)} | {method} | {cells} |")
+        lines.append(f"| mean of {len(runs)} | {method} | {_cells(means, bold=True)} |")
     gap_cells = []
     for i in range(len(COLUMNS)):
         # Rounded to the files' precision so that a tie reads 0.00, not -0.00 or 1e-15.
@@ -128,8 +131,9 @@ def pool(runs: list[dict]) -> str:
         mean = round(statistics.fmean(gaps), 2) + 0.0
         gap_cells.append(f"{mean:+.2f} ± {sd:.2f} pt ({wins}/{len(runs)} >= 0)")
     lines.append(f"| ZTW - SDN (paired) | mean ± sd | {' | '.join(gap_cells)} |")
-    command = " ".join([runs[0]["command"].split()[0], runs[0]["command"].split()[1],
-                        *(" ".join((k, *v)) for k, v in base.items())])
+    tokens = runs[0]["command"].split()
+    program = tokens[: next(i for i, t in enumerate(tokens) if t.startswith("--"))]
+    command = " ".join([*program, *(" ".join((k, *v)) for k, v in base.items())])
     return (
         f"Pooled {len(runs)} augmentation draws (seeds {', '.join(map(str, seeds))}) of\n"
         f"`{command}` (each with its own `--head-augment-seed`; timing flags may differ).\n\n"
