@@ -42,10 +42,10 @@ from frugalnn.analysis.rankings import load_signals, reference_run, write_rankin
 from frugalnn.cost.latency import measure_latency
 from frugalnn.cost.machine import describe_machine, machine_markdown
 from frugalnn.data import get_dataset
-from frugalnn.dynamic.acm import ACMTrainConfig, convert_to_acm, train_acm
-from frugalnn.dynamic.acm.report import write_extras
 from frugalnn.errors import UserError
-from frugalnn.evaluate import evaluate_into, load_records, load_summary
+from frugalnn.evaluation import evaluate_into, load_records, load_summary
+from frugalnn.methods.acm import ACMTrainConfig, convert_to_acm, train_acm
+from frugalnn.methods.acm.report import write_extras
 from frugalnn.models import create_model
 from frugalnn.train import fit, load_model, save_checkpoint
 
@@ -172,8 +172,8 @@ def ffn_latency(acm: Any, teacher: torch.nn.Module, x: torch.Tensor, repeats: in
 def early_exit_run(a: argparse.Namespace, work: Path, backbone: torch.nn.Module, train: Any,
                    test: Any) -> Path:
     """SDN-style early exits (a head after every block, frozen backbone) on the same ViT."""
-    from frugalnn.dynamic.early_exit import attach_heads
-    from frugalnn.dynamic.early_exit.training import cache_features, train_heads
+    from frugalnn.methods.early_exit import attach_heads
+    from frugalnn.methods.early_exit.training import cache_features, train_heads
 
     run = work / "early-exit"
     if (run / "records.csv").exists():
@@ -203,7 +203,7 @@ def moe_compute_maps(ckpt: Path, test: Any, out: Path, images: int = 8) -> list[
     The MoE layer records only per-example means in the ledger, so the per-token
     counts are recomputed here from each layer's router decision on its input.
     """
-    from frugalnn.dynamic.moe import MoEFFN
+    from frugalnn.methods.moe import MoEFFN
     from frugalnn.report.compute_maps import save_compute_maps
 
     model = load_model(ckpt).eval()

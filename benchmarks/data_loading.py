@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from frugalnn.cost._io import write_text_atomic
 from frugalnn.cost.machine import describe_machine, machine_markdown
 from frugalnn.data import get_dataset, resolve_data_dir
+from frugalnn.utils.io import write_text_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -33,12 +33,12 @@ import types
 
 import torch
 
-from frugalnn.cost._io import write_text_atomic
 from frugalnn.cost.allocator import retain_freed_memory
 from frugalnn.cost.machine import describe_machine
-from frugalnn.dynamic.early_exit import attach_heads
+from frugalnn.methods.early_exit import attach_heads
 from frugalnn.models import create_model
 from frugalnn.models.fold import fold_batchnorm
+from frugalnn.utils.io import write_text_atomic
 
 
 def median_ms(fn, repeats: int, rounds: int, warmup: int = 30) -> float:

@@ -23,7 +23,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from frugalnn.cost._io import write_text_atomic
+from frugalnn.utils.io import write_text_atomic
 
 COLUMNS = ["acc @25 %", "acc @50 %", "acc @75 %", "saving within 0.5 pt", "saving within 1 pt"]
 METHODS = ("SDN", "ZTW")

@@ -40,15 +40,15 @@ from torch.utils.data import DataLoader, Subset
 from frugalnn.cost.allocator import retain_freed_memory
 from frugalnn.cost.machine import describe_machine
 from frugalnn.data import get_dataset
-from frugalnn.dynamic.early_exit import attach_heads
-from frugalnn.dynamic.early_exit.offline import (
+from frugalnn.methods.early_exit import attach_heads
+from frugalnn.methods.early_exit.offline import (
     accuracy_at_flops,
     fine_grid,
     saving_within,
     simulate,
     trace_from_features,
 )
-from frugalnn.dynamic.early_exit.training import (
+from frugalnn.methods.early_exit.training import (
     FeatureCache,
     cache_augmented_passes,
     cache_features,
@@ -58,7 +58,7 @@ from frugalnn.dynamic.early_exit.training import (
     train_joint,
     train_ztw_crossfit,
 )
-from frugalnn.lowrank.pipeline import accuracy
+from frugalnn.methods.lowrank.pipeline import accuracy
 from frugalnn.models import create_model
 from frugalnn.models.fold import fold_batchnorm
 from frugalnn.train import load_model

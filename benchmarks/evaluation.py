@@ -3,7 +3,7 @@
 Measures, in one run on one machine:
 
 1. for each model, one pass over the test set as a plain inference loop
-   (``inference_mode``, forward only) versus ``frugalnn.evaluate.evaluate``
+   (``inference_mode``, forward only) versus ``frugalnn.evaluation.evaluate``
    (cost ledger, per-example loss and records, static FLOPs counting), median
    over repeats, and the ratio; also the forward time *inside* ``evaluate``
    (sum of its per-batch times), i.e. the forward plus ledger overhead alone;
@@ -34,12 +34,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from frugalnn.cli.train import model_kwargs_for
 from frugalnn.cost.machine import describe_machine, machine_markdown
 from frugalnn.data import get_dataset
-from frugalnn.evaluate import evaluate
+from frugalnn.evaluation import evaluate
 from frugalnn.models import create_model
 from frugalnn.report import write_report
-from frugalnn.train.commands import model_kwargs_for
 
 
 def _plain_pass(model: torch.nn.Module, loader: DataLoader) -> tuple[float, float]:
@@ -131,7 +131,7 @@ def main() -> int:
         f"{args.threads} thread(s)), untrained weights (timing does not depend on them); "
         f"median of {args.repeats} repeats. *plain pass*: a loop over the DataLoader calling "
         "the model under `inference_mode`; *plain forwards*: the sum of its timed forward "
-        "calls alone. *evaluate*: the whole `frugalnn.evaluate.evaluate` call (static FLOPs "
+        "calls alone. *evaluate*: the whole `frugalnn.evaluation.evaluate` call (static FLOPs "
         "counted once, cost ledger, per-example loss and records); *evaluate forwards*: the "
         "sum of its timed per-batch forwards (forward inside the ledger), so the last ratio "
         "is the ledger's overhead on the forward.",

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from frugalnn.cost.machine import machine_markdown
-from frugalnn.dynamic.early_exit.heads import _window_max
+from frugalnn.methods.early_exit.heads import _window_max
 
 SHAPES = [(16, 32), (32, 16), (64, 8)]
 

@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader, Subset
 from frugalnn.cost.machine import machine_markdown
 from frugalnn.data import get_dataset
 from frugalnn.errors import UserError
-from frugalnn.lowrank.compress import plan_totals
-from frugalnn.lowrank.pipeline import accuracy, compress_and_finetune
+from frugalnn.methods.lowrank.compress import plan_totals
+from frugalnn.methods.lowrank.pipeline import accuracy, compress_and_finetune
 from frugalnn.models import create_model
 
 CONFIGS = ("tucker:energy=0.99", "tucker:energy=0.9", "tucker:vbmf", "tucker:flops=1.5",

@@ -22,13 +22,13 @@ import time
 
 import torch
 
-from frugalnn.cost._io import write_text_atomic
 from frugalnn.cost.allocator import retain_freed_memory
 from frugalnn.cost.count import count_flops
 from frugalnn.cost.latency import measure_latency
 from frugalnn.cost.machine import machine_markdown
-from frugalnn.lowrank.compress import compress_model
+from frugalnn.methods.lowrank.compress import compress_model
 from frugalnn.models import create_model
+from frugalnn.utils.io import write_text_atomic
 
 LAYOUTS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
 

@@ -34,7 +34,7 @@ from frugalnn.cost.count import count_flops
 from frugalnn.cost.latency import measure_latency
 from frugalnn.cost.machine import machine_markdown
 from frugalnn.errors import UserError
-from frugalnn.lowrank.compress import compress_model, plan_totals
+from frugalnn.methods.lowrank.compress import compress_model, plan_totals
 from frugalnn.models import create_model
 from frugalnn.models.bert import encode_texts
 from frugalnn.train import fit

@@ -6,7 +6,7 @@ floats, GPU tensor cores in multiples of 8), so a chain with rank 17 costs
 about what one with rank 32 costs. This script times, for each of
 ResNet-56's three stage shapes (16 channels at 32x32, 32 at 16x16, 64 at
 8x8), the dense 3x3 convolution and frugalnn's tensor-train chain (Kx1 ->
-1xK with full end ranks, :class:`frugalnn.lowrank.layers.TTConv2d`) at a
+1xK with full end ranks, :class:`frugalnn.methods.lowrank.layers.TTConv2d`) at a
 ladder of middle ranks, in interleaved rounds (the fastest round kept). The
 table shows where a slightly larger rank costs a whole block, which is what
 ``--rank-multiple`` and per-stage ``--layer-target`` plans avoid.
@@ -24,13 +24,13 @@ import time
 import torch
 from torch import nn
 
-from frugalnn.cost._io import write_text_atomic
 from frugalnn.cost.allocator import retain_freed_memory
 from frugalnn.cost.latency import measure_latency
 from frugalnn.cost.machine import machine_markdown
-from frugalnn.lowrank import layers as L
-from frugalnn.lowrank.costs import chain_flops
-from frugalnn.lowrank.geometry import ConvSpec
+from frugalnn.methods.lowrank import layers as L
+from frugalnn.methods.lowrank.costs import chain_flops
+from frugalnn.methods.lowrank.geometry import ConvSpec
+from frugalnn.utils.io import write_text_atomic
 
 STAGES = ((16, 32), (32, 16), (64, 8))  # (channels, input side) of ResNet-56's 3x3 convs
 

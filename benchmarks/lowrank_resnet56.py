@@ -36,8 +36,8 @@ from torch.utils.data import DataLoader, Subset
 from frugalnn.cost.machine import describe_machine, machine_markdown
 from frugalnn.data import get_dataset
 from frugalnn.errors import UserError
-from frugalnn.lowrank.compress import plan_markdown
-from frugalnn.lowrank.pipeline import accuracy, compare, compress_and_finetune
+from frugalnn.methods.lowrank.compress import plan_markdown
+from frugalnn.methods.lowrank.pipeline import accuracy, compare, compress_and_finetune
 from frugalnn.models import create_model
 from frugalnn.train import fit
 

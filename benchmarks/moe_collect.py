@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from frugalnn.cost._io import write_text_atomic
+from frugalnn.utils.io import write_text_atomic
 
 SECTIONS = (
     "moe_summary", "moe_layer", "moe_vit_cifar", "moe_vit_cifar_routers4", "moe_minilm",

@@ -4,7 +4,7 @@ The dense FFN (``dim -> 4 dim -> dim``, ReLU) of a ViT with 65 tokens per image
 is split into E experts; each token runs a fixed fraction of them (top-k on
 random router scores, so exactly that fraction of FFN FLOPs). Timed: the
 dense FFN, the experts alone with the two execution strategies of
-:class:`frugalnn.dynamic.moe.MoEFFN` (``gather``: one matmul per expert on its
+:class:`frugalnn.methods.moe.MoEFFN` (``gather``: one matmul per expert on its
 gathered tokens; ``bmm``: tokens packed per expert, two batched matmuls), and
 the whole layer with its router (``auto``). This is the measurement behind the
 layer's default strategy and the advice to use large experts on CPU.
@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from frugalnn.cost._io import write_text_atomic
 from frugalnn.cost.latency import measure_latency
 from frugalnn.cost.machine import describe_machine, machine_markdown
-from frugalnn.dynamic.moe import MoEFFN
+from frugalnn.methods.moe import MoEFFN
 from frugalnn.models.base import FeedForward
+from frugalnn.utils.io import write_text_atomic
 
 # Sections land here; benchmarks/moe_collect.py assembles them into results/moe.md.
 RESULTS = Path("runs/bench/results")

@@ -31,12 +31,12 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from frugalnn.analysis.sparsity import activation_sparsity
-from frugalnn.cost._io import write_json_atomic, write_text_atomic
 from frugalnn.cost.latency import measure_latency
 from frugalnn.cost.machine import describe_machine, machine_markdown
-from frugalnn.dynamic.moe import convert_to_moe, enforce_sparsity
+from frugalnn.methods.moe import convert_to_moe, enforce_sparsity
 from frugalnn.models import create_model
 from frugalnn.models.bert import encode_texts
+from frugalnn.utils.io import write_json_atomic, write_text_atomic
 
 # Sections land here; benchmarks/moe_collect.py assembles them into results/moe.md.
 RESULTS = Path("runs/bench/results")

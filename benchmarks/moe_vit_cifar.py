@@ -7,7 +7,7 @@ Pipeline (each stage cached under --work, so re-running skips what exists):
 2. ``sparsify``: D2DMoE's sparsity enforcement (Hoyer penalty + distillation
    from the trained model), with the sparsity report before and after.
 3. ``convert``: balanced k-means experts + routers, then dynamic-k (tau) and
-   top-k (k) sweeps on a test subset through ``frugalnn.evaluate`` (records,
+   top-k (k) sweeps on a test subset through ``frugalnn.evaluation`` (records,
    total FLOPs per example, end-to-end latency at batch 64), and the FFN layers
    alone timed against the dense FFN at batch 64 on real FFN inputs.
 
@@ -32,16 +32,16 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from frugalnn.analysis.sparsity import activation_sparsity
-from frugalnn.cost._io import write_json_atomic, write_text_atomic
 from frugalnn.cost.latency import measure_latency
 from frugalnn.cost.machine import describe_machine, machine_markdown
 from frugalnn.data import get_dataset
-from frugalnn.dynamic.moe import convert_to_moe, enforce_sparsity, finetune_routed
-from frugalnn.dynamic.moe.report import ffn_rows
-from frugalnn.evaluate import evaluate_into, load_summary
-from frugalnn.lowrank.pipeline import accuracy
+from frugalnn.evaluation import evaluate_into, load_summary
+from frugalnn.methods.lowrank.pipeline import accuracy
+from frugalnn.methods.moe import convert_to_moe, enforce_sparsity, finetune_routed
+from frugalnn.methods.moe.report import ffn_rows
 from frugalnn.models import create_model
 from frugalnn.train import fit, load_model, save_checkpoint
+from frugalnn.utils.io import write_json_atomic, write_text_atomic
 
 # Sections land here; benchmarks/moe_collect.py assembles them into results/moe.md.
 RESULTS = Path("runs/bench/results")

@@ -30,17 +30,17 @@ from torch.utils.data import DataLoader, Subset
 
 from frugalnn.cost.machine import describe_machine, machine_markdown
 from frugalnn.data import get_dataset
-from frugalnn.nas.latency import (
+from frugalnn.methods.nas.latency import (
     LatencyModel,
     build_latency_table,
     measure_networks_ms,
     random_archs,
 )
-from frugalnn.nas.net import baseline_arch
-from frugalnn.nas.pipeline import retrain, search
-from frugalnn.nas.search import SearchConfig, short_arch
-from frugalnn.nas.space import SearchSpace
-from frugalnn.nas.supernet import Supernet
+from frugalnn.methods.nas.net import baseline_arch
+from frugalnn.methods.nas.pipeline import retrain, search
+from frugalnn.methods.nas.search import SearchConfig, short_arch
+from frugalnn.methods.nas.space import SearchSpace
+from frugalnn.methods.nas.supernet import Supernet
 
 SPACES = {
     "default": {},
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
         snet, result = search(space, table, train_set, cfg, batch_size=args.batch_size,
                               device=dev, progress=False)
         secs = time.time() - t0
-        from frugalnn.nas.derive import derive_arch
+        from frugalnn.methods.nas.derive import derive_arch
 
         arch = derive_arch(snet)
         nets[f"found @ {target:.2f} ms"] = {"arch": arch}
@@ -249,7 +249,7 @@ def write_markdown(out: dict, path: Path) -> None:
         f"{a['calibrate']} other random architectures) {lm['mdape_uncalibrated']:.1f} %."]
     base = next(iter(nets.values()))
     lines = [
-        "## Hardware-aware architecture search (frugalnn.nas, ProxylessNAS-style)",
+        "## Hardware-aware architecture search (frugalnn.methods.nas, ProxylessNAS-style)",
         "",
         f"Command: `{out['command']}`",
         "",

@@ -31,8 +31,8 @@ from frugalnn.cost.count import count_flops
 from frugalnn.cost.latency import measure_latency
 from frugalnn.cost.machine import describe_machine, machine_markdown
 from frugalnn.data import get_dataset
-from frugalnn.lowrank.nmf import replace_attention
-from frugalnn.lowrank.pipeline import accuracy
+from frugalnn.methods.lowrank.nmf import replace_attention
+from frugalnn.methods.lowrank.pipeline import accuracy
 from frugalnn.models import create_model
 from frugalnn.train import fit
 

@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-from frugalnn.cost._io import write_json_atomic, write_text_atomic
 from frugalnn.cost.count import format_bytes, format_count
 from frugalnn.cost.latency import measure_latency
 from frugalnn.cost.machine import describe_machine, machine_markdown
@@ -32,6 +31,7 @@ from frugalnn.cost.memory import peak_memory
 from frugalnn.cost.profile import example_input, profile_model
 from frugalnn.errors import UserError
 from frugalnn.models import create_model, list_models, model_info
+from frugalnn.utils.io import write_json_atomic, write_text_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PUBLISHED_ERROR = {20: 8.27, 32: 7.37, 44: 6.90, 56: 6.61}  # He et al. 2016, % test error

@@ -28,12 +28,12 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from frugalnn.analysis.sparsity import activation_sparsity
-from frugalnn.cost._io import write_text_atomic
 from frugalnn.cost.machine import describe_machine, machine_markdown
 from frugalnn.data import get_dataset
-from frugalnn.dynamic.moe import enforce_sparsity
-from frugalnn.lowrank.pipeline import accuracy
+from frugalnn.methods.lowrank.pipeline import accuracy
+from frugalnn.methods.moe import enforce_sparsity
 from frugalnn.models import create_model
+from frugalnn.utils.io import write_text_atomic
 
 
 def main(argv: list[str] | None = None) -> int:

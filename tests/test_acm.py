@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from frugalnn.budget import has_budget
 from frugalnn.cost.count import count_flops
 from frugalnn.cost.ledger import CostLedger
-from frugalnn.dynamic.acm import (
+from frugalnn.errors import UserError
+from frugalnn.methods.acm import (
     ACMFFN,
     ACMTrainConfig,
     convert_to_acm,
@@ -20,7 +21,6 @@ from frugalnn.dynamic.acm import (
     learner_layout,
     train_acm,
 )
-from frugalnn.errors import UserError
 from frugalnn.models import create_model
 
 

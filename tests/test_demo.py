@@ -11,7 +11,7 @@ import pytest
 
 from frugalnn.cli import main
 from frugalnn.demo import DEMO_HOOKS, run_demo
-from frugalnn.evaluate import load_records, load_summary
+from frugalnn.evaluation import load_records, load_summary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

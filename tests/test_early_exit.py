@@ -11,9 +11,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from frugalnn.budget import Budgeted
 from frugalnn.cost.count import count_flops
 from frugalnn.cost.ledger import CostLedger, DynamicModule, charge
-from frugalnn.dynamic.early_exit import attach_heads
-from frugalnn.dynamic.early_exit.offline import collect_trace, simulate, sweep
 from frugalnn.errors import UserError
+from frugalnn.methods.early_exit import attach_heads
+from frugalnn.methods.early_exit.offline import collect_trace, simulate, sweep
 from frugalnn.models import create_model
 from frugalnn.models.base import StagedModel
 
@@ -137,7 +137,7 @@ def test_head_costs_are_hand_countable():
 @pytest.mark.parametrize("hw", [(16, 16), (12, 8), (10, 10)])
 def test_pool_head_features_equal_adaptive_pooling_in_either_layout(layout, hw):
     """The fast pooling paths (fixed kernels, column-then-row maximum) change no value."""
-    from frugalnn.dynamic.early_exit.heads import ExitHead
+    from frugalnn.methods.early_exit.heads import ExitHead
 
     h = torch.randn(3, 5, *hw).contiguous(memory_format=layout)
     head = ExitHead("pool", 5, 10, spatial=min(hw), pool_size=4)
@@ -214,7 +214,7 @@ def test_outputs_stay_in_original_order_and_costs_monotone():
 
 
 def test_sweep_records_agree_with_evaluate():
-    from frugalnn.evaluate import evaluate
+    from frugalnn.evaluation import evaluate
 
     backbone, shape = _backbone("cnn")
     ee = attach_heads(backbone, "every").eval()
@@ -336,7 +336,7 @@ def test_bert_adapter_dict_states_exit_and_match_offline():
 
 def test_saving_within_an_outside_reference_accuracy():
     """Savings can be measured against a better backbone; unreachable drops give NaN."""
-    from frugalnn.dynamic.early_exit.offline import saving_within
+    from frugalnn.methods.early_exit.offline import saving_within
 
     backbone, shape = _backbone("cnn")
     ee = attach_heads(backbone, "every").eval()
@@ -359,7 +359,7 @@ def test_saving_within_an_outside_reference_accuracy():
 @pytest.mark.parametrize("rows", [1, 8, 16, 33])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_head_max_pooling_is_exact_at_every_batch_size(rows: int, channels_last: bool) -> None:
-    from frugalnn.dynamic.early_exit.heads import _max_pool, _window_max
+    from frugalnn.methods.early_exit.heads import _max_pool, _window_max
 
     x = torch.randn(rows, 16, 32, 32)
     if channels_last:

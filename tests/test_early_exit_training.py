@@ -9,9 +9,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from frugalnn.cli import main
-from frugalnn.dynamic.early_exit import attach_heads
-from frugalnn.dynamic.early_exit.offline import collect_trace, trace_from_features
-from frugalnn.dynamic.early_exit.training import (
+from frugalnn.errors import UserError
+from frugalnn.methods.early_exit import attach_heads
+from frugalnn.methods.early_exit.offline import collect_trace, trace_from_features
+from frugalnn.methods.early_exit.training import (
     FeatureCache,
     cache_augmented_passes,
     cache_features,
@@ -22,7 +23,6 @@ from frugalnn.dynamic.early_exit.training import (
     train_joint,
     train_ztw_crossfit,
 )
-from frugalnn.errors import UserError
 from frugalnn.models import create_model
 
 
@@ -150,7 +150,7 @@ def test_joint_training_with_sdn_weights_updates_backbone():
 
 
 def test_final_exit_weight_scales_only_the_final_exits_gradient():
-    from frugalnn.dynamic.early_exit.training import multi_exit_loss
+    from frugalnn.methods.early_exit.training import multi_exit_loss
 
     x, y = _task(32)
     ee = attach_heads(_cnn(), "every")
@@ -173,7 +173,7 @@ def test_final_exit_weight_scales_only_the_final_exits_gradient():
 
 def test_crossfit_keeps_groups_in_one_fold_and_trains_final_heads_on_every_row(monkeypatch):
     """Stacking: fold models see the other folds only; the kept heads see every row."""
-    import frugalnn.dynamic.early_exit.training as training
+    import frugalnn.methods.early_exit.training as training
 
     x, y = _task(128)
     ee = attach_heads(_cnn(), "every", cascade=True)
@@ -253,7 +253,7 @@ def test_cli_train_writes_an_evaluable_run(tmp_path, capsys, trained_base):
     real = (ev / "records.csv").read_text().splitlines()
     assert len(real) == 1 + 3 * 100
     # The real path (evaluate) and the offline sweep agree on the same examples.
-    from frugalnn.evaluate import load_records
+    from frugalnn.evaluation import load_records
 
     a, b = load_records(ev), load_records(run)
     assert (a.columns["label"] != 0).any()
@@ -278,7 +278,7 @@ def test_cli_crossfit_ensemble_run(tmp_path, trained_base):
 
 
 def test_cli_final_ensemble_is_fitted_on_held_out_evaluation_examples(tmp_path, trained_base):
-    from frugalnn.evaluate import load_records
+    from frugalnn.evaluation import load_records
     from frugalnn.train.checkpoint import load_model
 
     base = trained_base
@@ -324,7 +324,7 @@ def test_cli_bad_input(tmp_path, capsys, argv, message):
 def test_demo_hook_quick(tmp_path):
     from frugalnn.demo import run_demo
 
-    report = run_demo(tmp_path / "demo", quick=True, hooks=["frugalnn.dynamic.early_exit.demo"],
+    report = run_demo(tmp_path / "demo", quick=True, hooks=["frugalnn.methods.early_exit.demo"],
                       progress=False, strict=True)
     for run in ("early-exit-sdn", "early-exit-ztw"):
         assert (tmp_path / "demo" / run / "records.csv").exists()
@@ -353,7 +353,7 @@ def test_feature_cache_split_is_a_seeded_partition():
 
 
 def test_distilled_joint_loss_ignores_labels_at_full_weight_and_validates():
-    from frugalnn.dynamic.early_exit.training import multi_exit_loss
+    from frugalnn.methods.early_exit.training import multi_exit_loss
 
     x, y = _task(16)
     ee = attach_heads(_cnn(), "every")

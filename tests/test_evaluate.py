@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from frugalnn.cost.ledger import DynamicModule, charge, record, subset
 from frugalnn.errors import UserError
-from frugalnn.evaluate import evaluate, load_records, load_summary, time_budgets
+from frugalnn.evaluation import evaluate, load_records, load_summary, time_budgets
 
 
 class Deep(DynamicModule):

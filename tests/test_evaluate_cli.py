@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from frugalnn.cli import main
+from frugalnn.cli.evaluate import parse_floats, parse_ints
 from frugalnn.data import get_dataset
 from frugalnn.errors import UserError
-from frugalnn.evaluate import load_records, load_summary
-from frugalnn.evaluate_commands import parse_floats, parse_ints
+from frugalnn.evaluation import load_records, load_summary
 from frugalnn.models import create_model
 from frugalnn.train.checkpoint import save_checkpoint
 

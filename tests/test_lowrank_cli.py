@@ -7,7 +7,7 @@ import json
 import pytest
 
 from frugalnn.cli import main
-from frugalnn.evaluate import load_summary
+from frugalnn.evaluation import load_summary
 from frugalnn.train.checkpoint import load_model
 
 
@@ -71,6 +71,6 @@ def test_lowrank_demo_hook(tmp_path) -> None:
     out = tmp_path / "demo"
     run_demo(out, quick=True, only=["lowrank"], strict=True, progress=False)
     info = json.loads((out / "demo.json").read_text())
-    hook = next(h for h in info["hooks"] if h["hook"] == "frugalnn.lowrank.demo")
+    hook = next(h for h in info["hooks"] if h["hook"] == "frugalnn.methods.lowrank.demo")
     assert hook["status"] == "ran" and len(hook["runs"]) == 3
     assert (out / "lowrank-tucker" / "extras" / "lowrank_model.md").exists()

@@ -11,10 +11,10 @@ from torch import nn
 from frugalnn.budget import has_budget
 from frugalnn.cost.count import count_flops
 from frugalnn.errors import UserError
-from frugalnn.lowrank import layers as L
-from frugalnn.lowrank.compress import compress_model, find_layers, plan_totals
-from frugalnn.lowrank.geometry import ConvSpec
-from frugalnn.lowrank.latency_select import greedy_choice
+from frugalnn.methods.lowrank import layers as L
+from frugalnn.methods.lowrank.compress import compress_model, find_layers, plan_totals
+from frugalnn.methods.lowrank.geometry import ConvSpec
+from frugalnn.methods.lowrank.latency_select import greedy_choice
 from frugalnn.models import create_model
 from frugalnn.models.fold import conv_bn_pairs, fold_batchnorm
 from frugalnn.train.checkpoint import load_model, save_checkpoint

@@ -9,10 +9,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from frugalnn.errors import UserError
-from frugalnn.lowrank import decompose as dec
-from frugalnn.lowrank import layers as L
-from frugalnn.lowrank.costs import chain_params
-from frugalnn.lowrank.geometry import ConvSpec
+from frugalnn.methods.lowrank import decompose as dec
+from frugalnn.methods.lowrank import layers as L
+from frugalnn.methods.lowrank.costs import chain_params
+from frugalnn.methods.lowrank.geometry import ConvSpec
 
 CONVS = {
     "plain": lambda: nn.Conv2d(6, 8, 3, padding=1),

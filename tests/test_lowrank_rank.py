@@ -8,16 +8,16 @@ import torch
 from torch import nn
 
 from frugalnn.errors import UserError
-from frugalnn.lowrank.costs import chain_flops, chain_params
-from frugalnn.lowrank.geometry import ConvSpec
-from frugalnn.lowrank.rank import (
+from frugalnn.methods.lowrank.costs import chain_flops, chain_params
+from frugalnn.methods.lowrank.geometry import ConvSpec
+from frugalnn.methods.lowrank.rank import (
     Criterion,
     energy_rank,
     ranks_for_ratio,
     select_ranks,
     unfoldings,
 )
-from frugalnn.lowrank.vbmf import _tau_bar, evbmf
+from frugalnn.methods.lowrank.vbmf import _tau_bar, evbmf
 
 
 def test_tau_bar_matches_published_approximation() -> None:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from frugalnn.dynamic.early_exit import attach_heads
 from frugalnn.errors import UserError
+from frugalnn.methods.early_exit import attach_heads
 from frugalnn.models import create_model
 from frugalnn.models.fold import conv_bn_pairs, fold_batchnorm
 

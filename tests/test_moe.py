@@ -9,7 +9,8 @@ from torch import nn
 from frugalnn.budget import has_budget
 from frugalnn.cost.count import count_flops
 from frugalnn.cost.ledger import CostLedger
-from frugalnn.dynamic.moe import (
+from frugalnn.errors import UserError
+from frugalnn.methods.moe import (
     MoEFFN,
     balanced_kmeans,
     convert_to_moe,
@@ -20,7 +21,6 @@ from frugalnn.dynamic.moe import (
     select_top_k,
     split_neurons,
 )
-from frugalnn.errors import UserError
 from frugalnn.models import create_model
 from frugalnn.models.base import FeedForward
 
@@ -204,7 +204,7 @@ def test_convert_full_budget_reproduces_and_knob_reduces_cost():
 def test_routers_learn_expert_norms():
     model = tiny_vit()
     moe_a = convert_to_moe(model, num_experts=6, loader=loader(4), router_epochs=0)
-    from frugalnn.dynamic.moe import train_routers
+    from frugalnn.methods.moe import train_routers
 
     first = train_routers(moe_a, loader(4), epochs=1, lr=3e-3)
     last = train_routers(moe_a, loader(4), epochs=10, lr=3e-3)
@@ -249,7 +249,7 @@ def test_sparsity_enforcement_increases_zeros():
     from torch.utils.data import DataLoader, TensorDataset
 
     from frugalnn.analysis.sparsity import activation_sparsity
-    from frugalnn.dynamic.moe import enforce_sparsity
+    from frugalnn.methods.moe import enforce_sparsity
 
     g = torch.Generator().manual_seed(0)
     xs = torch.randn(64, 1, 8, 8, generator=g)
@@ -284,8 +284,8 @@ def test_sparsity_enforcement_on_a_cnn_penalises_every_relu():
     from torch.utils.data import DataLoader, TensorDataset
 
     from frugalnn.analysis.sparsity import activation_sparsity
-    from frugalnn.dynamic.moe import SparsityLoss, enforce_sparsity
-    from frugalnn.dynamic.moe.sparsify import _ReluCapture
+    from frugalnn.methods.moe import SparsityLoss, enforce_sparsity
+    from frugalnn.methods.moe.sparsify import _ReluCapture
 
     probe = create_model("resnet20", num_classes=10)
     assert SparsityLoss(probe, None).sites == "relu"
@@ -311,7 +311,7 @@ def test_sparsity_enforcement_on_a_cnn_penalises_every_relu():
 def test_sparsity_enforcement_refuses_models_without_relu():
     from torch.utils.data import DataLoader, TensorDataset
 
-    from frugalnn.dynamic.moe import enforce_sparsity
+    from frugalnn.methods.moe import enforce_sparsity
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
     dl = DataLoader(TensorDataset(torch.randn(4, 4), torch.randint(0, 2, (4,))), batch_size=2)
@@ -332,7 +332,7 @@ def _kl_to(model, teacher, xs) -> float:
 def test_routed_finetuning_brings_a_low_budget_closer_to_dense():
     import copy
 
-    from frugalnn.dynamic.moe import finetune_routed
+    from frugalnn.methods.moe import finetune_routed
 
     torch.manual_seed(0)
     data = loader(6, 16)
@@ -356,7 +356,7 @@ def test_routed_finetuning_brings_a_low_budget_closer_to_dense():
 
 
 def test_routed_finetuning_refits_routers_and_validates():
-    from frugalnn.dynamic.moe import RoutedLoss, finetune_routed
+    from frugalnn.methods.moe import RoutedLoss, finetune_routed
 
     data = loader(2, 8)
     moe = convert_to_moe(tiny_vit(), num_experts=4, loader=data, router_epochs=1,
@@ -400,7 +400,7 @@ def copy_of(model: nn.Module) -> nn.Module:
 def test_embedding_objective_measures_cosine_distance_to_the_teacher():
     import copy
 
-    from frugalnn.dynamic.moe import RoutedLoss, SparsityLoss
+    from frugalnn.methods.moe import RoutedLoss, SparsityLoss
 
     model = tiny_vit()
     x = torch.randn(4, 1, 8, 8)

@@ -9,18 +9,18 @@ import torch
 import torch.nn.functional as F
 
 from frugalnn.errors import UserError
-from frugalnn.models import create_model
-from frugalnn.nas.derive import (
+from frugalnn.methods.nas.derive import (
     derive_arch,
     extract_network,
     load_search_state,
     save_arch,
     save_search_state,
 )
-from frugalnn.nas.net import NASNet, baseline_arch
-from frugalnn.nas.ops import ChannelShuffle, build_op, parse_op
-from frugalnn.nas.space import SearchSpace, arch_from_dict, arch_to_dict
-from frugalnn.nas.supernet import Supernet
+from frugalnn.methods.nas.net import NASNet, baseline_arch
+from frugalnn.methods.nas.ops import ChannelShuffle, build_op, parse_op
+from frugalnn.methods.nas.space import SearchSpace, arch_from_dict, arch_to_dict
+from frugalnn.methods.nas.supernet import Supernet
+from frugalnn.models import create_model
 
 TINY = dict(input_size=8, in_channels=1, num_classes=4, stem_channels=8, first_channels=8,
             stages=[(8, 2, 1), (16, 1, 2)], head_channels=16)
@@ -78,7 +78,7 @@ def test_gate_gradients_match_explicit_formula():
     x = torch.randn(3, 8, 8, 8, requires_grad=True)
     mixed.mode, mixed.involved, mixed.active = "two", [1, 4], 4
     mixed.gates = torch.zeros(len(mixed.names), requires_grad=True)
-    from frugalnn.nas.supernet import _BinaryGateFunction
+    from frugalnn.methods.nas.supernet import _BinaryGateFunction
 
     out = _BinaryGateFunction.apply(x, mixed.gates, mixed)
     w = torch.randn_like(out)

@@ -10,17 +10,17 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from frugalnn.cli import main
 from frugalnn.errors import UserError
-from frugalnn.nas import latency as lat_mod
-from frugalnn.nas.latency import (
+from frugalnn.methods.nas import latency as lat_mod
+from frugalnn.methods.nas.latency import (
     LatencyModel,
     LatencyTable,
     build_latency_table,
     fit_affine,
     resolve_device,
 )
-from frugalnn.nas.search import SearchConfig, latency_loss, run_search, short_arch
-from frugalnn.nas.space import SearchSpace
-from frugalnn.nas.supernet import Supernet
+from frugalnn.methods.nas.search import SearchConfig, latency_loss, run_search, short_arch
+from frugalnn.methods.nas.space import SearchSpace
+from frugalnn.methods.nas.supernet import Supernet
 
 TINY = dict(input_size=8, in_channels=1, num_classes=4, stem_channels=8, first_channels=8,
             stages=[(8, 2, 1), (16, 1, 2)], head_channels=16,
@@ -202,7 +202,7 @@ def test_cli_search_derive_and_retrain(tmp_path, space_file, capsys):
     assert main([*base, "--latency-target", "50", "--out", str(out)]) == 2  # no --force
     arch_out = tmp_path / "derived.yaml"
     assert main(["nas", "derive", str(out), "--out", str(arch_out)]) == 0
-    from frugalnn.nas.space import arch_from_dict
+    from frugalnn.methods.nas.space import arch_from_dict
     from frugalnn.train.checkpoint import load_model
 
     _, ops = arch_from_dict(arch_out)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from frugalnn.cost.count import count_flops
 from frugalnn.errors import UserError
-from frugalnn.lowrank.nmf import (
+from frugalnn.methods.lowrank.nmf import (
     NMFMixer,
     nmf_reconstruct,
     projective_reconstruct,

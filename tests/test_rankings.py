@@ -18,7 +18,7 @@ from frugalnn.analysis.rankings import (
     write_rankings,
 )
 from frugalnn.errors import UserError
-from frugalnn.evaluate import EvalRecords
+from frugalnn.evaluation import EvalRecords
 
 N = 40
 
@@ -123,7 +123,7 @@ def test_reference_run_columns_match_hand_computation(tmp_path):
     x = torch.randn(10, 1, 2, 2)
     y = torch.randint(0, 3, (10,))
     run = reference_run(model, TensorDataset(x, y), tmp_path / "ref", batch_size=4)
-    from frugalnn.evaluate import load_records
+    from frugalnn.evaluation import load_records
 
     rec = load_records(run)
     with torch.no_grad():

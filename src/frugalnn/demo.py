@@ -32,18 +32,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from frugalnn.errors import UserError
-from frugalnn.evaluate import atomic_writer, evaluate_into, jsonable, load_summary
+from frugalnn.evaluation import atomic_writer, evaluate_into, jsonable, load_summary
+from frugalnn.plugins import plugin_modules
 
 __all__ = ["DEMO_HOOKS", "DemoContext", "HookResult", "run_demo"]
 
 #: Modules whose ``run_demo(ctx)`` adds a method to the demo, in report order.
-DEMO_HOOKS = (
-    "frugalnn.dynamic.early_exit.demo",
-    "frugalnn.dynamic.moe.demo",
-    "frugalnn.lowrank.demo",
-    "frugalnn.nas.demo",
-    "frugalnn.dynamic.acm.demo",
-)
+DEMO_HOOKS = tuple(plugin_modules("demo"))
 
 MARKER = "demo.json"  # marks a directory written by the demo (so --force may replace it)
 
@@ -124,7 +119,7 @@ class DemoContext:
         Only arguments the model's builder accepts are returned (the same rule
         as ``frugalnn train``).
         """
-        from frugalnn.train.commands import model_kwargs_for
+        from frugalnn.cli.train import model_kwargs_for
 
         return model_kwargs_for(model_name, self.test_set.info, {})  # type: ignore[attr-defined]
 
@@ -214,7 +209,7 @@ class DemoContext:
             latency_batch_sizes=(1, self.batch_size), latency_warmup=2,
             latency_repeats=5 if self.quick else 20, baseline_flops=flops,
             baseline_accuracy=acc, config={"demo": True, "method": method, "seed": self.seed},
-            report=False, force=True, progress=self.progress,
+            force=True, progress=self.progress,
         )
 
     def _baseline_numbers(self, model: nn.Module) -> tuple[float | None, float | None]:

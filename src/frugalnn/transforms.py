@@ -12,7 +12,6 @@ weights are loaded. Method packages register their transformation with
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -24,16 +23,6 @@ Transform = Callable[..., nn.Module]
 
 _TRANSFORMS: dict[str, Transform] = {}
 
-# Modules whose import registers transformations; imported on first lookup so
-# that loading a checkpoint does not require the caller to import them.
-_PROVIDERS = (
-    "frugalnn.dynamic.early_exit",
-    "frugalnn.dynamic.moe",
-    "frugalnn.dynamic.acm",
-    "frugalnn.lowrank",
-    "frugalnn.nas",
-    "frugalnn.quant",
-)
 
 
 def register_transform(name: str) -> Callable[[Transform], Transform]:
@@ -47,14 +36,12 @@ def register_transform(name: str) -> Callable[[Transform], Transform]:
 
 
 def _load_providers() -> None:
-    for mod in _PROVIDERS:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            # A provider package that does not exist (yet) registers nothing;
-            # a provider that exists but fails to import is a real error.
-            if exc.name is None or not mod.startswith(exc.name):
-                raise
+    # Method packages register their transformations on import; imported on
+    # first lookup so that loading a checkpoint needs no import by the caller.
+    from frugalnn.plugins import import_optional, plugin_modules
+
+    for mod in plugin_modules("transforms"):
+        import_optional(mod)
 
 
 def get_transform(name: str) -> Transform:

@@ -17,7 +17,7 @@ both axes. From the frontier we answer the two questions papers report:
   ``1 - cost / baseline_cost``.
 
 Everything takes the per-budget rows of ``summary.json`` (see
-:mod:`frugalnn.evaluate`), so it runs without models.
+:mod:`frugalnn.evaluation`), so it runs without models.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def points_from_summary(summary: Mapping[str, Any], cost: str = "flops") -> list
 def latency_points(summary: Mapping[str, Any], batch_size: int) -> list[Point]:
     """Accuracy against measured per-example latency (ms) at one timed batch size.
 
-    Latency rows come from :func:`frugalnn.evaluate.time_budgets`; accuracy is
+    Latency rows come from :func:`frugalnn.evaluation.time_budgets`; accuracy is
     joined by budget from the per-budget rows. Empty if that batch size was
     not timed.
     """

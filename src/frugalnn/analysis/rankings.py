@@ -121,7 +121,7 @@ def _labels_for(runs: Sequence[Path], metas: Sequence[dict[str, Any]]) -> list[s
 
 
 def _pick_budget(rec: Any, wanted: float | None, relative_cost: float) -> tuple[float, np.ndarray]:
-    from frugalnn.evaluate import _same_budget
+    from frugalnn.evaluation.records import _same_budget
 
     budgets = rec.budgets()
     if wanted is not None:
@@ -157,7 +157,7 @@ def load_signals(
     ``budgets`` maps a run directory (as given) or its label to the budget to
     rank that run at; other dynamic runs use ``relative_cost``.
     """
-    from frugalnn.evaluate import load_records
+    from frugalnn.evaluation import load_records
 
     if not run_dirs:
         raise UserError("give at least one run directory")
@@ -222,7 +222,7 @@ def load_signals(
 def input_dependent(run_dir: str | os.PathLike[str]) -> bool:
     """True when the run's per-example FLOPs differ between examples at some budget
     (a dynamic method), False for static models and static knobs (ranks, bit widths)."""
-    from frugalnn.evaluate import load_records
+    from frugalnn.evaluation import load_records
 
     rec = load_records(run_dir)
     flops = rec.columns["flops"]
@@ -338,7 +338,7 @@ def reference_run(
     from torch.utils.data import DataLoader
 
     from frugalnn.budget import has_budget
-    from frugalnn.evaluate import evaluate
+    from frugalnn.evaluation import evaluate
 
     run_dir = Path(run_dir)
     if (run_dir / "records.csv").exists() and not force:
@@ -368,7 +368,7 @@ def reference_run(
     records.columns["zero_fraction"] = np.concatenate(zeros)
     records.meta["config"] = {**(config or {}), "reference": True}
     records.save(run_dir, force=force)
-    from frugalnn.evaluate import atomic_writer
+    from frugalnn.evaluation import atomic_writer
 
     with atomic_writer(run_dir / "config.json") as fh:
         json.dump(records.meta["config"], fh, indent=2, default=str)
@@ -568,7 +568,7 @@ def write_rankings(
     split, data_dir, limit=limit)``; without either, no grids are drawn.
     Returns the path of ``rankings.md``.
     """
-    from frugalnn.evaluate import atomic_writer
+    from frugalnn.evaluation import atomic_writer
 
     out = Path(out_dir)
     if (out / OUT_FILE).exists() and not force:

@@ -193,7 +193,7 @@ class SparsityReport:
 
     def save(self, out_dir: str | Path) -> list[Path]:
         """Write ``sparsity.json``, ``sparsity.md`` and PNG plots into ``out_dir``."""
-        from frugalnn.cost._io import write_json_atomic, write_text_atomic
+        from frugalnn.utils.io import write_json_atomic, write_text_atomic
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

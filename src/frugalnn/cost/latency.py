@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_flatten
 
-from frugalnn.cost._io import write_json_atomic
 from frugalnn.errors import UserError
+from frugalnn.utils.io import write_json_atomic
 
 __all__ = ["LatencyRecord", "measure_latency"]
 

@@ -1,7 +1,7 @@
 """``write_report``: plots and tables for one or more evaluated runs, from saved files only.
 
 A report is regenerated from each run directory's ``summary.json`` (written by
-:func:`frugalnn.evaluate.evaluate`), so ``frugalnn report`` never runs a model.
+:func:`frugalnn.evaluation.evaluate`), so ``frugalnn report`` never runs a model.
 All runs share one cost–accuracy plane; a run whose method is ``baseline`` (a
 static model) is drawn as a star and serves as the reference for the other
 runs on the same model, unless a run recorded its own reference when it was
@@ -30,7 +30,7 @@ from frugalnn.analysis.frontier import (
     points_from_summary,
 )
 from frugalnn.errors import UserError
-from frugalnn.evaluate import (
+from frugalnn.evaluation import (
     RECORDS_FILE,
     atomic_writer,
     jsonable,
@@ -385,3 +385,16 @@ def write_report(
     with atomic_writer(md) as fh:
         fh.write(doc.to_markdown())
     return md
+
+
+def write_run_report(run_dir: str | Path) -> Path:
+    """Write ``RUN/report/`` for one run alone, titled from its summary (method and model).
+
+    Call it last, once the run's extras exist, so that the report includes them.
+    """
+    from frugalnn.evaluation.records import load_summary
+
+    run_dir = Path(run_dir)
+    summary = load_summary(run_dir)
+    title = f"{summary.get('method') or 'run'} ({summary.get('model') or '?'})"
+    return write_report([run_dir], run_dir / "report", title=title, force=True)

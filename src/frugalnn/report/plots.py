@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from frugalnn.analysis.frontier import Point, pareto_frontier  # noqa: E402
-from frugalnn.evaluate import atomic_writer  # noqa: E402
+from frugalnn.evaluation import atomic_writer  # noqa: E402
 
 __all__ = ["flops_scale", "plot_plane", "save_figure"]
 

@@ -1,0 +1,89 @@
+"""What every benchmark script shares: logging, the results header, subsets, writing.
+
+A benchmark keeps only its experiment grid and its tables; the recipe it
+measures comes from the library (``frugalnn.methods.<method>.recipe``), the
+data subsets from :func:`frugalnn.data.splits.load_splits` (the same flags and
+seed give the same examples as the CLI and the demo), and its results file
+starts with :func:`results_header`: the exact command, the machine (CPU,
+cores, torch threads, torch version, device), the date and the load average.
+
+Scripts import it as ``from _common import ...`` (``benchmarks/`` is the
+script's own directory, first on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "add_split_flags",
+    "log",
+    "results_header",
+    "splits_from_args",
+    "write_results",
+]
+
+_STARTED = time.time()
+
+
+def log(msg: str) -> None:
+    """One progress line with the minutes since the script started."""
+    print(f"[{(time.time() - _STARTED) / 60:6.1f} min] {msg}", file=sys.stderr, flush=True)
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command that ran this script, quoted so that it can be pasted back."""
+    args = list(sys.argv if argv is None else argv)
+    return "python " + " ".join(shlex.quote(a) for a in args)
+
+
+def results_header(title: str, *, argv: Sequence[str] | None = None,
+                   device: str = "cpu", notes: str = "") -> str:
+    """Markdown head of a results file: title, command, machine, date, load and run time."""
+    from frugalnn.cost.machine import machine_markdown, describe_machine
+
+    lines = [f"# {title}", "", f"Command: `{command_line(argv)}`", "",
+             machine_markdown(describe_machine(device)), "",
+             f"Run time: {(time.time() - _STARTED) / 60:.1f} min."]
+    if notes:
+        lines += ["", notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(path: str | Path, text: str, *, echo: bool = True) -> Path:
+    """Write a results file atomically (never half-written) and print it."""
+    from frugalnn.utils.io import write_text_atomic
+
+    out = write_text_atomic(path, text)
+    if echo:
+        print(text)
+    log(f"wrote {out}")
+    return out
+
+
+def add_split_flags(p: argparse.ArgumentParser, *, data: str | None = None) -> None:
+    """``--data``, ``--data-dir``, ``--val-fraction``, the three limits and ``--seed``:
+    the same names and meaning as the CLI's."""
+    p.add_argument("--data", default=data, required=data is None, help="dataset name")
+    p.add_argument("--data-dir", help="data directory (default: $FRUGALNN_DATA)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="part of the training split held out to choose operating points (0.1)")
+    p.add_argument("--train-limit", type=int, help="random N training examples (seeded)")
+    p.add_argument("--val-limit", type=int, help="random N validation examples (seeded)")
+    p.add_argument("--test-limit", type=int, help="random N test examples (seeded)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits and training (0)")
+
+
+def splits_from_args(a: argparse.Namespace, **train_options: Any) -> Any:
+    """:func:`frugalnn.data.splits.load_splits` with the flags of :func:`add_split_flags`."""
+    from frugalnn.data.splits import load_splits
+
+    return load_splits(a.data, a.data_dir, val_fraction=a.val_fraction,
+                       train_limit=a.train_limit, val_limit=a.val_limit,
+                       test_limit=a.test_limit, seed=a.seed, **train_options)

@@ -1,0 +1,5 @@
+"""``python -m frugalnn.cli`` (what torchrun runs)."""
+
+from frugalnn.cli import entry
+
+entry()

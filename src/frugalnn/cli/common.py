@@ -1,0 +1,240 @@
+"""Plumbing shared by the ``commands`` modules: flag checks, run directories,
+base models, data subsets and loaders.
+
+One implementation of the steps every method CLI repeats, so that their
+messages (which tests assert) cannot drift apart. Imports of torch and the
+model registry stay inside the functions: ``frugalnn --help`` must stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from frugalnn.errors import UserError
+
+__all__ = [
+    "add_data_flags",
+    "add_model_flags",
+    "add_run_flags",
+    "args_config",
+    "check_device",
+    "check_out",
+    "check_positive",
+    "load_base_model",
+    "load_model_for_data",
+    "load_subsets",
+    "parse_model_args",
+    "positive",
+    "print_budget_summary",
+    "random_subset",
+    "resolve_checkpoint",
+    "shuffled_loader",
+    "start_run",
+]
+
+
+def add_model_flags(p: argparse.ArgumentParser,
+                    model_help: str = "registry name (vit_tiny, lm_tiny, bert_minilm)") -> None:
+    """``MODEL``, ``--checkpoint`` and ``--model-arg`` of a command that converts a model."""
+    p.add_argument("model", metavar="MODEL", help=model_help)
+    p.add_argument("--checkpoint", help="trained checkpoint or run directory of MODEL")
+    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                   help="model constructor argument when no checkpoint is given (repeatable)")
+
+
+def add_data_flags(p: argparse.ArgumentParser, *, train_help: str = "split to train on (train)",
+                   random: bool = True) -> None:
+    """``--data``, ``--data-dir``, the two splits, their limits and ``--batch-size``."""
+    which = "random" if random else "first"
+    p.add_argument("--data", required=True, help="dataset name (digits, cifar10, ...)")
+    p.add_argument("--data-dir", help="data directory (default: $FRUGALNN_DATA)")
+    p.add_argument("--train-split", default="train", help=train_help)
+    p.add_argument("--eval-split", default="test", help="split to evaluate on (test)")
+    p.add_argument("--train-limit", type=int, help=f"use the {which} N training examples")
+    p.add_argument("--eval-limit", type=int, help=f"evaluate the {which} N examples")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (64)")
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """``--threads``, ``--device``, ``--seed``, ``--out``, ``--force``, ``--no-progress``."""
+    p.add_argument("--threads", type=int, help="torch threads (default: current setting)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def positive(value: int | None, flag: str) -> None:
+    """Refuse a given ``value`` below 1 (``None`` means the flag was not given)."""
+    if value is not None and value < 1:
+        raise UserError(f"{flag} must be positive, got {value}")
+
+
+def check_positive(pairs: Iterable[tuple[int | None, str]]) -> None:
+    """:func:`positive` for each ``(value, flag)`` pair, in order."""
+    for value, flag in pairs:
+        positive(value, flag)
+
+
+def check_device(device: str) -> None:
+    """Refuse ``cuda`` when torch sees no CUDA device."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA device; use cpu")
+
+
+def check_out(out: Path, force: bool, *, empty_ok: bool = True) -> None:
+    """Refuse to overwrite an existing run directory without ``--force``.
+
+    An existing but empty directory is accepted unless ``empty_ok`` is false.
+    """
+    taken = out.exists() and (not empty_ok or any(out.iterdir()))
+    if taken and not force:
+        raise UserError(f"{out} already exists; pass --force to overwrite it or choose "
+                        "another --out")
+
+
+def start_run(args: argparse.Namespace) -> Path:
+    """Check ``--device`` and ``--out``, apply ``--threads`` and seed torch; return the out dir."""
+    import torch
+
+    check_device(args.device)
+    out = Path(args.out)
+    check_out(out, args.force)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    return out
+
+
+def args_config(args: argparse.Namespace, command: str | None = None) -> dict[str, Any]:
+    """The command's arguments as a JSON-able config (``command`` first when given)."""
+    config: dict[str, Any] = {"command": command} if command else {}
+    config.update({k: v for k, v in vars(args).items() if k != "func"})
+    return config
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def parse_model_args(items: list[str] | None, flag: str = "--model-arg",
+                     value: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """``["depth=3", "name=x"]`` -> ``{"depth": 3, "name": "x"}``.
+
+    Values are read as JSON (falling back to the text itself) unless ``value``
+    parses them otherwise (e.g. ``yaml.safe_load``).
+    """
+    parse = value or _json_or_text
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = parse(text)
+    return out
+
+
+def resolve_checkpoint(source: str | Path, hint: str = "a checkpoint or run directory") -> Path:
+    """The checkpoint directory of ``source``: itself, or ``source/checkpoint`` in a run dir."""
+    from frugalnn.train.checkpoint import has_checkpoint
+
+    path = Path(source)
+    if not path.exists():
+        raise UserError(f"{path} does not exist; pass {hint}")
+    return path / "checkpoint" if has_checkpoint(path / "checkpoint") else path
+
+
+def load_base_model(name: str, checkpoint: str | None, kwargs: dict[str, Any], device: str, *,
+                    allow_th: bool = False, check_name: bool = True) -> Any:
+    """Model ``name``: from a frugalnn checkpoint or run dir, freshly built when
+    ``checkpoint`` is None, or (``allow_th``) from a ResNet-CIFAR ``.th`` file.
+
+    With ``check_name`` a checkpoint holding another registry model is refused.
+    """
+    from frugalnn.models import create_model
+    from frugalnn.train.checkpoint import load_model
+
+    if checkpoint is None:
+        return create_model(name, **kwargs).to(device)
+    hint = "a checkpoint, run directory or .th file" if allow_th else None
+    path = Path(checkpoint)
+    if allow_th and path.is_file() and path.suffix == ".th":
+        return create_model(name, checkpoint=str(path), **kwargs).to(device)
+    ckpt = resolve_checkpoint(path, hint) if hint else resolve_checkpoint(path)
+    model = load_model(ckpt, map_location=device)
+    if check_name:
+        spec = getattr(model, "frugalnn_spec", None) or {}
+        if spec.get("name") not in (None, name):
+            raise UserError(
+                f"checkpoint {ckpt} holds a {spec.get('name')!r} model, not {name!r}")
+    return model
+
+
+def load_model_for_data(name: str, checkpoint: str | None, info: Any,
+                        model_arg: list[str] | None, device: str, *,
+                        check_name: bool = True) -> Any:
+    """Model ``name`` sized for dataset ``info`` (unless a frugalnn checkpoint
+    rebuilds its own structure), from a checkpoint, a ``.th`` file or fresh."""
+    from frugalnn.cli.train import model_kwargs_for
+
+    kwargs = model_kwargs_for(name, info, parse_model_args(model_arg))
+    if checkpoint and not str(checkpoint).endswith(".th"):
+        kwargs = {}  # a frugalnn checkpoint rebuilds its own structure
+    return load_base_model(name, checkpoint, kwargs, device, allow_th=True,
+                           check_name=check_name)
+
+
+def load_subsets(args: argparse.Namespace, eval_split: str = "test",
+                 **train_options: Any) -> tuple[Any, Any, Any]:
+    """``(train, eval, info)`` of ``--data``: random ``--train-limit`` / ``--eval-limit``
+    subsets (seeds ``--seed`` and ``--seed + 1``) and the dataset's info."""
+    from frugalnn.data import get_dataset
+
+    train = get_dataset(args.data, "train", args.data_dir, **train_options)
+    evaluation = get_dataset(args.data, eval_split, args.data_dir)
+    info = train.info
+    return (random_subset(train, args.train_limit, args.seed),
+            random_subset(evaluation, args.eval_limit, args.seed + 1), info)
+
+
+def random_subset(dataset: Any, limit: int | None, seed: int) -> Any:
+    """``limit`` examples drawn at random (seeded), or the whole set.
+
+    Random rather than the first ``limit``: image folders are sorted by class,
+    so their first examples would all share one label.
+    """
+    import torch
+    from torch.utils.data import Subset
+
+    if limit is None or limit >= len(dataset):
+        return dataset
+    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit]
+    subset = Subset(dataset, sorted(idx.tolist()))
+    subset.info = getattr(dataset, "info", None)  # type: ignore[attr-defined]
+    return subset
+
+
+def shuffled_loader(dataset: Any, batch_size: int, seed: int) -> Any:
+    """A training loader whose shuffling order is fixed by ``seed``."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen)
+
+
+def print_budget_summary(records: Any, name: str, width: int = 8) -> None:
+    """One line per budget: knob value, accuracy and FLOPs per example."""
+    for row in records.per_budget_summary():
+        print(f"{name} {row['label']:>{width}}: accuracy {100 * row['accuracy']:6.2f} %  "
+              f"{row['flops'] / 1e6:10.3f} MFLOPs/example")

@@ -1,0 +1,200 @@
+"""``frugalnn evaluate``, ``frugalnn report`` and ``frugalnn demo``.
+
+Thin argument handling around :func:`frugalnn.evaluation.evaluate_into`,
+:func:`frugalnn.report.write_report` and :func:`frugalnn.demo.run_demo`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from frugalnn.cli.common import (
+    args_config,
+    check_device,
+    check_out,
+    check_positive,
+    positive,
+    print_budget_summary,
+    resolve_checkpoint,
+)
+from frugalnn.errors import UserError
+
+__all__ = ["parse_floats", "parse_ints", "register"]
+
+
+def parse_floats(values: list[str] | None, what: str = "--budgets") -> list[float] | None:
+    """``["0.5,0.8", "0.9"]`` -> ``[0.5, 0.8, 0.9]`` (commas or spaces)."""
+    if not values:
+        return None
+    out = []
+    for v in values:
+        for part in v.replace(",", " ").split():
+            try:
+                out.append(float(part))
+            except ValueError:
+                raise UserError(f"{what} takes numbers, got {part!r}; e.g. {what} 0.5,0.8,0.9") \
+                    from None
+    return out
+
+
+def parse_ints(text: str, what: str) -> list[int]:
+    """``"1,64"`` -> ``[1, 64]``; ``"none"`` or ``""`` -> ``[]``."""
+    if text.strip().lower() in ("", "none", "0"):
+        return []
+    try:
+        out = [int(p) for p in text.replace(",", " ").split()]
+    except ValueError:
+        raise UserError(f"{what} takes integers separated by commas, got {text!r}") from None
+    if any(v < 1 for v in out):
+        raise UserError(f"{what} values must be positive, got {text!r}")
+    return out
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    e = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint at every budget; write records, summary and a report",
+        description="Evaluate a trained (and possibly transformed) model at each value of its "
+        "budget knob, recording per example the prediction, loss, FLOPs and the method's "
+        "decisions, and time it per budget. Writes RUN_DIR/records.csv, summary.json and "
+        "report/.",
+    )
+    e.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN_DIR",
+                   help="a checkpoint directory, or a run directory holding checkpoint/")
+    e.add_argument("--data", required=True, help="dataset name (digits, mnist, cifar10, ...)")
+    e.add_argument("--data-dir", help="data directory (default: $FRUGALNN_DATA)")
+    e.add_argument("--split", default="test", help="split to evaluate (default test)")
+    e.add_argument("--budgets", nargs="+", help="knob values to sweep, e.g. 0.5,0.8,0.9 "
+                   "(default: the model's own sweep)")
+    e.add_argument("--batch-size", type=int, default=64, help="evaluation batch (default 64)")
+    e.add_argument("--limit", type=int, help="evaluate only the first N examples")
+    e.add_argument("--threads", type=int, help="torch threads (default: current setting)")
+    e.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
+    e.add_argument("--method", default="", help="name shown in reports (default: the last "
+                   "transformation applied, or 'baseline')")
+    e.add_argument("--baseline", metavar="RUN_DIR", help="an evaluated baseline run to "
+                   "compare with (its FLOPs and accuracy)")
+    e.add_argument("--latency-batch-sizes", default="1,64", help="batch sizes to time per "
+                   "budget, or 'none' (default 1,64)")
+    e.add_argument("--latency-repeats", type=int, default=20, help="timed calls (default 20)")
+    e.add_argument("--out", required=True, help="run directory to write")
+    e.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    e.set_defaults(func=_evaluate)
+
+    r = subparsers.add_parser(
+        "report",
+        help="plots and tables for one or more evaluated runs on one cost-accuracy plane",
+        description="Regenerate a report (report.md, report.html, PNG plots, frontier.json) "
+        "from saved run directories, without running any model.",
+    )
+    r.add_argument("runs", nargs="+", metavar="RUN_DIR", help="evaluated run directories")
+    r.add_argument("--out", required=True, help="report directory to write")
+    r.add_argument("--title", default="frugalnn report", help="report title")
+    r.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    r.set_defaults(func=_report)
+
+    d = subparsers.add_parser(
+        "demo",
+        help="train a small baseline, run every available method, write one report",
+        description="The whole pipeline in a few minutes on a CPU: train a small baseline on "
+        "the embedded digits (or MNIST with --data mnist --data-dir DIR), profile and "
+        "evaluate it, run each available method's demo, and write a single report with all "
+        "of them on one plot against the baseline.",
+    )
+    d.add_argument("--data", default="digits", choices=("digits", "mnist"),
+                   help="digits (embedded, default) or mnist (needs --data-dir)")
+    d.add_argument("--data-dir", help="data directory for mnist (default: $FRUGALNN_DATA)")
+    d.add_argument("--model", default="cnn_small", choices=("cnn_small", "mlp"),
+                   help="baseline model (default cnn_small)")
+    d.add_argument("--out", help="output directory (default: runs/demo/<UTC time>)")
+    d.add_argument("--force", action="store_true", help="replace an existing --out that an "
+                   "earlier demo wrote")
+    d.add_argument("--quick", action="store_true", help="fewer epochs and examples (tests)")
+    d.add_argument("--strict", action="store_true", help="fail if any method's demo fails")
+    d.add_argument("--only", nargs="+", metavar="HOOK", help="run only these method demos "
+                   "(module names or their last parts, e.g. early_exit lowrank)")
+    d.add_argument("--no-methods", action="store_true", help="baseline only, no method demos")
+    d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    d.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the "
+                   "demo's models are tiny, and one thread times them most stably)")
+    d.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.set_defaults(func=_demo)
+
+
+def _baseline_of(run_dir: str | None) -> tuple[float | None, float | None]:
+    if not run_dir:
+        return None, None
+    from frugalnn.evaluation import load_summary
+
+    s = load_summary(run_dir)
+    rows = s.get("budgets") or []
+    if len(rows) != 1:
+        raise UserError(f"--baseline {run_dir} has {len(rows)} budgets; pass the run of a "
+                        "static (untransformed) model")
+    return rows[0].get("flops"), rows[0].get("accuracy")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from frugalnn.data import get_dataset
+    from frugalnn.evaluation import evaluate_into
+    from frugalnn.report import write_run_report
+    from frugalnn.train.checkpoint import load_model
+
+    check_positive(((args.batch_size, "--batch-size"), (args.limit, "--limit"),
+                    (args.threads, "--threads"), (args.latency_repeats, "--latency-repeats")))
+    check_device(args.device)
+    out = Path(args.out)
+    check_out(out, args.force, empty_ok=False)
+    budgets = parse_floats(args.budgets)
+    sizes = parse_ints(args.latency_batch_sizes, "--latency-batch-sizes")
+    ckpt = resolve_checkpoint(args.checkpoint)
+    model = load_model(ckpt, map_location=args.device)
+    dataset = get_dataset(args.data, args.split, args.data_dir, limit=args.limit)
+    base_flops, base_acc = _baseline_of(args.baseline)
+    transforms = getattr(model, "frugalnn_transforms", []) or []
+    method = args.method or (transforms[-1]["name"] if transforms else "baseline")
+    config: dict[str, Any] = {"command": "evaluate", "checkpoint": str(ckpt),
+                              **args_config(args)}
+    records = evaluate_into(
+        model, dataset, out, method=method, batch_size=args.batch_size, budgets=budgets,
+        threads=args.threads, device=args.device, latency_batch_sizes=sizes,
+        latency_repeats=args.latency_repeats, baseline_flops=base_flops,
+        baseline_accuracy=base_acc, config=config, force=args.force,
+        progress=not args.no_progress,
+    )
+    write_run_report(out)
+    print_budget_summary(records, "budget")
+    print(f"records: {out / 'records.csv'}")
+    print(f"report:  {out / 'report' / 'report.html'}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from frugalnn.report import write_report
+
+    path = write_report(args.runs, args.out, title=args.title, force=args.force)
+    print(f"report: {path}")
+    print(f"        {path.with_suffix('.html')}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from frugalnn.demo import run_demo
+
+    positive(args.threads, "--threads")
+    check_device(args.device)
+    report = run_demo(
+        out=args.out, data=args.data, data_dir=args.data_dir, model=args.model,
+        quick=args.quick, strict=args.strict, force=args.force, seed=args.seed,
+        threads=args.threads, device=args.device, only=[] if args.no_methods else args.only,
+        progress=not args.no_progress,
+    )
+    print(f"report: {report}")
+    print(f"        {report.with_suffix('.html')}")
+    sys.stdout.flush()
+    return 0

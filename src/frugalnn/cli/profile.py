@@ -1,0 +1,136 @@
+"""``frugalnn profile`` and ``frugalnn models``: what a model costs, what models exist."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from frugalnn.cost.count import format_bytes, format_count
+from frugalnn.errors import UserError
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "profile",
+        help="parameters, MACs/FLOPs, activation memory and measured latency of a model",
+        description="Count a model's static cost per example (FLOPs = 2 x MACs) and measure "
+        "its latency at batch 1 and at --batch-size.",
+    )
+    p.add_argument("model", help="registered model name (see `frugalnn models`)")
+    p.add_argument("--input-shape", help="one example's shape without batch, e.g. 3,32,32 "
+                   "(default: the model's registered shape)")
+    p.add_argument("--batch-size", type=int, default=64, help="larger batch to time (default 64)")
+    p.add_argument("--checkpoint", help="weights: a resnet*.th file or a frugalnn checkpoint")
+    p.add_argument("--depth", type=int, default=2, help="module depth of the table (default 2)")
+    p.add_argument("--json", dest="json_out", help="also write the whole profile as JSON here")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    p.add_argument("--threads", type=int, help="torch threads while timing (default: current)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
+    p.add_argument("--repeats", type=int, default=20, help="timed calls (default 20)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
+    p.add_argument("--no-timing", action="store_true", help="count only, skip latency/memory")
+    p.add_argument("--retain-freed-memory", action="store_true",
+                   help="time with glibc keeping freed memory (no page faults for re-allocated "
+                        "activations; see docs/cost.md)")
+    p.set_defaults(func=_profile)
+
+    m = subparsers.add_parser("models", help="list the registered models")
+    m.add_argument("--no-params", action="store_true", help="skip building models to count "
+                   "parameters (faster)")
+    m.set_defaults(func=_models)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.depth < 0:
+        raise UserError(f"--depth must be >= 0, got {args.depth}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be positive, got {args.threads}")
+    if args.repeats < 1 or args.warmup < 0:
+        raise UserError("--repeats must be >= 1 and --warmup >= 0")
+    if args.json_out and Path(args.json_out).exists() and not args.force:
+        raise UserError(f"{args.json_out} exists; pass --force to overwrite it")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda asked for, but torch sees no CUDA device; use cpu")
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from frugalnn.cost.profile import load_for_profile, parse_shape, profile_model
+    from frugalnn.models import model_info
+    from frugalnn.utils.io import write_json_atomic
+
+    _check_args(args)
+    retained = False
+    if args.retain_freed_memory:
+        from frugalnn.cost.allocator import retain_freed_memory
+
+        retained = retain_freed_memory()
+        if not retained:
+            print("note: --retain-freed-memory needs glibc; timing with this platform's allocator")
+    info = model_info(args.model)
+    shape = parse_shape(args.input_shape) if args.input_shape else info.input_shape
+    model = load_for_profile(args.model, args.checkpoint)
+    batch_sizes = (1,) if args.batch_size == 1 else (1, args.batch_size)
+    prof = profile_model(
+        model,
+        shape,
+        name=args.model,
+        input_dtype=info.input_dtype,
+        batch_sizes=batch_sizes,
+        depth=args.depth,
+        threads=args.threads,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        device=args.device,
+        timing=not args.no_timing,
+    )
+    cost = prof.cost
+    print(f"{args.model}  input {tuple(shape)} ({info.input_dtype})"
+          + (f"  checkpoint {args.checkpoint}" if args.checkpoint else ""))
+    print(cost.summary())
+    print()
+    print(cost.table(args.depth))
+    if prof.latency:
+        print()
+        print(f"latency on {prof.machine.get('device')} (median of {args.repeats}, "
+              f"load average {prof.machine.get('loadavg')}"
+              + (", freed memory retained" if retained else "") + "):")
+        for bs, rec in prof.latency.items():
+            mem = prof.memory[bs]
+            print(f"  batch {bs:>4}: {rec.median_ms:9.3f} ms  "
+                  f"(p10 {rec.p10_ms:.3f}, p90 {rec.p90_ms:.3f}; "
+                  f"{rec.median_ms / bs:.4f} ms/example; {rec.threads} threads; "
+                  f"peak tensor memory {format_bytes(mem.peak_bytes)})")
+    if args.json_out:
+        write_json_atomic(args.json_out, prof.to_dict())
+        print(f"\nwrote {args.json_out}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from frugalnn.models import create_model, list_models, model_info
+
+    rows = [("name", "input", "dtype", "task", "params", "description")]
+    for name in list_models():
+        info = model_info(name)
+        params = "-"
+        if not args.no_params:
+            try:
+                model = create_model(name)
+                params = format_count(sum(p.numel() for p in model.parameters()))
+            except UserError:
+                params = "unavailable"
+        shape = "x".join(str(s) for s in info.input_shape)
+        rows.append((name, shape, info.input_dtype, info.task, params, info.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for i, r in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5])
+        if i == 0:
+            print("-" * (sum(widths) + 2 * 5 + len(r[5])))
+    return 0

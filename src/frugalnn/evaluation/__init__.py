@@ -1,0 +1,42 @@
+"""Evaluation at budgets: per-example records of what was predicted and computed.
+
+``records`` holds the rows and their files, ``loop`` the evaluation pass,
+``timing`` clean latency per budget, ``run`` the one call that writes a run
+directory. Evaluation writes records only; reports are built from them by
+``frugalnn.report``.
+"""
+
+from frugalnn.evaluation.loop import evaluate
+from frugalnn.evaluation.records import (
+    BATCHES_FILE,
+    CORE_COLUMNS,
+    RECORDS_FILE,
+    STATIC,
+    SUMMARY_FILE,
+    VALIDATION_DIR,
+    EvalRecords,
+    budget_label,
+    load_records,
+    load_summary,
+)
+from frugalnn.evaluation.run import evaluate_into
+from frugalnn.evaluation.timing import time_budgets
+from frugalnn.utils.io import atomic_writer, jsonable
+
+__all__ = [
+    "BATCHES_FILE",
+    "CORE_COLUMNS",
+    "RECORDS_FILE",
+    "STATIC",
+    "SUMMARY_FILE",
+    "VALIDATION_DIR",
+    "EvalRecords",
+    "atomic_writer",
+    "budget_label",
+    "evaluate",
+    "evaluate_into",
+    "jsonable",
+    "load_records",
+    "load_summary",
+    "time_budgets",
+]

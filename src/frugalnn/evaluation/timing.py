@@ -1,0 +1,122 @@
+"""Clean latency per budget: no ledger, warm-up, repeats, median, distinct real batches."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from frugalnn.budget import has_budget
+from frugalnn.errors import UserError
+from frugalnn.evaluation.loop import _eval_mode, _resolve_budgets
+from frugalnn.evaluation.records import _budget_key, budget_label
+from frugalnn.utils.batch import (
+    batch_len,
+    cat,
+    slice_batch,
+    split_batch,
+    take,
+    to_device,
+)
+
+
+def _real_batches(source: Any, batch_size: int, count: int) -> list[Any]:
+    """Up to ``count`` batches of exactly ``batch_size`` real inputs from ``source``.
+
+    ``source`` is a data loader (re-batched as needed) or a single input batch
+    (sliced into consecutive windows).
+    """
+    if isinstance(source, (torch.Tensor, dict)):
+        n = batch_len(source)
+        if n < batch_size:
+            raise UserError(f"need at least {batch_size} examples to time batch size {batch_size}")
+        out = []
+        for start in range(0, n - batch_size + 1, batch_size):
+            out.append(slice_batch(source, start, start + batch_size))
+            if len(out) >= count:
+                break
+        return out
+    out: list[Any] = []
+    pending: list[Any] = []
+    have = 0
+    for batch in source:
+        x, _ = split_batch(batch)
+        pending.append(x)
+        have += batch_len(x)
+        while have >= batch_size:
+            joined = cat(pending)
+            out.append(take(joined, batch_size))
+            rest = slice_batch(joined, batch_size, have)
+            pending = [rest] if have > batch_size else []
+            have -= batch_size
+            if len(out) >= count:
+                return out
+    if not out:
+        raise UserError(f"the data has fewer than {batch_size} examples; lower the batch size")
+    return out
+
+
+def time_budgets(
+    model: nn.Module,
+    loader_or_batch: Any,
+    budgets: Sequence[float] | None = None,
+    batch_sizes: Sequence[int] = (1, 64),
+    *,
+    warmup: int = 3,
+    repeats: int = 20,
+    threads: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Measured forward latency of ``model`` per budget and batch size.
+
+    Each timed call runs the model (in ``inference_mode``, no ledger) on a
+    *different* real batch, cycling through ``repeats`` batches drawn from
+    the data, because a dynamic model's time depends on its input. Returns
+    rows ``{budget, label, batch_size, median_ms, p10_ms, p90_ms, mean_ms,
+    std_ms, per_example_ms, threads, device, repeats}`` ready for
+    ``EvalRecords.latency``. The knob is restored to full afterwards.
+    """
+    from frugalnn.cost.latency import measure_latency
+
+    device = torch.device(device)
+    values = _resolve_budgets(model, budgets)
+    model.to(device)
+    rows: list[dict[str, Any]] = []
+    jobs = [(b, bs) for b in values for bs in batch_sizes]
+    try:
+        with _eval_mode(model), torch.inference_mode():
+            for b, bs in tqdm(jobs, desc="latency", unit="setting", disable=not progress,
+                              leave=False):
+                if bs < 1:
+                    raise UserError(f"batch sizes must be positive, got {bs}")
+                if not math.isnan(b):
+                    model.set_budget(b)  # type: ignore[attr-defined]
+                batches = [to_device(x, device) for x in
+                           _real_batches(loader_or_batch, bs, max(repeats, 1))]
+                cursor = {"i": 0}
+
+                def step(_batches: list[Any] = batches, _c: dict[str, int] = cursor) -> Any:
+                    x = _batches[_c["i"] % len(_batches)]
+                    _c["i"] += 1
+                    return model(x)
+
+                rec = measure_latency(step, warmup=warmup, repeats=repeats, threads=threads,
+                                      device=device, batch_size=bs).to_dict(with_times=False)
+                median = float(rec["median_ms"])
+                rows.append({
+                    **{k: v for k, v in rec.items() if k != "batch_size"},
+                    "budget": _budget_key(b),
+                    "label": budget_label(b),
+                    "batch_size": bs,
+                    "distinct_batches": len(batches),
+                    "per_example_ms": median / bs,
+                })
+    finally:
+        if has_budget(model):
+            model.set_budget(model.full_budget())  # type: ignore[attr-defined]
+    return rows

@@ -1,0 +1,104 @@
+"""Method-specific report material for ACM runs (``RUN_DIR/extras/``).
+
+* ``compute_map_q<q>.png``: learners per patch (mean over the ACM layers) for
+  the first test images, at a few budgets, so one can see where the model
+  spends compute (ViT-like models with a square patch grid only);
+* ``acm_learners.md``: mean learners per token of each layer at each budget,
+  read back from the run's ``records.csv``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from frugalnn.errors import UserError
+from frugalnn.methods.acm.convert import ACMModel
+
+__all__ = ["save_acm_compute_maps", "write_extras"]
+
+
+def save_acm_compute_maps(
+    model: ACMModel,
+    dataset: Any,
+    out_dir: Path,
+    *,
+    qs: Sequence[float] = (0.25, 0.5, 0.75),
+    images: int = 8,
+    device: str | torch.device = "cpu",
+) -> list[Path]:
+    """Write one compute-map PNG per budget in ``qs`` for the first ``images`` examples."""
+    from frugalnn.report.compute_maps import save_compute_maps
+
+    n = min(images, len(dataset))
+    if n == 0:
+        return []
+    xs, ys = zip(*(dataset[i] for i in range(n)))
+    x = torch.stack([torch.as_tensor(v) for v in xs])
+    if x.dim() != 4:
+        return []  # not images: no maps
+    titles = [f"#{i} label {int(y)}" for i, y in enumerate(ys)]
+    written = []
+    model.eval()
+    model.keep_counts(True)
+    try:
+        for q in qs:
+            model.set_budget(q)
+            with torch.inference_mode():
+                model(x.to(device))
+            counts = model.token_counts()
+            try:
+                path = save_compute_maps(
+                    counts, x, out_dir / f"compute_map_q{q:g}.png", titles=titles,
+                    label=f"learners per patch (q={q:g}, mean over layers)", vmin=1.0,
+                    vmax=float(model.num_learners()),
+                )
+            except UserError:
+                return written  # tokens are not a square patch grid (e.g. text)
+            written.append(path)
+    finally:
+        model.keep_counts(False)
+        model.set_budget(model.full_budget())
+    return written
+
+
+def learners_table(run_dir: Path) -> str:
+    """Markdown table: mean learners per token per layer and budget (from records)."""
+    from frugalnn.evaluation import budget_label, load_records
+
+    rec = load_records(run_dir)
+    cols = [c for c in rec.decision_columns if c.startswith("learners_per_token/")]
+    if not cols:
+        return ""
+    lines = ["## Learners per token (mean over tokens and examples)", "",
+             "| q | " + " | ".join(c.split("/", 1)[1] for c in cols) + " | MFLOPs/example |",
+             "|---" * (len(cols) + 2) + "|"]
+    for b in rec.budgets():
+        mask = rec.rows_for(b)
+        vals = [float(np.nanmean(rec.columns[c][mask])) for c in cols]
+        flops = float(rec.columns["flops"][mask].mean()) / 1e6
+        lines.append(f"| {budget_label(b)} | " + " | ".join(f"{v:.2f}" for v in vals)
+                     + f" | {flops:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_extras(
+    model: ACMModel, run_dir: Path, dataset: Any, *, device: str | torch.device = "cpu",
+    images: int = 8,
+) -> list[Path]:
+    """Compute maps and the learners table into ``run_dir/extras``; returns the files."""
+    from frugalnn.evaluation import atomic_writer
+
+    out = Path(run_dir) / "extras"
+    out.mkdir(parents=True, exist_ok=True)
+    files = save_acm_compute_maps(model, dataset, out, images=images, device=device)
+    table = learners_table(Path(run_dir)) if (Path(run_dir) / "records.csv").exists() else ""
+    if table:
+        with atomic_writer(out / "acm_learners.md") as fh:
+            fh.write(table)
+        files.append(out / "acm_learners.md")
+    return files

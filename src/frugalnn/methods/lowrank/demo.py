@@ -1,0 +1,56 @@
+"""The low-rank turn of ``frugalnn demo``.
+
+Two things on the demo data: (1) the trained demo CNN compressed with
+Tucker-2 and CP to half its FLOPs, fine-tuned briefly with distillation, each
+evaluated over its ``rank_fraction`` knob with per-layer and whole-model
+tables in ``extras/``; (2) the demo ViT trained with NMF token mixing in place
+of attention, next to the same ViT with softmax attention (the baseline the
+other transformer hooks share).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: The demo ViT (shared with the mixture-of-experts and ACM hooks, so trained once).
+VIT = {"patch_size": 2, "dim": 64, "depth": 2, "heads": 2, "activation": "relu"}
+
+
+def run_demo(ctx: Any) -> list[Path]:
+    from frugalnn.methods.lowrank.nmf import replace_attention
+    from frugalnn.methods.lowrank.pipeline import compare, compress_and_finetune, write_extras
+    from frugalnn.models import create_model
+
+    runs: list[Path] = []
+    backbone, _ = ctx.train_baseline()
+    backbone.eval()
+    example = torch.stack([ctx.test_set[i][0] for i in range(2)]).to(ctx.device)
+    epochs = 1 if ctx.quick else 3
+    for method in ("tucker", "cp"):
+        torch.manual_seed(ctx.seed)
+        model, plan, _ = compress_and_finetune(
+            backbone, method, "flops=2", example, ctx.train_loader(), finetune_epochs=epochs,
+            lr=3e-3, optimizer="adamw", weight_decay=1e-4, device=ctx.device, seed=ctx.seed,
+            progress=ctx.progress,
+        )
+        name = f"{method} (flops/2)"
+        run = ctx.evaluate_run(model, f"lowrank-{method}", method=f"lowrank {name}")
+        result = compare(backbone, model, plan, example, batch_sizes=(1, ctx.batch_size),
+                         device=ctx.device, repeats=5 if ctx.quick else 20,
+                         threads=ctx.threads, eval_loader=ctx.test_loader(),
+                         layer_batch=ctx.batch_size)
+        write_extras(run, plan, result, f"lowrank {name}", (1, ctx.batch_size))
+        runs.append(run)
+
+    vit_epochs = 10 if ctx.quick else 30
+    ctx.train_baseline("vit_tiny", epochs=vit_epochs, **VIT)  # softmax attention, for comparison
+    torch.manual_seed(ctx.seed)
+    vit = create_model("vit_tiny", **{**ctx.model_kwargs("vit_tiny"), **VIT}).to(ctx.device)
+    vit = replace_attention(vit, rank=8, steps=3, seed=ctx.seed)
+    ctx.fit(vit, epochs=vit_epochs)
+    vit.eval()
+    runs.append(ctx.evaluate_run(vit, "nmf-mixing-vit", method="NMF token mixing (ViT)"))
+    return runs

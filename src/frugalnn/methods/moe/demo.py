@@ -1,0 +1,43 @@
+"""The MoE turn of ``frugalnn demo``: a small ReLU ViT on the demo data, converted.
+
+Trains (via the demo context) a 2-block ViT with ReLU FFNs, writes its
+activation-sparsity report, splits each FFN into 8 experts by balanced
+k-means, trains routers, and evaluates dynamic-k (knob tau) and top-k (knob
+k) routing as two runs on the shared cost-accuracy plane.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+VIT = {"patch_size": 2, "dim": 64, "depth": 2, "heads": 2, "activation": "relu"}
+
+
+def run_demo(ctx: Any) -> list[Path]:
+    from frugalnn.analysis.sparsity import activation_sparsity
+    from frugalnn.methods.moe.convert import convert_to_moe
+    from frugalnn.methods.moe.report import write_extras
+
+    shape = tuple(ctx.input_shape)
+    if len(shape) != 3 or shape[1] != shape[2] or shape[1] % VIT["patch_size"]:
+        return []  # the demo ViT needs square images
+    epochs = 10 if ctx.quick else 30
+    model, _ = ctx.train_baseline("vit_tiny", epochs=epochs, **VIT)
+    torch.manual_seed(ctx.seed)
+    sparsity = activation_sparsity(model, ctx.test_loader(), device=ctx.device,
+                                   meta={"model": "vit_tiny (demo)"})
+    moe = convert_to_moe(
+        model, num_experts=8, loader=ctx.train_loader(), router_epochs=2 if ctx.quick else 6,
+        router_lr=3e-3, router_hidden=32, seed=ctx.seed, device=ctx.device,
+        progress=ctx.progress,
+    )
+    dyn = ctx.evaluate_run(moe, "moe-dynamic-k", method="moe dynamic-k")
+    moe.set_mode("topk")
+    topk = ctx.evaluate_run(moe, "moe-top-k", method="moe top-k")
+    moe.set_mode("dynamic")
+    write_extras(moe, [dyn, topk], dyn / "extras")
+    sparsity.save(dyn / "extras")
+    return [dyn, topk]

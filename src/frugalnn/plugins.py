@@ -1,0 +1,67 @@
+"""The one list of method packages.
+
+Each entry names a package under ``frugalnn.methods``. A plugin package may
+provide, by convention:
+
+- ``<package>.commands`` with ``register(subparsers)``: its CLI subcommands;
+- ``<package>.demo`` with ``run_demo(ctx)``: its turn in ``frugalnn demo``;
+- transformations registered with ``@register_transform`` when the package is
+  imported (so a checkpoint of a transformed model can be rebuilt);
+- extra registry models (``@register_model``) in the submodule named by
+  :attr:`Plugin.models`.
+
+Nothing else in frugalnn lists method packages: the CLI, the demo, the model
+registry and the transformation registry all read :data:`PLUGINS`. Adding a
+method is one entry here. Entries are module names (strings), so importing this
+file imports no method.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+__all__ = ["PLUGINS", "Plugin", "import_optional", "plugin_modules"]
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """A method package and which of the conventional parts it provides."""
+
+    name: str
+    package: str
+    commands: bool = True
+    demo: bool = True
+    models: str = ""  # submodule that registers extra models, if any
+    transforms: bool = True
+
+
+#: Method packages in report order (the demo runs their hooks in this order).
+PLUGINS: tuple[Plugin, ...] = (
+    Plugin("early_exit", "frugalnn.methods.early_exit"),
+    Plugin("moe", "frugalnn.methods.moe"),
+    Plugin("lowrank", "frugalnn.methods.lowrank"),
+    Plugin("nas", "frugalnn.methods.nas", models="net"),
+    Plugin("acm", "frugalnn.methods.acm"),
+)
+
+
+def plugin_modules(part: str) -> list[str]:
+    """Module names of one conventional part (``"commands"``, ``"demo"``, ``"models"``)
+    for every plugin that provides it; ``"transforms"`` gives the packages themselves."""
+    if part == "transforms":
+        return [p.package for p in PLUGINS if p.transforms]
+    if part == "models":
+        return [f"{p.package}.{p.models}" for p in PLUGINS if p.models]
+    return [f"{p.package}.{part}" for p in PLUGINS if getattr(p, part)]
+
+
+def import_optional(name: str) -> ModuleType | None:
+    """Import ``name``; ``None`` if that module does not exist (a real import error raises)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and name.startswith(exc.name):
+            return None
+        raise

@@ -1,0 +1,92 @@
+"""One batch convention for every layer.
+
+A data loader yields ``(inputs, labels)`` pairs or a dict holding ``"labels"``
+(Hugging Face style); inputs are a tensor, a tuple/list of tensors or a dict of
+tensors. These helpers move, count, slice and join such inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from frugalnn.errors import UserError
+
+__all__ = ["batch_len", "cat", "logits_of", "slice_batch", "split_batch", "take", "to_device"]
+
+
+def to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_device(v, device) for v in x)
+    return x
+
+
+def batch_len(x: Any) -> int:
+    if isinstance(x, torch.Tensor):
+        return int(x.shape[0])
+    if isinstance(x, dict):
+        return batch_len(next(iter(x.values())))
+    if isinstance(x, (list, tuple)):
+        return batch_len(x[0])
+    raise UserError(f"cannot tell the batch size of an input of type {type(x).__name__}")
+
+
+def take(x: Any, n: int) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x[:n]
+    if isinstance(x, dict):
+        return {k: take(v, n) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(take(v, n) for v in x)
+    return x
+
+
+def cat(parts: list[Any]) -> Any:
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(first, dict):
+        return {k: cat([p[k] for p in parts]) for k in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(cat([p[i] for p in parts]) for i in range(len(first)))
+    raise UserError(f"cannot concatenate inputs of type {type(first).__name__}")
+
+
+def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
+    if isinstance(batch, (list, tuple)) and len(batch) == 2:
+        return batch[0], batch[1]
+    if isinstance(batch, dict) and "labels" in batch:
+        x = {k: v for k, v in batch.items() if k != "labels"}
+        return x, batch["labels"]
+    raise UserError(
+        "the data loader must yield (inputs, labels) pairs; got "
+        f"{type(batch).__name__}"
+    )
+
+
+def logits_of(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
+        return out["logits"]
+    if isinstance(out, (list, tuple)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise UserError(f"the model returned {type(out).__name__}; expected a logits tensor")
+
+
+def slice_batch(x: Any, start: int, stop: int) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x[start:stop]
+    if isinstance(x, dict):
+        return {k: slice_batch(v, start, stop) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(slice_batch(v, start, stop) for v in x)
+    return x
