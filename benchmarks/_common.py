@@ -46,7 +46,7 @@ def command_line(argv: Sequence[str] | None = None) -> str:
 def results_header(title: str, *, argv: Sequence[str] | None = None,
                    device: str = "cpu", notes: str = "") -> str:
     """Markdown head of a results file: title, command, machine, date, load and run time."""
-    from frugalnn.cost.machine import machine_markdown, describe_machine
+    from frugalnn.cost.machine import describe_machine, machine_markdown
 
     lines = [f"# {title}", "", f"Command: `{command_line(argv)}`", "",
              machine_markdown(describe_machine(device)), "",

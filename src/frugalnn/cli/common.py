@@ -26,6 +26,7 @@ __all__ = [
     "check_positive",
     "load_base_model",
     "load_model_for_data",
+    "load_splits_from_args",
     "load_subsets",
     "parse_model_args",
     "positive",
@@ -48,14 +49,19 @@ def add_model_flags(p: argparse.ArgumentParser,
 
 def add_data_flags(p: argparse.ArgumentParser, *, train_help: str = "split to train on (train)",
                    random: bool = True) -> None:
-    """``--data``, ``--data-dir``, the two splits, their limits and ``--batch-size``."""
-    which = "random" if random else "first"
+    """``--data``, ``--data-dir``, the splits (validation carved from train), their
+    limits and ``--batch-size``. Limits always draw seeded random subsets."""
+    del random  # every limit is a seeded random subset (frugalnn.data.splits)
     p.add_argument("--data", required=True, help="dataset name (digits, cifar10, ...)")
     p.add_argument("--data-dir", help="data directory (default: $FRUGALNN_DATA)")
     p.add_argument("--train-split", default="train", help=train_help)
     p.add_argument("--eval-split", default="test", help="split to evaluate on (test)")
-    p.add_argument("--train-limit", type=int, help=f"use the {which} N training examples")
-    p.add_argument("--eval-limit", type=int, help=f"evaluate the {which} N examples")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="part of the training split held out as validation, where operating "
+                        "points are chosen (0.1; 0 = none)")
+    p.add_argument("--train-limit", type=int, help="use N random training examples (seeded)")
+    p.add_argument("--val-limit", type=int, help="use N random validation examples (seeded)")
+    p.add_argument("--eval-limit", type=int, help="evaluate N random examples (seeded)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (64)")
 
 
@@ -207,21 +213,27 @@ def load_subsets(args: argparse.Namespace, eval_split: str = "test",
             random_subset(evaluation, args.eval_limit, args.seed + 1), info)
 
 
+def load_splits_from_args(args: argparse.Namespace, eval_split: str | None = None,
+                          **train_options: Any) -> Any:
+    """:class:`frugalnn.data.splits.Splits` of ``--data`` from the flags of
+    :func:`add_data_flags`: validation carved from train (``--val-fraction``),
+    seeded random subsets for the three limits."""
+    from frugalnn.data.splits import load_splits
+
+    return load_splits(
+        args.data, args.data_dir, val_fraction=getattr(args, "val_fraction", 0.1),
+        train_limit=getattr(args, "train_limit", None),
+        val_limit=getattr(args, "val_limit", None),
+        test_limit=getattr(args, "eval_limit", None),
+        test_split=eval_split or getattr(args, "eval_split", "test"), seed=args.seed,
+        **train_options)
+
+
 def random_subset(dataset: Any, limit: int | None, seed: int) -> Any:
-    """``limit`` examples drawn at random (seeded), or the whole set.
+    """:func:`frugalnn.data.splits.random_subset`, imported on use (``--help`` stays fast)."""
+    from frugalnn.data.splits import random_subset as draw
 
-    Random rather than the first ``limit``: image folders are sorted by class,
-    so their first examples would all share one label.
-    """
-    import torch
-    from torch.utils.data import Subset
-
-    if limit is None or limit >= len(dataset):
-        return dataset
-    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit]
-    subset = Subset(dataset, sorted(idx.tolist()))
-    subset.info = getattr(dataset, "info", None)  # type: ignore[attr-defined]
-    return subset
+    return draw(dataset, limit, seed)
 
 
 def shuffled_loader(dataset: Any, batch_size: int, seed: int) -> Any:
