@@ -98,7 +98,9 @@ def test_static_model_matches_direct_computation() -> None:
     (row,) = rec.per_budget_summary()
     assert row["label"] == "static" and row["macs"] == 56.0
     assert row["accuracy"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
-    assert row["flops_ratio"] == 1.0 and rec.meta["baseline_flops"] == 112.0
+    # A static model given no baseline records none: its saving is unknown, not 0 %.
+    assert row["flops_ratio"] is None and rec.meta["baseline_flops"] is None
+    assert rec.meta["baseline_source"] == "none"
     assert row["batches"] == 3 and row["throughput"] > 0
     assert [bs for _, bs, _ in rec.batch_times] == [5, 5, 3]
 
@@ -257,3 +259,36 @@ def test_cuda_records_match_cpu() -> None:
         np.testing.assert_array_equal(cpu.columns[col], gpu.columns[col])
     np.testing.assert_allclose(cpu.columns["loss"], gpu.columns["loss"], rtol=1e-4)
     assert gpu.meta["device"] == "cuda"
+    assert gpu.meta["fingerprint"] == cpu.meta["fingerprint"]  # the same examples
+
+
+def test_fingerprint_identifies_the_examples_not_the_batching() -> None:
+    model = nn.Linear(4, 3)
+    ds = _data(13)
+    a = evaluate(model, _loader(ds, 5), progress=False).meta["fingerprint"]
+    b = evaluate(model, _loader(ds, 4), progress=False).meta["fingerprint"]
+    assert a == b and a["count"] == 13 and len(a["sha256"]) == 64
+    # Budgets do not count twice: a budgeted model fingerprints the examples once.
+    c = evaluate(ToyExit(), _loader(ds, 5), progress=False).meta["fingerprint"]
+    assert c == a
+    x, y = ds.tensors
+    other_labels = evaluate(model, _loader(TensorDataset(x, (y + 1) % 3)), progress=False)
+    other_inputs = evaluate(model, _loader(TensorDataset(x + 1e-3, y)), progress=False)
+    fewer = evaluate(model, _loader(TensorDataset(x[:12], y[:12])), progress=False)
+    shas = {r.meta["fingerprint"]["sha256"] for r in (other_labels, other_inputs, fewer)}
+    assert len(shas) == 3 and a["sha256"] not in shas
+    # Labels of another integer type are the same labels.
+    same = evaluate(model, _loader(TensorDataset(x, y.int())), progress=False)
+    assert same.meta["fingerprint"] == a
+
+
+def test_dict_inputs_are_fingerprinted_per_key() -> None:
+    from frugalnn.evaluation import ExampleFingerprint
+
+    x = {"ids": torch.arange(12).reshape(6, 2), "mask": torch.ones(6, 2)}
+    y = torch.arange(6)
+    whole, parts = ExampleFingerprint(), ExampleFingerprint()
+    whole.update(x, y)
+    for s in (slice(0, 4), slice(4, 6)):
+        parts.update({k: v[s] for k, v in x.items()}, y[s])
+    assert whole.to_dict() == parts.to_dict() and whole.count == 6

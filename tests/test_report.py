@@ -135,3 +135,22 @@ def test_markdown_subset_to_html() -> None:
     assert "<li>one</li><li>two</li>" in html
     assert "<th>h</th><th>i</th>" in html and "<td>1</td><td>2</td>" in html
     assert "<pre>code &lt;b&gt;</pre>" in html
+
+
+def test_html_renders_markdown_emphasis(runs: list[Path], tmp_path: Path) -> None:
+    doc = Document("T")
+    doc.paragraph("cost **at most** that, an *estimate* and `x**2*y*`; 2 * 3 * 4 and a*b*c")
+    doc.table(["**h**"], [["*em* <b>"], ["`**k**`"]])
+    doc.bullets(["**b**"])
+    html = doc.to_html()
+    assert "<strong>at most</strong>" in html and "<em>estimate</em>" in html
+    assert "<code>x**2*y*</code>" in html  # code spans are left as they are
+    assert "2 * 3 * 4 and a*b*c" in html  # no emphasis around spaces or inside words
+    assert "<th><strong>h</strong></th>" in html and "<td><em>em</em> &lt;b&gt;</td>" in html
+    assert "<td><code>**k**</code></td>" in html and "<li><strong>b</strong></li>" in html
+    assert "**at most**" in doc.to_markdown()  # the Markdown keeps its own syntax
+    assert markdown_to_html("a **b** c") == "<p>a <strong>b</strong> c</p>"
+    # The report itself: no literal emphasis markers left in the HTML.
+    write_report(runs, tmp_path / "r")
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "<strong>at most</strong>" in page and "**" not in page

@@ -1,4 +1,4 @@
-"""Cost–accuracy frontiers over budgets, derived from saved evaluation summaries.
+"""Cost–accuracy frontiers over budgets, and operating points chosen on validation records.
 
 A method evaluated at several budgets gives one point per budget: mean cost
 per example (FLOPs, or measured latency) and accuracy. Only the points on the
@@ -15,6 +15,18 @@ both axes. From the frontier we answer the two questions papers report:
   cheapest point whose accuracy is at least ``baseline - tolerance`` (points
   are percentage points, accuracies are stored as fractions), with the saving
   ``1 - cost / baseline_cost``.
+
+**Where a point is chosen.** Picking the budget on the very records that then
+score it flatters the method (the choice has seen the test labels). So when a
+run has validation records (``RUN/validation/``, see
+:func:`frugalnn.evaluation.evaluate_into`), :func:`frontier_summary` chooses
+each budget on them (validation cost and accuracy, against the baseline's
+validation numbers) and reports that budget's *test* accuracy and cost; rows
+say ``chosen_on: "validation"``. Without validation records (or, for the
+tolerance rows, without the baseline's validation accuracy) the budget is
+chosen on the test records themselves: rows say ``chosen_on: "test"`` and
+``oracle: true``. The test-chosen (oracle) rows are always kept under
+``"oracle"`` for comparison.
 
 Everything takes the per-budget rows of ``summary.json`` (see
 :mod:`frugalnn.evaluation`), so it runs without models.
@@ -33,6 +45,8 @@ __all__ = [
     "DEFAULT_FRACTIONS",
     "DEFAULT_TOLERANCES",
     "Point",
+    "VALIDATION",
+    "TEST",
     "accuracy_at_fraction",
     "cost_within",
     "frontier_summary",
@@ -44,6 +58,9 @@ __all__ = [
 DEFAULT_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 #: Accuracy tolerances in percentage points.
 DEFAULT_TOLERANCES = (0.5, 1.0)
+
+#: ``chosen_on`` values of a frontier row.
+VALIDATION, TEST = "validation", "test"
 
 _REL = 1e-9  # relative slack so that a point exactly at a cost bound counts as under it
 
@@ -141,49 +158,96 @@ def cost_within(
     return ok[0] if ok else None
 
 
+def _matching(point: Point | None, points: Sequence[Point]) -> Point | None:
+    """The point of ``points`` evaluated at the same budget as ``point``."""
+    if point is None:
+        return None
+    key = _key(point.budget)
+    return next((p for p in points if _key(p.budget) == key), None)
+
+
+def _row(
+    test_point: Point | None, chosen_on: str, val_point: Point | None = None
+) -> dict[str, Any]:
+    return {"point": test_point.to_dict() if test_point else None, "chosen_on": chosen_on,
+            "oracle": chosen_on == TEST,
+            "validation_point": val_point.to_dict() if val_point else None}
+
+
+def _saving(point: dict[str, Any] | None, base_cost: float | None) -> float | None:
+    return (1.0 - point["cost"] / float(base_cost)) if (point and base_cost) else None
+
+
 def frontier_summary(
     summary: Mapping[str, Any],
     *,
+    validation: Mapping[str, Any] | None = None,
     baseline_flops: float | None = None,
     baseline_accuracy: float | None = None,
+    val_baseline_flops: float | None = None,
+    val_baseline_accuracy: float | None = None,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     tolerances: Sequence[float] = DEFAULT_TOLERANCES,
     cost: str = "flops",
 ) -> dict[str, Any]:
     """Frontier, accuracy at cost fractions and cost within tolerances for one run.
 
-    The baseline defaults to the one recorded in the summary (the model the
-    method started from, or the run itself at full budget). Returns
-    ``{"baseline": {...}, "frontier": [...], "at_fraction": [...],
-    "within": [...]}``; each ``at_fraction`` row has ``fraction`` and the
-    chosen point (or ``None``); each ``within`` row has ``tolerance_points``,
-    the point, and ``saving`` (fraction of the baseline cost saved).
+    ``summary`` is the run's (test) summary, ``validation`` the summary of its
+    validation records, if any. The baseline defaults to the one recorded in
+    each summary (the model the method started from, or the run itself at full
+    budget). Returns ``{"baseline", "validation_baseline", "chosen_on",
+    "frontier", "at_fraction", "within", "oracle"}``: each ``at_fraction`` row
+    has ``fraction``, each ``within`` row ``tolerance_points`` and ``saving``
+    (share of the baseline's test cost saved), and both carry ``point`` (the
+    chosen budget's *test* point, or ``None``), ``chosen_on`` (``"validation"``
+    or ``"test"``), ``oracle`` (chosen on test) and ``validation_point``.
+    ``oracle`` holds the same rows chosen on the test records.
     """
     base_cost = baseline_flops if baseline_flops is not None else summary.get("baseline_flops")
     base_acc = (baseline_accuracy if baseline_accuracy is not None
                 else summary.get("baseline_accuracy"))
     points = points_from_summary(summary, cost)
-    frontier = pareto_frontier(points)
-    result: dict[str, Any] = {
-        "baseline": {"cost": base_cost, "accuracy": base_acc, "unit": cost},
-        "frontier": [p.to_dict() for p in frontier],
-        "at_fraction": [],
-        "within": [],
-    }
+    oracle_fraction: list[dict[str, Any]] = []
+    oracle_within: list[dict[str, Any]] = []
     if base_cost:
         for f in fractions:
-            p = accuracy_at_fraction(points, float(base_cost), f)
-            result["at_fraction"].append({
-                "fraction": f,
-                "point": p.to_dict() if p else None,
-            })
+            oracle_fraction.append(
+                {"fraction": f, **_row(accuracy_at_fraction(points, float(base_cost), f), TEST)})
     if base_acc is not None:
         for tol in tolerances:
-            p = cost_within(points, float(base_acc), tol)
-            saving = (1.0 - p.cost / float(base_cost)) if (p and base_cost) else None
-            result["within"].append({
-                "tolerance_points": tol,
-                "point": p.to_dict() if p else None,
-                "saving": saving,
-            })
+            row = _row(cost_within(points, float(base_acc), tol), TEST)
+            oracle_within.append({"tolerance_points": tol, **row,
+                                  "saving": _saving(row["point"], base_cost)})
+    result: dict[str, Any] = {
+        "baseline": {"cost": base_cost, "accuracy": base_acc, "unit": cost},
+        "validation_baseline": None,
+        "chosen_on": TEST,
+        "frontier": [p.to_dict() for p in pareto_frontier(points)],
+        "at_fraction": oracle_fraction,
+        "within": oracle_within,
+        "oracle": {"at_fraction": oracle_fraction, "within": oracle_within},
+    }
+    if not validation or not validation.get("budgets"):
+        return result
+    val_points = points_from_summary(validation, cost)
+    val_cost = next((c for c in (val_baseline_flops, validation.get("baseline_flops"), base_cost)
+                     if c), None)
+    val_acc = (val_baseline_accuracy if val_baseline_accuracy is not None
+               else validation.get("baseline_accuracy"))
+    result["validation_baseline"] = {"cost": val_cost, "accuracy": val_acc, "unit": cost,
+                                     "examples": validation.get("examples")}
+    result["chosen_on"] = VALIDATION
+    if val_cost:
+        result["at_fraction"] = []
+        for f in fractions:
+            v = accuracy_at_fraction(val_points, float(val_cost), f)
+            result["at_fraction"].append(
+                {"fraction": f, **_row(_matching(v, points), VALIDATION, v)})
+    if val_acc is not None:
+        result["within"] = []
+        for tol in tolerances:
+            v = cost_within(val_points, float(val_acc), tol)
+            row = _row(_matching(v, points), VALIDATION, v)
+            result["within"].append({"tolerance_points": tol, **row,
+                                     "saving": _saving(row["point"], base_cost)})
     return result

@@ -60,23 +60,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate a trained (and possibly transformed) model at each value of its "
         "budget knob, recording per example the prediction, loss, FLOPs and the method's "
         "decisions, and time it per budget. Writes RUN_DIR/records.csv, summary.json and "
-        "report/.",
+        "report/. The validation split (carved from the training data, --val-fraction) is "
+        "evaluated too, into RUN_DIR/validation/: operating points are chosen there and "
+        "scored on the evaluated split.",
     )
     e.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN_DIR",
                    help="a checkpoint directory, or a run directory holding checkpoint/")
     e.add_argument("--data", required=True, help="dataset name (digits, mnist, cifar10, ...)")
     e.add_argument("--data-dir", help="data directory (default: $FRUGALNN_DATA)")
-    e.add_argument("--split", default="test", help="split to evaluate (default test)")
+    e.add_argument("--split", "--eval-split", dest="split", default="test",
+                   help="split to evaluate (default test)")
     e.add_argument("--budgets", nargs="+", help="knob values to sweep, e.g. 0.5,0.8,0.9 "
                    "(default: the model's own sweep)")
     e.add_argument("--batch-size", type=int, default=64, help="evaluation batch (default 64)")
-    e.add_argument("--limit", type=int, help="evaluate only the first N examples")
+    e.add_argument("--limit", "--eval-limit", dest="eval_limit", type=int,
+                   help="evaluate N random examples of the split (seeded)")
+    e.add_argument("--val-fraction", type=float, default=0.1,
+                   help="part of the training split held out as validation, where operating "
+                        "points are chosen (0.1; 0 = no validation)")
+    e.add_argument("--val-limit", type=int, help="use N random validation examples (seeded)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the validation split and the "
+                   "random subsets (0; use the one the model was trained with)")
     e.add_argument("--threads", type=int, help="torch threads (default: current setting)")
     e.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     e.add_argument("--method", default="", help="name shown in reports (default: the last "
                    "transformation applied, or 'baseline')")
-    e.add_argument("--baseline", metavar="RUN_DIR", help="an evaluated baseline run to "
-                   "compare with (its FLOPs and accuracy)")
+    e.add_argument("--baseline", metavar="RUN_DIR", help="an evaluated run of the static "
+                   "baseline model to compare with (its FLOPs and accuracy, on test and "
+                   "validation); without it a static model records no baseline")
     e.add_argument("--latency-batch-sizes", default="1,64", help="batch sizes to time per "
                    "budget, or 'none' (default 1,64)")
     e.add_argument("--latency-repeats", type=int, default=20, help="timed calls (default 20)")
@@ -95,6 +106,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--out", required=True, help="report directory to write")
     r.add_argument("--title", default="frugalnn report", help="report title")
     r.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    r.add_argument("--allow-mixed-examples", action="store_true", help="put runs evaluated "
+                   "on different examples on one plane (refused by default)")
     r.set_defaults(func=_report)
 
     d = subparsers.add_parser(
@@ -126,27 +139,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_demo)
 
 
-def _baseline_of(run_dir: str | None) -> tuple[float | None, float | None]:
-    if not run_dir:
-        return None, None
-    from frugalnn.evaluation import load_summary
+def _eval_splits(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
+    """``(evaluated split, validation split or None, why a wanted validation is missing)``.
 
-    s = load_summary(run_dir)
-    rows = s.get("budgets") or []
-    if len(rows) != 1:
-        raise UserError(f"--baseline {run_dir} has {len(rows)} budgets; pass the run of a "
-                        "static (untransformed) model")
-    return rows[0].get("flops"), rows[0].get("accuracy")
+    Uses :func:`frugalnn.cli.common.load_splits_from_args`, so ``--eval-limit``,
+    ``--val-fraction``, ``--val-limit`` and ``--seed`` pick the same examples as
+    in training and in the method commands. A dataset without a training split
+    is evaluated without validation.
+    """
+    from frugalnn.cli.common import load_splits_from_args, random_subset
+    from frugalnn.data import get_dataset
+    from frugalnn.data.splits import _TEST_OFFSET
+
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise UserError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    why = None
+    if args.val_fraction > 0:
+        try:
+            splits = load_splits_from_args(args, eval_split=args.split)
+            return splits.test, splits.val, None
+        except (UserError, OSError) as exc:
+            why = f"no validation split from {args.data!r} train ({exc})"
+    test = get_dataset(args.data, args.split, args.data_dir)
+    # The same seeded subset as load_splits draws.
+    return random_subset(test, args.eval_limit, args.seed + _TEST_OFFSET), None, why
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from frugalnn.data import get_dataset
     from frugalnn.evaluation import evaluate_into
     from frugalnn.report import write_run_report
     from frugalnn.train.checkpoint import load_model
 
-    check_positive(((args.batch_size, "--batch-size"), (args.limit, "--limit"),
-                    (args.threads, "--threads"), (args.latency_repeats, "--latency-repeats")))
+    check_positive(((args.batch_size, "--batch-size"), (args.eval_limit, "--limit"),
+                    (args.val_limit, "--val-limit"), (args.threads, "--threads"),
+                    (args.latency_repeats, "--latency-repeats")))
     check_device(args.device)
     out = Path(args.out)
     check_out(out, args.force, empty_ok=False)
@@ -154,17 +180,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     sizes = parse_ints(args.latency_batch_sizes, "--latency-batch-sizes")
     ckpt = resolve_checkpoint(args.checkpoint)
     model = load_model(ckpt, map_location=args.device)
-    dataset = get_dataset(args.data, args.split, args.data_dir, limit=args.limit)
-    base_flops, base_acc = _baseline_of(args.baseline)
-    transforms = getattr(model, "frugalnn_transforms", []) or []
-    method = args.method or (transforms[-1]["name"] if transforms else "baseline")
+    dataset, val_dataset, no_val = _eval_splits(args)
+    if no_val is not None:
+        print(f"note: evaluating without validation ({no_val}); operating points will be "
+              "chosen on the evaluated split itself (oracle)", file=sys.stderr)
     config: dict[str, Any] = {"command": "evaluate", "checkpoint": str(ckpt),
                               **args_config(args)}
     records = evaluate_into(
-        model, dataset, out, method=method, batch_size=args.batch_size, budgets=budgets,
-        threads=args.threads, device=args.device, latency_batch_sizes=sizes,
-        latency_repeats=args.latency_repeats, baseline_flops=base_flops,
-        baseline_accuracy=base_acc, config=config, force=args.force,
+        model, dataset, out, val_dataset=val_dataset, method=args.method,
+        batch_size=args.batch_size, budgets=budgets, threads=args.threads, device=args.device,
+        latency_batch_sizes=sizes, latency_repeats=args.latency_repeats,
+        baseline_run=args.baseline, split=args.split, config=config, force=args.force,
         progress=not args.no_progress,
     )
     write_run_report(out)
@@ -177,7 +203,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from frugalnn.report import write_report
 
-    path = write_report(args.runs, args.out, title=args.title, force=args.force)
+    path = write_report(args.runs, args.out, title=args.title, force=args.force,
+                        allow_mixed_examples=args.allow_mixed_examples)
     print(f"report: {path}")
     print(f"        {path.with_suffix('.html')}")
     return 0

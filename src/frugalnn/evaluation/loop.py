@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from frugalnn.budget import has_budget
 from frugalnn.cost.ledger import CostLedger
 from frugalnn.errors import UserError
+from frugalnn.evaluation.fingerprint import ExampleFingerprint
 from frugalnn.evaluation.records import (
     CORE_COLUMNS,
     IGNORE_INDEX,
@@ -176,9 +177,15 @@ def evaluate(
     must not shuffle: example ids are positions in it. ``example_input`` (a
     small batch) is what the static FLOPs are counted on; by default the first
     examples of the loader. ``baseline_flops``/``baseline_accuracy`` describe
-    the model the method is compared with (default: this model at its full
-    budget, or the static model itself). The knob is set back to its full
-    value afterwards, even on error.
+    the model the method is compared with (``baseline_source: "given"``).
+    Without them, a budgeted model is compared with itself at its full budget
+    (``"self"``); a static model records **no** baseline (``"none"``: savings
+    unknown), since comparing a compressed model with itself would show a 0 %
+    saving. The summary's ``fingerprint`` (count and sha256 of labels and input
+    bytes, see :mod:`frugalnn.evaluation.fingerprint`) identifies the examples.
+    ``method`` defaults to the last transformation recorded on the model, else
+    ``"baseline"`` for a static model. The knob is set back to its full value
+    afterwards, even on error.
     """
     device = torch.device(device)
     values = _resolve_budgets(model, budgets)
@@ -191,6 +198,7 @@ def evaluate(
     decisions: dict[str, list[tuple[int, np.ndarray]]] = {}
     batch_times: list[tuple[float, int, float]] = []
     static_per_budget: dict[float | str, float] = {}
+    fingerprint = ExampleFingerprint()
     n_rows = 0
 
     try:
@@ -205,7 +213,7 @@ def evaluate(
         bar = tqdm(total=total, desc=f"evaluate {method or _model_name(model)}", unit="batch",
                    disable=not progress, leave=False)
         with _threads(threads) as used_threads, _eval_mode(model), bar:
-            for b in values:
+            for bi, b in enumerate(values):
                 if not math.isnan(b):
                     model.set_budget(b)  # type: ignore[attr-defined]
                 static = _static_flops(model, example_input)
@@ -217,6 +225,8 @@ def evaluate(
                         break
                     x, y = split_batch(batch)
                     bs = batch_len(x)
+                    if bi == 0:  # the same examples at every budget
+                        fingerprint.update(x, y)
                     x = to_device(x, device)
                     ledger = CostLedger(bs)
                     with torch.inference_mode():
@@ -256,17 +266,10 @@ def evaluate(
 
     records = EvalRecords(columns, batch_times)
     budget_name = getattr(model, "budget_name", None) if has_budget(model) else None
-    baseline_source = "given" if baseline_flops is not None else "self"
-    if baseline_flops is None or baseline_accuracy is None:
-        full = model.full_budget() if has_budget(model) else STATIC  # type: ignore[attr-defined]
-        ref = [r for r in records.per_budget_summary(1.0) if _same_budget(
-            _budget_from_key(r["budget"]), float(full))]
-        if ref:
-            baseline_flops = ref[0]["flops"] if baseline_flops is None else baseline_flops
-            if baseline_accuracy is None:
-                baseline_accuracy = ref[0]["accuracy"]
+    baseline_flops, baseline_accuracy, baseline_source = _baseline(
+        model, records, baseline_flops, baseline_accuracy)
     records.meta = {
-        "method": method or ("baseline" if not has_budget(model) else type(model).__name__),
+        "method": method or _default_method(model),
         "model": model_name or _model_name(model),
         "budget_name": budget_name or "static",
         "baseline_flops": baseline_flops,
@@ -274,6 +277,7 @@ def evaluate(
         "baseline_source": baseline_source,
         "static_flops_per_example": static_per_budget,
         "examples": int(n_rows // len(values)),
+        "fingerprint": fingerprint.to_dict(),
         "batch_size": max(bs for _, bs, _ in batch_times),
         "threads": used_threads,
         "device": str(device),
@@ -282,6 +286,34 @@ def evaluate(
         "transforms": list(getattr(model, "frugalnn_transforms", []) or []),
     }
     return records
+
+
+def _default_method(model: nn.Module) -> str:
+    """The last transformation recorded on the model, else ``baseline`` (static) or its type."""
+    transforms = list(getattr(model, "frugalnn_transforms", []) or [])
+    if transforms and isinstance(transforms[-1], dict) and transforms[-1].get("name"):
+        return str(transforms[-1]["name"])
+    return "baseline" if not has_budget(model) else type(model).__name__
+
+
+def _baseline(
+    model: nn.Module, records: EvalRecords, flops: float | None, accuracy: float | None
+) -> tuple[float | None, float | None, str]:
+    """``(flops, accuracy, source)`` of the reference the savings are measured against.
+
+    Given numbers win (``"given"``; a missing accuracy stays unknown). A budgeted
+    model without them is compared with itself at its full budget (``"self"``);
+    a static model gets no baseline (``"none"``).
+    """
+    if flops is not None or accuracy is not None:
+        return flops, accuracy, "given"
+    if not has_budget(model):
+        return None, None, "none"
+    full = float(model.full_budget())  # type: ignore[attr-defined]
+    for row in records.per_budget_summary(1.0):
+        if _same_budget(_budget_from_key(row["budget"]), full):
+            return row["flops"], row["accuracy"], "self"
+    return None, None, "none"
 
 
 def _machine(device: torch.device) -> dict[str, Any]:

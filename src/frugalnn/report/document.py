@@ -3,12 +3,15 @@
 The report is built once as a list of blocks (headings, paragraphs, tables,
 images, preformatted text) and written twice, so the Markdown and HTML
 versions can never disagree. No template engine or Markdown library is
-needed for so few block kinds; all text is HTML-escaped.
+needed for so few block kinds; all text is HTML-escaped, and the inline
+Markdown the report writes (``**bold**``, ``*emphasis*``, ```code```) is
+rendered in the HTML of paragraphs, lists, headings and table cells.
 """
 
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,7 +93,7 @@ class Document:
         for kind, value in self.blocks:
             if kind == "heading":
                 level, text = value
-                out.append(f"<h{level}>{e(text)}</h{level}>")
+                out.append(f"<h{level}>{_inline(text)}</h{level}>")
             elif kind == "paragraph":
                 out.append(f"<p>{_inline(value)}</p>")
             elif kind == "bullets":
@@ -117,11 +120,27 @@ def _md_cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+_STRONG = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
+_EM = re.compile(r"(?<![*\w])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![*\w])")
+
+
+def _emphasis(text: str) -> str:
+    """Escape text and render ``**bold**`` and ``*emphasis*`` (not inside words)."""
+    out = _STRONG.sub(r"<strong>\1</strong>", html.escape(text))
+    return _EM.sub(r"<em>\1</em>", out)
+
+
 def _inline(text: str) -> str:
-    """Escape text, rendering `code` spans (the only inline markup the report uses)."""
+    """Escape text, rendering `code` spans, ``**bold**`` and ``*emphasis*``.
+
+    Text inside a code span is shown as it is (no emphasis); an unmatched
+    backtick is kept as a literal backtick.
+    """
     parts = str(text).split("`")
+    if len(parts) % 2 == 0:  # odd number of backticks: the last one opens nothing
+        parts[-2:] = [parts[-2] + "`" + parts[-1]]
     return "".join(
-        f"<code>{html.escape(p)}</code>" if i % 2 else html.escape(p) for i, p in enumerate(parts)
+        f"<code>{html.escape(p)}</code>" if i % 2 else _emphasis(p) for i, p in enumerate(parts)
     )
 
 
