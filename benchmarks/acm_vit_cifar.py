@@ -36,15 +36,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from _common import add_split_flags, log, splits_from_args
+from torch.utils.data import DataLoader
 
+from frugalnn.analysis.operating_point import operating_point
 from frugalnn.analysis.rankings import load_signals, reference_run, write_rankings
 from frugalnn.cost.latency import measure_latency
 from frugalnn.cost.machine import describe_machine, machine_markdown
-from frugalnn.data import get_dataset
+from frugalnn.data.splits import random_subset
 from frugalnn.errors import UserError
 from frugalnn.evaluation import evaluate_into, load_records, load_summary
-from frugalnn.methods.acm import ACMTrainConfig, convert_to_acm, train_acm
+from frugalnn.methods.acm.recipe import ACMConfig, acm
 from frugalnn.methods.acm.report import write_extras
 from frugalnn.models import create_model
 from frugalnn.train import fit, load_model, save_checkpoint
@@ -52,14 +54,15 @@ from frugalnn.train import fit, load_model, save_checkpoint
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=os.environ.get("FRUGALNN_DATA"))
+    add_split_flags(p, data="cifar10")
+    p.set_defaults(train_limit=12000, val_limit=1000, test_limit=1000,
+                   data_dir=os.environ.get("FRUGALNN_DATA"))
     p.add_argument("--work", default="runs/bench/acm_vit_cifar")
     p.add_argument("--baseline", help="checkpoint of a trained vit_tiny (default: train one)")
     p.add_argument("--compare", nargs="*", default=[], help="other evaluated runs to compare")
     p.add_argument("--dim", type=int, default=96)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--heads", type=int, default=3)
-    p.add_argument("--train-examples", type=int, default=12000)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--acm-examples", type=int, default=4000, help="train subset for ACM stages")
     p.add_argument("--learners", type=int, default=4)
@@ -72,11 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="budget values q swept (comma-separated)")
     p.add_argument("--kd-weight", type=float, default=0.5,
                    help="stage III distillation weight from the dense logits")
-    p.add_argument("--test-examples", type=int, default=1000)
     p.add_argument("--latency-repeats", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-early-exit", action="store_true",
                    help="skip the early-exit (SDN heads on the same frozen ViT) comparison")
     p.add_argument("--exit-epochs", type=int, default=10, help="early-exit head epochs")
@@ -88,18 +89,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg} (load {os.getloadavg()[0]:.1f})", flush=True)
-
-
-def random_subset(ds: Any, n: int, seed: int) -> Any:
-    """``n`` random examples (seeded), in the same order as the MoE benchmark draws them."""
-    if n >= len(ds):
-        return ds
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
-    return Subset(ds, idx.tolist())
-
-
 def baseline_model(a: argparse.Namespace, work: Path, train: Any) -> torch.nn.Module:
     if a.baseline:
         return load_model(a.baseline).eval()
@@ -108,8 +97,8 @@ def baseline_model(a: argparse.Namespace, work: Path, train: Any) -> torch.nn.Mo
         torch.manual_seed(a.seed)
         model = create_model("vit_tiny", dim=a.dim, depth=a.depth, heads=a.heads,
                              activation="relu")
-        log(f"training ViT dim={a.dim} depth={a.depth} on {a.train_examples} images")
-        fit(model, DataLoader(random_subset(train, a.train_examples, a.seed), batch_size=128,
+        log(f"training ViT dim={a.dim} depth={a.depth} on {len(train)} images")
+        fit(model, DataLoader(train, batch_size=128,
                               shuffle=True, generator=torch.Generator().manual_seed(a.seed)),
             epochs=a.epochs, optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="cosine",
             warmup_epochs=0.2, seed=a.seed, progress=False, run_dir=work / "baseline")
@@ -170,7 +159,7 @@ def ffn_latency(acm: Any, teacher: torch.nn.Module, x: torch.Tensor, repeats: in
 
 
 def early_exit_run(a: argparse.Namespace, work: Path, backbone: torch.nn.Module, train: Any,
-                   test: Any) -> Path:
+                   test: Any, val: Any) -> Path:
     """SDN-style early exits (a head after every block, frozen backbone) on the same ViT."""
     from frugalnn.methods.early_exit import attach_heads
     from frugalnn.methods.early_exit.training import cache_features, train_heads
@@ -188,12 +177,12 @@ def early_exit_run(a: argparse.Namespace, work: Path, backbone: torch.nn.Module,
     train_heads(model, cache, epochs=a.exit_epochs, lr=3e-3, seed=a.seed)
     model.eval()
     base = load_summary(work / "reference")["budgets"][0]
-    evaluate_into(model, test, run, method="early exits (SDN heads)", batch_size=a.batch_size,
-                  threads=a.threads, latency_batch_sizes=(a.batch_size,),
-                  latency_repeats=a.latency_repeats, baseline_flops=base["flops"],
-                  baseline_accuracy=base["accuracy"],
-                  config={"data": "cifar10", "test_examples": a.test_examples, "seed": a.seed},
-                  report=False, progress=False)
+    evaluate_into(model, test, run, val_dataset=val, method="early exits (SDN heads)",
+                  batch_size=a.batch_size, threads=a.threads,
+                  latency_batch_sizes=(a.batch_size,), latency_repeats=a.latency_repeats,
+                  baseline_flops=base["flops"], baseline_accuracy=base["accuracy"],
+                  config={"data": "cifar10", "test_examples": len(test), "seed": a.seed},
+                  progress=False)
     return run
 
 
@@ -234,6 +223,7 @@ def moe_compute_maps(ckpt: Path, test: Any, out: Path, images: int = 8) -> list[
 
 
 def ffn_fraction(run: Path) -> dict[float, float]:
+    # ``run`` may be a run's validation directory: the same columns.
     """Per budget: learners run / learners available, mean over layers (from records)."""
     rec = load_records(run)
     cols = [c for c in rec.decision_columns if c.startswith("learners_per_token/")]
@@ -250,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     machine = describe_machine()
     log("loading CIFAR-10 JPEG")
-    train = get_dataset("cifar10", "train", a.data_dir)
-    test = random_subset(get_dataset("cifar10", "test", a.data_dir), a.test_examples, a.seed)
+    splits = splits_from_args(a)
+    train, val, test = splits.train, splits.val, splits.test
     model = baseline_model(a, work, train)
     teacher = copy.deepcopy(model).eval()
 
@@ -259,41 +249,39 @@ def main(argv: list[str] | None = None) -> int:
     if not (ref / "records.csv").exists():
         log("reference run (loss, entropy, ReLU zero fraction) of the baseline")
         reference_run(model, test, ref, batch_size=a.batch_size, method="ViT baseline",
-                      config={"data": "cifar10", "test_examples": a.test_examples,
+                      config={"data": "cifar10", "test_examples": len(test),
                               "seed": a.seed})
 
     run = work / "acm"
     if not (run / "records.csv").exists():
-        qs = [float(v) for v in a.qs.split(",")]
-        acm = convert_to_acm(model, num_learners=a.learners, seed=a.seed, qs=qs)
-        cfg = ACMTrainConfig(distill_epochs=a.distill_epochs, gate_epochs=a.gate_epochs,
-                             finetune_epochs=a.finetune_epochs, target=a.target,
-                             finetune_lr=a.finetune_lr, kd_weight=a.kd_weight)
+        config = ACMConfig(learners=a.learners, distill_epochs=a.distill_epochs,
+                           gate_epochs=a.gate_epochs, finetune_epochs=a.finetune_epochs,
+                           target=a.target, finetune_lr=a.finetune_lr, kd_weight=a.kd_weight,
+                           qs=[float(v) for v in a.qs.split(",")], batch_size=a.batch_size,
+                           seed=a.seed)
         sub = random_subset(train, a.acm_examples, a.seed + 7)
         log(f"ACM stages on {len(sub)} images: distil {a.distill_epochs}, gate {a.gate_epochs}, "
             f"fine-tune {a.finetune_epochs} epochs")
         t0 = time.time()
-        train_acm(acm, teacher, DataLoader(sub, batch_size=a.batch_size, shuffle=True,
-                                           generator=torch.Generator().manual_seed(a.seed)),
-                  cfg, seed=a.seed)
+        converted = acm(model, config, train_data=sub)
         train_s = time.time() - t0
         log(f"ACM trained in {train_s:.0f} s")
-        save_checkpoint(run / "checkpoint", acm, {"train_seconds": train_s})
+        save_checkpoint(run / "checkpoint", converted, {"train_seconds": train_s})
         base = load_summary(ref)["budgets"][0]
-        evaluate_into(acm, test, run, method="ACM (per-token learners)",
+        evaluate_into(converted, test, run, val_dataset=val, method="ACM (per-token learners)",
                       batch_size=a.batch_size, threads=a.threads,
                       latency_batch_sizes=(a.batch_size,), latency_repeats=a.latency_repeats,
                       baseline_flops=base["flops"], baseline_accuracy=base["accuracy"],
-                      config={"data": "cifar10", "test_examples": a.test_examples,
-                              "seed": a.seed, "train_seconds": train_s},
-                      report=False, progress=False)
-        write_extras(acm, run, test)
-    acm = load_model(run / "checkpoint").eval()
+                      config={"data": "cifar10", "test_examples": len(test),
+                              "seed": a.seed, "train_seconds": train_s, "acm": config.to_dict()},
+                      progress=False)
+        write_extras(converted, run, test, point=operating_point(run))
+    converted = load_model(run / "checkpoint").eval()
     x = torch.stack([test[i][0] for i in range(a.batch_size)])
     log("timing the converted FFN layers against the dense FFNs")
-    lat = ffn_latency(acm, teacher, x, a.latency_repeats, a.threads)
+    lat = ffn_latency(converted, teacher, x, a.latency_repeats, a.threads)
 
-    extra = [] if a.no_early_exit else [early_exit_run(a, work, teacher, train, test)]
+    extra = [] if a.no_early_exit else [early_exit_run(a, work, teacher, train, test, val)]
     runs = [ref, run, *extra, *[Path(c) for c in a.compare]]
     from frugalnn.report import write_report
 
@@ -307,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:
             rank_runs.append(Path(c))
         except UserError as exc:
             notes.append(f"- {c} left out of the rankings: {exc}")
-    # ACM is ranked where it runs about half of the converted layers' learners.
-    frac = ffn_fraction(run)
+    # ACM is ranked where it runs about half of the converted layers' learners (read off
+    # the validation records when the run has them).
+    frac = ffn_fraction(run / "validation" if (run / "validation").is_dir() else run)
     q_half = min(frac, key=lambda q: abs(frac[q] - 0.5))
     write_rankings(rank_runs, work / "rankings", dataset=test, force=True,
                    budgets={str(run): q_half}, relative_cost=a.rank_relative_cost)
@@ -321,15 +310,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def at_most_half(budgets: list[dict[str, Any]], frac: dict[float, float],
-                 base: dict[str, Any]) -> str:
-    """The most accurate budget that runs at most half of the converted layers' compute."""
-    ok = [r for r in budgets if frac[float(r["budget"])] <= 0.5]
+                 base: dict[str, Any], chooser: list[dict[str, Any]], chosen_on: str) -> str:
+    """The budget most accurate on ``chooser`` (the validation rows) among those that run
+    at most half of the converted layers' compute, scored on ``budgets`` (test)."""
+    ok = [r for r in chooser if frac[float(r["budget"])] <= 0.5]
     if not ok:
         return "No budget runs 50 % or less of the converted layers' compute."
-    best = max(ok, key=lambda r: r["accuracy"])
-    q = float(best["budget"])
-    return (f"Most accurate budget at or below 50 % of the converted layers' compute: q={q:g} "
-            f"({100 * frac[q]:.0f} %), {100 * best['accuracy']:.2f} % "
+    q = float(max(ok, key=lambda r: r["accuracy"])["budget"])
+    best = next(r for r in budgets if float(r["budget"]) == q)
+    return (f"Most accurate budget at or below 50 % of the converted layers' compute "
+            f"(chosen_on: {chosen_on}): q={q:g} ({100 * frac[q]:.0f} %), test accuracy "
+            f"{100 * best['accuracy']:.2f} % "
             f"({100 * (best['accuracy'] - base['accuracy']):+.2f} points).")
 
 
@@ -350,7 +341,13 @@ def write_results(a: argparse.Namespace, machine: dict[str, Any], ref: Path, run
             f" | {r['flops'] / 1e6:.2f} | {r['flops'] / base['flops']:.3f} | "
             f"{100 * frac.get(q, float('nan')):.0f} % | "
             f"{e2e.get('median_ms', float('nan')):.1f} |")
-    half = min(summ["budgets"], key=lambda r: abs(frac[float(r["budget"])] - 0.5))
+    # Points are chosen on the validation records (when the run has them), scored on test.
+    val_dir = run / "validation"
+    chosen_on = "validation" if (val_dir / "summary.json").is_file() else "test"
+    chooser = load_summary(val_dir)["budgets"] if chosen_on == "validation" else summ["budgets"]
+    frac = ffn_fraction(val_dir) if chosen_on == "validation" else frac
+    q_half = float(min(chooser, key=lambda r: abs(frac[float(r["budget"])] - 0.5))["budget"])
+    half = next(r for r in summ["budgets"] if float(r["budget"]) == q_half)
     lat_rows = ["| FFN layers | learners/token | median ms | p10–p90 ms | speed-up vs dense |",
                 "|---|---|---|---|---|"]
     for r in lat:
@@ -369,18 +366,20 @@ def write_results(a: argparse.Namespace, machine: dict[str, Any], ref: Path, run
         f"{a.learners} learners per FFN, ACM stages on {a.acm_examples} training images "
         f"(distil {a.distill_epochs} / gate {a.gate_epochs} / fine-tune {a.finetune_epochs} "
         f"epochs, target {a.target}, stage III lr {a.finetune_lr}, distillation weight "
-        f"{a.kd_weight}), evaluated on {a.test_examples} random test images "
+        f"{a.kd_weight}), evaluated on {summ.get('examples')} random test images, points "
+        f"chosen on {chosen_on} "
         f"(seed {a.seed}). FLOPs are counted (real FLOPs = 2 × MACs); times are measured "
         "medians (converted FFN layers: the fastest of 3 interleaved rounds), threads = "
         + str(a.threads) + ".", "",
         f"Dense baseline: {100 * base['accuracy']:.2f} % at {base['flops'] / 1e6:.2f} MFLOPs "
         "per example.", "",
         "### Accuracy and cost per budget", "", *rows, "",
-        f"At about half the converted layers' compute (q={float(half['budget']):g}, "
+        f"At about half the converted layers' compute (chosen_on: {chosen_on}; "
+        f"q={float(half['budget']):g}, "
         f"{100 * frac[float(half['budget'])]:.0f} %): accuracy "
         f"{100 * half['accuracy']:.2f} % vs dense {100 * base['accuracy']:.2f} % "
         f"({100 * (half['accuracy'] - base['accuracy']):+.2f} points; target: ≥ −1).", "",
-        at_most_half(summ["budgets"], frac, base), "",
+        at_most_half(summ["budgets"], frac, base, chooser, chosen_on), "",
         "### Converted FFN layers alone (batch 64, real FFN inputs)", "", *lat_rows, "",
         "### Difficulty rankings", "", rank_tables.strip(), "", *notes, "",
         f"Figures: `{work}/report/` (cost–accuracy planes), `{work}/rankings/` "

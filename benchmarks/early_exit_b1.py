@@ -32,13 +32,12 @@ import time
 import types
 
 import torch
+from _common import results_header, write_results
 
 from frugalnn.cost.allocator import retain_freed_memory
-from frugalnn.cost.machine import describe_machine
 from frugalnn.methods.early_exit import attach_heads
 from frugalnn.models import create_model
 from frugalnn.models.fold import fold_batchnorm
-from frugalnn.utils.io import write_text_atomic
 
 
 def median_ms(fn, repeats: int, rounds: int, warmup: int = 30) -> float:
@@ -104,12 +103,7 @@ def main(argv=None) -> int:
     retained = args.retain_freed_memory and retain_freed_memory()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    machine = describe_machine()
-    lines = ["## Early-exit ResNet-56 at batch size 1: block time by layout, head overhead", "",
-             "Command: `python " + " ".join(["benchmarks/early_exit_b1.py", *sys.argv[1:]]) + "`",
-             "", f"Machine: {machine.get('cpu')}, {machine.get('usable_cores')} usable cores, "
-             f"torch {machine.get('torch')} with {args.threads} thread(s), "
-             f"{machine.get('date')}, load average at start {machine.get('loadavg')}", "",
+    lines = [f"Load average at start {[round(v, 2) for v in os.getloadavg()]}.", "",
              "glibc malloc settings from the environment: "
              + (", ".join(f"`{k}={v}`" for k, v in sorted(os.environ.items())
                           if k.startswith("MALLOC_")) or "none (defaults)")
@@ -135,8 +129,9 @@ def main(argv=None) -> int:
                      f"{trivial:.2f} | {1e3 * (heads - full) / n:.0f} | "
                      f"{1e3 * (heads - trivial) / n:.0f} | {1e3 * (trivial - full) / n:.0f} |")
     lines += ["", f"Load average at end {[round(v, 2) for v in os.getloadavg()]}.", ""]
-    write_text_atomic(args.out, "\n".join(lines))
-    print("\n".join(lines))
+    header = results_header("Early-exit ResNet-56 at batch size 1: block time by layout, "
+                            "head overhead")
+    write_results(args.out, header + "\n" + "\n".join(lines))
     return 0
 
 

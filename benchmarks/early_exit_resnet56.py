@@ -8,21 +8,27 @@ Pipeline (one command, fixed seeds):
    heads plus the geometric ensemble, trained on the same frozen backbone.
    Both use the heads' parameter-free pooled features of the train subset,
    computed once (exact for a frozen backbone without augmentation);
-3. the thresholds are swept offline on the test subset (all heads evaluated
-   once), giving accuracy at 25/50/75 % of the backbone's FLOPs and the
-   largest FLOPs saving within 0.5 / 1 point of the backbone;
+3. the thresholds are swept offline (all heads evaluated once) and chosen on
+   the validation split (``--val-fraction`` of the train split, carved with
+   ``--seed``, never trained on here): accuracy at 25/50/75 % of the
+   backbone's FLOPs and the largest FLOPs saving within 0.5 / 1 point of the
+   backbone; the test subset only scores the chosen thresholds. (The
+   pretrained ResNet-56 checkpoint saw every CIFAR-10 train image, so its
+   validation confidences are optimistic; the results file says so.)
 4. the real batched path is checked against the offline sweep (predictions,
    exits and per-example FLOPs) and timed at batch 1 and 64 against the
    backbone in the same process, at the within-1-point operating point;
    With ``--final-ensemble`` both variants' last exit becomes a weighted
-   geometric mean of every exit and the backbone, fitted on the test images
-   *outside* the evaluated subset (``--test-limit`` below the split's size);
+   geometric mean of every exit and the backbone, fitted on half of the
+   validation split (the other half chooses the thresholds), never on test images;
 5. a transformer case: a small ViT (``--vit-data digits`` by default: 8x8
    digits, trained from scratch here; ``cifar10`` for the 32x32 ViT).
 
 Full scale: ``--finetune-epochs 10 --finetune-limit 50000 --train-limit 50000
 --head-epochs 50 --test-limit 10000``. The defaults are a scaled-down run for a
-shared 2-core CPU; the results file states the scale used.
+shared 2-core CPU; the results file states the scale used. The training
+pieces are the early-exit recipe's (``frugalnn.methods.early_exit.recipe``);
+this script keeps the experiment grid, the timing and the tables.
 """
 
 from __future__ import annotations
@@ -35,49 +41,48 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from _common import add_split_flags, log, results_header, splits_from_args, write_results
+from torch.utils.data import DataLoader
 
 from frugalnn.cost.allocator import retain_freed_memory
-from frugalnn.cost.machine import describe_machine
-from frugalnn.data import get_dataset
+from frugalnn.data.base import resolve_data_dir
+from frugalnn.data.splits import load_splits, random_subset
 from frugalnn.methods.early_exit import attach_heads
 from frugalnn.methods.early_exit.offline import (
-    accuracy_at_flops,
-    fine_grid,
-    saving_within,
+    DROPS,
+    FRACTIONS,
+    operating_points,
     simulate,
     trace_from_features,
 )
+from frugalnn.methods.early_exit.recipe import (
+    EarlyExitConfig,
+    augmented_view,
+    train_from_caches,
+    validation_parts,
+)
 from frugalnn.methods.early_exit.training import (
-    FeatureCache,
     cache_augmented_passes,
     cache_features,
     train_ensemble,
     train_final_ensemble,
-    train_heads,
     train_joint,
-    train_ztw_crossfit,
 )
-from frugalnn.methods.lowrank.pipeline import accuracy
 from frugalnn.models import create_model
 from frugalnn.models.fold import fold_batchnorm
 from frugalnn.train import load_model
 from frugalnn.train.loop import fit
 
-FRACTIONS = (0.25, 0.5, 0.75)
-DROPS = (0.005, 0.01)
 
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def subset(ds, limit: int | None, seed: int):
-    """A seeded random subset (image folders are sorted by class, so never the first N)."""
-    if limit is None or limit >= len(ds):
-        return ds
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:limit]
-    return Subset(ds, sorted(idx.tolist()))
+@torch.inference_mode()
+def accuracy(model, loader) -> float:
+    """Top-1 accuracy of ``model`` over ``loader``."""
+    model.eval()
+    right = total = 0
+    for x, y in loader:
+        right += int((model(x).argmax(1) == y).sum())
+        total += int(y.shape[0])
+    return right / max(total, 1)
 
 
 def stack(ds, n: int) -> torch.Tensor:
@@ -89,60 +94,53 @@ def stack(ds, n: int) -> torch.Tensor:
 def variants(backbone, args, train_cache, example, aug_caches=(), ens_cache=None):
     """SDN and ZTW exit models on one frozen backbone, trained from one feature cache.
 
+    The training is the recipe's (:func:`train_from_caches`, heads mode).
     ``aug_caches``: features of augmented passes over the same images (same
     order); the heads train on the plain rows and these. ZTW's held-out images
     are the same in every pass (one split seed), so neither heads nor ensemble
     see an augmented copy of the other's images. ``ens_cache``: fit the ZTW
-    ensemble on these features instead (the test images outside the evaluated
-    subset), so ZTW's heads train on every train image, as SDN's do.
+    ensemble on these features instead (part of the validation split), so
+    ZTW's heads train on every train image, as SDN's do.
     """
     out = {}
+    crossfit = args.ztw_ensemble_fit == "crossfit"
     for name, cascade in (("SDN", False), ("ZTW", True)):
+        config = EarlyExitConfig(
+            positions=args.positions, pool_size=args.pool_size, cascade=cascade,
+            ensemble=cascade, epochs=args.head_epochs, lr=args.head_lr,
+            ensemble_epochs=args.ensemble_epochs,
+            ensemble_holdout=0.0 if ens_cache is not None else args.ensemble_holdout,
+            ensemble_folds=args.ensemble_folds if cascade and crossfit else 0,
+            seed=args.seed).validate()
         torch.manual_seed(args.seed)
-        ee = attach_heads(backbone, args.positions, cascade=cascade, pool_size=args.pool_size)
-        ee.freeze_backbone = True
+        ee = attach_heads(backbone, config.positions, cascade=cascade,
+                          pool_size=config.pool_size)
         t0 = time.perf_counter()
-        caches = [train_cache, *aug_caches]
-        if cascade and args.ztw_ensemble_fit == "crossfit":
-            data = FeatureCache.concat(caches)
-            train_ztw_crossfit(ee, data, folds=args.ensemble_folds,
-                               groups=torch.arange(len(data)) % len(train_cache),
-                               epochs=args.head_epochs, lr=args.head_lr,
-                               ensemble_epochs=args.ensemble_epochs, seed=args.seed)
-            del data
-            log(f"{name}: heads cross-fitted ({args.ensemble_folds} folds) in "
-                f"{time.perf_counter() - t0:.0f} s")
-            out[name] = ee.eval()
-            continue
-        if cascade and ens_cache is not None:
-            head_data, ens_data = FeatureCache.concat(caches), ens_cache
-        elif cascade and args.ensemble_holdout > 0:
-            parts = [c.split(args.ensemble_holdout, seed=args.seed) for c in caches]
-            head_data = FeatureCache.concat([h for h, _ in parts])
-            ens_data = FeatureCache.concat([e for _, e in parts])
-            del parts  # the features are large (1.5 GB per pass for ResNet-56 at fp16)
-        else:
-            head_data = ens_data = FeatureCache.concat(caches)
-        train_heads(ee, head_data, epochs=args.head_epochs, lr=args.head_lr, seed=args.seed)
-        if cascade:
-            train_ensemble(ee, ens_data, epochs=args.ensemble_epochs, seed=args.seed)
-        log(f"{name}: heads trained in {time.perf_counter() - t0:.0f} s")
+        history, ens_data = train_from_caches(ee, config, [train_cache, *aug_caches])
+        if cascade and "ensemble" not in history:
+            train_ensemble(ee, ens_cache if ens_cache is not None else ens_data,
+                           epochs=config.ensemble_epochs, seed=config.seed)
+        del ens_data  # the features are large (1.5 GB per pass for ResNet-56 at fp16)
+        how = f"cross-fitted ({args.ensemble_folds} folds)" if cascade and crossfit else "trained"
+        log(f"{name}: heads {how} in {time.perf_counter() - t0:.0f} s")
         out[name] = ee.eval()
     return out
 
 
-def frontier_rows(traces, base_acc):
+def frontier_rows(traces, val_traces, ref_val_acc):
+    """Accuracy at fixed FLOPs and savings within 0.5 / 1 pt: thresholds chosen on the
+    validation traces (against ``ref_val_acc``), scored on the test traces."""
     lines = ["| method | acc @25 % FLOPs | acc @50 % | acc @75 % | saving within 0.5 pt | "
              "saving within 1 pt |", "|---|---|---|---|---|---|"]
     numbers = {}
     for name, tr in traces.items():
-        grid = fine_grid("maxprob", tr.num_internal)
-        at = accuracy_at_flops(tr, "maxprob", FRACTIONS, grid)
-        sv = saving_within(tr, "maxprob", DROPS, grid, reference_accuracy=base_acc)
+        pts = operating_points(tr, "maxprob", val_trace=val_traces[name],
+                               reference_accuracy=ref_val_acc)
+        at, sv = pts["accuracy_at_flops"], pts["saving_within"]
         numbers[name] = (at, sv)
         cells = [
-            f"{100 * at[f]['accuracy']:.2f} %" if at[f]["accuracy"] == at[f]["accuracy"]
-            else "– (below the first exit)"
+            f"{100 * at[f]['accuracy']:.2f} % ({100 * at[f]['flops_ratio']:.0f} % FLOPs)"
+            if at[f]["accuracy"] == at[f]["accuracy"] else "– (below the first exit)"
             for f in FRACTIONS
         ]
         cells += [
@@ -152,7 +150,7 @@ def frontier_rows(traces, base_acc):
             for d in DROPS
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append(f"| backbone | {100 * base_acc:.2f} % at 100 % FLOPs | | | | |")
+    lines.append("| backbone | 100 % FLOPs | | | | |")
     return lines, numbers
 
 
@@ -240,8 +238,13 @@ def latency_table(rows, flops_ratio):
     return lines
 
 
-def run_case(title, backbone, train_plain, test_ds, args, out_lines, pretrained_acc=None,
+def run_case(title, backbone, train_plain, val_ds, test_ds, args, out_lines, pretrained_acc=None,
              reference=None, fit_ds=None, make_augmented=None):
+    """One backbone: train SDN / ZTW, choose thresholds on ``val_ds``, score on ``test_ds``.
+
+    ``reference``: ``(name, test accuracy, validation accuracy)`` of an outside
+    backbone the savings are measured against when it is the better one.
+    """
     test_loader = DataLoader(test_ds, batch_size=256)
     example = stack(test_ds, 2)
     log(f"{title}: caching head features of {len(train_plain)} train examples")
@@ -251,6 +254,7 @@ def run_case(title, backbone, train_plain, test_ds, args, out_lines, pretrained_
                                  dtype=torch.float16)
     log(f"  cached in {time.perf_counter() - t0:.0f} s; test features ({len(test_ds)})")
     test_cache = cache_features(probe, test_loader)
+    val_cache = cache_features(probe, DataLoader(val_ds, batch_size=256))
     aug_caches = []
     if make_augmented is not None and args.head_augment_passes > 0:
         t0 = time.perf_counter()
@@ -260,44 +264,49 @@ def run_case(title, backbone, train_plain, test_ds, args, out_lines, pretrained_
             f"{time.perf_counter() - t0:.0f} s")
     fit_cache = (cache_features(probe, DataLoader(fit_ds, batch_size=256))
                  if fit_ds is not None else None)
-    ztw_on_test = args.ztw_ensemble_fit == "heldout-test"
+    ztw_on_val = args.ztw_ensemble_fit == "heldout-val"
     models = variants(backbone, args, train_cache, example, aug_caches,
-                      ens_cache=fit_cache if ztw_on_test else None)
+                      ens_cache=fit_cache if ztw_on_val else None)
     if fit_ds is not None and args.final_ensemble:
         for name, m in models.items():
             train_final_ensemble(m, fit_cache, seed=args.seed)
             w = m.final_ensemble.weight.detach()
-            log(f"{name}: final ensemble fitted on {len(fit_ds)} held-out test images; "
+            log(f"{name}: final ensemble fitted on {len(fit_ds)} validation images; "
                 f"weight on the backbone {float(w[-1]):.2f}, on the heads "
                 f"{float(w[:-1].abs().sum()):.2f} (sum of |w|)")
     traces = {k: trace_from_features(m, test_cache, example) for k, m in models.items()}
+    val_traces = {k: trace_from_features(m, val_cache, example) for k, m in models.items()}
     base_acc = float((test_cache.final_logits.argmax(1) == test_cache.labels).double().mean())
+    base_val = float((val_cache.final_logits.argmax(1) == val_cache.labels).double().mean())
     base_flops = float(traces["SDN"].backbone_flops[0])
-    # The savings are measured against the better of this backbone and an outside reference
-    # (after joint training: the backbone fine-tuned without heads), never the weaker one.
-    ref_name, ref_acc = "this backbone's own final output", base_acc
-    if reference is not None and reference[1] > base_acc:
-        ref_name, ref_acc = reference
-    lines, numbers = frontier_rows(traces, ref_acc)
+    # The savings are measured against the better (on validation) of this backbone and an
+    # outside reference (after joint training: the backbone fine-tuned without heads).
+    ref_name, ref_acc, ref_val = "this backbone's own final output", base_acc, base_val
+    if reference is not None and reference[2] > base_val:
+        ref_name, ref_acc, ref_val = reference
+    lines, numbers = frontier_rows(traces, val_traces, ref_val)
     out_lines += [f"### {title}", ""]
     if pretrained_acc is not None:
         out_lines.append(f"- pretrained backbone (before fine-tuning) on this test subset: "
                          f"{100 * pretrained_acc:.2f} %")
     if reference is not None:
-        out_lines.append(f"- {reference[0]}: {100 * reference[1]:.2f} %")
+        out_lines.append(f"- {reference[0]}: {100 * reference[1]:.2f} % (validation "
+                         f"{100 * reference[2]:.2f} %)")
         out_lines.append(f"- savings below are measured against {ref_name} "
-                         f"({100 * ref_acc:.2f} %), the better of the two")
+                         f"({100 * ref_acc:.2f} % test, {100 * ref_val:.2f} % validation), the "
+                         "better of the two on validation")
     out_lines += [
-        f"- backbone: {100 * base_acc:.2f} % accuracy, {base_flops / 1e6:.2f} MFLOPs/example "
-        f"(FLOPs = 2 x MACs, FlopCounterMode)",
+        f"- backbone: {100 * base_acc:.2f} % accuracy ({100 * base_val:.2f} % on validation), "
+        f"{base_flops / 1e6:.2f} MFLOPs/example (FLOPs = 2 x MACs, FlopCounterMode)",
         f"- heads after blocks {probe.positions} of {len(backbone.blocks)}, policy maxprob, "
-        "thresholds swept offline (all heads once) on the test subset",
-        *([f"- ZTW: heads trained on every train image (as SDN's); its ensemble fitted on the "
-           f"{len(fit_ds)} test images outside the evaluated subset"]
-          if fit_ds is not None and ztw_on_test else []),
+        f"thresholds swept offline (all heads once), chosen on the {len(val_ds)} validation "
+        f"images (chosen_on: validation) and scored on the {len(test_ds)} test images",
+        *([f"- ZTW: heads trained on every train image (as SDN's); its ensemble fitted on "
+           f"{len(fit_ds)} validation images kept out of the threshold choice"]
+          if fit_ds is not None and ztw_on_val else []),
         *([f"- final ensemble (SDN and ZTW): rows that reach the end get a weighted geometric "
-           f"mean of every exit and the backbone, fitted on the {len(fit_ds)} test images "
-           "outside the evaluated subset (no evaluated image is used to fit it); at the "
+           f"mean of every exit and the backbone, fitted on {len(fit_ds)} validation images "
+           "kept out of the threshold choice (no test image is used to fit it); at the "
            "full budget the backbone's own output"]
           if fit_ds is not None and args.final_ensemble else []), "",
         *lines, "", "Accuracy of each exit alone (every example stopping there):", "",
@@ -426,7 +435,7 @@ def joint_backbone(backbone, train_aug, args):
     torch.manual_seed(args.seed)
     ee = attach_heads(backbone, args.positions, pool_size=args.pool_size)
     t0 = time.perf_counter()
-    train_joint(ee, DataLoader(subset(train_aug, args.finetune_limit, args.seed + 3),
+    train_joint(ee, DataLoader(random_subset(train_aug, args.finetune_limit, args.seed + 3),
                                 batch_size=128, shuffle=True), epochs=args.joint_epochs,
                 lr=args.joint_lr, seed=args.seed, progress=False,
                 kd_weight=args.joint_kd_weight, kd_temperature=args.joint_kd_temperature,
@@ -455,7 +464,7 @@ def control_backbone(backbone, train_aug, args):
         prm.requires_grad_(True)
     kd = args.joint_kd_weight > 0
     t0 = time.perf_counter()
-    fit(control, DataLoader(subset(train_aug, args.finetune_limit, args.seed + 3),
+    fit(control, DataLoader(random_subset(train_aug, args.finetune_limit, args.seed + 3),
                             batch_size=128, shuffle=True),
         epochs=args.joint_epochs, optimizer="sgd", lr=args.joint_lr, weight_decay=5e-4,
         schedule="cosine", seed=args.seed, progress=False,
@@ -469,11 +478,10 @@ def control_backbone(backbone, train_aug, args):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=os.environ.get("FRUGALNN_DATA", "../shared/data"))
+    add_split_flags(p, data="cifar10")
+    p.set_defaults(train_limit=5000, test_limit=2000)
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--finetune-limit", type=int, default=5000)
-    p.add_argument("--train-limit", type=int, default=5000, help="examples for head training")
-    p.add_argument("--test-limit", type=int, default=2000)
     p.add_argument("--head-epochs", type=int, default=30)
     p.add_argument("--head-lr", type=float, default=2e-3)
     p.add_argument("--ensemble-epochs", type=int, default=30)
@@ -481,10 +489,11 @@ def main(argv=None) -> int:
                    help="fraction of the head-training examples kept out of head training "
                         "and used to fit the ZTW ensemble (0: fit it on the same examples)")
     p.add_argument("--ztw-ensemble-fit", default="train-holdout",
-                   choices=("train-holdout", "heldout-test", "crossfit"),
+                   choices=("train-holdout", "heldout-val", "crossfit"),
                    help="where ZTW's ensemble is fitted: on --ensemble-holdout of the "
-                        "head-training images (kept from its heads), on the test images "
-                        "outside the --test-limit subset, or (crossfit) on out-of-fold "
+                        "head-training images (kept from its heads), on half of the "
+                        "validation split (the other half chooses thresholds), or (crossfit) "
+                        "on out-of-fold "
                         "predictions of --ensemble-folds fold models; the last two let its "
                         "heads see every train image, as SDN's do")
     p.add_argument("--ensemble-folds", type=int, default=5,
@@ -535,7 +544,6 @@ def main(argv=None) -> int:
     p.add_argument("--channels-last", action="store_true",
                    help="time backbone and exit models in channels-last memory format")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-resnet", action="store_true")
     p.add_argument("--vit-data", default="digits", choices=("digits", "cifar10", "none"))
     p.add_argument("--vit-epochs", type=int, default=40)
@@ -550,46 +558,48 @@ def main(argv=None) -> int:
     retained = args.retain_freed_memory and retain_freed_memory()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    started = time.time()
-    machine = describe_machine()
-    lines = ["## Early exits (issue 4): SDN heads vs Zero-Time-Waste", "",
-             "Command: `" + " ".join([sys.executable.split("/")[-1], *sys.argv]) + "`", "",
-             f"Machine: {machine.get('cpu')}, {machine.get('usable_cores')} usable cores, "
-             f"torch {machine.get('torch')} with {args.threads} thread(s), {machine.get('date')}, "
-             f"load average at start {machine.get('loadavg')}"
-             + ("; freed memory retained (frugalnn.cost.allocator.retain_freed_memory)"
-                if retained else ""), "",
-             f"Scale: fine-tune {args.finetune_epochs} epoch(s) on {args.finetune_limit} JPEG "
+    lines = [f"Scale: fine-tune {args.finetune_epochs} epoch(s) on {args.finetune_limit} JPEG "
              f"train images; heads trained {args.head_epochs} epochs on {args.train_limit} "
              f"train images"
              + (f" plus {args.head_augment_passes} augmented (random crop + flip) pass(es) "
                 f"over them (augmentation seed {args.head_augment_seed})"
                 if args.head_augment_passes else "")
-             + (f" (ZTW: heads on all of them, ensemble {args.ensemble_epochs} epochs on the "
-                "test images outside the evaluated subset)"
-                if args.ztw_ensemble_fit == "heldout-test" else
+             + (f" (ZTW: heads on all of them, ensemble {args.ensemble_epochs} epochs on "
+                "half of the validation split)"
+                if args.ztw_ensemble_fit == "heldout-val" else
                 f" (ZTW: heads on all of them, ensemble {args.ensemble_epochs} epochs on the "
                 f"out-of-fold predictions of {args.ensemble_folds} fold models, each trained "
                 f"on the other folds' images; an image's augmented copies share its fold)"
                 if args.ztw_ensemble_fit == "crossfit" else
                 f" (ZTW: heads on {100 * (1 - args.ensemble_holdout):.0f} % of them, "
                 f"ensemble {args.ensemble_epochs} epochs on the other "
-                f"{100 * args.ensemble_holdout:.0f} %)") + "; test on a random "
-             f"{args.test_limit}-image subset of the JPEG test split (seed {args.seed}).", ""]
+                f"{100 * args.ensemble_holdout:.0f} %)") + "; thresholds chosen on the "
+             f"validation split ({args.val_fraction} of the train split, seed {args.seed}"
+             + (f", {args.val_limit} images" if args.val_limit else "") + "), scored on a "
+             f"random {args.test_limit}-image subset of the JPEG test split (seed {args.seed}).",
+             ""]
+    if retained:
+        lines += ["Freed memory retained (frugalnn.cost.allocator.retain_freed_memory).", ""]
     if not args.skip_resnet:
-        data_dir = Path(args.data_dir)
+        data_dir = resolve_data_dir(args.data_dir)
         ckpt = data_dir / "pretrained" / "resnet-cifar10" / "resnet56-4bfd9763.th"
         log("loading CIFAR-10 JPEG")
-        train_aug = get_dataset("cifar10", "train", data_dir, augment=True, seed=args.seed)
-        train_plain = get_dataset("cifar10", "train", data_dir)
-        test_ds = subset(get_dataset("cifar10", "test", data_dir), args.test_limit, args.seed)
+        splits = splits_from_args(args)  # heads' train subset, validation, test subset
+        # Fine-tuning and joint training draw from the whole train split minus validation.
+        pool = load_splits(args.data, args.data_dir, val_fraction=args.val_fraction,
+                           seed=args.seed).train
+        train_aug = augmented_view(pool, args.seed)
+        test_ds = splits.test
+        lines += ["The pretrained checkpoint was trained on every CIFAR-10 train image, the "
+                  "validation images included: its confidence there is optimistic, so the "
+                  "thresholds chosen on validation are too.", ""]
         backbone = create_model("resnet56", checkpoint=str(ckpt)).eval()
         pre_acc = accuracy(backbone, DataLoader(test_ds, batch_size=256))
         log(f"pretrained ResNet-56 on the JPEG test subset: {100 * pre_acc:.2f} %")
         cached = load_cache(backbone, args.backbone_cache, "fine-tuned backbone")
         if not cached and args.finetune_epochs > 0:
             t0 = time.perf_counter()
-            ft = subset(train_aug, args.finetune_limit, args.seed + 1)
+            ft = random_subset(train_aug, args.finetune_limit, args.seed + 1)
             fit(backbone, DataLoader(ft, batch_size=128, shuffle=True), epochs=args.finetune_epochs,
                 optimizer="sgd", lr=0.01, weight_decay=5e-4, schedule="cosine", seed=args.seed,
                 progress=False)
@@ -599,12 +609,14 @@ def main(argv=None) -> int:
         reference = None
         if args.joint_epochs > 0:
             ft_acc = accuracy(backbone, DataLoader(test_ds, batch_size=256))
-            reference = ("backbone fine-tuned without heads", ft_acc)
+            ft_val = accuracy(backbone, DataLoader(splits.val, batch_size=256))
+            reference = ("backbone fine-tuned without heads", ft_acc, ft_val)
             log(f"fine-tuned backbone: {100 * ft_acc:.2f} %")
             control_line = None
             if args.joint_control:
                 control = control_backbone(backbone, train_aug, args)
                 ctrl_acc = accuracy(control, DataLoader(test_ds, batch_size=256))
+                ctrl_val = accuracy(control, DataLoader(splits.val, batch_size=256))
                 del control
                 log(f"same-training control: {100 * ctrl_acc:.2f} %")
                 ctrl_name = (f"backbone trained {args.joint_epochs} more epoch(s) without heads "
@@ -616,8 +628,8 @@ def main(argv=None) -> int:
                                 f"without heads with the joint run's data, epochs, optimiser "
                                 f"and distillation reaches {100 * ctrl_acc:.2f} % "
                                 f"(fine-tuned backbone: {100 * ft_acc:.2f} %).")
-                if ctrl_acc > ft_acc:
-                    reference = (ctrl_name, ctrl_acc)
+                if ctrl_val > ft_val:
+                    reference = (ctrl_name, ctrl_acc, ctrl_val)
             backbone = joint_backbone(backbone, train_aug, args)
             lines += [f"Joint (SDN) training: {args.joint_epochs} epoch(s) of backbone + heads "
                       f"{args.positions} on {args.finetune_limit} augmented train images "
@@ -638,38 +650,30 @@ def main(argv=None) -> int:
         for prm in backbone.parameters():
             prm.requires_grad_(False)
         def make_augmented(k):  # the same images as the heads' plain set, new crops/flips
-            aug = get_dataset("cifar10", "train", data_dir, augment=True,
-                              seed=args.head_augment_seed + k)
-            return subset(aug, args.train_limit, args.seed + 2)
+            return augmented_view(splits.train, args.head_augment_seed + k)
 
-        fit_ds = None
-        if args.final_ensemble or args.ztw_ensemble_fit == "heldout-test":
-            full_test = test_ds.dataset if isinstance(test_ds, Subset) else test_ds
-            taken = set(test_ds.indices) if isinstance(test_ds, Subset) else set()
-            rest = [i for i in range(len(full_test)) if i not in taken]
-            if not rest:
-                sys.exit("error: --final-ensemble and --ztw-ensemble-fit heldout-test fit on "
-                         "the test images outside the evaluated subset; give a --test-limit "
-                         "below the split's size")
-            fit_ds = Subset(full_test, rest)
-        run_case("ResNet-56, CIFAR-10 JPEG", backbone,
-                 subset(train_plain, args.train_limit, args.seed + 2), test_ds, args, lines,
-                 pretrained_acc=pre_acc, reference=reference, fit_ds=fit_ds,
+        fit_ds, val_ds = splits.val, splits.val
+        if args.final_ensemble or args.ztw_ensemble_fit == "heldout-val":
+            fit_ds, val_ds = validation_parts(splits.val, EarlyExitConfig(
+                final_ensemble=True, final_ensemble_holdout=0.5, seed=args.seed))
+        else:
+            fit_ds = None
+        run_case("ResNet-56, CIFAR-10 JPEG", backbone, splits.train, val_ds, test_ds, args,
+                 lines, pretrained_acc=pre_acc, reference=reference, fit_ds=fit_ds,
                  make_augmented=make_augmented)
     if args.vit_data != "none":
         vit_args = copy.copy(args)
         if args.vit_data == "digits":
-            train = get_dataset("digits", "train")
-            test = get_dataset("digits", "test")
+            vit_splits = load_splits("digits", val_fraction=args.val_fraction, seed=args.seed)
             kw = dict(image_size=8, patch_size=2, in_channels=1, dim=64, depth=6, heads=4)
             vit_args.positions = "every"
         else:
-            train = subset(get_dataset("cifar10", "train", args.data_dir), args.train_limit,
-                           args.seed + 2)
-            test = subset(get_dataset("cifar10", "test", args.data_dir), args.test_limit,
-                          args.seed)
+            vit_splits = load_splits("cifar10", args.data_dir, val_fraction=args.val_fraction,
+                                     train_limit=args.train_limit, val_limit=args.val_limit,
+                                     test_limit=args.test_limit, seed=args.seed)
             kw = dict(dim=96, depth=6, heads=3)
             vit_args.positions = "every"
+        train, test = vit_splits.train, vit_splits.test
         if args.vit_checkpoint:
             if args.vit_data != "cifar10":
                 raise SystemExit("--vit-checkpoint needs --vit-data cifar10")
@@ -693,15 +697,11 @@ def main(argv=None) -> int:
         vit_args.check_examples = min(args.check_examples, len(test))
         vit_args.latency_examples = min(args.latency_examples, len(test))
         lines += [about, ""]
-        run_case(f"ViT on {args.vit_data}", vit, train, test, vit_args, lines)
-    lines += [f"Total wall time {time.time() - started:.0f} s; load average at end "
-              f"{[round(v, 2) for v in os.getloadavg()]}.", ""]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out)
-    print("\n".join(lines))
+        run_case(f"ViT on {args.vit_data}", vit, train, vit_splits.val, test, vit_args, lines)
+    lines += [f"Load average at end {[round(v, 2) for v in os.getloadavg()]}.", ""]
+    header = results_header("Early exits (issue 4): SDN heads vs Zero-Time-Waste",
+                            device="cpu")
+    write_results(args.out, header + "\n" + "\n".join(lines))
     return 0
 
 

@@ -15,12 +15,11 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import results_header, write_results
 
-from frugalnn.cost.machine import machine_markdown
 from frugalnn.methods.early_exit.heads import _window_max
 
 SHAPES = [(16, 32), (32, 16), (64, 8)]
@@ -45,10 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="benchmarks/results/head_pooling.md")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    lines = ["## Early-exit head pooling: max vs average, NCHW vs channels-last", "",
-             f"Command: `python benchmarks/head_pooling.py {' '.join(sys.argv[1:])}`", "",
-             machine_markdown(), "",
-             "Microseconds per call (median), pooling to 4 x 4.", "",
+    lines = ["Microseconds per call (median), pooling to 4 x 4.", "",
              "| batch | C x H x W | avg NCHW | max NCHW (F.max_pool2d) | max NCHW (heads) | "
              "avg channels-last | max channels-last |",
              "|---:|---|---:|---:|---:|---:|---:|"]
@@ -65,13 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = [median_us(fn, args, a.repeats) for fn, args in calls]
                 lines.append(f"| {bs} | {c} x {hw} x {hw} | "
                              + " | ".join(f"{v:.1f}" for v in row) + " |")
-    text = "\n".join(lines) + "\n"
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
-    print(text)
+    header = results_header("Early-exit head pooling: max vs average, NCHW vs channels-last")
+    write_results(a.out, header + "\n" + "\n".join(lines) + "\n")
     return 0
 
 

@@ -2,27 +2,28 @@
 
 How much accuracy survives factorisation alone tells how much fine-tuning has
 to recover. Pretrained ResNet-20 (or ``--depth 56``) on a CIFAR-10 JPEG test
-subset, every 3x3 convolution factorised under each criterion; accuracy, FLOP
-ratio and the number of layers factorised (a layer whose chain would not be
-cheaper stays dense). Full scale: ``--test-limit 10000``.
+subset (``--test-limit``, seeded: the same images as the CLI's
+``--eval-limit``), every 3x3 convolution factorised under each criterion by
+the low-rank recipe (:func:`frugalnn.methods.lowrank.recipe.compress`, zero
+fine-tuning epochs); accuracy, FLOP ratio and the number of layers factorised
+(a layer whose chain would not be cheaper stays dense). Full scale:
+``--test-limit 10000``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from _common import add_split_flags, log, results_header, splits_from_args, write_results
+from torch.utils.data import DataLoader
 
-from frugalnn.cost.machine import machine_markdown
-from frugalnn.data import get_dataset
 from frugalnn.errors import UserError
 from frugalnn.methods.lowrank.compress import plan_totals
-from frugalnn.methods.lowrank.pipeline import accuracy, compress_and_finetune
+from frugalnn.methods.lowrank.pipeline import accuracy
+from frugalnn.methods.lowrank.recipe import LowRankConfig, compress
 from frugalnn.models import create_model
 
 CONFIGS = ("tucker:energy=0.99", "tucker:energy=0.9", "tucker:vbmf", "tucker:flops=1.5",
@@ -31,59 +32,44 @@ CONFIGS = ("tucker:energy=0.99", "tucker:energy=0.9", "tucker:vbmf", "tucker:flo
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=os.environ.get("FRUGALNN_DATA"))
+    add_split_flags(p, data="cifar10")
+    p.set_defaults(test_limit=500)
     p.add_argument("--depth", type=int, default=20)
     p.add_argument("--configs", default=",".join(CONFIGS))
-    p.add_argument("--test-limit", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--markdown", default="benchmarks/results/lowrank.md")
+    p.add_argument("--markdown", default="benchmarks/results/lowrank_datafree.md")
     args = p.parse_args(argv)
     if not args.data_dir:
-        print("set --data-dir or FRUGALNN_DATA", file=sys.stderr)
-        return 2
+        from frugalnn.data.base import resolve_data_dir
+
+        args.data_dir = str(resolve_data_dir(None))
     torch.set_num_threads(1)
-    started = time.time()
-    d = Path(args.data_dir)
-    test = get_dataset("cifar10", "test", d)
-    g = torch.Generator().manual_seed(args.seed)
-    test = Subset(test, sorted(torch.randperm(len(test), generator=g)[:args.test_limit].tolist()))
+    test = splits_from_args(args).test
     loader = DataLoader(test, batch_size=250)
-    ckpt = next((d / "pretrained" / "resnet-cifar10").glob(f"resnet{args.depth}-*.th"))
+    pretrained = Path(args.data_dir) / "pretrained" / "resnet-cifar10"
+    ckpt = next(pretrained.glob(f"resnet{args.depth}-*.th"))
     base = create_model(f"resnet{args.depth}", checkpoint=str(ckpt)).eval()
     base_acc = accuracy(base, loader)
     x = torch.stack([test[0][0], test[1][0]])
     rows = []
     for cfg in args.configs.split(","):
         method, target = cfg.split(":")
+        config = LowRankConfig(method=method, target=target, finetune_epochs=0, seed=args.seed)
         try:
-            model, plan, _ = compress_and_finetune(base, method, target, x, None, progress=False)
+            model, plan, _ = compress(base, config, example=x)
         except UserError as exc:
             rows.append(f"| {method} | {target} | not run: {exc} | | |")
             continue
         t = plan_totals(plan)
         rows.append(f"| {method} | {target} | {t['layers_factorised']}/{t['layers_eligible']} | "
                     f"{t['flops_ratio']:.2f}x | {100 * accuracy(model, loader):.2f} |")
-        print(rows[-1], flush=True)
-    cmd = "python benchmarks/lowrank_datafree.py " + " ".join(sys.argv[1:])
-    section = "\n".join([
-        f"## Data-free low-rank ResNet-{args.depth} (no fine-tuning)\n",
-        f"Command: `{cmd}` ({(time.time() - started) / 60:.1f} min)\n", machine_markdown(), "",
-        f"Pretrained ResNet-{args.depth}, {args.test_limit} CIFAR-10 JPEG test images; "
+        log(rows[-1])
+    text = "\n".join([
+        results_header(f"Data-free low-rank ResNet-{args.depth} (no fine-tuning)"), "",
+        f"Pretrained ResNet-{args.depth}, {len(test)} CIFAR-10 JPEG test images; "
         f"baseline accuracy {100 * base_acc:.2f} %. FLOP ratio over the eligible 3x3 convs.\n",
         "| method | target | layers factorised | FLOPs ratio (convs) | accuracy (%) |",
         "|---|---|---|---|---|", *rows]) + "\n"
-    path = Path(args.markdown)
-    md = path.read_text() if path.exists() else "# Low-rank compression results\n\n"
-    start = md.find("## Data-free low-rank")
-    if start >= 0:
-        end = md.find("\n## ", start + 1)
-        md = md[:start] + section + (md[end + 1:] if end >= 0 else "")
-    else:
-        md = md.rstrip() + "\n\n" + section
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(md)
-    os.replace(tmp, path)
-    print(section)
+    write_results(args.markdown, text)
     return 0
 
 

@@ -1,61 +1,69 @@
 """Low-rank ResNet-56 on CIFAR-10 (JPEG): CP, Tucker-2 and TT side by side.
 
+Flags: the split flags are the CLI's (``--data``, ``--val-fraction``,
+``--val-limit`` are new; ``--train-limit`` now draws from the training split
+less its validation part); ``--markdown`` writes its own file (it used to
+splice a section into ``results/lowrank.md``); ``--work`` is new.
+
 Pipeline (one command, fixed seeds):
 
 1. ResNet-56 from the pretrained checkpoint, fine-tuned on (a random subset
    of) the JPEG train split, so that the baseline is fair on the JPEG test
    split;
-2. for each method: every 3x3 convolution factorised to the target
-   (``--target flops=2`` by default, i.e. >= 2x fewer FLOPs per layer), then
-   fine-tuned with distillation from the baseline;
+2. for each method, the low-rank recipe
+   (:func:`frugalnn.methods.lowrank.recipe.compress`): every 3x3 convolution
+   factorised to the target (``--target flops=2`` by default, i.e. >= 2x fewer
+   FLOPs per layer), then fine-tuned with distillation from the baseline (the
+   validation split, carved from train, is scored after every epoch);
 3. optionally (``--latency-target F``) Tucker-2 with latency-aware ranks:
    layers are factorised only where the measured chain is faster at the
    latency batch size, until the predicted model latency is F x the baseline;
-4. per method: parameters, FLOPs, accuracy, measured latency at batch 1 and
-   64 and peak memory, against the baseline measured in the same process.
+4. per method, :func:`frugalnn.methods.lowrank.recipe.compare_into`:
+   parameters, FLOPs, accuracy, measured latency at batch 1 and
+   ``--batch-size`` and peak memory, against the baseline measured in the same
+   process; its per-layer and whole-model tables go to ``--work``/<method>/extras/.
 
-Full scale: ``--baseline-epochs 5 --train-limit 50000 --finetune-epochs 10
+Splits come from :func:`frugalnn.data.splits.load_splits` (``--train-limit``,
+``--val-limit``, ``--test-limit``, ``--seed``: the same examples as the CLI's
+``--train-limit`` / ``--val-limit`` / ``--eval-limit``); the training subset is
+drawn from the training split less its validation part.
+
+Full scale: ``--baseline-epochs 5 --train-limit 45000 --finetune-epochs 10
 --test-limit 10000 --repeats 30``. The defaults are a scaled-down run for a
-shared 2-core CPU; the results file states the scale used.
+shared 2-core CPU; the results file states the scale used. Writes
+``--markdown`` (default ``benchmarks/results/lowrank_resnet56.md``; its
+section is pasted into ``results/lowrank.md``) and ``--out`` (JSON).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import os
-import shlex
+import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from _common import add_split_flags, log, results_header, splits_from_args, write_results
+from torch.utils.data import DataLoader
 
-from frugalnn.cost.machine import describe_machine, machine_markdown
-from frugalnn.data import get_dataset
+from frugalnn.cost.machine import describe_machine
 from frugalnn.errors import UserError
 from frugalnn.methods.lowrank.compress import plan_markdown
-from frugalnn.methods.lowrank.pipeline import accuracy, compare, compress_and_finetune
+from frugalnn.methods.lowrank.pipeline import accuracy
+from frugalnn.methods.lowrank.recipe import LowRankConfig, compare_into, compress
 from frugalnn.models import create_model
 from frugalnn.train import fit
+from frugalnn.utils.io import write_json_atomic
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def subset(ds, limit: int | None, seed: int):
-    if limit is None or limit >= len(ds):
-        return ds
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:limit]
-    return Subset(ds, sorted(idx.tolist()))
-
-
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=os.environ.get("FRUGALNN_DATA"))
+    add_split_flags(p, data="cifar10")
+    p.set_defaults(train_limit=2000, val_limit=500, test_limit=1000,
+                   data_dir=os.environ.get("FRUGALNN_DATA"))
     p.add_argument("--methods", default="cp,tucker,tt")
     p.add_argument("--target", default="flops=2")
     p.add_argument("--latency-target", type=float, help="also run Tucker-2 at latency=F")
@@ -72,33 +80,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-epochs", type=int, default=1)
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (SGD)")
-    p.add_argument("--train-limit", type=int, default=2000)
-    p.add_argument("--test-limit", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--augment", action="store_true",
                    help="random crop + flip for the baseline and compressed-model fine-tuning")
     p.add_argument("--baseline-cache", help="safetensors file: load the fine-tuned baseline "
                    "from it if it exists, else save it there (same flags assumed)")
+    p.add_argument("--work", default="runs/bench/lowrank_resnet56",
+                   help="per-method extras (the recipe's per-layer and whole-model tables)")
     p.add_argument("--out", default="benchmarks/results/lowrank_resnet56.json")
-    p.add_argument("--markdown", default="benchmarks/results/lowrank.md")
-    args = p.parse_args(argv)
-    if not args.data_dir:
-        print("set --data-dir or FRUGALNN_DATA", file=sys.stderr)
-        return 2
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    data_dir = Path(args.data_dir)
-    started = time.time()
-    train = subset(get_dataset("cifar10", "train", data_dir, augment=args.augment,
-                               seed=args.seed), args.train_limit, args.seed)
-    test = subset(get_dataset("cifar10", "test", data_dir), args.test_limit, args.seed + 1)
-    gen = torch.Generator().manual_seed(args.seed)
-    train_loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, generator=gen)
-    test_loader = DataLoader(test, batch_size=256)
-    ckpt = next((data_dir / "pretrained" / "resnet-cifar10").glob("resnet56-*.th"))
+    p.add_argument("--markdown", default="benchmarks/results/lowrank_resnet56.md")
+    return p.parse_args(argv)
+
+
+def baseline(args: argparse.Namespace, train: Any, test_loader: DataLoader) -> torch.nn.Module:
+    """The pretrained ResNet-56, fine-tuned on the JPEG training subset (or from the cache)."""
+    ckpt = next((Path(args.data_dir) / "pretrained" / "resnet-cifar10").glob("resnet56-*.th"))
     base = create_model("resnet56", checkpoint=str(ckpt))
     log(f"pretrained ResNet-56 on JPEG test subset: {100 * accuracy(base, test_loader):.2f} %")
     cache = Path(args.baseline_cache) if args.baseline_cache else None
@@ -108,13 +106,29 @@ def main(argv: list[str] | None = None) -> int:
         base.load_state_dict(load_file(str(cache)))
         log(f"fine-tuned baseline loaded from {cache} (same flags assumed)")
     elif args.baseline_epochs:
-        fit(base, train_loader, epochs=args.baseline_epochs, optimizer="sgd", lr=0.01,
-            weight_decay=5e-4, schedule="cosine", seed=args.seed, progress=False)
+        gen = torch.Generator().manual_seed(args.seed)
+        fit(base, DataLoader(train, batch_size=args.batch_size, shuffle=True, generator=gen),
+            epochs=args.baseline_epochs, optimizer="sgd", lr=0.01, weight_decay=5e-4,
+            schedule="cosine", seed=args.seed, progress=False)
         if cache is not None:
             from safetensors.torch import save_file
 
             save_file({k: v.contiguous() for k, v in base.state_dict().items()}, str(cache))
-    base.eval()
+    return base.eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.data_dir:
+        print("set --data-dir or FRUGALNN_DATA", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.train_threads or args.threads)
+    torch.manual_seed(args.seed)
+    splits = splits_from_args(args, augment=args.augment)
+    train, val, test = splits.train, splits.val, splits.test
+    sizes = {"train": len(train), "val": len(val) if val is not None else 0, "test": len(test)}
+    test_loader = DataLoader(test, batch_size=256)
+    base = baseline(args, train, test_loader)
     example = torch.stack([test[i][0] for i in range(2)])
     results: dict[str, dict] = {}
     errors: dict[str, str] = {}
@@ -122,28 +136,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.latency_target:
         configs.append(("tucker", f"latency={args.latency_target}"))
     for method, target in configs:
-        label = f"{method} {target}" + (" + layer targets" if args.layer_target
-                                         and not target.startswith("latency") else "")
+        overrides = args.layer_target if not target.startswith("latency") else []
+        label = f"{method} {target}" + (" + layer targets" if overrides else "")
         log(f"{label}: decompose + fine-tune {args.finetune_epochs} epoch(s)")
         t0 = time.time()
-        latency = {"batch_size": args.batch_size, "repeats": max(3, args.repeats // 2)}
+        config = LowRankConfig(
+            method=method, target=target, exclude=args.exclude or None,
+            layer_targets=overrides or None, rank_multiple=args.rank_multiple,
+            finetune_epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size,
+            latency_batch=args.batch_size, latency_batch_sizes=(1, args.batch_size),
+            latency_repeats=args.repeats, seed=args.seed)
         try:
             torch.set_num_threads(args.train_threads or args.threads)
-            model, plan, hist = compress_and_finetune(
-                base, method, target, example, train_loader,
-                finetune_epochs=args.finetune_epochs, lr=args.lr, latency=latency, seed=args.seed,
-                exclude=args.exclude or None, layer_targets=args.layer_target or None,
-                rank_multiple=args.rank_multiple, progress=False)
+            model, plan, hist = compress(base, config, train_data=train, val_data=val,
+                                         example=example, threads=args.threads)
         except UserError as exc:  # e.g. a latency target this machine cannot reach
             log(f"  {exc}")
             errors[label] = str(exc)
             continue
         torch.set_num_threads(args.threads)
-        cmp = compare(copy.deepcopy(base), model, plan, example,
-                      batch_sizes=(1, args.batch_size), repeats=args.repeats,
-                      threads=args.threads, eval_loader=test_loader)
+        work = Path(args.work) / re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)
+        cmp = compare_into(work, base, model, plan, example, config, test_data=test,
+                           label=f"{config.label} (ResNet-56)", threads=args.threads)
         cmp["seconds"] = time.time() - t0
         cmp["plan"] = [row.to_dict() for row in plan]
+        cmp["history"] = hist
         results[label] = cmp
         o, c = cmp["models"]["original"], cmp["models"]["compressed"]
         log(f"  params {cmp['params_ratio']:.2f}x, FLOPs {cmp['flops_ratio']:.2f}x, "
@@ -152,29 +169,25 @@ def main(argv: list[str] | None = None) -> int:
             f"{100 * c['accuracy']:.2f}")
         if method == "tucker" and target.startswith("latency"):
             results[label]["plan_md"] = plan_markdown(plan)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps({"args": vars(args), "machine": describe_machine(),
-                               "results": results, "errors": errors}, indent=1, default=str))
-    os.replace(tmp, args.out)
-    write_markdown(args, results, errors, time.time() - started)
+    write_json_atomic(args.out, {"args": vars(args), "machine": describe_machine(),
+                                 "sizes": sizes, "results": results, "errors": errors})
+    log(f"wrote {args.out}")
+    write_results(args.markdown, markdown(args, results, errors, sizes))
     return 0
 
 
-def write_markdown(args, results: dict[str, dict], errors: dict[str, str],
-                   seconds: float) -> None:
+def markdown(args: argparse.Namespace, results: dict[str, dict], errors: dict[str, str],
+             sizes: dict[str, int]) -> str:
     b = args.batch_size
-    cmd = "python benchmarks/lowrank_resnet56.py " + shlex.join(sys.argv[1:])
     names = ", ".join(results) or args.methods
-    header = f"## Low-rank ResNet-56 on CIFAR-10 (JPEG): {names} (fine-tuning lr {args.lr})"
+    title = f"Low-rank ResNet-56 on CIFAR-10 (JPEG): {names} (fine-tuning lr {args.lr})"
     lines = [
-        header + "\n",
-        f"Command: `{cmd}` ({seconds / 60:.1f} min)\n",
-        machine_markdown(), "",
+        results_header(title),
         f"Scale: baseline fine-tuned {args.baseline_epochs} epoch(s) and each compressed model "
-        f"{args.finetune_epochs} epoch(s) with distillation, on {args.train_limit} JPEG train "
-        f"images{' (random crop + flip)' if args.augment else ''}; accuracy on "
-        f"{args.test_limit} JPEG test images; latency median of "
+        f"{args.finetune_epochs} epoch(s) with distillation, on a random {sizes['train']} JPEG "
+        f"train images{' (random crop + flip)' if args.augment else ''} (validation: "
+        f"{sizes['val']} images carved from train, seed {args.seed}); accuracy on a random "
+        f"{sizes['test']} JPEG test images; latency median of "
         f"{args.repeats} repeats ({args.threads} thread), best of two alternating rounds. "
         "Full scale is in the script's docstring; a scaled-down run understates the accuracy "
         "fine-tuning can recover.\n",
@@ -198,19 +211,7 @@ def write_markdown(args, results: dict[str, dict], errors: dict[str, str],
     for name, r in results.items():
         if "plan_md" in r:
             lines += ["", f"Latency-aware plan ({name}):", "", r["plan_md"]]
-    section = "\n".join(lines) + "\n"
-    path = Path(args.markdown)
-    text = path.read_text() if path.exists() else "# Low-rank compression results\n\n"
-    start = text.find(header + "\n")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    print(section)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

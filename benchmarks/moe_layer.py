@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 from pathlib import Path
 
 import torch
+from _common import results_header, write_results
 from torch import nn
 
 from frugalnn.cost.latency import measure_latency
-from frugalnn.cost.machine import describe_machine, machine_markdown
 from frugalnn.methods.moe import MoEFFN
 from frugalnn.models.base import FeedForward
-from frugalnn.utils.io import write_text_atomic
 
 # Sections land here; benchmarks/moe_collect.py assembles them into results/moe.md.
 RESULTS = Path("runs/bench/results")
@@ -79,13 +77,10 @@ def main(argv: list[str] | None = None) -> int:
                         layer, x, warmup=2, repeats=a.repeats).median_ms)
                 rows.append((e, size, k / e, t))
     load1 = os.getloadavg()
+    # A section of results/moe.md (moe_collect.py): one level below the file's title.
+    head = results_header("Mixture-of-experts: one FFN layer at batch 64 (execution strategies)")
     lines = [
-        "## Mixture-of-experts: one FFN layer at batch 64 (execution strategies)",
-        "",
-        f"Command: `{' '.join(shlex.quote(v) for v in sys.argv)}`",
-        "",
-        machine_markdown(describe_machine()),
-        "",
+        head.replace("# ", "## ", 1),
         f"FFN {a.dim} -> {hidden} -> {a.dim} (ReLU), {a.tokens} tokens (batch 64 x 65), "
         f"{a.threads} thread(s); median of {a.repeats}; the whole layer and the dense FFN are "
         f"timed in 3 interleaved rounds and the fastest round of each is kept (dense timed "
@@ -101,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {e} x {size} | {100 * frac:.0f} | {t['gather']:.2f} | {t['bmm']:.2f} | "
             f"{t['layer']:.2f} | {t['dense']:.2f} | {t['dense'] / t['layer']:.2f}x |"
         )
-    md = "\n".join(lines) + "\n"
-    write_text_atomic(a.out, md)
-    print(md)
+    write_results(a.out, "\n".join(lines) + "\n")
     return 0
 
 

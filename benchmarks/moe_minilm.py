@@ -21,22 +21,23 @@ import copy
 import os
 import random
 import re
-import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from _common import log, results_header, write_results
 from torch.utils.data import DataLoader, TensorDataset
 
 from frugalnn.analysis.sparsity import activation_sparsity
 from frugalnn.cost.latency import measure_latency
-from frugalnn.cost.machine import describe_machine, machine_markdown
-from frugalnn.methods.moe import convert_to_moe, enforce_sparsity
+from frugalnn.cost.machine import describe_machine
+from frugalnn.methods.moe import enforce_sparsity
+from frugalnn.methods.moe.recipe import MoEConfig, moe
 from frugalnn.models import create_model
 from frugalnn.models.bert import encode_texts
-from frugalnn.utils.io import write_json_atomic, write_text_atomic
+from frugalnn.utils.io import write_json_atomic
 
 # Sections land here; benchmarks/moe_collect.py assembles them into results/moe.md.
 RESULTS = Path("runs/bench/results")
@@ -59,10 +60,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS / "moe_minilm.md"))
     return p.parse_args(argv)
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg} (load {os.getloadavg()[0]:.1f})", flush=True)
 
 
 def wikitext_sentences(path: Path) -> list[str]:
@@ -157,35 +154,34 @@ def main(argv: list[str] | None = None) -> int:
                                                 meta={"model": "MiniLM-L6 after enforcement"})
     log("converting")
     t0 = time.time()
-    moe = convert_to_moe(model, num_experts=a.experts, loader=train_dl,
-                         router_epochs=a.router_epochs, seed=a.seed).eval()
+    # The recipe's conversion (no labels: sparsity enforcement with the embedding
+    # objective ran above, so the config leaves it off).
+    converted = moe(model, MoEConfig(experts=a.experts, router_epochs=a.router_epochs,
+                                     seed=a.seed), train_data=train_dl)
     log(f"converted + routers in {time.time() - t0:.0f} s")
     lat_batch = all_eval[0]
     with torch.inference_mode():
         dense_ms = measure_latency(dense, lat_batch, warmup=2, repeats=a.latency_repeats).median_ms
     rows = []
     for tau in [float(t) for t in a.taus.split(",")]:
-        moe.set_budget(tau)
-        moe.reset_stats()
+        converted.set_budget(tau)
+        converted.reset_stats()
         row: dict[str, Any] = {"tau": tau}
         for name, bx in enc.items():
-            cos, agree = fidelity(embed(moe, bx), ref[name])
+            cos, agree = fidelity(embed(converted, bx), ref[name])
             row[name] = {"cosine": cos, "nn_agreement": agree}
-        row["ffn_fraction"] = moe.ffn_flops_fraction()
+        row["ffn_fraction"] = converted.ffn_flops_fraction()
         with torch.inference_mode():
-            row["latency_ms"] = measure_latency(moe, lat_batch, warmup=2,
+            row["latency_ms"] = measure_latency(converted, lat_batch, warmup=2,
                                                 repeats=a.latency_repeats).median_ms
         rows.append(row)
         log(f"tau {tau}: FFN {100 * row['ffn_fraction']:.1f} %")
     machine = describe_machine()
     names = list(enc)
+    # A section of results/moe.md (moe_collect.py): one level below the file's title.
+    head = results_header("Mixture-of-experts: MiniLM-L6 sentence embeddings")
     lines = [
-        "## Mixture-of-experts: MiniLM-L6 sentence embeddings",
-        "",
-        f"Command: `{' '.join(shlex.quote(x) for x in sys.argv)}`",
-        "",
-        machine_markdown(machine),
-        "",
+        head.replace("# ", "## ", 1),
         f"all-MiniLM-L6-v2 (pretrained, GELU), FFNs 384 -> 1536 -> 384 split into {a.experts} "
         f"experts ({1536 // a.experts} neurons) by balanced k-means; routers trained "
         f"{a.router_epochs} epoch(s) on {len(train_s)} sentences (WikiText-2 valid + first 90 % "
@@ -213,12 +209,11 @@ def main(argv: list[str] | None = None) -> int:
                   "tokens included)", "", rep.table()]
     lines.append(f"Load average at the end: {[round(v, 2) for v in os.getloadavg()]}.")
     md = "\n".join(lines) + "\n"
-    write_text_atomic(a.out, md)
+    write_results(a.out, md)
     write_json_atomic(Path(a.out).with_suffix(".json"), {
         "args": vars(a), "machine": machine, "dense_ms": dense_ms, "rows": rows,
         "sparsity": {k: v.to_dict() for k, v in sparsity.items()},
     })
-    print(md)
     return 0
 
 

@@ -6,10 +6,17 @@ Pipeline (each stage cached under --work, so re-running skips what exists):
    CIFAR-10 JPEG train split (scaled down for a shared 2-core CPU: see flags).
 2. ``sparsify``: D2DMoE's sparsity enforcement (Hoyer penalty + distillation
    from the trained model), with the sparsity report before and after.
-3. ``convert``: balanced k-means experts + routers, then dynamic-k (tau) and
-   top-k (k) sweeps on a test subset through ``frugalnn.evaluation`` (records,
-   total FLOPs per example, end-to-end latency at batch 64), and the FFN layers
-   alone timed against the dense FFN at batch 64 on real FFN inputs.
+3. ``convert``: balanced k-means experts + routers (the recipe,
+   :func:`frugalnn.methods.moe.recipe.moe`), then dynamic-k (tau) and top-k (k)
+   sweeps on the test subset and on the validation split through
+   ``frugalnn.evaluation`` (records, total FLOPs per example, end-to-end
+   latency at batch 64), and the FFN layers alone timed against the dense FFN
+   at batch 64 on real FFN inputs. The operating points (the cheapest tau
+   within 1 point of dense; the tau closest to 50 % of the FFN FLOPs) are
+   chosen on the validation split and scored on the test subset.
+
+Splits come from :func:`frugalnn.data.splits.load_splits` (``--train-limit``,
+``--val-limit``, ``--test-limit``, ``--seed``: the same examples as the CLI).
 
     .venv/bin/python benchmarks/moe_vit_cifar.py --data-dir /path/to/data
 
@@ -22,26 +29,26 @@ import argparse
 import copy
 import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from _common import add_split_flags, log, results_header, splits_from_args, write_results
+from torch.utils.data import DataLoader
 
 from frugalnn.analysis.sparsity import activation_sparsity
 from frugalnn.cost.latency import measure_latency
-from frugalnn.cost.machine import describe_machine, machine_markdown
-from frugalnn.data import get_dataset
-from frugalnn.evaluation import evaluate_into, load_summary
-from frugalnn.methods.lowrank.pipeline import accuracy
-from frugalnn.methods.moe import convert_to_moe, enforce_sparsity, finetune_routed
+from frugalnn.cost.machine import describe_machine
+from frugalnn.data.splits import random_subset
+from frugalnn.evaluation import evaluate, evaluate_into, load_summary
+from frugalnn.methods.moe import enforce_sparsity, finetune_routed
+from frugalnn.methods.moe.recipe import MoEConfig, moe
 from frugalnn.methods.moe.report import ffn_rows
 from frugalnn.models import create_model
 from frugalnn.train import fit, load_model, save_checkpoint
-from frugalnn.utils.io import write_json_atomic, write_text_atomic
+from frugalnn.utils.io import write_json_atomic
 
 # Sections land here; benchmarks/moe_collect.py assembles them into results/moe.md.
 RESULTS = Path("runs/bench/results")
@@ -49,13 +56,14 @@ RESULTS = Path("runs/bench/results")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=os.environ.get("FRUGALNN_DATA"))
+    add_split_flags(p, data="cifar10")
+    p.set_defaults(train_limit=12000, val_limit=1000, test_limit=1000,
+                   data_dir=os.environ.get("FRUGALNN_DATA"))
     p.add_argument("--work", default="runs/bench/moe_vit_cifar", help="cache of checkpoints/runs")
     p.add_argument("--stage", default="all", choices=("train", "sparsify", "convert", "all"))
     p.add_argument("--dim", type=int, default=96)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--heads", type=int, default=3)
-    p.add_argument("--train-examples", type=int, default=12000)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--augment", action="store_true",
                    help="random crop + flip while training the baseline ViT")
@@ -74,25 +82,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="taus drawn per step during routed fine-tuning")
     p.add_argument("--finetune-lr", type=float, default=1e-4)
     p.add_argument("--finetune-kd-weight", type=float, default=0.5)
-    p.add_argument("--test-examples", type=int, default=1000)
     p.add_argument("--latency-repeats", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tolerance", type=float, default=1.0,
+                   help="operating point: cheapest tau within this many points (validation)")
     p.add_argument("--out", default=str(RESULTS / "moe_vit_cifar.md"))
     return p.parse_args(argv)
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg} (load {os.getloadavg()[0]:.1f})", flush=True)
-
-
-def random_subset(ds: Any, n: int, seed: int) -> Any:
-    """A random subset (the image folder is sorted by class, so the first n would not do)."""
-    if n >= len(ds):
-        return ds
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
-    return Subset(ds, idx.tolist())
 
 
 def loader(ds: Any, bs: int, shuffle: bool, seed: int) -> DataLoader:
@@ -105,12 +101,12 @@ def stage_train(a: argparse.Namespace, work: Path, train: Any) -> None:
     if (ckpt / "model.safetensors").exists():
         return
     if a.augment:
-        train = get_dataset("cifar10", "train", a.data_dir, augment=True, seed=a.seed)
+        train = splits_from_args(a, augment=True).train
     torch.manual_seed(a.seed)
     model = create_model("vit_tiny", dim=a.dim, depth=a.depth, heads=a.heads, activation="relu")
-    log(f"training ViT dim={a.dim} depth={a.depth} on {a.train_examples} images, {a.epochs} ep")
+    log(f"training ViT dim={a.dim} depth={a.depth} on {len(train)} images, {a.epochs} ep")
     t0 = time.time()
-    fit(model, loader(random_subset(train, a.train_examples, a.seed), 128, True, a.seed),
+    fit(model, loader(train, 128, True, a.seed),
         epochs=a.epochs, optimizer="adamw", lr=1e-3, weight_decay=0.05, schedule="cosine",
         warmup_epochs=0.2, seed=a.seed, progress=False, run_dir=work / "baseline")
     log(f"trained in {time.time() - t0:.0f} s")
@@ -185,92 +181,112 @@ def time_layers(moe: Any, dense: Any, x_batch: torch.Tensor, tau: float, repeats
             "model_moe_ms": mm}
 
 
-def stage_convert(a: argparse.Namespace, work: Path, train: Any, test: Any) -> dict:
+def stage_convert(a: argparse.Namespace, work: Path, train: Any, test: Any, val: Any) -> dict:
     src = work / "sparse" / "checkpoint"
     if not (src / "model.safetensors").exists():
         src = work / "baseline" / "checkpoint"
     dense = load_model(src)
     base_run = work / "dense"
     if not (base_run / "summary.json").exists():
-        evaluate_into(dense, test, base_run, method="dense", batch_size=a.batch_size,
-                      latency_batch_sizes=(a.batch_size,), latency_repeats=a.latency_repeats,
-                      report=False, force=True, progress=False)
+        evaluate_into(dense, test, base_run, val_dataset=val, method="dense",
+                      batch_size=a.batch_size, latency_batch_sizes=(a.batch_size,),
+                      latency_repeats=a.latency_repeats, force=True, progress=False)
     base = load_summary(base_run)["budgets"][0]
+    val_base = load_summary(base_run / "validation")["budgets"][0] if val is not None else base
     t0 = time.time()
-    moe = convert_to_moe(
-        copy.deepcopy(dense), num_experts=a.experts, seed=a.seed, router_epochs=a.router_epochs,
-        router_hidden=a.router_hidden,
-        loader=loader(random_subset(train, a.router_examples, a.seed + 2), 128, True, a.seed),
-    )
+    config = MoEConfig(experts=a.experts, router_epochs=a.router_epochs,
+                       router_hidden=a.router_hidden, batch_size=128, seed=a.seed)
+    router_data = random_subset(train, a.router_examples, a.seed + 2)
+    moe_model = moe(copy.deepcopy(dense), config, train_data=router_data)
     log(f"converted + routers in {time.time() - t0:.0f} s")
     tag, control = "", None
     if a.finetune_epochs > 0:
         tag = "-ft"
-        ft_train = get_dataset("cifar10", "train", a.data_dir, augment=a.augment, seed=a.seed)
+        ft_train = (splits_from_args(a, augment=True).train if a.augment
+                    else train)
         ft_loader = loader(random_subset(ft_train, a.finetune_examples, a.seed + 3), 128, True,
                            a.seed)
-        router_loader = loader(random_subset(train, a.router_examples, a.seed + 2), 128, True,
-                               a.seed)
+        router_loader = loader(router_data, 128, True, a.seed)
         taus = [float(t) for t in a.finetune_taus.split(",")]
         t0 = time.time()
-        finetune_routed(moe, ft_loader, taus=taus, epochs=a.finetune_epochs, lr=a.finetune_lr,
+        finetune_routed(moe_model, ft_loader, taus=taus, epochs=a.finetune_epochs, lr=a.finetune_lr,
                         kd_weight=a.finetune_kd_weight, router_loader=router_loader,
                         router_epochs=a.router_epochs, seed=a.seed)
         log(f"routed fine-tuning + router re-fit in {time.time() - t0:.0f} s")
         # Control: the same extra training for the dense model (every expert, tau 1), so
         # that the gain is not just "more training".
-        ctrl = convert_to_moe(copy.deepcopy(dense), num_experts=a.experts, seed=a.seed,
-                              router_epochs=0, router_hidden=a.router_hidden)
+        ctrl = moe(copy.deepcopy(dense), MoEConfig(experts=a.experts, router_epochs=0,
+                                                    router_hidden=a.router_hidden, seed=a.seed),
+                   train_data=[])
         finetune_routed(ctrl, ft_loader, taus=[1.0], epochs=a.finetune_epochs,
                         lr=a.finetune_lr, kd_weight=a.finetune_kd_weight, router_epochs=0,
                         seed=a.seed)
-        control = accuracy(ctrl, DataLoader(test, batch_size=256))
+        control = _accuracy(ctrl, test, a.batch_size)
+        val_control = _accuracy(ctrl, val, a.batch_size) if val is not None else control
         log(f"dense control after the same fine-tuning: {100 * control:.2f} %")
-    save_checkpoint(work / f"moe{tag}" / "checkpoint", moe, {})
-    runs = {}
+    save_checkpoint(work / f"moe{tag}" / "checkpoint", moe_model, {})
+    experts = {m.name: m.num_experts for m in moe_model.moe_layers()}
+    runs, val_runs = {}, {}
     for mode in ("dynamic", "topk"):
-        moe.set_mode(mode)
+        moe_model.set_mode(mode)
         run = work / f"moe{tag}-{mode}"
-        evaluate_into(moe, test, run, method=f"moe-{mode}", batch_size=a.batch_size,
-                      latency_batch_sizes=(a.batch_size,), latency_repeats=a.latency_repeats,
-                      baseline_flops=base["flops"], baseline_accuracy=base["accuracy"],
-                      report=False, force=True, progress=False)
-        runs[mode] = ffn_rows(load_summary(run), {m.name: m.num_experts for m in moe.moe_layers()})
+        evaluate_into(moe_model, test, run, val_dataset=val, method=f"moe-{mode}",
+                      batch_size=a.batch_size, latency_batch_sizes=(a.batch_size,),
+                      latency_repeats=a.latency_repeats, baseline_flops=base["flops"],
+                      baseline_accuracy=base["accuracy"], force=True, progress=False)
+        runs[mode] = ffn_rows(load_summary(run), experts)
+        val_runs[mode] = (ffn_rows(load_summary(run / "validation"), experts)
+                          if val is not None else runs[mode])
         log(f"evaluated {mode}")
-    moe.set_mode("dynamic")
-    # The operating point: the cheapest tau within 1 accuracy point of dense.
+    moe_model.set_mode("dynamic")
+    # The operating point, chosen on validation: the cheapest tau within --tolerance points
+    # of dense (or of the fine-tuned dense control, when better) on the validation split.
+    val_ref = max(val_base["accuracy"], val_control) if control is not None \
+        else val_base["accuracy"]
     ref = max(base["accuracy"], control) if control is not None else base["accuracy"]
-    ok = [r for r in runs["dynamic"] if r["accuracy"] >= ref - 0.01]
-    point = min(ok, key=lambda r: r["ffn_fraction"]) if ok else runs["dynamic"][-1]
+    ok = [r for r in val_runs["dynamic"] if r["accuracy"] >= val_ref - a.tolerance / 100]
+    chosen = (min(ok, key=lambda r: r["ffn_fraction"]) if ok else val_runs["dynamic"][-1])
+    by_label = {r["budget"]: r for r in runs["dynamic"]}
+    point = {**by_label[chosen["budget"]], "chosen_on": "validation" if val else "test",
+             "validation_accuracy": chosen["accuracy"], "validation_reference": val_ref}
     x_batch = next(iter(loader(test, a.batch_size, False, a.seed)))[0]
-    layer_timing = time_layers(moe, dense, x_batch, float(point["budget"]), a.latency_repeats)
-    # ... and where the routers run about half of the FFN FLOPs (the issue's 50 % point).
-    half = min(runs["dynamic"], key=lambda r: abs(r["ffn_fraction"] - 0.5))
+    layer_timing = time_layers(moe_model, dense, x_batch, float(point["budget"]),
+                               a.latency_repeats)
+    # ... and where the routers run about half of the FFN FLOPs (the issue's 50 % point),
+    # again read off the validation records.
+    half_val = min(val_runs["dynamic"], key=lambda r: abs(r["ffn_fraction"] - 0.5))
+    half = {**by_label[half_val["budget"]], "chosen_on": point["chosen_on"]}
     half_timing = None
     if half["budget"] != point["budget"]:
-        half_timing = time_layers(moe, dense, x_batch, float(half["budget"]), a.latency_repeats)
+        half_timing = time_layers(moe_model, dense, x_batch, float(half["budget"]),
+                                  a.latency_repeats)
     return {"dense": base, "runs": runs, "point": point, "layer_timing": layer_timing,
             "half": half, "half_timing": half_timing, "control": control, "reference": ref}
 
 
-def markdown(a: argparse.Namespace, res: dict, work: Path, machine: dict) -> str:
+def _accuracy(model: Any, data: Any, batch_size: int) -> float:
+    """Top-1 accuracy of a model at its current budget."""
+    records = evaluate(model, DataLoader(data, batch_size=batch_size), budgets=[1.0],
+                       progress=False)
+    return float(records.per_budget_summary()[0]["accuracy"])
+
+
+def markdown(a: argparse.Namespace, res: dict, work: Path, sizes: dict[str, int]) -> str:
     base = res["dense"]
     lat64 = {r["batch_size"]: r["median_ms"] for r in load_summary(work / "dense")["latency"]}
+    # A section of results/moe.md (moe_collect.py): one level below the file's title.
+    head = results_header("Mixture-of-experts: ViT on CIFAR-10 (JPEG)").replace("# ", "## ", 1)
     lines = [
-        "## Mixture-of-experts: ViT on CIFAR-10 (JPEG)",
-        "",
-        f"Command: `{' '.join(shlex.quote(x) for x in sys.argv)}`",
-        "",
-        machine_markdown(machine),
-        "",
+        head,
         f"Scaled down for a shared 2-core CPU: ViT dim {a.dim}, depth {a.depth}, ReLU FFNs "
-        f"(hidden {4 * a.dim}), trained {a.epochs} epochs on a random {a.train_examples}-image "
+        f"(hidden {4 * a.dim}), trained {a.epochs} epochs on a random {sizes['train']}-image "
         f"subset of the JPEG train split{' with random crop + flip' if a.augment else ''}; "
         f"sparsity fine-tuning {a.sparsify_epochs} epoch(s) on "
         f"{a.sparsify_examples} images (lambda {a.sparsity_weight}, lr {a.sparsify_lr}); routers "
         f"{a.router_epochs} epoch(s) on {a.router_examples} images (hidden {a.router_hidden}); "
-        f"evaluation on a random "
-        f"{a.test_examples} JPEG test images; {a.experts} experts per FFN "
+        f"evaluation on a random {sizes['test']} JPEG test images, operating points chosen "
+        f"on {sizes['val']} validation images (carved from train, seed {a.seed}); "
+        f"{a.experts} experts per FFN "
         f"({4 * a.dim // a.experts} neurons each); {a.threads} thread(s).",
         "",
         f"Dense model: accuracy {100 * base['accuracy']:.2f} %, {base['flops'] / 1e6:.2f} "
@@ -306,17 +322,17 @@ def markdown(a: argparse.Namespace, res: dict, work: Path, machine: dict) -> str
                 f"{ms:.1f} | {d / ms:.2f}x |" if ms else "| - |"
             )
         lines.append("")
-    sections = [(res["point"], res["layer_timing"], "the cheapest tau within 1 accuracy point "
-                 "of dense")]
+    sections = [(res["point"], res["layer_timing"], f"the cheapest tau within {a.tolerance:g} "
+                 "accuracy point(s) of dense on the validation split")]
     if res.get("half_timing"):
         sections.append((res["half"], res["half_timing"], "the tau running closest to 50 % of "
-                         "the FFN FLOPs"))
+                         "the FFN FLOPs on the validation split"))
     ref = res.get("reference", base["accuracy"])
     for p, lt, why in sections:
         lines += [
             f"### FFN layers alone at tau = {p['budget']} (batch {a.batch_size}, real inputs)",
             "",
-            f"Operating point: {why}: accuracy "
+            f"Operating point (chosen_on: {p['chosen_on']}): {why}; test accuracy "
             f"{100 * p['accuracy']:.2f} % (reference {100 * ref:.2f} %), "
             f"{100 * (1 - p['ffn_fraction']):.1f} % of FFN FLOPs removed.",
             "",
@@ -352,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     log("loading CIFAR-10 JPEG")
-    train = get_dataset("cifar10", "train", a.data_dir)
-    test = random_subset(get_dataset("cifar10", "test", a.data_dir), a.test_examples, a.seed)
+    splits = splits_from_args(a)
+    train, val, test = splits.train, splits.val, splits.test
     test_dl = loader(test, a.batch_size, False, a.seed)
     stage_train(a, work, train)
     if a.stage == "train":
@@ -361,20 +377,19 @@ def main(argv: list[str] | None = None) -> int:
     stage_sparsify(a, work, train, test_dl)
     if a.stage == "sparsify":
         return 0
-    res = stage_convert(a, work, train, test)
+    res = stage_convert(a, work, train, test, val)
     res["load"] = [round(v, 2) for v in os.getloadavg()]
-    machine = describe_machine()
-    md = markdown(a, res, work, machine)
+    sizes = {"train": len(train), "val": len(val) if val is not None else 0, "test": len(test)}
+    md = markdown(a, res, work, sizes)
     for name in ("sparsity_before", "sparsity_after"):
         f = work / name / "sparsity.md"
         if f.exists():
             md += f"\n### Activation sparsity ({name.replace('_', ' ')})\n\n"
             md += f.read_text().split("\n", 2)[2] + "\n"
-    write_text_atomic(a.out, md)
+    write_results(a.out, md)
     plain = json.loads(json.dumps(res, default=str))
-    summary = {"args": vars(a), "machine": machine, **plain}
+    summary = {"args": vars(a), "machine": describe_machine(), **plain}
     write_json_atomic(Path(a.out).with_suffix(".json"), summary)
-    print(md)
     return 0
 
 

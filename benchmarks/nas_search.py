@@ -8,8 +8,13 @@ in this run, interleaved). Also reports the latency model's error on
 held-out random architectures and the peak training memory of path
 binarisation vs all paths at once.
 
+Weight steps run on the training split, architecture steps on the validation
+split carved from it (``--val-fraction``, seeded: the same examples as
+``frugalnn nas search`` with the same flags); the test split only scores the
+retrained networks.
+
 Full scale (what the issue asks, ~90 min on a quiet 2-core CPU):
-    python benchmarks/nas_search.py --data-dir DATA --limit 50000 --epochs 10 \
+    python benchmarks/nas_search.py --data-dir DATA --val-fraction 0.2 --epochs 10 \
         --retrain-epochs 30 --space default
 Bounded run used for benchmarks/results/nas.md: see the command printed there.
 """
@@ -17,30 +22,30 @@ Bounded run used for benchmarks/results/nas.md: see the command printed there.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
+from _common import add_split_flags, log, results_header, splits_from_args, write_results
+from torch.utils.data import DataLoader
 
-from frugalnn.cost.machine import describe_machine, machine_markdown
-from frugalnn.data import get_dataset
-from frugalnn.methods.nas.latency import (
-    LatencyModel,
-    build_latency_table,
-    measure_networks_ms,
-    random_archs,
-)
+from frugalnn.cost.machine import describe_machine
+from frugalnn.methods.nas.latency import LatencyModel, measure_networks_ms, random_archs
 from frugalnn.methods.nas.net import baseline_arch
-from frugalnn.methods.nas.pipeline import retrain, search
-from frugalnn.methods.nas.search import SearchConfig, short_arch
+from frugalnn.methods.nas.recipe import (
+    NASConfig,
+    latency_table,
+    retrain_arch,
+    search_architecture,
+    with_target,
+)
+from frugalnn.methods.nas.search import short_arch
 from frugalnn.methods.nas.space import SearchSpace
 from frugalnn.methods.nas.supernet import Supernet
+from frugalnn.utils.io import write_json_atomic
 
 SPACES = {
     "default": {},
@@ -48,13 +53,6 @@ SPACES = {
     "small": {"stem_channels": 8, "first_channels": 8, "head_channels": 128,
               "stages": [(16, 2, 1), (24, 2, 2), (40, 2, 2)]},
 }
-
-
-def random_subset(ds, n: int | None, seed: int):
-    if n is None or n >= len(ds):
-        return ds
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
-    return Subset(ds, sorted(idx.tolist()))
 
 
 @torch.no_grad()
@@ -103,10 +101,9 @@ def cuda_peak_bytes(net: Supernet, mode: str, x, y) -> int | None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default=os.environ.get("FRUGALNN_DATA"))
+    add_split_flags(ap, data="cifar10")
+    ap.set_defaults(train_limit=4000, val_limit=1000, test_limit=2000)
     ap.add_argument("--space", choices=sorted(SPACES), default="small")
-    ap.add_argument("--limit", type=int, default=4000, help="random training examples")
-    ap.add_argument("--test-limit", type=int, default=2000, help="random test examples")
     ap.add_argument("--epochs", type=int, default=4, help="search epochs per target")
     ap.add_argument("--warmup-epochs", type=int, default=1)
     ap.add_argument("--retrain-epochs", type=int, default=6)
@@ -123,7 +120,6 @@ def main(argv=None) -> int:
     ap.add_argument("--calibrate", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--table", default=None, help="latency table path (default: fresh file)")
     ap.add_argument("--out", default="benchmarks/results/nas.md")
     ap.add_argument("--json", default=None)
@@ -131,18 +127,19 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t_start = time.time()
-    command = "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])])
     machine = describe_machine(args.latency_device)
     space = SearchSpace(**SPACES[args.space])
-    out: dict = {"command": command, "machine": machine, "args": vars(args),
-                 "space": space.to_dict()}
+    out: dict = {"machine": machine, "args": vars(args), "space": space.to_dict()}
 
     # -- latency table + held-out validation ----------------------------------------
     table_path = Path(args.table or f"/tmp/frugalnn-nas-bench-{args.space}-{os.getpid()}.json")
     t0 = time.time()
-    table = build_latency_table(space, args.latency_device, threads=args.threads,
-                                repeats=args.repeats, rounds=args.rounds, path=table_path,
-                                calibrate=args.calibrate, seed=args.seed, progress=False)
+    config = NASConfig(epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+                       retrain_epochs=args.retrain_epochs, arch_lr=args.arch_lr,
+                       latency_loss=args.loss, lam=args.lam, batch_size=args.batch_size,
+                       table=str(table_path), threads=args.threads, repeats=args.repeats,
+                       rounds=args.rounds, calibrate=args.calibrate, seed=args.seed)
+    table = latency_table(config, space, args.latency_device)
     out["table_seconds"] = time.time() - t0
     lat = LatencyModel(space, table)
     if args.validate > 0:
@@ -160,9 +157,8 @@ def main(argv=None) -> int:
                                 "scale": table.scale, "offset_ms": table.offset_ms,
                                 "measured_ms": measured, "predicted_ms": pred,
                                 "loadavg": os.getloadavg()}
-        print(f"latency model: MdAPE {statistics.median(ape):.1f} % "
-              f"(uncalibrated {statistics.median(ape_raw):.1f} %) on {len(held)} held-out archs",
-              flush=True)
+        log(f"latency model: MdAPE {statistics.median(ape):.1f} % "
+            f"(uncalibrated {statistics.median(ape_raw):.1f} %) on {len(held)} held-out archs")
     else:
         out["latency_model"] = None
 
@@ -179,11 +175,12 @@ def main(argv=None) -> int:
     del net
 
     # -- data --------------------------------------------------------------------------------
-    train_full = get_dataset("cifar10", "train", data_dir=args.data_dir, augment=True)
-    test_full = get_dataset("cifar10", "test", data_dir=args.data_dir)
-    train_set = random_subset(train_full, args.limit, args.seed)
-    test_set = random_subset(test_full, args.test_limit, args.seed + 1)
+    splits = splits_from_args(args, augment=True)
+    train_set, val_set, test_set = splits.train, splits.val, splits.test
+    if val_set is None:
+        raise SystemExit("the architecture is chosen on the validation split: --val-fraction > 0")
 
+    out["val_examples"] = len(val_set)
     base = baseline_arch(space)
     base_pred = table.predict(space, base["ops"])
     cheapest = lat.cheapest()[1]
@@ -191,36 +188,31 @@ def main(argv=None) -> int:
     nets: dict[str, dict] = {"baseline (mb3_e6 everywhere)": {"arch": base}}
     out["searches"] = []
     for target in targets:
-        cfg = SearchConfig(latency_target_ms=target, epochs=args.epochs,
-                           warmup_epochs=args.warmup_epochs, arch_lr=args.arch_lr,
-                           loss=args.loss, lam=args.lam, seed=args.seed)
         t0 = time.time()
-        snet, result = search(space, table, train_set, cfg, batch_size=args.batch_size,
-                              device=dev, progress=False)
+        found = search_architecture(with_target(config, target), train_set, val_set,
+                                    space=space, table=table, device=dev)
         secs = time.time() - t0
-        from frugalnn.methods.nas.derive import derive_arch
-
-        arch = derive_arch(snet)
-        nets[f"found @ {target:.2f} ms"] = {"arch": arch}
+        result = found.result
+        nets[f"found @ {target:.2f} ms"] = {"arch": found.arch}
         out["searches"].append({"target_ms": target, "seconds": secs,
                                 "result": result.to_dict()})
-        print(f"search target {target:.2f} ms: [{short_arch(result.ops)}] predicted "
-              f"{result.predicted_ms:.2f} ms in {secs:.0f} s", flush=True)
-        del snet
+        log(f"search target {target:.2f} ms: [{short_arch(result.ops)}] predicted "
+            f"{result.predicted_ms:.2f} ms in {secs:.0f} s")
+        del found
 
     # -- retrain everything identically, then measure ------------------------------------
+    from frugalnn.cost.count import count_flops
+
     for name, row in nets.items():
         t0 = time.time()
-        model = retrain(row["arch"], train_set, epochs=args.retrain_epochs,
-                        batch_size=args.batch_size, seed=args.seed, device=dev, progress=False)
+        ops = row["arch"]["ops"]
+        model = retrain_arch(row["arch"], config, train_set, device=dev)
         row["retrain_seconds"] = time.time() - t0
         row["accuracy"] = accuracy(model, test_set, dev)
-        row["predicted_ms"] = table.predict(space, row["arch"]["ops"])
+        row["predicted_ms"] = table.predict(space, ops)
         row["params"] = sum(p.numel() for p in model.parameters())
-        from frugalnn.cost.count import count_flops
-
         row["flops"] = count_flops(model.cpu().eval(), torch.zeros(1, 3, 32, 32))
-        print(f"{name}: acc {row['accuracy']:.3f} in {row['retrain_seconds']:.0f} s", flush=True)
+        log(f"{name}: acc {row['accuracy']:.3f} in {row['retrain_seconds']:.0f} s")
     names = list(nets)
     ms = measure_networks_ms([nets[n]["arch"]["ops"] for n in names], space,
                              device=args.latency_device, threads=args.threads,
@@ -232,8 +224,7 @@ def main(argv=None) -> int:
     out["seconds"] = time.time() - t_start
     write_markdown(out, Path(args.out))
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
-    print(Path(args.out).read_text())
+        write_json_atomic(args.json, out)
     return 0
 
 
@@ -249,11 +240,8 @@ def write_markdown(out: dict, path: Path) -> None:
         f"{a['calibrate']} other random architectures) {lm['mdape_uncalibrated']:.1f} %."]
     base = next(iter(nets.values()))
     lines = [
-        "## Hardware-aware architecture search (frugalnn.methods.nas, ProxylessNAS-style)",
-        "",
-        f"Command: `{out['command']}`",
-        "",
-        machine_markdown(out["machine"]),
+        results_header("Hardware-aware architecture search (frugalnn.methods.nas, "
+                       "ProxylessNAS-style)", device=a["latency_device"]),
         f"- training device: {a['train_device']}; latency device: {a['latency_device']} "
         f"(batch 1, {a['threads']} thread(s), min over {a['rounds']} interleaved rounds of "
         f"{a['repeats']} calls)",
@@ -261,8 +249,10 @@ def write_markdown(out: dict, path: Path) -> None:
         f"total wall time {out['seconds'] / 60:.1f} min",
         "",
         f"Scale: search space `{a['space']}` ({len(out['space']['stages'])} stages, "
-        f"widths {[s[0] for s in out['space']['stages']]}), {a['limit']} random CIFAR-10 "
-        f"(JPEG) training images, {a['epochs']} search epochs ({a['warmup_epochs']} warm-up), "
+        f"widths {[s[0] for s in out['space']['stages']]}), {a['train_limit']} random CIFAR-10 "
+        f"(JPEG) training images for the weights and {out['val_examples']} validation images "
+        f"(carved from train, fraction {a['val_fraction']}) for the architecture steps, "
+        f"{a['epochs']} search epochs ({a['warmup_epochs']} warm-up), "
         f"{a['retrain_epochs']} retraining epochs, {a['test_limit']} random test images; "
         f"latency loss `{a['loss']}`" + (f" (lambda {a['lam']})" if a["loss"] != "mul" else "")
         + ". "
@@ -305,10 +295,7 @@ def write_markdown(out: dict, path: Path) -> None:
         lines.append(f"| {label} | {m['saved_activation_bytes'] / 2**20:.1f} MiB | {cuda} |")
     ratio = mem["full"]["saved_activation_bytes"] / mem["one"]["saved_activation_bytes"]
     lines += ["", f"All paths keep {ratio:.1f}x the activations of one sampled path.", ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_results(path, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

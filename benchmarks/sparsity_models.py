@@ -19,21 +19,24 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import results_header, write_results
 from torch.utils.data import DataLoader, Subset
 
 from frugalnn.analysis.sparsity import activation_sparsity
-from frugalnn.cost.machine import describe_machine, machine_markdown
 from frugalnn.data import get_dataset
-from frugalnn.methods.lowrank.pipeline import accuracy
+from frugalnn.evaluation import evaluate
 from frugalnn.methods.moe import enforce_sparsity
 from frugalnn.models import create_model
-from frugalnn.utils.io import write_text_atomic
+
+
+def accuracy(model: torch.nn.Module, loader: DataLoader) -> float:
+    """Top-1 accuracy of a static model."""
+    return float(evaluate(model, loader, progress=False).per_budget_summary()[0]["accuracy"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,13 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             "",
             after.table(),
         ]
+    # A section of results/moe.md (moe_collect.py): one level below the file's title.
+    head = results_header("Activation sparsity: pretrained ResNet-56 (CIFAR-10 JPEG test)")
     md = "\n".join([
-        "## Activation sparsity: pretrained ResNet-56 (CIFAR-10 JPEG test)",
-        "",
-        f"Command: `{' '.join(shlex.quote(v) for v in sys.argv)}`",
-        "",
-        machine_markdown(describe_machine()),
-        "",
+        head.replace("# ", "## ", 1),
         f"{a.examples} random JPEG test images. 'per-token' = per spatial position (all "
         "channels at one pixel); neurons = channels. Plots: "
         f"`{out}/sparsity_*.png`.",
@@ -108,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         rep.table(),
         *after_md,
     ])
-    write_text_atomic(out.with_suffix(".md"), md)
-    print(md)
+    write_results(out.with_suffix(".md"), md)
     return 0
 
 

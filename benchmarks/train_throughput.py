@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from frugalnn.cli.train import model_kwargs_for
+from frugalnn.models.registry import model_kwargs_for
 from frugalnn.cost.machine import describe_machine, machine_markdown
 from frugalnn.data import get_dataset
 from frugalnn.train.checkpoint import load_model, save_checkpoint
@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader
 from frugalnn.data import get_dataset
 from frugalnn.models import create_model
 from frugalnn.train import fit
-from frugalnn.cli.train import model_kwargs_for
+from frugalnn.models.registry import model_kwargs_for
 torch.set_num_threads(1)
 a = json.loads(sys.argv[1])
 ds = get_dataset(a["data"], "train", a["data_dir"], limit=a["limit"])

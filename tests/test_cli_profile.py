@@ -9,9 +9,10 @@ import torch
 
 from frugalnn.cli import main
 from frugalnn.cost.count import measure
-from frugalnn.cost.profile import example_input, load_for_profile, parse_shape
+from frugalnn.cost.profile import example_input, parse_shape
 from frugalnn.errors import UserError
 from frugalnn.models import create_model
+from frugalnn.train.checkpoint import load_named_model
 
 
 def _fails(capsys, argv, *needles):
@@ -87,7 +88,7 @@ def test_frugalnn_checkpoint_round_trip(tmp_path, capsys):
     save_checkpoint = pytest.importorskip("frugalnn.train.checkpoint").save_checkpoint
     model = create_model("mlp").eval()
     save_checkpoint(tmp_path / "ck", model)
-    loaded = load_for_profile("mlp", tmp_path / "ck")
+    loaded = load_named_model("mlp", tmp_path / "ck")
     x = example_input((1, 28, 28), 3)
     assert torch.equal(loaded(x), model(x))
     assert main(["profile", "mlp", "--checkpoint", str(tmp_path / "ck"), "--no-timing"]) == 0
@@ -98,7 +99,7 @@ def test_frugalnn_checkpoint_round_trip(tmp_path, capsys):
 @pytest.mark.data
 def test_pretrained_resnet_checkpoint(data_dir, capsys):
     path = sorted((data_dir / "pretrained" / "resnet-cifar10").glob("resnet20-*.th"))[0]
-    model = load_for_profile("resnet20", path)
+    model = load_named_model("resnet20", path)
     state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     assert torch.equal(model.conv1.weight, state["module.conv1.weight"])
     assert main(["profile", "resnet20", "--checkpoint", str(path), "--no-timing"]) == 0
@@ -132,3 +133,33 @@ def test_profile_can_time_with_freed_memory_retained(capsys) -> None:
     assert ("freed memory retained" in out) == applied
     assert ("needs glibc" in out) == (not applied)
     assert "batch    4" in out
+
+
+#: Devices no test machine here has, or names torch does not accept as devices.
+ABSENT_DEVICES = ["mps", "gpu", "cuda:99", "meta", "", "cuda:x"]
+if not torch.cuda.is_available():
+    ABSENT_DEVICES.append("cuda")
+
+
+@pytest.mark.parametrize("device", ABSENT_DEVICES)
+def test_check_device_refuses_missing_and_malformed_devices(device) -> None:
+    from frugalnn.cli.common import check_device
+
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has an MPS device")
+    with pytest.raises(UserError, match="--device") as err:
+        check_device(device)
+    assert "\n" not in str(err.value) and "available here: cpu" in str(err.value)
+
+
+def test_check_device_accepts_cpu() -> None:
+    from frugalnn.cli.common import check_device
+
+    assert check_device("cpu") == "cpu" and check_device("cpu:0") == "cpu:0"
+
+
+@pytest.mark.parametrize("device", ["mps", "gpu"])
+def test_profile_unavailable_device_is_one_line_exit_2(capsys, device) -> None:
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has an MPS device")
+    _fails(capsys, ["profile", "mlp", "--device", device], "--device", "available here")

@@ -309,3 +309,15 @@ def test_atomic_npz_write(tmp_path):
     assert os.listdir(tmp_path) == ["a.npz"]
     with np.load(tmp_path / "a.npz") as z:
         assert z["x"].tolist() == [0, 1, 2]
+
+
+def test_splits_carve_validation_from_train_and_may_skip_the_test_split():
+    from frugalnn.data.splits import load_splits
+
+    s = load_splits("digits", val_fraction=0.1, seed=0, test_split=None)
+    assert s.test is None and len(s.train) + len(s.val) == 1437
+    assert not set(s.train.indices) & set(s.val.indices)
+    again = load_splits("digits", val_fraction=0.1, seed=0, train_limit=50, val_limit=20)
+    assert again.val_spec == {**s.val_spec, "examples": 20}
+    assert {again.val.dataset.indices[i] for i in again.val.indices} <= set(s.val.indices)
+    assert load_splits("digits", val_fraction=0, seed=0).val is None

@@ -225,7 +225,7 @@ def trained_base(tmp_path_factory):
     """A briefly trained cnn_small run directory, shared by the CLI tests (read only)."""
     base = tmp_path_factory.mktemp("ee_cli") / "base"
     assert main(["train", "--model", "cnn_small", "--data", "digits", "--epochs", "1",
-                 "--limit", "300", "--eval-limit", "100", "--out", str(base),
+                 "--train-limit", "300", "--eval-limit", "100", "--out", str(base),
                  "--no-progress", "--threads", "1"]) == 0
     return base
 
@@ -277,25 +277,33 @@ def test_cli_crossfit_ensemble_run(tmp_path, trained_base):
     assert not torch.equal(w, torch.eye(w.shape[0]))  # fitted on the out-of-fold rows
 
 
-def test_cli_final_ensemble_is_fitted_on_held_out_evaluation_examples(tmp_path, trained_base):
-    from frugalnn.evaluation import load_records
+def test_cli_final_ensemble_is_fitted_on_part_of_the_validation_split(tmp_path, trained_base):
+    from frugalnn.evaluation import VALIDATION_DIR, load_records
     from frugalnn.train.checkpoint import load_model
 
     base = trained_base
     run = tmp_path / "sdn_final"
     assert main(["early-exit", "train", "--model", "cnn_small", "--data", "digits",
                  "--checkpoint", str(base), "--epochs", "2", "--final-ensemble",
-                 "--augment-passes", "1",
+                 "--augment-passes", "1", "--val-limit", "100",
                  "--final-ensemble-holdout", "0.4", "--train-limit", "300", "--eval-limit",
                  "100", "--budgets", "0.5", "1.0", "--offline-sweep", "--out", str(run),
                  "--no-progress"]) == 0
     records = load_records(run)
-    assert len(records.columns["budget"]) == 2 * 60  # 40 of the 100 went to the fit
+    assert len(records.columns["budget"]) == 2 * 100  # every test example is scored
+    val = load_records(run / VALIDATION_DIR)
+    assert len(val.columns["budget"]) == 2 * 60  # 40 of the 100 went to the fit
     assert "final ensemble" in records.meta["method"]
+    extras = json.loads((run / "extras" / "early_exit.json").read_text())
+    assert extras["chosen_on"] == "validation" and extras["val_examples"] == 60
     loaded = load_model(run / "checkpoint")
     assert loaded.final_ensemble is not None
     assert not torch.equal(loaded.final_ensemble.weight.detach(),
                            torch.eye(loaded.num_exits)[-1])  # fitted, not the identity start
+    no_val = tmp_path / "no_val"
+    assert main(["early-exit", "train", "--model", "cnn_small", "--data", "digits",
+                 "--checkpoint", str(base), "--final-ensemble", "--val-fraction", "0",
+                 "--out", str(no_val), "--no-progress"]) == 2
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -75,7 +75,7 @@ def test_moe_convert_refuses_cnn(tmp_path, capsys):
 def test_sparsity_command(tmp_path):
     out = tmp_path / "sp"
     assert main(["sparsity", "cnn_small", "--model-arg", "in_channels=1", "--model-arg",
-                 "image_size=8", "--data", "digits", "--limit", "50", "--out", str(out)]) == 0
+                 "image_size=8", "--data", "digits", "--eval-limit", "50", "--out", str(out)]) == 0
     data = json.loads((out / "sparsity.json").read_text())
     assert data["examples"] == 50 and data["layers"]
     assert (out / "sparsity_per_layer.png").exists()

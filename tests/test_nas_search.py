@@ -191,7 +191,8 @@ def test_cli_search_derive_and_retrain(tmp_path, space_file, capsys):
     table = tmp_path / "table.json"
     base = ["nas", "search", "--data", "digits", "--space", str(space_file), "--table",
             str(table), "--repeats", "2", "--rounds", "1", "--calibrate", "0", "--epochs", "2",
-            "--warmup-epochs", "1", "--limit", "256", "--eval-limit", "64", "--no-progress"]
+            "--warmup-epochs", "1", "--train-limit", "192", "--val-limit", "64",
+            "--eval-limit", "64", "--no-progress"]
     assert main([*base, "--latency-target", "0.0001", "--out", str(out)]) == 2
     assert "below the cheapest" in capsys.readouterr().err and not out.exists()
     assert main([*base, "--latency-target", "50", "--retrain-epochs", "1",
@@ -199,6 +200,11 @@ def test_cli_search_derive_and_retrain(tmp_path, space_file, capsys):
     for name in ("config.json", "arch.json", "search.json", "records.csv", "summary.json",
                  "extras/nas_search.md", "extras/nas_probabilities.png", "checkpoint"):
         assert (out / name).exists(), name
+    search = json.loads((out / "search.json").read_text())
+    assert search["architecture_chosen_on"] == "validation"
+    config = json.loads((out / "config.json").read_text())
+    assert config["splits"]["train"] == 192 and config["splits"]["test"] == 64
+    assert (out / "validation" / "records.csv").exists() and (out / "report").is_dir()
     assert main([*base, "--latency-target", "50", "--out", str(out)]) == 2  # no --force
     arch_out = tmp_path / "derived.yaml"
     assert main(["nas", "derive", str(out), "--out", str(arch_out)]) == 0

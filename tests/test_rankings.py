@@ -113,7 +113,7 @@ def test_write_rankings_files_grids_and_no_overwrite(tmp_path):
     with pytest.raises(UserError, match="--force"):
         write_rankings([a, b], tmp_path / "out")
     bad = TensorDataset(images[:10], torch.zeros(10, dtype=torch.long))
-    with pytest.raises(UserError, match="--limit"):
+    with pytest.raises(UserError, match="--eval-limit"):
         write_rankings([a, b], tmp_path / "out", dataset=bad, force=True)
 
 
@@ -171,3 +171,20 @@ def test_input_dependent_tells_dynamic_from_static_runs(tmp_path):
     assert input_dependent(_save(tmp_path / "dyn", {0.5: cost, 1.0: np.full(N, 9.0)}))
     assert not input_dependent(_save(tmp_path / "knob", {0.5: np.full(N, 3.0),
                                                          1.0: np.full(N, 9.0)}))
+
+
+def test_reference_evaluates_the_examples_evaluate_draws(tmp_path):
+    """``--eval-limit`` and ``--seed`` pick the same examples as every other command."""
+    from frugalnn.cli import main
+    from frugalnn.data.splits import load_splits
+    from frugalnn.evaluation import load_records
+    from frugalnn.models import create_model
+    from frugalnn.train.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "ckpt", create_model("mlp", input_shape=[1, 8, 8],
+                                                           hidden=8, depth=1))
+    assert main(["rankings-reference", str(ckpt), "--data", "digits", "--eval-limit", "30",
+                 "--seed", "2", "--out", str(tmp_path / "ref")]) == 0
+    test = load_splits("digits", seed=2, test_limit=30).test
+    labels = [int(test[i][1]) for i in range(len(test))]
+    assert load_records(tmp_path / "ref").columns["label"].tolist() == labels

@@ -15,14 +15,14 @@ from frugalnn.cli import main
 from frugalnn.data import get_dataset
 from frugalnn.train.checkpoint import load_meta, load_model
 
-FAST = ["--data", "digits", "--limit", "200", "--eval-limit", "100", "--batch-size", "50",
+FAST = ["--data", "digits", "--train-limit", "200", "--eval-limit", "100", "--batch-size", "50",
         "--no-progress", "--threads", "1"]  # fmt: skip
 
 
 def test_train_writes_run_dir_and_loadable_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["train", "--model", "mlp", "--epochs", "2", "--out", str(out),
-               "--model-args", "hidden=16", "--model-args", "depth=1", *FAST])  # fmt: skip
+               "--model-arg", "hidden=16", "--model-arg", "depth=1", *FAST])  # fmt: skip
     assert rc == 0
     assert capsys.readouterr().out.strip().endswith(str(out))
     config = json.loads((out / "config.json").read_text())
@@ -68,7 +68,7 @@ def test_force_refuses_foreign_directory(tmp_path, capsys):
 def test_yaml_config_with_cli_override(tmp_path):
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(
-        "model: mlp\ndata: digits\nepochs: 3\nlr: 0.1\nbatch-size: 50\nlimit: 100\n"
+        "model: mlp\ndata: digits\nepochs: 3\nlr: 0.1\nbatch-size: 50\ntrain-limit: 100\n"
         "eval_split: none\nmodel_args: {hidden: 8, depth: 1}\n"
         f"out: {tmp_path / 'from_yaml'}\n"
     )
@@ -112,7 +112,7 @@ def test_user_errors_exit_2(tmp_path, capsys):
 def test_fine_tune_from_checkpoint(tmp_path):
     first = tmp_path / "first"
     assert main(["train", "--model", "mlp", "--epochs", "1", "--out", str(first),
-                 "--model-args", "hidden=12", *FAST]) == 0  # fmt: skip
+                 "--model-arg", "hidden=12", *FAST]) == 0  # fmt: skip
     second = tmp_path / "second"
     assert main(["train", "--checkpoint", str(first / "checkpoint"), "--epochs", "1",
                  "--lr", "0.01", "--out", str(second), *FAST]) == 0  # fmt: skip
@@ -123,7 +123,7 @@ def test_fine_tune_from_checkpoint(tmp_path):
 
 def test_killed_cli_run_resumes_to_same_weights(tmp_path):
     common = ["train", "--model", "mlp", "--epochs", "2", "--checkpoint-every", "2",
-              "--model-args", "dropout=0.1", *FAST]  # fmt: skip
+              "--model-arg", "dropout=0.1", *FAST]  # fmt: skip
     assert main([*common, "--out", str(tmp_path / "full")]) == 0
     env = {**os.environ, "FRUGALNN_TEST_KILL_AFTER_STEP": "5"}
     crash = subprocess.run(
@@ -142,9 +142,9 @@ def test_killed_cli_run_resumes_to_same_weights(tmp_path):
 def test_language_model_on_tinyshakespeare(tmp_path, data_dir):
     out = tmp_path / "lm"
     rc = main(["train", "--model", "lm_tiny", "--data", "tinyshakespeare", "--data-dir",
-               str(data_dir), "--limit", "32", "--eval-limit", "16", "--epochs", "1",
-               "--batch-size", "16", "--optimizer", "adamw", "--lr", "3e-3", "--model-args",
-               "dim=32", "--model-args", "depth=1", "--model-args", "heads=2", "--out", str(out),
+               str(data_dir), "--train-limit", "32", "--eval-limit", "16", "--epochs", "1",
+               "--batch-size", "16", "--optimizer", "adamw", "--lr", "3e-3", "--model-arg",
+               "dim=32", "--model-arg", "depth=1", "--model-arg", "heads=2", "--out", str(out),
                "--no-progress"])  # fmt: skip
     assert rc == 0
     config = json.loads((out / "config.json").read_text())
@@ -153,3 +153,47 @@ def test_language_model_on_tinyshakespeare(tmp_path, data_dir):
     assert 0 < history[0]["eval_acc"] < 1 and history[0]["train_loss"] < 5.0
     model = load_model(out / "checkpoint")
     assert model(torch.zeros(1, 128, dtype=torch.long)).shape == (1, 128, 65)
+
+
+@pytest.mark.parametrize("device", ["mps", "gpu"])
+def test_unavailable_device_is_one_line_exit_2(tmp_path, capsys, device):
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has an MPS device")
+    out = tmp_path / "run"
+    assert main(["train", "--model", "mlp", "--device", device, "--out", str(out), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--device" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_model_arg_is_the_one_spelling(tmp_path, capsys):
+    argv = ["train", "--model", "mlp", "--out", str(tmp_path / "run"), *FAST]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--model-args", "hidden=8"])
+    assert exc.value.code == 2 and "--model-args" in capsys.readouterr().err
+    assert main([*argv, "--epochs", "1", "--model-arg", "hidden=8"]) == 0
+    assert main([*argv, "--force", "--epochs", "1", "--model-arg", "hidden"]) == 2
+    assert "--model-arg expects KEY=VALUE" in capsys.readouterr().err
+
+
+def test_trains_on_train_minus_validation(tmp_path):
+    from frugalnn.data.splits import load_splits
+
+    out = tmp_path / "run"
+    argv = ["train", "--model", "mlp", "--epochs", "1", "--data", "digits", "--val-fraction",
+            "0.2", "--seed", "3", "--batch-size", "64", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    splits = load_splits("digits", val_fraction=0.2, seed=3)
+    assert config["val_spec"] == splits.val_spec == {
+        "source": "train", "fraction": 0.2, "seed": 3, "examples": 287}  # fmt: skip
+    assert config["dataset"]["train_examples"] == len(splits.train) == 1437 - 287
+    assert not set(splits.train.indices) & set(splits.val.indices)
+    # --train-limit draws from the examples left after the validation split
+    limited = load_splits("digits", val_fraction=0.2, seed=3, train_limit=100)
+    drawn = {limited.train.dataset.indices[i] for i in limited.train.indices}
+    assert len(drawn) == 100 and drawn <= set(splits.train.indices)
+    # --val-fraction 0 trains on the whole split and records no validation split
+    assert main([*argv, "--force", "--val-fraction", "0"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["val_spec"] is None and config["dataset"]["train_examples"] == 1437

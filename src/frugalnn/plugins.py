@@ -5,15 +5,18 @@ provide, by convention:
 
 - ``<package>.commands`` with ``register(subparsers)``: its CLI subcommands;
 - ``<package>.demo`` with ``run_demo(ctx)``: its turn in ``frugalnn demo``;
-- transformations registered with ``@register_transform`` when the package is
-  imported (so a checkpoint of a transformed model can be rebuilt);
+- transformations registered with ``@register_transform`` in the submodules
+  named by :attr:`Plugin.transforms` (imported when a checkpoint names a
+  transformation not registered yet, so it can be rebuilt);
 - extra registry models (``@register_model``) in the submodule named by
   :attr:`Plugin.models`.
 
 Nothing else in frugalnn lists method packages: the CLI, the demo, the model
 registry and the transformation registry all read :data:`PLUGINS`. Adding a
 method is one entry here. Entries are module names (strings), so importing this
-file imports no method.
+file imports no method. Naming the submodules (rather than relying on the
+package's ``__init__``) lets a method package keep its ``__init__`` free of
+torch, so that building the command line stays fast.
 """
 
 from __future__ import annotations
@@ -34,24 +37,24 @@ class Plugin:
     commands: bool = True
     demo: bool = True
     models: str = ""  # submodule that registers extra models, if any
-    transforms: bool = True
+    transforms: tuple[str, ...] = ()  # submodules that register transformations
 
 
 #: Method packages in report order (the demo runs their hooks in this order).
 PLUGINS: tuple[Plugin, ...] = (
-    Plugin("early_exit", "frugalnn.methods.early_exit"),
-    Plugin("moe", "frugalnn.methods.moe"),
-    Plugin("lowrank", "frugalnn.methods.lowrank"),
+    Plugin("early_exit", "frugalnn.methods.early_exit", transforms=("model",)),
+    Plugin("moe", "frugalnn.methods.moe", transforms=("sparsify", "convert")),
+    Plugin("lowrank", "frugalnn.methods.lowrank", transforms=("compress", "nmf")),
     Plugin("nas", "frugalnn.methods.nas", models="net"),
-    Plugin("acm", "frugalnn.methods.acm"),
+    Plugin("acm", "frugalnn.methods.acm", transforms=("convert",)),
 )
 
 
 def plugin_modules(part: str) -> list[str]:
-    """Module names of one conventional part (``"commands"``, ``"demo"``, ``"models"``)
-    for every plugin that provides it; ``"transforms"`` gives the packages themselves."""
+    """Module names of one conventional part (``"commands"``, ``"demo"``, ``"models"``,
+    ``"transforms"``) for every plugin that provides it."""
     if part == "transforms":
-        return [p.package for p in PLUGINS if p.transforms]
+        return [f"{p.package}.{sub}" for p in PLUGINS for sub in p.transforms]
     if part == "models":
         return [f"{p.package}.{p.models}" for p in PLUGINS if p.models]
     return [f"{p.package}.{part}" for p in PLUGINS if getattr(p, part)]

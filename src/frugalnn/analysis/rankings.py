@@ -46,6 +46,7 @@ import numpy as np
 from scipy import stats
 
 from frugalnn.errors import UserError
+from frugalnn.utils.io import atomic_writer
 
 __all__ = [
     "RankingStudy",
@@ -368,8 +369,6 @@ def reference_run(
     records.columns["zero_fraction"] = np.concatenate(zeros)
     records.meta["config"] = {**(config or {}), "reference": True}
     records.save(run_dir, force=force)
-    from frugalnn.evaluation import atomic_writer
-
     with atomic_writer(run_dir / "config.json") as fh:
         json.dump(records.meta["config"], fh, indent=2, default=str)
         fh.write("\n")
@@ -386,13 +385,9 @@ def _short(name: str, width: int = 44) -> str:
 
 
 def _heatmaps(study: RankingStudy, path: Path) -> Path:
-    import matplotlib
+    from frugalnn.utils.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from frugalnn.report.plots import save_figure
-
+    plt = pyplot()
     n = len(study.signals)
     names = [f"({i + 1}) {_short(s)}" for i, s in enumerate(study.names)]
     size = 1.6 + 0.55 * n
@@ -418,13 +413,9 @@ def _heatmaps(study: RankingStudy, path: Path) -> Path:
 
 
 def _scatter(study: RankingStudy, path: Path, max_signals: int = 6) -> Path:
-    import matplotlib
+    from frugalnn.utils.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from frugalnn.report.plots import save_figure
-
+    plt = pyplot()
     sigs = study.signals[:max_signals]
     n = len(sigs)
     fig, axes = plt.subplots(n, n, figsize=(2.2 * n + 1, 2.2 * n + 1), squeeze=False)
@@ -451,27 +442,24 @@ def _scatter(study: RankingStudy, path: Path, max_signals: int = 6) -> Path:
 
 
 def _image_grids(study: RankingStudy, dataset: Any, out: Path, count: int) -> list[Path]:
-    import matplotlib
     import torch
 
-    from frugalnn.report.compute_maps import display_images
-    from frugalnn.report.plots import save_figure
+    from frugalnn.utils.figures import display_images, pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n_ds = len(dataset)
     if int(study.example_ids.max()) >= n_ds:
         raise UserError(
             f"the records name example {int(study.example_ids.max())} but the dataset has {n_ds}; "
-            "pass the --split and --limit the runs were evaluated with"
+            "pass the --split, --eval-limit and --seed the runs were evaluated with"
         )
     ds_labels = getattr(dataset, "labels", None)
     if ds_labels is not None and study.labels.min() >= 0:
         got = np.asarray(ds_labels)[study.example_ids]
         if not (got == study.labels).all():
             raise UserError("the dataset's labels differ from the records'; pass the --data, "
-                            "--split and --limit the runs were evaluated with")
+                            "--split, --eval-limit and --seed the runs were evaluated with")
     files = []
     for k, sig in enumerate(study.signals):
         rows = []
@@ -558,18 +546,18 @@ def write_rankings(
     data_dir: str | os.PathLike[str] | None = None,
     split: str = "test",
     limit: int | None = None,
+    seed: int = 0,
     grid: int = 12,
     force: bool = False,
 ) -> Path:
     """Rank the examples of ``run_dirs`` by each signal, compare, and write ``out_dir``.
 
     Images for the easiest/hardest grids come from ``dataset`` (a dataset
-    object indexed by example id) or are loaded with ``get_dataset(data,
-    split, data_dir, limit=limit)``; without either, no grids are drawn.
+    object indexed by example id) or are loaded with
+    :func:`frugalnn.data.splits.load_test_split` (the ``limit`` random examples of
+    ``split`` drawn with ``seed``, as evaluated); without either, no grids are drawn.
     Returns the path of ``rankings.md``.
     """
-    from frugalnn.evaluation import atomic_writer
-
     out = Path(out_dir)
     if (out / OUT_FILE).exists() and not force:
         raise UserError(f"{out} already holds rankings; pass --force or choose another --out")
@@ -578,9 +566,9 @@ def write_rankings(
     study = compare_signals(load_signals(run_dirs, relative_cost=relative_cost, budgets=budgets),
                             top_fraction)
     if dataset is None and data is not None:
-        from frugalnn.data import get_dataset
+        from frugalnn.data.splits import load_test_split
 
-        dataset = get_dataset(data, split, data_dir, limit=limit)
+        dataset = load_test_split(data, data_dir, split=split, limit=limit, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     figures = [_heatmaps(study, out / "correlation.png"), _scatter(study, out / "scatter.png")]
     if dataset is not None:

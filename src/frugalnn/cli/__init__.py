@@ -33,12 +33,17 @@ def command_modules() -> list[str]:
     return [*CORE_COMMAND_MODULES, *plugin_modules("commands")]
 
 
+VERSION_LINE = f"frugalnn {__version__}"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line. Building it imports every command module, and each of
+    those imports torch only inside its command functions, so ``--help`` stays fast."""
     parser = argparse.ArgumentParser(
         prog="frugalnn",
         description="Make neural networks cheaper to run and measure exactly how much cheaper.",
     )
-    parser.add_argument("--version", action="version", version=f"frugalnn {__version__}")
+    parser.add_argument("--version", action="version", version=VERSION_LINE)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in command_modules():
         module = import_optional(name)
@@ -48,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if list(sys.argv[1:] if argv is None else argv) == ["--version"]:
+        print(VERSION_LINE)  # no command module needed
+        return 0
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

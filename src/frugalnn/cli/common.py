@@ -21,6 +21,7 @@ __all__ = [
     "add_model_flags",
     "add_run_flags",
     "args_config",
+    "available_devices",
     "check_device",
     "check_out",
     "check_positive",
@@ -33,7 +34,6 @@ __all__ = [
     "print_budget_summary",
     "random_subset",
     "resolve_checkpoint",
-    "shuffled_loader",
     "start_run",
 ]
 
@@ -87,12 +87,42 @@ def check_positive(pairs: Iterable[tuple[int | None, str]]) -> None:
         positive(value, flag)
 
 
-def check_device(device: str) -> None:
-    """Refuse ``cuda`` when torch sees no CUDA device."""
+#: Device types a model can run on (``meta`` and the like hold no data).
+COMPUTE_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def available_devices() -> list[str]:
+    """The devices torch can use on this machine: ``cpu``, then ``cuda:i`` and ``mps``."""
     import torch
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no CUDA device; use cpu")
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return found
+
+
+def check_device(device: str, flag: str = "--device") -> str:
+    """Refuse, in one line, a malformed device name (``gpu``) or one this machine lacks
+    (``mps`` on Linux, ``cuda`` without CUDA, ``cuda:7`` on a one-GPU machine)."""
+    import torch
+
+    where = f"; available here: {', '.join(available_devices())}"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"{flag} {device!r} is not a device name{where}") from None
+    if dev.type not in COMPUTE_DEVICE_TYPES:
+        raise UserError(f"{flag} {device!r} is not a device to run a model on{where}")
+    if dev.type != "cpu":
+        try:
+            torch.empty(1, device=dev)
+        except Exception:  # noqa: BLE001 - each backend fails with its own exception type
+            raise UserError(f"{flag} {device} asked for, but torch sees no such device"
+                            f"{where}") from None
+    return device
 
 
 def check_out(out: Path, force: bool, *, empty_ok: bool = True) -> None:
@@ -191,7 +221,7 @@ def load_model_for_data(name: str, checkpoint: str | None, info: Any,
                         check_name: bool = True) -> Any:
     """Model ``name`` sized for dataset ``info`` (unless a frugalnn checkpoint
     rebuilds its own structure), from a checkpoint, a ``.th`` file or fresh."""
-    from frugalnn.cli.train import model_kwargs_for
+    from frugalnn.models.registry import model_kwargs_for
 
     kwargs = model_kwargs_for(name, info, parse_model_args(model_arg))
     if checkpoint and not str(checkpoint).endswith(".th"):
@@ -234,15 +264,6 @@ def random_subset(dataset: Any, limit: int | None, seed: int) -> Any:
     from frugalnn.data.splits import random_subset as draw
 
     return draw(dataset, limit, seed)
-
-
-def shuffled_loader(dataset: Any, batch_size: int, seed: int) -> Any:
-    """A training loader whose shuffling order is fixed by ``seed``."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen)
 
 
 def print_budget_summary(records: Any, name: str, width: int = 8) -> None:

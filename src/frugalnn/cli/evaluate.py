@@ -147,9 +147,8 @@ def _eval_splits(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
     in training and in the method commands. A dataset without a training split
     is evaluated without validation.
     """
-    from frugalnn.cli.common import load_splits_from_args, random_subset
-    from frugalnn.data import get_dataset
-    from frugalnn.data.splits import _TEST_OFFSET
+    from frugalnn.cli.common import load_splits_from_args
+    from frugalnn.data.splits import load_test_split
 
     if not 0.0 <= args.val_fraction < 1.0:
         raise UserError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
@@ -160,9 +159,9 @@ def _eval_splits(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
             return splits.test, splits.val, None
         except (UserError, OSError) as exc:
             why = f"no validation split from {args.data!r} train ({exc})"
-    test = get_dataset(args.data, args.split, args.data_dir)
-    # The same seeded subset as load_splits draws.
-    return random_subset(test, args.eval_limit, args.seed + _TEST_OFFSET), None, why
+    test = load_test_split(args.data, args.data_dir, split=args.split, limit=args.eval_limit,
+                           seed=args.seed)  # the same seeded subset as load_splits draws
+    return test, None, why
 
 
 def _evaluate(args: argparse.Namespace) -> int:

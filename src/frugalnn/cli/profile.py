@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from frugalnn.cost.count import format_bytes, format_count
+from frugalnn.cli.common import check_device
 from frugalnn.errors import UserError
 
 __all__ = ["register"]
@@ -53,16 +53,14 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError("--repeats must be >= 1 and --warmup >= 0")
     if args.json_out and Path(args.json_out).exists() and not args.force:
         raise UserError(f"{args.json_out} exists; pass --force to overwrite it")
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda asked for, but torch sees no CUDA device; use cpu")
+    check_device(args.device)
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from frugalnn.cost.profile import load_for_profile, parse_shape, profile_model
+    from frugalnn.cost.count import format_bytes
+    from frugalnn.cost.profile import parse_shape, profile_model
     from frugalnn.models import model_info
+    from frugalnn.train.checkpoint import load_named_model
     from frugalnn.utils.io import write_json_atomic
 
     _check_args(args)
@@ -75,7 +73,7 @@ def _profile(args: argparse.Namespace) -> int:
             print("note: --retain-freed-memory needs glibc; timing with this platform's allocator")
     info = model_info(args.model)
     shape = parse_shape(args.input_shape) if args.input_shape else info.input_shape
-    model = load_for_profile(args.model, args.checkpoint)
+    model = load_named_model(args.model, args.checkpoint)
     batch_sizes = (1,) if args.batch_size == 1 else (1, args.batch_size)
     prof = profile_model(
         model,
@@ -114,6 +112,7 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
+    from frugalnn.cost.count import format_count
     from frugalnn.models import create_model, list_models, model_info
 
     rows = [("name", "input", "dtype", "task", "params", "description")]

@@ -10,7 +10,6 @@ without ``--force`` (start over) or ``--resume`` (continue a killed run).
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import shutil
 import sys
@@ -51,13 +50,19 @@ OPTIONS: dict[str, tuple[Any, Any, str]] = {
         "transformations are rebuilt) or a resnet*.th file",
     ),  # fmt: skip
     "augment": (False, bool, "random crop/flip augmentation for image datasets"),
-    "limit": (None, int, "use only the first N training examples"),
-    "eval_limit": (None, int, "use only the first N evaluation examples"),
-    "train_split": ("train", str, "training split (default train)"),
+    "val_fraction": (
+        0.1,
+        float,
+        "part of the training split held out as validation and never trained on; later "
+        "commands choose operating points on it with the same --seed (default 0.1; 0 = none)",
+    ),  # fmt: skip
+    "train_limit": (None, int, "train on N random examples of the rest (seeded)"),
+    "eval_limit": (None, int, "evaluate on N random examples (seeded)"),
+    "train_split": ("train", str, "training split, validation carved from it (default train)"),
     "eval_split": ("test", str, "evaluation split, or 'none' to skip (default test)"),
     "workers": (0, int, "DataLoader worker processes (default 0)"),
     "checkpoint_every": (None, int, "also checkpoint every N steps inside an epoch"),
-    "model_args": ({}, dict, "extra model arguments, KEY=VALUE (YAML: a mapping)"),
+    "model_args": ({}, dict, "model argument KEY=VALUE, repeatable (YAML: model_args mapping)"),
     "threads": (None, int, "torch CPU threads (default: torch's choice)"),
 }
 # Options that may differ when a run is resumed (the rest must match).
@@ -81,8 +86,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         flag = "--" + name.replace("_", "-")
         if typ is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
-        elif typ is dict:
-            p.add_argument(flag, action="append", default=None, metavar="KEY=VALUE", help=text)
+        elif typ is dict:  # --model-arg KEY=VALUE, repeatable: one flag per entry
+            p.add_argument(flag.removesuffix("s"), dest=name, action="append", default=None,
+                           metavar="KEY=VALUE", help=text)
         else:
             p.add_argument(flag, type=typ, default=None, help=text)
     p.set_defaults(func=run_train)
@@ -95,7 +101,7 @@ def _parse_model_args(items: list[str]) -> dict[str, Any]:
     import yaml
 
     # numbers, lists, booleans as YAML reads them
-    return parse_model_args(items, "--model-args", value=yaml.safe_load)
+    return parse_model_args(items, "--model-arg", value=yaml.safe_load)
 
 
 def _load_yaml(path: str) -> dict[str, Any]:
@@ -157,42 +163,17 @@ def _check(config: dict[str, Any]) -> None:
     for name in ("epochs", "batch_size"):
         if config[name] < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {config[name]}")
-    for name in ("limit", "eval_limit", "threads"):
+    for name in ("train_limit", "eval_limit", "threads"):
         if config[name] is not None and config[name] < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {config[name]}")
+    if not 0.0 <= config["val_fraction"] < 1.0:
+        raise UserError(f"--val-fraction must be in [0, 1), got {config['val_fraction']}")
     if config["workers"] < 0:
         raise UserError(f"--workers must be >= 0, got {config['workers']}")
     check_device(config["device"])
 
 
 # ------------------------------------------------------------------ model
-
-
-def model_kwargs_for(name: str, info: Any, explicit: dict[str, Any]) -> dict[str, Any]:
-    """Arguments telling model ``name`` the dataset's input shape and class count.
-
-    Only arguments the model's builder accepts are passed, and the user's
-    ``model_args`` always win.
-    """
-    from frugalnn.models import model_info
-
-    accepted = set(inspect.signature(model_info(name).builder).parameters)
-    shape = tuple(info.input_shape)
-    derived: dict[str, Any] = {}
-    if info.task == "lm":
-        derived["vocab_size"] = info.num_classes
-        if shape:
-            derived["context"] = shape[0]
-    else:
-        derived["num_classes"] = info.num_classes
-        derived["input_shape"] = list(shape)
-        if len(shape) == 3:
-            derived["in_channels"] = shape[0]
-            if shape[1] == shape[2]:
-                derived["image_size"] = shape[1]
-    kwargs = {k: v for k, v in derived.items() if k in accepted and v is not None}
-    kwargs.update(explicit)
-    return kwargs
 
 
 def _build_model(config: dict[str, Any], info: Any):
@@ -221,6 +202,8 @@ def _build_model(config: dict[str, Any], info: Any):
             f"model {name!r} is for {minfo.task} but dataset {config['data']!r} is {info.task}; "
             "pick a matching pair (e.g. lm_tiny with tinyshakespeare)"
         )
+    from frugalnn.models.registry import model_kwargs_for
+
     kwargs = model_kwargs_for(name, info, config["model_args"])
     torch.manual_seed(config["seed"])
     model = create_model(name, **kwargs)
@@ -266,6 +249,12 @@ def _prepare_run_dir(
                 f"cannot change {', '.join(changed)} when resuming {out}; "
                 f"only {', '.join(sorted(RESUME_OVERRIDES))} may differ"
             )
+        missing = sorted(set(OPTIONS) - set(saved))
+        if missing:
+            raise UserError(
+                f"{saved_file} has no {', '.join(missing)}; this run cannot be resumed, "
+                "start over with --force"
+            )
         merged = dict(saved)
         for k in RESUME_OVERRIDES:
             if config.get(k) != OPTIONS[k][0] and config.get(k) is not None:
@@ -292,7 +281,8 @@ def run_train(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    from frugalnn.data import dataset_info, get_dataset
+    from frugalnn.data import dataset_info
+    from frugalnn.data.splits import load_splits
     from frugalnn.train import distributed as dist_util
     from frugalnn.train.checkpoint import write_json_atomic
     from frugalnn.train.loop import fit
@@ -313,16 +303,17 @@ def run_train(args: argparse.Namespace) -> int:
         if config["threads"]:
             torch.set_num_threads(config["threads"])
 
-        train_ds = get_dataset(
-            config["data"], config["train_split"], config["data_dir"],
-            augment=config["augment"], limit=config["limit"], seed=config["seed"],
+        # Validation is carved from the training split and never trained on, so a later
+        # evaluation with the same --val-fraction and --seed chooses on unseen examples.
+        eval_split = config["eval_split"]
+        splits = load_splits(
+            config["data"], config["data_dir"], val_fraction=config["val_fraction"],
+            train_limit=config["train_limit"], test_limit=config["eval_limit"],
+            test_split=None if str(eval_split).lower() == "none" else eval_split,
+            seed=config["seed"], train_split=config["train_split"], augment=config["augment"],
         )  # fmt: skip
-        info = getattr(train_ds, "info", None) or dataset_info(config["data"])
-        eval_ds = None
-        if str(config["eval_split"]).lower() != "none":
-            eval_ds = get_dataset(
-                config["data"], config["eval_split"], config["data_dir"], limit=config["eval_limit"]
-            )
+        train_ds, eval_ds = splits.train, splits.test
+        info = splits.info or dataset_info(config["data"])
         model, model_kwargs = _build_model(config, info)
 
         record = {
@@ -335,6 +326,7 @@ def run_train(args: argparse.Namespace) -> int:
                 "train_examples": len(train_ds),
                 "eval_examples": len(eval_ds) if eval_ds is not None else 0,
             },
+            "val_spec": splits.val_spec,
             "world_size": env.world_size,
             "command": "frugalnn " + " ".join(sys.argv[1:]),
         }

@@ -10,7 +10,6 @@ because per-example time depends strongly on batching.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +24,6 @@ from frugalnn.errors import UserError
 __all__ = [
     "ModelProfile",
     "example_input",
-    "load_for_profile",
     "parse_shape",
     "profile_model",
 ]
@@ -60,40 +58,6 @@ def example_input(
     if dtype == "long":
         return torch.ones((batch_size, *shape), dtype=torch.long, device=device)
     return torch.randn((batch_size, *shape), generator=gen).to(device)
-
-
-def load_for_profile(name: str, checkpoint: str | Path | None = None) -> nn.Module:
-    """Build registry model ``name``, with weights from ``checkpoint`` if given.
-
-    A ``.th`` file for a ResNet goes through the zoo's loader of the published
-    CIFAR checkpoints; anything else must be a frugalnn checkpoint
-    (:func:`frugalnn.train.checkpoint.load_model`) of the same model.
-    """
-    from frugalnn.models import create_model, model_info
-
-    model_info(name)  # unknown name -> UserError listing the known ones
-    if checkpoint is None:
-        return create_model(name).eval()
-    path = Path(checkpoint)
-    if not path.exists():
-        raise UserError(f"checkpoint {path} not found; pass an existing file or directory")
-    if name.startswith("resnet") and path.suffix == ".th":
-        return create_model(name, checkpoint=str(path)).eval()
-    from frugalnn.train.checkpoint import load_model
-
-    try:
-        model = load_model(path)
-    except UserError:
-        raise
-    except Exception as exc:  # unreadable or corrupt checkpoint
-        raise UserError(
-            f"cannot load checkpoint {path} ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-            "pass a frugalnn checkpoint directory or a resnet*.th file"
-        ) from None
-    saved = getattr(model, "frugalnn_spec", {}).get("name")
-    if saved is not None and saved != name:
-        raise UserError(f"checkpoint {path} holds model {saved!r}, not {name!r}; use {saved}")
-    return model.eval()
 
 
 @dataclass

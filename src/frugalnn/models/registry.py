@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,3 +101,28 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     model.frugalnn_spec = {"name": name, "kwargs": kept}
     model.frugalnn_transforms = []
     return model
+
+
+def model_kwargs_for(name: str, info: Any, explicit: dict[str, Any]) -> dict[str, Any]:
+    """Arguments telling model ``name`` the dataset's input shape and class count.
+
+    Only arguments the model's builder accepts are passed, and the user's
+    ``model_args`` always win.
+    """
+    accepted = set(inspect.signature(model_info(name).builder).parameters)
+    shape = tuple(info.input_shape)
+    derived: dict[str, Any] = {}
+    if info.task == "lm":
+        derived["vocab_size"] = info.num_classes
+        if shape:
+            derived["context"] = shape[0]
+    else:
+        derived["num_classes"] = info.num_classes
+        derived["input_shape"] = list(shape)
+        if len(shape) == 3:
+            derived["in_channels"] = shape[0]
+            if shape[1] == shape[2]:
+                derived["image_size"] = shape[1]
+    kwargs = {k: v for k, v in derived.items() if k in accepted and v is not None}
+    kwargs.update(explicit)
+    return kwargs

@@ -7,6 +7,13 @@ static model) is drawn as a star and serves as the reference for the other
 runs on the same model, unless a run recorded its own reference when it was
 evaluated (``baseline_source == "given"``).
 
+Operating points (accuracy at a fraction of the baseline's cost, lowest cost
+within a tolerance) are chosen on each run's validation records and scored on
+its test records (:func:`frugalnn.analysis.frontier.frontier_summary`); a run
+without validation records gets test-chosen numbers, labelled as an oracle.
+Runs evaluated on different examples (their fingerprints differ, or, for runs
+without one, their example counts) are refused unless ``allow_mixed_examples``.
+
 Method-specific material goes in a run's ``extras/`` folder: every
 ``*.png`` there is copied next to the report and shown, every ``*.md`` is
 included as it is.
@@ -25,6 +32,7 @@ from typing import Any
 from frugalnn.analysis.frontier import (
     DEFAULT_FRACTIONS,
     DEFAULT_TOLERANCES,
+    VALIDATION,
     frontier_summary,
     latency_points,
     points_from_summary,
@@ -32,6 +40,8 @@ from frugalnn.analysis.frontier import (
 from frugalnn.errors import UserError
 from frugalnn.evaluation import (
     RECORDS_FILE,
+    SUMMARY_FILE,
+    VALIDATION_DIR,
     atomic_writer,
     jsonable,
     load_records,
@@ -40,7 +50,7 @@ from frugalnn.evaluation import (
 from frugalnn.report.document import Document
 from frugalnn.report.plots import flops_scale, plot_plane
 
-__all__ = ["RunView", "load_runs", "write_report"]
+__all__ = ["RunView", "check_same_examples", "load_runs", "write_report", "write_run_report"]
 
 EXTRAS_DIR = "extras"
 
@@ -56,6 +66,10 @@ class RunView:
     baseline_accuracy: float | None = None
     baseline_from: str = ""
     reference: RunView | None = None  # a baseline run of the same model in the report
+    #: Summary of the run's validation records (where operating points are chosen), if any.
+    validation: dict[str, Any] | None = None
+    val_baseline_flops: float | None = None
+    val_baseline_accuracy: float | None = None
 
     @property
     def method(self) -> str:
@@ -95,24 +109,85 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[RunView]:
             name = f"{path.resolve().name}-{k}"
             k += 1
         used.add(name)
-        runs.append(RunView(path, name, summary))
+        runs.append(RunView(path, name, summary, validation=_validation_of(path, summary)))
     references = {r.model: r for r in runs if r.is_baseline}
     for r in runs:
         ref = references.get(r.model)
         r.reference = ref if ref is not r else None
-        given = r.summary.get("baseline_source") == "given"
-        if ref is not None and not given and ref is not r:
-            rows = ref.summary.get("budgets") or [{}]
-            r.baseline_flops = rows[0].get("flops")
-            r.baseline_accuracy = rows[0].get("accuracy")
+        source = r.summary.get("baseline_source")
+        if r.is_baseline:
+            # A baseline run is its own reference, on test and on validation.
+            r.baseline_flops, r.baseline_accuracy = _reference_row(r.summary)
+            r.val_baseline_flops, r.val_baseline_accuracy = _reference_row(r.validation)
+            r.baseline_from = "itself"
+        elif ref is not None and source != "given":
+            r.baseline_flops, r.baseline_accuracy = _reference_row(ref.summary)
+            r.val_baseline_flops, r.val_baseline_accuracy = _reference_row(ref.validation)
+            if r.val_baseline_flops is None:
+                r.val_baseline_flops = r.baseline_flops  # a cost: nearly the same on any examples
             r.baseline_from = ref.name
         else:
             r.baseline_flops = r.summary.get("baseline_flops")
             r.baseline_accuracy = r.summary.get("baseline_accuracy")
-            r.baseline_from = "recorded at evaluation" if given else "itself at full budget"
-            if r.is_baseline:
-                r.baseline_from = "itself"
+            val = r.validation or {}
+            r.val_baseline_flops = val.get("baseline_flops")
+            r.val_baseline_accuracy = val.get("baseline_accuracy")
+            r.baseline_from = {"given": "recorded at evaluation",
+                               "self": "itself at full budget"}.get(
+                str(source), "none recorded (savings unknown)")
     return runs
+
+
+def _reference_row(summary: dict[str, Any] | None) -> tuple[float | None, float | None]:
+    """FLOPs and accuracy of a baseline run: its most expensive (full) budget."""
+    rows = (summary or {}).get("budgets") or []
+    if not rows:
+        return None, None
+    row = max(rows, key=lambda r: r.get("flops") or 0.0)
+    return row.get("flops"), row.get("accuracy")
+
+
+def _validation_of(path: Path, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's validation summary (rows from its records), if the run recorded one."""
+    val_dir = path / str((summary.get("validation") or {}).get("dir") or VALIDATION_DIR)
+    if not summary.get("validation") or not (val_dir / SUMMARY_FILE).is_file():
+        return None
+    return _summary_from_records(val_dir)
+
+
+def check_same_examples(runs: Sequence[RunView], allow_mixed: bool = False) -> list[str]:
+    """Refuse runs evaluated on different examples; return notes for the report.
+
+    Runs are compared by their example fingerprints; a run without one (an
+    older evaluation) only by its example count, and the notes say so. With
+    ``allow_mixed`` a difference is noted instead of refused.
+    """
+    notes: list[str] = []
+    if len(runs) < 2:
+        return notes
+    prints = {r.name: r.summary.get("fingerprint") or {} for r in runs}
+    hashes = {fp.get("sha256") for fp in prints.values() if fp.get("sha256")}
+    counts = {r.name: r.summary.get("examples") for r in runs}
+    listing = ", ".join(f"{name} ({counts[name]} examples"
+                        + (f", {prints[name]['sha256'][:12]})" if prints[name].get("sha256")
+                           else ")") for name in counts)
+    problem = ""
+    if len(hashes) > 1:
+        problem = f"the runs were evaluated on different examples: {listing}"
+    elif len({c for c in counts.values()}) > 1:
+        problem = f"the runs were evaluated on different numbers of examples: {listing}"
+    if problem and not allow_mixed:
+        raise UserError(f"{problem}; evaluate them on the same split, limit and seed, or "
+                        "pass --allow-mixed-examples (allow_mixed_examples=True)")
+    if problem:
+        notes.append(f"**Mixed examples** (allowed on request): {problem}. Their accuracies "
+                     "are not measured on the same examples.")
+    unknown = [name for name, fp in prints.items() if not fp.get("sha256")]
+    if unknown and not problem:
+        notes.append(f"Run(s) {', '.join(unknown)} record no example fingerprint (evaluated "
+                     "before frugalnn recorded one); they were checked against the others by "
+                     "example count only.")
+    return notes
 
 
 def _summary_from_records(path: Path) -> dict[str, Any]:
@@ -184,45 +259,68 @@ def _plane_section(doc: Document, runs: list[RunView], out_dir: Path) -> None:
                       "time = batch latency / batch size.")
 
 
+def _frontier_of(r: RunView) -> dict[str, Any]:
+    """:func:`frontier_summary` of a run against the baseline the report chose for it."""
+    val = None
+    if r.validation:
+        val = {**r.validation, "baseline_flops": r.val_baseline_flops,
+               "baseline_accuracy": r.val_baseline_accuracy}
+    return frontier_summary(r.summary, validation=val, baseline_flops=r.baseline_flops,
+                            baseline_accuracy=r.baseline_accuracy)
+
+
+def _chosen_on(rows: Sequence[dict[str, Any]]) -> str:
+    """Which split chose a table row's points: ``validation``, ``test (oracle)``, or ``—``."""
+    kinds = {row.get("chosen_on") for row in rows}
+    if not kinds:
+        return "—"
+    return "validation" if kinds == {VALIDATION} else "test (oracle)"
+
+
 def _frontier_section(doc: Document, runs: list[RunView]) -> dict[str, Any]:
     doc.heading("Frontier")
-    results: dict[str, Any] = {}
-    for r in runs:
-        results[r.name] = frontier_summary(
-            r.summary, baseline_flops=r.baseline_flops, baseline_accuracy=r.baseline_accuracy
-        )
+    results = {r.name: _frontier_of(r) for r in runs}
     all_flops = [r.baseline_flops or 0.0 for r in runs]
     div, unit = flops_scale(max(all_flops, default=0.0))
+    doc.paragraph(
+        "Operating points are chosen on each run's **validation** records (carved from the "
+        "training data) and scored on its test records: the tables give the chosen budget's "
+        "*test* accuracy and cost. 'chosen on: test (oracle)' marks points chosen on the "
+        "same test records that score them (the run has no validation records, or its "
+        "baseline has no validation accuracy); such numbers are optimistic."
+    )
     doc.paragraph(
         "Accuracy at a fraction of the baseline's FLOPs per example: the best budget whose "
         "cost is **at most** that fraction (an operating point you can set; no interpolation "
         "between budgets). '—': no budget is that cheap."
     )
-    header = ["run", "baseline", "baseline acc. %"] + [
+    header = ["run", "baseline", "baseline acc. %", "chosen on"] + [
         f"acc. % at {int(100 * f)} %" for f in DEFAULT_FRACTIONS
     ]
     rows = []
     for r in runs:
         res = results[r.name]
         cells = {row["fraction"]: row["point"] for row in res["at_fraction"]}
-        rows.append([r.label, r.baseline_from, _pct(r.baseline_accuracy)] + [
+        rows.append([r.label, r.baseline_from, _pct(r.baseline_accuracy),
+                     _chosen_on(res["at_fraction"])] + [
             _point_cell(cells.get(f), div, unit) for f in DEFAULT_FRACTIONS
         ])
     doc.table(header, rows)
     doc.paragraph("Lowest cost at which accuracy stays within a tolerance of the baseline "
                   "(percentage points), and the share of the baseline's FLOPs it saves.")
-    header = ["run", f"baseline {unit}/ex."]
+    header = ["run", "chosen on", f"baseline {unit}/ex."]
     for tol in DEFAULT_TOLERANCES:
         header += [f"{unit}/ex. within {tol:g} pt", f"saving within {tol:g} pt"]
     rows = []
     for r in runs:
         res = results[r.name]
         cells = {row["tolerance_points"]: row for row in res["within"]}
-        row = [r.label, _num(r.baseline_flops, div)]
+        row = [r.label, _chosen_on(res["within"]), _num(r.baseline_flops, div)]
         for tol in DEFAULT_TOLERANCES:
             c = cells.get(tol)
             p = c["point"] if c else None
-            row += [_point_cell(p, div, unit), f"{_pct(c['saving'], 1)} %" if p else "—"]
+            row += [_point_cell(p, div, unit), f"{_pct(c['saving'], 1)} %"
+                    if p and c["saving"] is not None else "—"]
         rows.append(row)
     doc.table(header, rows)
     _speedup_table(doc, runs, results)
@@ -287,6 +385,14 @@ def _latency_lookup(summary: dict[str, Any]) -> dict[tuple[str, int], float]:
     return out
 
 
+def _examples(summary: dict[str, Any]) -> str:
+    """``"N (split, fingerprint abc123…)"`` of a summary."""
+    fp = (summary.get("fingerprint") or {}).get("sha256")
+    extra = [str(summary["split"])] if summary.get("split") else []
+    extra += [f"fingerprint {fp[:12]}"] if fp else ["no fingerprint"]
+    return f"{summary.get('examples')} ({', '.join(extra)})"
+
+
 def _run_section(doc: Document, r: RunView, out_dir: Path) -> None:
     s = r.summary
     doc.heading(f"Run: {r.label}")
@@ -294,8 +400,11 @@ def _run_section(doc: Document, r: RunView, out_dir: Path) -> None:
     doc.bullets([
         f"directory: `{r.path}`",
         f"method: {r.method}; model: {r.model}; budget knob: {s.get('budget_name', 'static')}",
-        f"examples: {s.get('examples')}; batch size: {s.get('batch_size')}; "
+        f"examples: {_examples(s)}; batch size: {s.get('batch_size')}; "
         f"threads: {s.get('threads')}; device: {s.get('device')}",
+        "operating points chosen on: " + (
+            f"the validation records, {_examples(r.validation)}" if r.validation
+            else "the test records (no validation records: oracle)"),
         f"compared with: {r.baseline_from}",
         f"load average when evaluated: {machine.get('loadavg')}",
         "machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()
@@ -343,6 +452,7 @@ def write_report(
     force: bool = False,
     command: str | None = None,
     intro: str | None = None,
+    allow_mixed_examples: bool = False,
 ) -> Path:
     """Write ``report.md``, ``report.html``, PNG plots and ``frontier.json`` into ``out_dir``.
 
@@ -351,9 +461,11 @@ def write_report(
     ``report.md``; ``report.html`` lies beside it and embeds the same plots
     by relative path. ``intro`` is Markdown placed before the plots (the
     demo lists its methods there); ``command`` replaces the default
-    regeneration command shown at the top.
+    regeneration command shown at the top. Runs evaluated on different
+    examples are refused (``UserError``) unless ``allow_mixed_examples``.
     """
     runs = load_runs(run_dirs)
+    notes = check_same_examples(runs, allow_mixed_examples)
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise UserError(f"{out_dir} already exists; pass --force to overwrite the report "
@@ -361,7 +473,7 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     doc = Document(title)
     regen = command or "frugalnn report " + " ".join(str(r.path) for r in runs) + \
-        f" --out {out_dir} --force"
+        f" --out {out_dir} --force" + (" --allow-mixed-examples" if allow_mixed_examples else "")
     doc.paragraph(
         f"{len(runs)} run(s), written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
         f"from saved evaluation records. Regenerate with `{regen}`."
@@ -370,6 +482,8 @@ def write_report(
                   "= 2 FLOPs; MACs = FLOPs / 2), averaged over the evaluated examples; dynamic "
                   "methods are charged per example for what they actually ran. Times are "
                   "measured on the machine listed with each run.")
+    for note in notes:
+        doc.paragraph(note)
     if intro:
         doc.markdown(intro)
     _plane_section(doc, runs, out_dir)
@@ -398,3 +512,60 @@ def write_run_report(run_dir: str | Path) -> Path:
     summary = load_summary(run_dir)
     title = f"{summary.get('method') or 'run'} ({summary.get('model') or '?'})"
     return write_report([run_dir], run_dir / "report", title=title, force=True)
+
+
+def method_verdict(
+    summary: dict[str, Any],
+    baseline_summary: dict[str, Any],
+    *,
+    validation: dict[str, Any] | None = None,
+    baseline_validation: dict[str, Any] | None = None,
+    tolerance_points: float = 1.0,
+) -> str:
+    """One sentence: what a run gained or lost against its baseline, from saved summaries.
+
+    The operating point is the cheapest budget within ``tolerance_points`` of
+    the baseline's accuracy (:func:`frugalnn.analysis.frontier.frontier_summary`),
+    chosen on the validation summaries when given, else on the test records;
+    when no budget is that close, the most accurate budget. The sentence gives
+    that budget's share of FLOPs saved, its measured speed-up at each batch size
+    both runs were timed at, and its change in test accuracy, e.g. ``"early-exit
+    SDN: 41 % fewer FLOPs, 1.31x faster at batch 64, 1.12x faster at batch 1, for
+    -0.4 pt accuracy (budget 0.6, chosen on validation)."``
+    """
+    name = str(summary.get("method") or "?")
+    base_flops, base_acc = _reference_row(baseline_summary)
+    val_flops, val_acc = _reference_row(baseline_validation)
+    if not base_flops or base_acc is None:
+        return f"{name}: no baseline numbers to compare with."
+    res = frontier_summary(summary, validation=validation, baseline_flops=base_flops,
+                           baseline_accuracy=base_acc, val_baseline_flops=val_flops,
+                           val_baseline_accuracy=val_acc, fractions=(),
+                           tolerances=(tolerance_points,))
+    row = (res["within"] or [{}])[0]
+    point, chosen_on = row.get("point"), row.get("chosen_on", res["chosen_on"])
+    close = point is not None
+    test_points = {p.label: p for p in points_from_summary(summary)}
+    if point is None:  # nothing that close: the most accurate budget, chosen the same way
+        source = validation if res["chosen_on"] == VALIDATION and validation else summary
+        best = max(points_from_summary(source), key=lambda p: (p.accuracy, -p.cost))
+        chosen_on = res["chosen_on"]
+        point = test_points[best.label].to_dict() if best.label in test_points else None
+    if point is None:
+        return f"{name}: no budget of this run could be scored against the baseline."
+    saving = 1.0 - point["cost"] / base_flops
+    parts = [f"{abs(100 * saving):.0f} % {'fewer' if saving >= 0 else 'more'} FLOPs"]
+    base_lat, lat = _latency_lookup(baseline_summary), _latency_lookup(summary)
+    full = _full_label(baseline_summary)
+    for bs in sorted({bs for _, bs in lat}, reverse=True):
+        before, after = base_lat.get((full, bs)), lat.get((str(point["label"]), bs))
+        if before and after:
+            speed = before / after
+            parts.append(f"{speed:.2f}x faster at batch {bs}" if speed >= 1
+                         else f"{1 / speed:.2f}x slower at batch {bs}")
+    delta = 100 * (point["accuracy"] - base_acc)
+    static = len(test_points) == 1
+    where = "static model" if static else f"budget {point['label']}, chosen on {chosen_on}"
+    if not close:
+        where += f"; no budget within {tolerance_points:g} pt of the baseline"
+    return f"{name}: {', '.join(parts)}, for {delta:+.1f} pt accuracy ({where})."

@@ -249,6 +249,38 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     return model.eval()
 
 
+def load_named_model(name: str, checkpoint: str | os.PathLike | None = None) -> nn.Module:
+    """Build registry model ``name``, with weights from ``checkpoint`` if given.
+
+    A ``.th`` file for a ResNet goes through the zoo's loader of the published
+    CIFAR checkpoints; anything else must be a frugalnn checkpoint
+    (:func:`load_model`) of the same model. Returned in eval mode.
+    """
+    from frugalnn.models import create_model, model_info
+
+    model_info(name)  # unknown name -> UserError listing the known ones
+    if checkpoint is None:
+        return create_model(name).eval()
+    path = Path(checkpoint)
+    if not path.exists():
+        raise UserError(f"checkpoint {path} not found; pass an existing file or directory")
+    if name.startswith("resnet") and path.suffix == ".th":
+        return create_model(name, checkpoint=str(path)).eval()
+    try:
+        model = load_model(path)
+    except UserError:
+        raise
+    except Exception as exc:  # unreadable or corrupt checkpoint
+        raise UserError(
+            f"cannot load checkpoint {path} ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            "pass a frugalnn checkpoint directory or a resnet*.th file"
+        ) from None
+    saved = getattr(model, "frugalnn_spec", {}).get("name")
+    if saved is not None and saved != name:
+        raise UserError(f"checkpoint {path} holds model {saved!r}, not {name!r}; use {saved}")
+    return model.eval()
+
+
 def load_train_state(path: str | os.PathLike) -> dict[str, Any] | None:
     """The optimizer/scheduler/loop state of a checkpoint, or None if it has none.
 

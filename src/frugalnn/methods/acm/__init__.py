@@ -3,22 +3,29 @@
 An FFN becomes N small learners whose outputs add up, and a per-token gate
 decides how many run (:mod:`.module`); :mod:`.convert` converts a model and
 provides the budget knob ``q``; :mod:`.training` holds the three training
-stages. Importing this package registers the ``acm`` transformation used when
-checkpoints are loaded.
+stages; :mod:`.recipe` puts them together (``ACMConfig``, ``acm``,
+``run_acm``) for the CLI, the demo and the benchmark. Importing this package
+registers the ``acm`` transformation used when checkpoints are loaded.
 """
 
-from frugalnn.methods.acm.convert import DEFAULT_QS, ACMModel, convert_to_acm, rebuild_acm
-from frugalnn.methods.acm.module import ACMFFN, learner_layout
-from frugalnn.methods.acm.training import ACMTrainConfig, gate_labels, train_acm
+from frugalnn.utils.lazy import lazy_attributes
 
-__all__ = [
-    "ACMFFN",
-    "DEFAULT_QS",
-    "ACMModel",
-    "ACMTrainConfig",
-    "convert_to_acm",
-    "gate_labels",
-    "learner_layout",
-    "rebuild_acm",
-    "train_acm",
-]
+#: Public name -> submodule that defines it (imported on first use: no torch at import).
+_EXPORTS = {
+    "ACMConfig": ".recipe",
+    "ACMFFN": ".module",
+    "ACMModel": ".convert",
+    "ACMRun": ".recipe",
+    "ACMTrainConfig": ".training",
+    "DEFAULT_QS": ".convert",
+    "acm": ".recipe",
+    "convert_to_acm": ".convert",
+    "gate_labels": ".training",
+    "learner_layout": ".module",
+    "rebuild_acm": ".convert",
+    "run_acm": ".recipe",
+    "train_acm": ".training",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)

@@ -1,15 +1,18 @@
 """CLI: ``frugalnn acm convert MODEL --checkpoint RUN --data NAME --out RUN_DIR``.
 
-Converts the FFNs of a trained transformer into adaptive computation modules,
-runs the three training stages, writes the checkpoint (loadable by
-``frugalnn evaluate``), sweeps the knob ``q`` on the evaluation split and
-writes records, summary, report and compute maps into one run directory.
+Reads its flags into an :class:`~frugalnn.methods.acm.recipe.ACMConfig`, loads
+the splits (validation carved from train) and calls
+:func:`~frugalnn.methods.acm.recipe.run_acm`: the FFNs of a trained
+transformer become adaptive computation modules, the three training stages
+run, and the checkpoint (loadable by ``frugalnn evaluate``), the records of
+the ``q`` sweep on the test and validation splits, the compute maps, the
+operating point chosen on validation and the report land in one run directory.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+from typing import TYPE_CHECKING
 
 from frugalnn.cli.common import (
     add_data_flags,
@@ -18,11 +21,14 @@ from frugalnn.cli.common import (
     args_config,
     check_positive,
     load_base_model,
+    load_splits_from_args,
     parse_model_args,
     print_budget_summary,
-    shuffled_loader,
     start_run,
 )
+
+if TYPE_CHECKING:
+    from frugalnn.methods.acm.recipe import ACMConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = acm.add_subparsers(dest="acm_command", metavar="SUBCOMMAND")
     c = sub.add_parser("convert", help="FFNs -> N learners + gate, train 3 stages, sweep q")
     add_model_flags(c)
-    add_data_flags(c, random=False)
+    add_data_flags(c)
     c.add_argument("--learners", type=int, default=4, help="learners per FFN (4)")
     c.add_argument("--gate-hidden", type=int, help="gate hidden width (default dim/4)")
     c.add_argument("--sites", nargs="+", help="FFN sites to convert (default all)")
@@ -51,62 +57,53 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="stage III distillation temperature (2)")
     c.add_argument("--budgets", nargs="+", help="q values to sweep (default 0,0.1,...,1)")
     c.add_argument("--map-images", type=int, default=8, help="images in the compute maps (8)")
+    c.add_argument("--tolerance", type=float, default=1.0,
+                   help="operating point: the cheapest q within this many accuracy points of "
+                        "the full budget, chosen on the validation split (1)")
     c.add_argument("--latency-repeats", type=int, default=10, help="timed calls per budget")
     add_run_flags(c)
     c.set_defaults(func=_convert)
     acm.set_defaults(func=lambda _a: acm.print_help() or 2)
 
 
-def _convert(args: argparse.Namespace) -> int:
-    import yaml
-
+def config_from_args(args: argparse.Namespace) -> ACMConfig:
+    """The :class:`ACMConfig` of the ``acm convert`` flags (checked)."""
     from frugalnn.cli.evaluate import parse_floats
-    from frugalnn.data import get_dataset
-    from frugalnn.evaluation import evaluate_into
-    from frugalnn.methods.acm.convert import DEFAULT_QS, convert_to_acm
-    from frugalnn.methods.acm.report import write_extras
-    from frugalnn.methods.acm.training import ACMTrainConfig, train_acm
-    from frugalnn.report import write_run_report
-    from frugalnn.train.checkpoint import save_checkpoint
+    from frugalnn.methods.acm.convert import DEFAULT_QS
+    from frugalnn.methods.acm.recipe import ACMConfig
 
-    check_positive(((args.train_limit, "--train-limit"), (args.eval_limit, "--eval-limit"),
-                    (args.batch_size, "--batch-size"), (args.threads, "--threads"),
-                    (args.latency_repeats, "--latency-repeats"), (args.learners, "--learners")))
-    cfg = ACMTrainConfig(
+    return ACMConfig(
+        learners=args.learners, gate_hidden=args.gate_hidden, sites=args.sites,
         distill_epochs=args.distill_epochs, gate_epochs=args.gate_epochs,
-        finetune_epochs=args.finetune_epochs, distill_lr=args.distill_lr, gate_lr=args.gate_lr,
-        finetune_lr=args.finetune_lr, ratio=args.ratio, target=args.target,
-        budget_weight=args.budget_weight, kd_weight=args.kd_weight,
-        kd_temperature=args.kd_temperature,
-    )
-    cfg.check()
-    qs = parse_floats(args.budgets) or list(DEFAULT_QS)
+        finetune_epochs=args.finetune_epochs, distill_lr=args.distill_lr,
+        gate_lr=args.gate_lr, finetune_lr=args.finetune_lr, ratio=args.ratio,
+        target=args.target, budget_weight=args.budget_weight, kd_weight=args.kd_weight,
+        kd_temperature=args.kd_temperature, qs=parse_floats(args.budgets) or list(DEFAULT_QS),
+        batch_size=args.batch_size, latency_repeats=args.latency_repeats,
+        map_images=args.map_images, tolerance_points=args.tolerance, seed=args.seed,
+    ).validate()
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from frugalnn.methods.acm.recipe import run_acm
+
+    check_positive(((args.train_limit, "--train-limit"), (args.val_limit, "--val-limit"),
+                    (args.eval_limit, "--eval-limit"), (args.threads, "--threads")))
+    config = config_from_args(args)
     out = start_run(args)
-    model_args = parse_model_args(args.model_arg, value=yaml.safe_load)
-    model = load_base_model(args.model, args.checkpoint, model_args, args.device).eval()
-    train = get_dataset(args.data, args.train_split, args.data_dir, limit=args.train_limit)
-    test = get_dataset(args.data, args.eval_split, args.data_dir, limit=args.eval_limit)
-    loader = shuffled_loader(train, args.batch_size, args.seed)
-    teacher = copy.deepcopy(model)
-    acm = convert_to_acm(model, num_learners=args.learners, gate_hidden=args.gate_hidden,
-                         sites=args.sites, qs=qs, seed=args.seed)
-    print(f"training {len(acm.acm_layers())} ACM layers ({args.learners} learners each): "
-          f"distil {cfg.distill_epochs}, gate {cfg.gate_epochs}, fine-tune {cfg.finetune_epochs} "
-          "epochs")
-    train_acm(acm, teacher, loader, cfg, seed=args.seed, device=args.device,
-              progress=not args.no_progress)
-    config = args_config(args, "acm convert")
-    out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out / "checkpoint", acm, {"config": config})
-    records = evaluate_into(
-        acm, test, out, method="acm", batch_size=args.batch_size, threads=args.threads,
-        device=args.device, latency_batch_sizes=(1, args.batch_size),
-        latency_repeats=args.latency_repeats, config=config, force=args.force,
-        progress=not args.no_progress,
-    )
-    write_extras(acm, out, test, device=args.device, images=args.map_images)
-    write_run_report(out)
-    print_budget_summary(records, "q", width=5)
+    model = load_base_model(args.model, args.checkpoint, parse_model_args(args.model_arg),
+                            args.device).eval()
+    splits = load_splits_from_args(args)
+    print(f"training ACM layers ({config.learners} learners each): distil "
+          f"{config.distill_epochs}, gate {config.gate_epochs}, fine-tune "
+          f"{config.finetune_epochs} epochs")
+    run = run_acm(model, config, splits, out, device=args.device, threads=args.threads,
+                  progress=not args.no_progress, force=args.force,
+                  run_config=args_config(args, "acm convert"))
+    print_budget_summary(run.records, "q", width=5)
+    if run.point:
+        print(f"operating point (chosen on validation): q {run.point['label']}, test accuracy "
+              f"{100 * run.point['test']['accuracy']:.2f} %")
     print(f"checkpoint: {out / 'checkpoint'}")
     print(f"report:     {out / 'report'}  (compute maps in {out / 'extras'})")
     return 0

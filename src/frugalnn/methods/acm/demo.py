@@ -3,7 +3,8 @@
 Trains (via the demo context, shared with other hooks using the same
 arguments) a 2-block ViT on the demo data, converts both FFNs to adaptive
 computation modules, runs the three training stages (scaled down in quick
-mode), evaluates the ``q`` sweep and writes compute maps (learners per
+mode) with :func:`frugalnn.methods.acm.recipe.acm` (the same as ``frugalnn acm
+convert``), evaluates the ``q`` sweep and writes compute maps (learners per
 patch) into the run's ``extras/``.
 """
 
@@ -21,9 +22,8 @@ VIT = {"patch_size": 2, "dim": 64, "depth": 2, "heads": 2, "activation": "relu"}
 
 
 def run_demo(ctx: Any) -> list[Path]:
-    from frugalnn.methods.acm.convert import convert_to_acm
+    from frugalnn.methods.acm.recipe import ACMConfig, acm
     from frugalnn.methods.acm.report import write_extras
-    from frugalnn.methods.acm.training import ACMTrainConfig, train_acm
 
     shape = tuple(ctx.input_shape)
     if len(shape) != 3 or shape[1] != shape[2] or shape[1] % VIT["patch_size"]:
@@ -31,13 +31,13 @@ def run_demo(ctx: Any) -> list[Path]:
     model, _ = ctx.train_baseline("vit_tiny", epochs=10 if ctx.quick else 30, **VIT)
     teacher = copy.deepcopy(model)
     torch.manual_seed(ctx.seed)
-    acm = convert_to_acm(model, num_learners=4, seed=ctx.seed)
-    cfg = ACMTrainConfig(distill_epochs=2 if ctx.quick else 4, gate_epochs=1 if ctx.quick else 2,
-                         finetune_epochs=1 if ctx.quick else 3, finetune_lr=3e-4, target=0.5)
-    train_acm(acm, teacher, ctx.train_loader(), cfg, seed=ctx.seed, device=ctx.device,
-              progress=ctx.progress)
-    run = ctx.evaluate_run(acm, "acm", method="acm (per-token learners)")
-    write_extras(acm, run, ctx.test_set, device=ctx.device)
+    config = ACMConfig(learners=4, distill_epochs=2 if ctx.quick else 4,
+                       gate_epochs=1 if ctx.quick else 2, finetune_epochs=1 if ctx.quick else 3,
+                       finetune_lr=3e-4, target=0.5, batch_size=ctx.batch_size, seed=ctx.seed)
+    converted = acm(model, config, train_data=ctx.train_set, device=ctx.device,
+                    progress=ctx.progress)
+    run = ctx.evaluate_run(converted, "acm", method="acm (per-token learners)")
+    write_extras(converted, run, ctx.test_set, device=ctx.device)
     try:
         demo_rankings(ctx, teacher, run)
     except UserError as exc:  # e.g. a run without per-example FLOPs: ACM itself still ran

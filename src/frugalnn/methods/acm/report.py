@@ -4,7 +4,10 @@
   the first test images, at a few budgets, so one can see where the model
   spends compute (ViT-like models with a square patch grid only);
 * ``acm_learners.md``: mean learners per token of each layer at each budget,
-  read back from the run's ``records.csv``.
+  read back from the run's ``records.csv``;
+* ``operating_point.json`` / ``acm_operating_point.md``: the cheapest ``q``
+  within the tolerance of the full budget's accuracy *on validation*, scored on
+  the test split (runs with validation records only).
 """
 
 from __future__ import annotations
@@ -86,12 +89,32 @@ def learners_table(run_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def point_text(point: dict[str, Any]) -> str:
+    """Markdown paragraph describing the operating point chosen on validation."""
+    val, test = point["validation"], point["test"]
+    ref = test.get("reference_flops")
+    share = f" ({100 * test['flops'] / ref:.1f} % of full budget)" if ref else ""
+    val_ref = val.get("reference_accuracy")
+    test_ref = test.get("reference_accuracy")
+    return (
+        "## Operating point (chosen on validation, scored on test)\n\n"
+        f"q = {point['label']}: the cheapest budget within {point['tolerance_points']:g} pt of "
+        f"the full budget on validation ({100 * val['accuracy']:.2f} %"
+        + (f" vs {100 * val_ref:.2f} %" if val_ref is not None else "") + "). Test: "
+        f"{100 * test['accuracy']:.2f} %"
+        + (f" vs {100 * test_ref:.2f} % at full budget" if test_ref is not None else "")
+        + f", {test['flops'] / 1e6:.3f} MFLOPs/example{share}.\n"
+    )
+
+
 def write_extras(
     model: ACMModel, run_dir: Path, dataset: Any, *, device: str | torch.device = "cpu",
-    images: int = 8,
+    images: int = 8, point: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """Compute maps and the learners table into ``run_dir/extras``; returns the files."""
+    """Compute maps, the learners table and (given ``point``) the operating point into
+    ``run_dir/extras``; returns the files."""
     from frugalnn.evaluation import atomic_writer
+    from frugalnn.utils.io import write_json_atomic
 
     out = Path(run_dir) / "extras"
     out.mkdir(parents=True, exist_ok=True)
@@ -101,4 +124,9 @@ def write_extras(
         with atomic_writer(out / "acm_learners.md") as fh:
             fh.write(table)
         files.append(out / "acm_learners.md")
+    if point is not None:
+        files.append(write_json_atomic(out / "operating_point.json", point))
+        with atomic_writer(out / "acm_operating_point.md") as fh:
+            fh.write(point_text(point))
+        files.append(out / "acm_operating_point.md")
     return files

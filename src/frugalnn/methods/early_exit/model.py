@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import _disable_current_modes
 
 from frugalnn.cost.count import count_flops, static_flops_excluding_dynamic
 from frugalnn.cost.ledger import DynamicModule, charge, record, subset
@@ -258,8 +259,13 @@ class EarlyExitModel(DynamicModule):
         """Per-row FLOPs of every stage for inputs shaped like ``x`` (cached per shape)."""
         key = _shape_key(x)
         if key not in self._costs:
-            # Measure outside any active ledger: an empty context has no ledger set.
-            self._costs[key] = contextvars.Context().run(self._measure_costs, _first_row(x))
+            # Measured outside any active ledger (an empty context has none) and outside
+            # any active dispatch mode: a FLOP counter around the first call
+            # (``frugalnn.measure``, ``frugalnn profile``) would otherwise also count this
+            # measurement's passes, and report about three times what a call costs.
+            with _disable_current_modes():
+                self._costs[key] = contextvars.Context().run(self._measure_costs,
+                                                             _first_row(x))
         return self._costs[key]
 
     @torch.no_grad()

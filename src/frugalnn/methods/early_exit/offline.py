@@ -266,6 +266,70 @@ def saving_within(
     return out
 
 
+#: Fractions of the backbone's FLOPs and accuracy drops (points) of the summary figures.
+FRACTIONS = (0.25, 0.5, 0.75)
+DROPS = (0.005, 0.01)
+
+
+def score(trace: ExitTrace, policy: str, threshold: float) -> dict[str, float]:
+    """Accuracy and mean cost (as a fraction of the backbone's) of one threshold on a trace.
+
+    A NaN threshold (no operating point was chosen) scores NaN.
+    """
+    if threshold != threshold:
+        return {"accuracy": float("nan"), "flops_ratio": float("nan")}
+    r = simulate(trace, policy, threshold)
+    return {"accuracy": float((r.pred == trace.labels).double().mean()),
+            "flops_ratio": float(r.flops.mean()) / float(trace.backbone_flops.mean())}
+
+
+def operating_points(
+    trace: ExitTrace,
+    policy: str,
+    *,
+    val_trace: ExitTrace | None = None,
+    fractions: Sequence[float] = FRACTIONS,
+    drops: Sequence[float] = DROPS,
+    budgets: Sequence[float] | None = None,
+    reference_accuracy: float | None = None,
+) -> dict[str, Any]:
+    """Thresholds chosen on ``val_trace`` and scored on ``trace`` (the test split).
+
+    For each fraction ``f``: the threshold with the best validation accuracy
+    whose validation cost is at most ``f`` of the backbone's; for each drop
+    ``d``: the cheapest threshold whose validation accuracy stays within ``d``
+    of the backbone's validation accuracy (or of ``reference_accuracy``). The
+    rows hold the test figures (``accuracy``, ``flops_ratio``,
+    ``flops_saving``) and the validation ones (``val_*``) that chose them.
+    Without ``val_trace`` the thresholds are chosen on ``trace`` itself and
+    ``chosen_on`` says ``"test (oracle)"``: an optimistic reading.
+    """
+    chooser = trace if val_trace is None else val_trace
+    grid = budgets or fine_grid(policy, trace.num_internal)
+    at = accuracy_at_flops(chooser, policy, fractions, grid)
+    sv = saving_within(chooser, policy, drops, grid, reference_accuracy=reference_accuracy)
+    out_at: dict[float, dict[str, float]] = {}
+    out_sv: dict[float, dict[str, float]] = {}
+    for f, row in at.items():
+        test = score(trace, policy, row["threshold"])
+        out_at[f] = {"threshold": row["threshold"], **test,
+                     "val_accuracy": row["accuracy"], "val_flops_ratio": row["flops_ratio"]}
+    for d, row in sv.items():
+        test = score(trace, policy, row["threshold"])
+        out_sv[d] = {"threshold": row["threshold"], "accuracy": test["accuracy"],
+                     "flops_saving": 1.0 - test["flops_ratio"],
+                     "val_accuracy": row["accuracy"], "val_flops_saving": row["flops_saving"]}
+    backbone = float((trace.plain_logits.argmax(1) == trace.labels).double().mean())
+    return {
+        "chosen_on": "validation" if val_trace is not None else "test (oracle)",
+        "examples": int(trace.labels.shape[0]),
+        "val_examples": int(val_trace.labels.shape[0]) if val_trace is not None else 0,
+        "backbone_accuracy": backbone,
+        "accuracy_at_flops": out_at,
+        "saving_within": out_sv,
+    }
+
+
 def fine_grid(policy: str, num_internal: int) -> list[float]:
     """A dense threshold grid for frontier searches (cheapest first)."""
     if policy == "patience":

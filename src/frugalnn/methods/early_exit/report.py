@@ -16,62 +16,83 @@ from pathlib import Path
 import torch
 
 from frugalnn.methods.early_exit.offline import (
+    DROPS,
+    FRACTIONS,
     ExitTrace,
-    accuracy_at_flops,
     fine_grid,
-    saving_within,
+    operating_points,
     simulate,
 )
+from frugalnn.utils.io import jsonable, write_json_atomic, write_text_atomic
 
-FRACTIONS = (0.25, 0.5, 0.75)
-DROPS = (0.005, 0.01)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+__all__ = ["DROPS", "FRACTIONS", "summary_numbers", "write_extras"]
 
 
-def summary_numbers(trace: ExitTrace, policy: str) -> dict:
-    """Accuracy at 25/50/75 % of the backbone's FLOPs and savings within 0.5/1 point."""
-    grid = fine_grid(policy, trace.num_internal)
+def summary_numbers(trace: ExitTrace, policy: str, val_trace: ExitTrace | None = None) -> dict:
+    """Accuracy at 25/50/75 % of the backbone's FLOPs and savings within 0.5/1 point.
+
+    The thresholds are chosen on ``val_trace`` (the validation split) and
+    scored on ``trace`` (the test split); without ``val_trace`` they are
+    chosen on ``trace`` itself (``chosen_on: "test (oracle)"``).
+    """
+    points = operating_points(trace, policy, val_trace=val_trace)
     return {
-        "accuracy_at_flops": accuracy_at_flops(trace, policy, FRACTIONS, grid),
-        "saving_within": saving_within(trace, policy, DROPS, grid),
+        **points,
         "head_accuracy": trace.head_accuracy(),
         "exit_flops": trace.exit_flops[:, 0].tolist(),
         "backbone_flops": float(trace.backbone_flops.mean()),
     }
 
 
+def _pct(value: float, digits: int = 2) -> str:
+    return "–" if value != value else f"{100 * value:.{digits}f} %"
+
+
 def write_extras(
-    trace: ExitTrace, policy: str, out_dir: str | os.PathLike, title: str = ""
+    trace: ExitTrace, policy: str, out_dir: str | os.PathLike, title: str = "",
+    val_trace: ExitTrace | None = None,
 ) -> dict:
-    """Write ``early_exit.md`` and ``exits.png`` into ``out_dir``; return the numbers."""
+    """Write ``early_exit.md``, ``early_exit.json`` and ``exits.png`` into ``out_dir``.
+
+    Returns the numbers (:func:`summary_numbers`).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    nums = summary_numbers(trace, policy)
+    nums = summary_numbers(trace, policy, val_trace)
     base = nums["backbone_flops"]
-    base_acc = nums["head_accuracy"][-1]
+    base_acc = nums["backbone_accuracy"]
+    if val_trace is not None:
+        chosen = (f"Thresholds chosen on the validation split ({nums['val_examples']} "
+                  f"examples) and scored on the test split ({nums['examples']} examples); "
+                  "the validation figures are in parentheses.")
+    else:
+        chosen = (f"No validation split: thresholds chosen on the test split itself "
+                  f"({nums['examples']} examples), an oracle (optimistic) reading.")
     lines = [f"## Early exits{': ' + title if title else ''}", "",
              f"Backbone: {100 * base_acc:.2f} % accuracy at {base / 1e6:.3f} MFLOPs/example. "
-             f"Policy `{policy}`, thresholds swept offline on the evaluation set.", "",
+             f"Policy `{policy}`. {chosen}", "",
              "| exit | FLOPs to reach (M) | share of backbone | accuracy alone |",
              "|---|---|---|---|"]
     for i, (f, a) in enumerate(zip(nums["exit_flops"], nums["head_accuracy"])):
         label = "final" if i == trace.num_internal else str(i)
         lines.append(f"| {label} | {f / 1e6:.3f} | {100 * f / base:.1f} % | {100 * a:.2f} % |")
-    lines += ["", "| FLOPs budget | best accuracy | threshold |", "|---|---|---|"]
+    val = val_trace is not None
+    lines += ["", "| FLOPs budget | accuracy | FLOPs used | threshold |", "|---|---|---|---|"]
     for frac, row in nums["accuracy_at_flops"].items():
-        lines.append(f"| {100 * frac:.0f} % | {100 * row['accuracy']:.2f} % | "
-                     f"{row['threshold']:.4g} |")
+        acc, used = _pct(row["accuracy"]), _pct(row["flops_ratio"], 1)
+        if val:
+            acc += f" ({_pct(row['val_accuracy'])})"
+            used += f" ({_pct(row['val_flops_ratio'], 1)})"
+        lines.append(f"| {100 * frac:.0f} % | {acc} | {used} | {row['threshold']:.4g} |")
     lines += ["", "| accuracy within | FLOPs saved | accuracy | threshold |", "|---|---|---|---|"]
     for drop, row in nums["saving_within"].items():
-        lines.append(f"| {100 * drop:.1f} pt | {100 * row['flops_saving']:.1f} % | "
-                     f"{100 * row['accuracy']:.2f} % | {row['threshold']:.4g} |")
-    _atomic_write(out / "early_exit.md", "\n".join(lines) + "\n")
+        saved, acc = _pct(row["flops_saving"], 1), _pct(row["accuracy"])
+        if val:
+            saved += f" ({_pct(row['val_flops_saving'], 1)})"
+            acc += f" ({_pct(row['val_accuracy'])})"
+        lines.append(f"| {100 * drop:.1f} pt | {saved} | {acc} | {row['threshold']:.4g} |")
+    write_text_atomic(out / "early_exit.md", "\n".join(lines) + "\n")
+    write_json_atomic(out / "early_exit.json", jsonable(nums))
     _plot(trace, policy, out / "exits.png", nums)
     return nums
 

@@ -1,35 +1,28 @@
 """Low-rank compression (SVD, CP, Tucker-2, tensor-train) and NMF token mixing.
 
-Importing the package registers the ``lowrank`` and ``nmf_mixing``
+The submodules named in ``frugalnn.plugins`` register the ``lowrank`` and ``nmf_mixing``
 transformations, so checkpoints of compressed models load by name.
 """
 
-from frugalnn.methods.lowrank.compress import compress_model, find_layers, rebuild_lowrank
-from frugalnn.methods.lowrank.layers import (
-    CPConv2d,
-    SVDConv1x1,
-    SVDLinear,
-    TTConv2d,
-    TuckerConv2d,
-    from_conv,
-)
-from frugalnn.methods.lowrank.nmf import NMFMixer, replace_attention
-from frugalnn.methods.lowrank.rank import Criterion, select_ranks
-from frugalnn.methods.lowrank.vbmf import evbmf
+from frugalnn.utils.lazy import lazy_attributes
 
-__all__ = [
-    "CPConv2d",
-    "Criterion",
-    "NMFMixer",
-    "SVDConv1x1",
-    "SVDLinear",
-    "TTConv2d",
-    "TuckerConv2d",
-    "compress_model",
-    "evbmf",
-    "find_layers",
-    "from_conv",
-    "rebuild_lowrank",
-    "replace_attention",
-    "select_ranks",
-]
+#: Public name -> submodule that defines it (imported on first use: no torch at import).
+_EXPORTS = {
+    "CPConv2d": ".layers",
+    "Criterion": ".rank",
+    "NMFMixer": ".nmf",
+    "SVDConv1x1": ".layers",
+    "SVDLinear": ".layers",
+    "TTConv2d": ".layers",
+    "TuckerConv2d": ".layers",
+    "compress_model": ".compress",
+    "evbmf": ".vbmf",
+    "find_layers": ".compress",
+    "from_conv": ".layers",
+    "rebuild_lowrank": ".compress",
+    "replace_attention": ".nmf",
+    "select_ranks": ".rank",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)

@@ -1,17 +1,19 @@
 """CLI: ``frugalnn lowrank plan|compress|nmf``.
 
 ``plan`` prints the ranks and costs a target would give (no data, no
-training). ``compress`` factorises a trained model, fine-tunes it with
+training). ``compress`` factorises a trained model (``--checkpoint``; random
+weights only with an explicit ``--random-init``), fine-tunes it with
 distillation from the original and writes one run directory::
 
-    RUN_DIR/config.json       the command's arguments
+    RUN_DIR/config.json       the command's arguments and the recipe config
     RUN_DIR/checkpoint/       the compressed model (load_model rebuilds it)
     RUN_DIR/records.csv ...   evaluation over the rank_fraction knob
     RUN_DIR/report/           the run's cost-accuracy report
     RUN_DIR/extras/           per-layer and whole-model tables (latency, memory)
 
 ``nmf`` swaps a ViT's attention for NMF token mixing, trains it and
-evaluates it the same way.
+evaluates it the same way. Both are thin: flags -> config -> splits ->
+:mod:`frugalnn.methods.lowrank.recipe`.
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from frugalnn.cli.common import (
+    add_data_flags,
     add_run_flags,
     args_config,
     check_positive,
     load_base_model,
     load_model_for_data,
-    load_subsets,
+    load_splits_from_args,
     parse_model_args,
-    shuffled_loader,
     start_run,
 )
 from frugalnn.errors import UserError
@@ -37,13 +39,7 @@ from frugalnn.errors import UserError
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                    help="extra model argument (JSON value), repeatable")
-    p.add_argument("--checkpoint", help="trained model: a frugalnn checkpoint / run dir, or a "
-                   "resnet*.th file for resnet models")
-    p.add_argument("--data", default="digits", help="dataset (digits, mnist, cifar10, ...)")
-    p.add_argument("--data-dir", help="data directory (default: $FRUGALNN_DATA)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--train-limit", type=int, help="random subset of the train split")
-    p.add_argument("--eval-limit", type=int, help="random subset of the test split")
+    add_data_flags(p)
     p.add_argument("--latency-batch-sizes", default="1,64")
     p.add_argument("--latency-repeats", type=int, default=20)
     add_run_flags(p)
@@ -87,6 +83,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     c = sub.add_parser("compress", help="factorise, fine-tune with distillation, evaluate")
     _targeting(c)
+    c.add_argument("--checkpoint", help="the trained model: a frugalnn checkpoint / run dir, "
+                   "or a resnet*.th file for resnet models (required unless --random-init)")
+    c.add_argument("--random-init", action="store_true",
+                   help="compress a randomly initialised MODEL (no --checkpoint): for timing "
+                        "and cost studies only; the run says so in its config and report")
     _common(c)
     c.add_argument("--finetune-epochs", type=int, default=1)
     c.add_argument("--lr", type=float, help="fine-tuning learning rate (default 0.01; 0.001 "
@@ -102,6 +103,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     n = sub.add_parser("nmf", help="ViT with NMF token mixing instead of attention")
     n.add_argument("--model", default="vit_tiny")
+    n.add_argument("--checkpoint", help="start from this trained ViT (default: a fresh one, "
+                   "trained here for --epochs)")
     _common(n)
     n.add_argument("--rank", type=int, default=8)
     n.add_argument("--steps", type=int, default=6, help="no-grad updates in training")
@@ -113,16 +116,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.set_defaults(func=_nmf)
 
 
-def _prepare(args: argparse.Namespace, model_name: str):
-    """Validate, seed, load data and the model; return (model, train_ds, eval_ds, out)."""
+def _prepare(args: argparse.Namespace, model_name: str) -> tuple[Any, Any, Path]:
+    """Validate, seed, load the splits and the model; return (model, splits, out)."""
     check_positive((getattr(args, flag, None), f"--{flag.replace('_', '-')}")
-                   for flag in ("batch_size", "train_limit", "eval_limit", "threads",
-                                "latency_repeats"))
+                   for flag in ("batch_size", "train_limit", "val_limit", "eval_limit",
+                                "threads", "latency_repeats"))
     out = start_run(args)
-    train_ds, eval_ds, info = load_subsets(args)
-    model = load_model_for_data(model_name, args.checkpoint, info, args.model_arg, args.device,
-                                check_name=False)
-    return model, train_ds, eval_ds, out
+    splits = load_splits_from_args(args)
+    model = load_model_for_data(model_name, args.checkpoint, splits.info, args.model_arg,
+                                args.device, check_name=False)
+    return model, splits, out
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -134,8 +137,8 @@ def _plan(args: argparse.Namespace) -> int:
     shape = model_info(args.model).input_shape
     kwargs = parse_model_args(args.model_arg)
     if args.data:
-        from frugalnn.cli.train import model_kwargs_for
         from frugalnn.data import dataset_info
+        from frugalnn.models.registry import model_kwargs_for
 
         info = dataset_info(args.data)
         shape = tuple(info.input_shape)
@@ -154,105 +157,72 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finish(args: argparse.Namespace, original, model, plan, eval_ds, out: Path, method: str,
-            config: dict[str, Any], history: dict[str, Any]) -> None:
-    """Save, evaluate over the knob, compare with the original, write extras."""
-    import torch
-    from torch.utils.data import DataLoader
-
+def _sizes(args: argparse.Namespace) -> tuple[int, ...]:
     from frugalnn.cli.evaluate import parse_ints
-    from frugalnn.evaluation import evaluate_into
-    from frugalnn.methods.lowrank.pipeline import accuracy, compare, write_extras
-    from frugalnn.report import write_run_report
-    from frugalnn.train.checkpoint import save_checkpoint
 
-    sizes = parse_ints(args.latency_batch_sizes, "--latency-batch-sizes")
-    loader = DataLoader(eval_ds, batch_size=256)
-    x = torch.stack([eval_ds[0][0]]).to(args.device)
-    base_acc = base_flops = None
-    if plan is not None:  # compared with the dense original it was made from
-        from frugalnn.cost.count import flops_per_example
+    return tuple(parse_ints(args.latency_batch_sizes, "--latency-batch-sizes"))
 
-        base_acc = accuracy(original, loader, args.device)
-        base_flops = flops_per_example(original.eval(), x)
-    save_checkpoint(out / "checkpoint", model, {"method": method, "history": history,
-                                                "config": config})
-    evaluate_into(model, eval_ds, out, method=method, batch_size=args.batch_size,
-                  threads=args.threads, device=args.device, latency_batch_sizes=sizes,
-                  latency_repeats=args.latency_repeats, baseline_flops=base_flops,
-                  baseline_accuracy=base_acc, config=config, force=args.force,
-                  progress=not args.no_progress)
-    if plan is not None:
-        result = compare(original, model, plan, x, batch_sizes=sizes or (1,), device=args.device,
-                         repeats=args.latency_repeats, threads=args.threads, eval_loader=loader,
-                         layer_batch=(sizes or [1])[-1])
-        write_extras(out, plan, result, method, sizes or (1,))
-        print((out / "extras" / "lowrank_model.md").read_text())
-    write_run_report(out)
-    print(f"checkpoint: {out / 'checkpoint'}")
-    print(f"records:    {out / 'records.csv'}")
+
+def compress_config(args: argparse.Namespace) -> Any:
+    """The :class:`~frugalnn.methods.lowrank.recipe.LowRankConfig` of ``lowrank compress``."""
+    from frugalnn.methods.lowrank.recipe import LowRankConfig
+
+    config = LowRankConfig(
+        method=args.method, target=args.target, depthwise=args.depthwise,
+        include=args.include, exclude=args.exclude, layer_targets=args.layer_target,
+        rank_multiple=args.rank_multiple, finetune_epochs=args.finetune_epochs, lr=args.lr,
+        optimizer=args.optimizer, alpha=args.alpha, batch_size=args.batch_size,
+        latency_batch=args.latency_batch, latency_batch_sizes=_sizes(args),
+        latency_repeats=args.latency_repeats, seed=args.seed)
+    config.validate()
+    return config
 
 
 def _compress(args: argparse.Namespace) -> int:
+    from frugalnn.methods.lowrank.recipe import run_lowrank
 
-    from frugalnn.methods.lowrank.pipeline import compress_and_finetune
-    from frugalnn.train.checkpoint import write_json_atomic
-
-    if args.finetune_epochs < 0:
-        raise UserError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    if args.checkpoint is None and not args.random_init:
+        raise UserError("lowrank compress needs the trained model: pass --checkpoint (or "
+                        "--random-init to compress random weights, for cost studies only)")
+    if args.checkpoint is not None and args.random_init:
+        raise UserError("--random-init and --checkpoint exclude each other; pass one")
+    config = compress_config(args)
     if args.retain_freed_memory:
         from frugalnn.cost.allocator import retain_freed_memory
 
         if not retain_freed_memory():
             print("note: --retain-freed-memory needs glibc; timing with this platform's allocator")
-    original, train_ds, eval_ds, out = _prepare(args, args.model)
-    original.eval()
-    import torch
+    model, splits, out = _prepare(args, args.model)
+    run = run_lowrank(model, config, splits, out, device=args.device, threads=args.threads,
+                      progress=not args.no_progress, force=args.force,
+                      random_init=args.random_init,
+                      run_config=args_config(args, "lowrank compress"))
+    if args.random_init:
+        from frugalnn.methods.lowrank.recipe import RANDOM_WEIGHTS_WARNING
 
-    example = torch.stack([eval_ds[i][0] for i in range(min(2, len(eval_ds)))])
-    out.mkdir(parents=True, exist_ok=True)
-    config = args_config(args, "lowrank compress")
-    write_json_atomic(out / "config.json", config)
-    loader = shuffled_loader(train_ds, args.batch_size, args.seed)
-    model, plan, history = compress_and_finetune(
-        original, args.method, args.target, example, loader,
-        finetune_epochs=args.finetune_epochs,
-        lr=args.lr if args.lr is not None else (1e-3 if args.method == "cp" else 1e-2),
-        optimizer=args.optimizer,
-        alpha=args.alpha, depthwise=args.depthwise, include=args.include, exclude=args.exclude,
-        latency={"batch_size": args.latency_batch, "device": args.device,
-                 "threads": args.threads},
-        layer_targets=args.layer_target, rank_multiple=args.rank_multiple,
-        device=args.device, seed=args.seed, progress=not args.no_progress,
-    )
-    method = f"lowrank {args.method} {args.target}"
-    _finish(args, original, model, plan, eval_ds, out, method, config, history)
+        print(RANDOM_WEIGHTS_WARNING)
+    print((out / "extras" / "lowrank_model.md").read_text())
+    _print_paths(run.out)
     return 0
 
 
+def _print_paths(out: Path) -> None:
+    print(f"checkpoint: {out / 'checkpoint'}")
+    print(f"records:    {out / 'records.csv'}")
+    print(f"report:     {out / 'report'}")
+
+
 def _nmf(args: argparse.Namespace) -> int:
+    from frugalnn.methods.lowrank.recipe import NMFConfig, run_nmf
 
-    from frugalnn.methods.lowrank.nmf import replace_attention
-    from frugalnn.train import fit
-    from frugalnn.train.checkpoint import write_json_atomic
-
-    if args.epochs < 0:
-        raise UserError(f"--epochs must be >= 0, got {args.epochs}")
-    model, train_ds, eval_ds, out = _prepare(args, args.model)
-    model = replace_attention(model, rank=args.rank, steps=args.steps,
-                              eval_steps=args.eval_steps, heads=args.heads,
-                              variant=args.variant, seed=args.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    config = args_config(args, "lowrank nmf")
-    write_json_atomic(out / "config.json", config)
-    history: dict[str, Any] = {}
-    if args.epochs:
-        loader = shuffled_loader(train_ds, args.batch_size, args.seed)
-        res = fit(model, loader, epochs=args.epochs, optimizer="adamw", lr=args.lr,
-                  weight_decay=0.05, schedule="cosine", seed=args.seed,
-                  progress=not args.no_progress, device=args.device)
-        history = {"train": res.history}
-    model.eval()
-    _finish(args, None, model, None, eval_ds, out, f"NMF mixing ({args.variant})", config,
-            history)
+    config = NMFConfig(rank=args.rank, steps=args.steps, eval_steps=args.eval_steps,
+                       heads=args.heads, variant=args.variant, epochs=args.epochs, lr=args.lr,
+                       batch_size=args.batch_size, latency_batch_sizes=_sizes(args),
+                       latency_repeats=args.latency_repeats, seed=args.seed)
+    config.validate()
+    model, splits, out = _prepare(args, args.model)
+    run_nmf(model, config, splits, out, device=args.device, threads=args.threads,
+            progress=not args.no_progress, force=args.force,
+            run_config=args_config(args, "lowrank nmf"))
+    _print_paths(out)
     return 0

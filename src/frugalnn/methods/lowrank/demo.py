@@ -5,7 +5,8 @@ Tucker-2 and CP to half its FLOPs, fine-tuned briefly with distillation, each
 evaluated over its ``rank_fraction`` knob with per-layer and whole-model
 tables in ``extras/``; (2) the demo ViT trained with NMF token mixing in place
 of attention, next to the same ViT with softmax attention (the baseline the
-other transformer hooks share).
+other transformer hooks share). Both go through
+:mod:`frugalnn.methods.lowrank.recipe`, as the CLI does.
 """
 
 from __future__ import annotations
@@ -21,28 +22,27 @@ VIT = {"patch_size": 2, "dim": 64, "depth": 2, "heads": 2, "activation": "relu"}
 
 def run_demo(ctx: Any) -> list[Path]:
     from frugalnn.methods.lowrank.nmf import replace_attention
-    from frugalnn.methods.lowrank.pipeline import compare, compress_and_finetune, write_extras
+    from frugalnn.methods.lowrank.recipe import LowRankConfig, compare_into, compress
     from frugalnn.models import create_model
 
     runs: list[Path] = []
+    val = getattr(ctx, "val_set", None)
     backbone, _ = ctx.train_baseline()
     backbone.eval()
-    example = torch.stack([ctx.test_set[i][0] for i in range(2)]).to(ctx.device)
-    epochs = 1 if ctx.quick else 3
+    example = torch.stack([ctx.train_set[i][0] for i in range(2)]).to(ctx.device)
     for method in ("tucker", "cp"):
-        torch.manual_seed(ctx.seed)
-        model, plan, _ = compress_and_finetune(
-            backbone, method, "flops=2", example, ctx.train_loader(), finetune_epochs=epochs,
-            lr=3e-3, optimizer="adamw", weight_decay=1e-4, device=ctx.device, seed=ctx.seed,
-            progress=ctx.progress,
-        )
-        name = f"{method} (flops/2)"
-        run = ctx.evaluate_run(model, f"lowrank-{method}", method=f"lowrank {name}")
-        result = compare(backbone, model, plan, example, batch_sizes=(1, ctx.batch_size),
-                         device=ctx.device, repeats=5 if ctx.quick else 20,
-                         threads=ctx.threads, eval_loader=ctx.test_loader(),
-                         layer_batch=ctx.batch_size)
-        write_extras(run, plan, result, f"lowrank {name}", (1, ctx.batch_size))
+        config = LowRankConfig(method=method, target="flops=2",
+                               finetune_epochs=1 if ctx.quick else 3, lr=3e-3,
+                               optimizer="adamw", weight_decay=1e-4, batch_size=ctx.batch_size,
+                               latency_batch_sizes=(1, ctx.batch_size), seed=ctx.seed)
+        model, plan, _ = compress(backbone, config, train_data=ctx.train_set, val_data=val,
+                                  example=example, device=ctx.device, threads=ctx.threads,
+                                  progress=ctx.progress)
+        label = f"lowrank {method} (flops/2)"
+        run = ctx.evaluate_run(model, f"lowrank-{method}", method=label)
+        compare_into(run, backbone, model, plan, example, config, test_data=ctx.test_set,
+                     label=label, device=ctx.device, threads=ctx.threads,
+                     repeats=5 if ctx.quick else 20)
         runs.append(run)
 
     vit_epochs = 10 if ctx.quick else 30

@@ -1,7 +1,8 @@
-"""Compress, fine-tune with distillation, and compare against the original.
+"""The steps of the low-rank recipe: compress, fine-tune, compare, write extras.
 
-One function per step so that the CLI, the demo hook and the benchmark
-scripts share them:
+:mod:`frugalnn.methods.lowrank.recipe` composes them into the one pipeline
+that the CLI, the demo hook and the benchmark scripts run; benchmarks that
+measure one step alone call the step:
 
 * :func:`compress_and_finetune` copies the trained model, factorises the copy
   (:func:`frugalnn.methods.lowrank.compress.compress_model`) and fine-tunes it with
@@ -52,8 +53,13 @@ def compress_and_finetune(
     exclude: list[str] | None = None, latency: dict[str, Any] | None = None,
     layer_targets: list[str] | None = None, rank_multiple: int = 1,
     device: str | torch.device = "cpu", seed: int = 0, progress: bool = True,
+    eval_loader: Iterable[Any] | None = None,
 ) -> tuple[nn.Module, list[LayerPlan], dict[str, Any]]:
-    """A factorised, fine-tuned copy of ``teacher`` with its plan and training history."""
+    """A factorised, fine-tuned copy of ``teacher`` with its plan and training history.
+
+    ``teacher`` itself is left as it was; ``eval_loader`` (a validation split)
+    is scored after every fine-tuning epoch into the history.
+    """
     from frugalnn.train import fit
     from frugalnn.train.distill import DistillConfig
 
@@ -65,12 +71,17 @@ def compress_and_finetune(
                                    rank_multiple=rank_multiple)
     history: dict[str, Any] = {}
     if finetune_epochs > 0 and train_loader is not None:
-        for p in teacher.parameters():
+        frozen = [p for p in teacher.parameters() if p.requires_grad]
+        for p in frozen:
             p.requires_grad_(False)
-        result = fit(student, train_loader, epochs=finetune_epochs, optimizer=optimizer, lr=lr,
-                     weight_decay=weight_decay, schedule="cosine", teacher=teacher,
-                     distill=DistillConfig(alpha=alpha, temperature=temperature), seed=seed,
-                     progress=progress, device=device)
+        try:
+            result = fit(student, train_loader, epochs=finetune_epochs, optimizer=optimizer,
+                         lr=lr, weight_decay=weight_decay, schedule="cosine", teacher=teacher,
+                         distill=DistillConfig(alpha=alpha, temperature=temperature),
+                         seed=seed, progress=progress, device=device, eval_loader=eval_loader)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
         history = {"finetune": result.history}
     return student.eval(), plan, history
 

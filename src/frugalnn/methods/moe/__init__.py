@@ -4,40 +4,39 @@ Steps: optional sparsity enforcement (:mod:`.sparsify`), expert split
 (:mod:`.split`), routers (:mod:`.router`), the MoE layer with grouped
 execution (:mod:`.layer`), the conversion with its budget knob
 (:mod:`.convert`), and routed fine-tuning below full budget
-(:mod:`.finetune`). Importing this package registers the ``moe`` and
-``ffn_relu`` transformations used when checkpoints are loaded.
+(:mod:`.finetune`); :mod:`.recipe` puts them together (``MoEConfig``,
+``moe``, ``run_moe``), for the CLI, the demo and the benchmarks. Importing
+this package registers the ``moe`` and ``ffn_relu`` transformations used when
+checkpoints are loaded.
 """
 
-from frugalnn.methods.moe.convert import (
-    DEFAULT_TAUS,
-    MoEModel,
-    convert_to_moe,
-    rebuild_moe,
-    train_routers,
-)
-from frugalnn.methods.moe.finetune import RoutedLoss, finetune_routed
-from frugalnn.methods.moe.layer import MoEFFN
-from frugalnn.methods.moe.router import Router, select_dynamic_k, select_top_k
-from frugalnn.methods.moe.sparsify import SparsityLoss, enforce_sparsity, hoyer_squared, relu_ffn
-from frugalnn.methods.moe.split import balanced_kmeans, expert_layout, split_neurons
+from frugalnn.utils.lazy import lazy_attributes
 
-__all__ = [
-    "DEFAULT_TAUS",
-    "MoEFFN",
-    "MoEModel",
-    "Router",
-    "RoutedLoss",
-    "SparsityLoss",
-    "balanced_kmeans",
-    "convert_to_moe",
-    "enforce_sparsity",
-    "expert_layout",
-    "finetune_routed",
-    "hoyer_squared",
-    "rebuild_moe",
-    "relu_ffn",
-    "select_dynamic_k",
-    "select_top_k",
-    "split_neurons",
-    "train_routers",
-]
+#: Public name -> submodule that defines it (imported on first use: no torch at import).
+_EXPORTS = {
+    "DEFAULT_TAUS": ".convert",
+    "MoEConfig": ".recipe",
+    "MoEFFN": ".layer",
+    "MoEModel": ".convert",
+    "MoERun": ".recipe",
+    "RoutedLoss": ".finetune",
+    "Router": ".router",
+    "SparsityLoss": ".sparsify",
+    "balanced_kmeans": ".split",
+    "convert_to_moe": ".convert",
+    "enforce_sparsity": ".sparsify",
+    "expert_layout": ".split",
+    "finetune_routed": ".finetune",
+    "hoyer_squared": ".sparsify",
+    "moe": ".recipe",
+    "rebuild_moe": ".convert",
+    "relu_ffn": ".sparsify",
+    "run_moe": ".recipe",
+    "select_dynamic_k": ".router",
+    "select_top_k": ".router",
+    "split_neurons": ".split",
+    "train_routers": ".convert",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)

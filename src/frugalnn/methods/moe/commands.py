@@ -1,17 +1,19 @@
 """CLI: ``frugalnn moe convert ...`` and ``frugalnn sparsity ...``.
 
-``moe convert`` turns a trained transformer into a mixture-of-experts model
-(optionally enforcing activation sparsity first), trains its routers, writes
-the checkpoint (loadable by ``frugalnn evaluate``), sweeps the knob on the
-evaluation split and writes records, summary and report into one run
-directory. ``sparsity`` writes the activation-sparsity table and plots of any
-model.
+``moe convert`` reads its flags into a :class:`~frugalnn.methods.moe.recipe.MoEConfig`,
+loads the splits (validation carved from train) and calls
+:func:`~frugalnn.methods.moe.recipe.run_moe`, which writes the checkpoint
+(loadable by ``frugalnn evaluate``), the records of the knob sweep on the test
+and validation splits, the extras (operating point chosen on validation) and
+the report into one run directory. ``sparsity`` writes the activation-sparsity
+table and plots of any model.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from frugalnn.cli.common import (
     add_data_flags,
@@ -21,15 +23,16 @@ from frugalnn.cli.common import (
     check_out,
     check_positive,
     load_base_model,
+    load_splits_from_args,
     parse_model_args,
     positive,
     print_budget_summary,
-    random_subset,
-    shuffled_loader,
     start_run,
 )
 from frugalnn.errors import UserError
 
+if TYPE_CHECKING:
+    from frugalnn.methods.moe.recipe import MoEConfig
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     moe = subparsers.add_parser("moe", help="dense-to-mixture-of-experts conversion")
@@ -42,8 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     size = c.add_mutually_exclusive_group(required=True)
     size.add_argument("--experts", type=int, help="experts per FFN")
     size.add_argument("--expert-size", type=int, help="neurons per expert")
-    c.add_argument("--split", default="kmeans", choices=("kmeans", "coactivation", "sequential"),
-                   help="how neurons are grouped into experts (default kmeans)")
+    c.add_argument("--expert-split", default="kmeans",
+                   choices=("kmeans", "coactivation", "sequential"),
+                   help="how the neurons of each FFN are grouped into experts (default kmeans)")
     c.add_argument("--router-epochs", type=int, default=2, help="router training epochs (2)")
     c.add_argument("--router-lr", type=float, default=1e-3, help="router learning rate")
     c.add_argument("--router-hidden", type=int, default=128, help="router hidden width (128)")
@@ -67,6 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--budgets", nargs="+", help="tau values to sweep (default 0,0.25,...,1)")
     c.add_argument("--compare-topk", action="store_true",
                    help="also evaluate top-k routing into RUN_DIR/topk")
+    c.add_argument("--tolerance", type=float, default=1.0,
+                   help="operating point: the cheapest budget within this many accuracy points "
+                        "of the full budget, chosen on the validation split (1)")
     c.add_argument("--latency-repeats", type=int, default=10, help="timed calls per budget")
     add_run_flags(c)
     c.set_defaults(func=_convert)
@@ -76,9 +83,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_flags(s, model_help="registry name")
     s.add_argument("--data", required=True, help="dataset name")
     s.add_argument("--data-dir", help="data directory (default: $FRUGALNN_DATA)")
-    s.add_argument("--split", default="test", help="split (default test)")
-    s.add_argument("--limit", type=int, default=1024,
-                   help="random examples analysed (default 1024)")
+    s.add_argument("--eval-split", default="test", help="dataset split analysed (test)")
+    s.add_argument("--eval-limit", type=int, default=1024,
+                   help="analyse N random examples of the split, drawn with --seed (1024)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random examples (0)")
     s.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     s.add_argument("--eps", type=float, default=1e-3, help="near-zero threshold (1e-3)")
     s.add_argument("--all-activations", action="store_true",
@@ -93,22 +101,24 @@ def _sparsity(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from frugalnn.analysis.sparsity import activation_sparsity
-    from frugalnn.data import get_dataset
+    from frugalnn.data.splits import load_splits
     from frugalnn.utils.io import write_json_atomic
 
-    positive(args.limit, "--limit")
+    positive(args.eval_limit, "--eval-limit")
     positive(args.batch_size, "--batch-size")
     out = Path(args.out)
     check_out(out, args.force)
     model = load_base_model(args.model, args.checkpoint, parse_model_args(args.model_arg),
                             args.device).eval()
-    data = random_subset(get_dataset(args.data, args.split, args.data_dir), args.limit, 0)
+    # The same random examples as the test split of every other command with this seed.
+    data = load_splits(args.data, args.data_dir, val_fraction=0.0, test_limit=args.eval_limit,
+                       test_split=args.eval_split, seed=args.seed).test
     loader = DataLoader(data, batch_size=args.batch_size, shuffle=False)
     report = activation_sparsity(
         model, loader, eps=args.eps, device=args.device,
         only_ffn=False if args.all_activations else None,
         meta={"model": args.model, "checkpoint": args.checkpoint, "data": args.data,
-              "split": args.split},
+              "split": args.eval_split, "seed": args.seed},
     )
     report.save(out)
     write_json_atomic(out / "config.json", args_config(args))
@@ -117,88 +127,49 @@ def _sparsity(args: argparse.Namespace) -> int:
     return 0
 
 
+def config_from_args(args: argparse.Namespace) -> MoEConfig:
+    """The :class:`MoEConfig` of the ``moe convert`` flags (checked)."""
+    from frugalnn.methods.moe.convert import DEFAULT_TAUS
+    from frugalnn.methods.moe.recipe import MoEConfig
+
+    try:
+        taus = [float(v) for item in (args.budgets or []) for v in item.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--budgets must be numbers, got {args.budgets}") from None
+    return MoEConfig(
+        experts=args.experts, expert_size=args.expert_size, expert_split=args.expert_split,
+        router_epochs=args.router_epochs, router_lr=args.router_lr,
+        router_hidden=args.router_hidden, sparsify=args.sparsify,
+        sparsify_epochs=args.sparsify_epochs, sparsity_weight=args.sparsity_weight,
+        sparsify_lr=args.sparsify_lr, finetune_epochs=args.finetune_epochs,
+        finetune_taus=_parse_taus(args.finetune_taus), finetune_lr=args.finetune_lr,
+        finetune_kd_weight=args.finetune_kd_weight, mode=args.mode,
+        taus=taus or list(DEFAULT_TAUS), compare_topk=args.compare_topk,
+        batch_size=args.batch_size, latency_repeats=args.latency_repeats,
+        tolerance_points=args.tolerance, seed=args.seed,
+    ).validate()
+
+
 def _convert(args: argparse.Namespace) -> int:
-    from frugalnn.data import get_dataset
-    from frugalnn.evaluation import evaluate_into
-    from frugalnn.methods.moe.convert import DEFAULT_TAUS, convert_to_moe
-    from frugalnn.methods.moe.report import write_extras
-    from frugalnn.methods.moe.sparsify import enforce_sparsity
-    from frugalnn.models.base import require_ffn_sites
-    from frugalnn.report import write_run_report
-    from frugalnn.train.checkpoint import save_checkpoint
+    from frugalnn.methods.moe.recipe import run_moe
 
-    check_positive(((args.train_limit, "--train-limit"), (args.eval_limit, "--eval-limit"),
-                    (args.batch_size, "--batch-size"), (args.threads, "--threads"),
-                    (args.latency_repeats, "--latency-repeats")))
-    if args.router_epochs < 0 or args.sparsify_epochs < 0 or args.finetune_epochs < 0:
-        raise UserError("--router-epochs, --sparsify-epochs and --finetune-epochs must be >= 0")
-    taus = [float(v) for item in (args.budgets or []) for v in item.split(",") if v.strip()]
-    taus = taus or list(DEFAULT_TAUS)
-    ft_taus = _parse_taus(args.finetune_taus)
-    if not 0.0 <= args.finetune_kd_weight <= 1.0:
-        raise UserError(f"--finetune-kd-weight must lie in [0, 1], got {args.finetune_kd_weight}")
-    if args.finetune_epochs and args.router_epochs == 0:
-        raise UserError("--finetune-epochs needs trained routers; set --router-epochs >= 1")
+    check_positive(((args.train_limit, "--train-limit"), (args.val_limit, "--val-limit"),
+                    (args.eval_limit, "--eval-limit"), (args.threads, "--threads")))
+    config = config_from_args(args)
     out = start_run(args)
-
     model = load_base_model(args.model, args.checkpoint, parse_model_args(args.model_arg),
                             args.device).eval()
-    train = random_subset(
-        get_dataset(args.data, args.train_split, args.data_dir), args.train_limit, args.seed
-    )
-    test = random_subset(
-        get_dataset(args.data, args.eval_split, args.data_dir), args.eval_limit, args.seed
-    )
-    train_loader = shuffled_loader(train, args.batch_size, args.seed)
-    progress = not args.no_progress
-    out.mkdir(parents=True, exist_ok=True)
-    # A model without FFNs fails here, before any sparsity fine-tuning.
-    require_ffn_sites(model, "MoE conversion")
-    if args.sparsify:
-        print("enforcing activation sparsity (GELU -> ReLU, Hoyer penalty, distillation)")
-        enforce_sparsity(
-            model, train_loader, epochs=args.sparsify_epochs, lam=args.sparsity_weight,
-            lr=args.sparsify_lr, device=args.device, seed=args.seed, progress=progress,
-        )
-    print("splitting FFNs into experts and training routers")
-    moe = convert_to_moe(
-        model, num_experts=args.experts, expert_size=args.expert_size, split=args.split,
-        loader=train_loader, router_epochs=args.router_epochs, router_lr=args.router_lr,
-        router_hidden=args.router_hidden, mode=args.mode, taus=taus, seed=args.seed,
-        device=args.device, progress=progress,
-    )
-    if args.finetune_epochs:
-        from frugalnn.methods.moe.finetune import finetune_routed
-
-        print(f"routed fine-tuning at tau in {ft_taus}, then re-fitting the routers")
-        finetune_routed(
-            moe, train_loader, taus=ft_taus, epochs=args.finetune_epochs, lr=args.finetune_lr,
-            kd_weight=args.finetune_kd_weight, router_epochs=args.router_epochs,
-            router_lr=args.router_lr, device=args.device, seed=args.seed, progress=progress,
-        )
-    config = args_config(args, "moe convert")
-    save_checkpoint(out / "checkpoint", moe, {"config": config})
-    records = evaluate_into(
-        moe, test, out, method=f"moe-{args.mode}", batch_size=args.batch_size,
-        threads=args.threads, device=args.device, latency_batch_sizes=(1, args.batch_size),
-        latency_repeats=args.latency_repeats, config=config, force=args.force,
-        progress=progress,
-    )
-    runs = [out]
-    if args.compare_topk and args.mode == "dynamic":
-        moe.set_mode("topk")
-        evaluate_into(
-            moe, test, out / "topk", method="moe-topk", batch_size=args.batch_size,
-            threads=args.threads, device=args.device, latency_batch_sizes=(1, args.batch_size),
-            latency_repeats=args.latency_repeats, config={**config, "mode": "topk"},
-            force=args.force, progress=progress,
-        )
-        moe.set_mode(args.mode)
-        runs.append(out / "topk")
-    write_extras(moe, runs, out / "extras")
-    for run in runs:
-        write_run_report(run)
-    print_budget_summary(records, moe.budget_name, width=6)
+    splits = load_splits_from_args(args)
+    print(f"converting to experts ({config.expert_split} split) and training routers"
+          + (", after sparsity enforcement" if config.sparsify else ""))
+    run = run_moe(model, config, splits, out, device=args.device, threads=args.threads,
+                  progress=not args.no_progress, force=args.force,
+                  run_config=args_config(args, "moe convert"))
+    print_budget_summary(run.records, run.model.budget_name, width=6)
+    point = run.points.get(str(out))
+    if point:
+        print(f"operating point (chosen on validation): {run.model.budget_name} "
+              f"{point['label']}, test accuracy {100 * point['test']['accuracy']:.2f} %")
     print(f"checkpoint: {out / 'checkpoint'}  (frugalnn evaluate {out} --data {args.data} ...)")
     print(f"report:     {out / 'report' / 'report.html'}")
     return 0

@@ -3,7 +3,8 @@
 Trains (via the demo context) a 2-block ViT with ReLU FFNs, writes its
 activation-sparsity report, splits each FFN into 8 experts by balanced
 k-means, trains routers, and evaluates dynamic-k (knob tau) and top-k (knob
-k) routing as two runs on the shared cost-accuracy plane.
+k) routing as two runs on the shared cost-accuracy plane. The conversion is
+:func:`frugalnn.methods.moe.recipe.moe`, the same as ``frugalnn moe convert``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ VIT = {"patch_size": 2, "dim": 64, "depth": 2, "heads": 2, "activation": "relu"}
 
 def run_demo(ctx: Any) -> list[Path]:
     from frugalnn.analysis.sparsity import activation_sparsity
-    from frugalnn.methods.moe.convert import convert_to_moe
+    from frugalnn.methods.moe.recipe import MoEConfig, moe
     from frugalnn.methods.moe.report import write_extras
 
     shape = tuple(ctx.input_shape)
@@ -29,15 +30,14 @@ def run_demo(ctx: Any) -> list[Path]:
     torch.manual_seed(ctx.seed)
     sparsity = activation_sparsity(model, ctx.test_loader(), device=ctx.device,
                                    meta={"model": "vit_tiny (demo)"})
-    moe = convert_to_moe(
-        model, num_experts=8, loader=ctx.train_loader(), router_epochs=2 if ctx.quick else 6,
-        router_lr=3e-3, router_hidden=32, seed=ctx.seed, device=ctx.device,
-        progress=ctx.progress,
-    )
-    dyn = ctx.evaluate_run(moe, "moe-dynamic-k", method="moe dynamic-k")
-    moe.set_mode("topk")
-    topk = ctx.evaluate_run(moe, "moe-top-k", method="moe top-k")
-    moe.set_mode("dynamic")
-    write_extras(moe, [dyn, topk], dyn / "extras")
+    config = MoEConfig(experts=8, router_epochs=2 if ctx.quick else 6, router_lr=3e-3,
+                       router_hidden=32, batch_size=ctx.batch_size, seed=ctx.seed)
+    converted = moe(model, config, train_data=ctx.train_set, device=ctx.device,
+                    progress=ctx.progress)
+    dyn = ctx.evaluate_run(converted, "moe-dynamic-k", method="moe dynamic-k")
+    converted.set_mode("topk")
+    topk = ctx.evaluate_run(converted, "moe-top-k", method="moe top-k")
+    converted.set_mode("dynamic")
+    write_extras(converted, [dyn, topk], dyn / "extras")
     sparsity.save(dyn / "extras")
     return [dyn, topk]

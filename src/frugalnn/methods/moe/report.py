@@ -3,7 +3,10 @@
 For each evaluated budget: accuracy, total FLOPs per example, the fraction of
 the dense FFN FLOPs that ran (mean experts per token / experts, per layer and
 over layers) and the measured latency; a table (``extras/moe.md``) and a plot
-of accuracy against FFN FLOPs for dynamic-k and top-k (``extras/moe_ffn.png``).
+of accuracy against FFN FLOPs for dynamic-k and top-k (``extras/moe_ffn.png``);
+and, per run with validation records, the operating point: the cheapest budget
+within the tolerance of the full budget's accuracy *on validation*, scored on
+the test split (see :func:`frugalnn.analysis.operating_point.operating_point`).
 """
 
 from __future__ import annotations
@@ -48,8 +51,28 @@ def ffn_rows(summary: dict[str, Any], experts: dict[str, int]) -> list[dict[str,
     return rows
 
 
-def write_extras(model: MoEModel, run_dirs: list[Path], out_dir: Path) -> list[Path]:
-    """Write ``moe.md`` and ``moe_ffn.png`` for the evaluated runs into ``out_dir``."""
+def point_lines(point: dict[str, Any] | None, ffn_fraction: float | None) -> list[str]:
+    """Markdown lines describing one operating point (nothing without one)."""
+    if not point:
+        return []
+    val, test = point["validation"], point["test"]
+    ffn = (f", {100 * (1 - ffn_fraction):.1f} % of FFN FLOPs removed on test"
+           if ffn_fraction is not None and ffn_fraction == ffn_fraction else "")
+    return [
+        "",
+        f"Operating point (chosen on validation, scored on test): budget {point['label']}, "
+        f"the cheapest within {point['tolerance_points']:g} pt of the full budget on "
+        f"validation ({100 * val['accuracy']:.2f} % vs {100 * val['reference_accuracy']:.2f} "
+        f"%). Test: {100 * test['accuracy']:.2f} % vs {100 * test['reference_accuracy']:.2f} % "
+        f"at full budget, {test['flops'] / 1e6:.3f} MFLOPs/example "
+        f"({100 * test['flops'] / test['reference_flops']:.1f} % of full budget){ffn}.",
+    ]
+
+
+def write_extras(model: MoEModel, run_dirs: list[Path], out_dir: Path,
+                 points: list[dict[str, Any] | None] | None = None) -> list[Path]:
+    """Write ``moe.md`` and ``moe_ffn.png`` for the evaluated runs into ``out_dir``;
+    ``points`` (one per run, or ``None``) adds each run's operating point."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,7 +89,8 @@ def write_extras(model: MoEModel, run_dirs: list[Path], out_dir: Path) -> list[P
                                for m in model.moe_layers())
     )
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for run in run_dirs:
+    for i, run in enumerate(run_dirs):
+        point = points[i] if points and i < len(points) else None
         summary = load_summary(run)
         rows = ffn_rows(summary, experts)
         method = summary.get("method", run.name)
@@ -85,6 +109,8 @@ def write_extras(model: MoEModel, run_dirs: list[Path], out_dir: Path) -> list[P
                 f"| {r['budget']} | {100 * r['accuracy']:.2f} | {r['flops'] / 1e6:.3f} | "
                 f"{100 * r['ffn_fraction']:.1f} | {lat or '-'} |"
             )
+        chosen = [r["ffn_fraction"] for r in rows if point and r["budget"] == point["label"]]
+        lines += point_lines(point, chosen[0] if chosen else None)
         pts = sorted((r["ffn_fraction"], r["accuracy"]) for r in rows)
         ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=method)
     ax.set_xlabel("FFN FLOPs run (% of dense)")

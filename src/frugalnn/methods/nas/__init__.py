@@ -8,13 +8,21 @@ probable path becomes a plain network (``create_model("nas_net", arch=...)``).
 Modules: :mod:`ops` (candidates), :mod:`space` (search space, architecture
 JSON), :mod:`net` (the derived plain network), :mod:`supernet`,
 :mod:`latency` (lookup table), :mod:`search` (the loop), :mod:`derive`.
-This ``__init__`` stays import-light because ``frugalnn.models.zoo`` imports
-:mod:`frugalnn.methods.nas.net`; NAS registers no model transformation (a derived
+NAS registers no model transformation (a derived
 network is a new model, rebuilt from its ``arch`` argument).
 """
 
-from frugalnn.methods.nas.ops import DEFAULT_CANDIDATES, build_op, parse_op
-from frugalnn.methods.nas.space import SearchSpace, arch_from_dict, arch_to_dict
+from frugalnn.utils.lazy import lazy_attributes
 
-__all__ = ["DEFAULT_CANDIDATES", "SearchSpace", "arch_from_dict", "arch_to_dict", "build_op",
-           "parse_op"]
+#: Public name -> submodule that defines it (imported on first use: no torch at import).
+_EXPORTS = {
+    "DEFAULT_CANDIDATES": ".ops",
+    "SearchSpace": ".space",
+    "arch_from_dict": ".space",
+    "arch_to_dict": ".space",
+    "build_op": ".ops",
+    "parse_op": ".ops",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)

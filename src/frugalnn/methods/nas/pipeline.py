@@ -1,18 +1,16 @@
-"""Search -> derive -> retrain -> evaluate, shared by the CLI, the demo and benchmarks.
+"""The steps of the NAS recipe: search a supernet, write its extras, retrain.
 
-Kept apart from ``commands`` so that Python users and benchmark scripts run
-exactly what ``frugalnn nas search`` runs.
+:mod:`frugalnn.methods.nas.recipe` composes them (with the latency table and
+the splits) into the one pipeline the CLI, the demo and the benchmarks run.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from frugalnn.errors import UserError
 from frugalnn.methods.nas.derive import derive_arch, save_arch, save_search_state
@@ -20,35 +18,27 @@ from frugalnn.methods.nas.latency import LatencyModel, LatencyTable
 from frugalnn.methods.nas.search import SearchConfig, SearchResult, run_search, short_arch
 from frugalnn.methods.nas.space import SearchSpace
 from frugalnn.methods.nas.supernet import Supernet
+from frugalnn.utils.io import write_json_atomic, write_text_atomic
 
-__all__ = ["retrain", "search", "split_for_search", "write_search_extras"]
-
-
-def split_for_search(train_set: Dataset, arch_fraction: float, seed: int
-                     ) -> tuple[Dataset, Dataset]:
-    """Hold out part of the training set for architecture updates (never the test set)."""
-    n = len(train_set)  # type: ignore[arg-type]
-    n_arch = int(round(n * arch_fraction))
-    if not 0 < n_arch < n:
-        raise UserError(f"--arch-fraction {arch_fraction} leaves no examples for one side "
-                        f"of the split ({n} training examples)")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return Subset(train_set, perm[n_arch:]), Subset(train_set, perm[:n_arch])
+__all__ = ["retrain", "search", "write_search_extras"]
 
 
 def search(
     space: SearchSpace,
     table: LatencyTable,
-    train_set: Dataset,
+    weight_set: Dataset,
+    arch_set: Dataset,
     cfg: SearchConfig,
     *,
     batch_size: int = 64,
-    arch_fraction: float = 0.2,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> tuple[Supernet, SearchResult]:
-    """Build a supernet, search on ``train_set`` and return it with the result."""
-    weight_set, arch_set = split_for_search(train_set, arch_fraction, cfg.seed)
+    """Build a supernet and search: weight steps on ``weight_set``, architecture
+    steps (and the per-epoch argmax accuracy) on ``arch_set``, a validation
+    split carved from the training data, never the test set."""
+    if len(arch_set) == 0:  # type: ignore[arg-type]
+        raise UserError("the architecture search needs a non-empty validation split")
     gen = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(weight_set, batch_size=batch_size, shuffle=True, generator=gen,
                               drop_last=len(weight_set) > batch_size)  # type: ignore[arg-type]
@@ -69,8 +59,9 @@ def write_search_extras(run_dir: Path, net: Supernet, result: SearchResult,
                        latency_target_ms=cfg.latency_target_ms,
                        latency_device=table.device)
     arch_path = save_arch(arch, run_dir / "arch.json", force=force)
-    _write_json(run_dir / "search.json", {"config": vars(cfg), "result": result.to_dict(),
-                                          "latency_table": str(table.path)})
+    write_json_atomic(run_dir / "search.json",
+                      {"config": vars(cfg), "result": result.to_dict(),
+                       "latency_table": str(table.path), "architecture_chosen_on": "validation"})
     extras = run_dir / "extras"
     extras.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -90,7 +81,7 @@ def write_search_extras(run_dir: Path, net: Supernet, result: SearchResult,
     lines += ["", "Final choice per block (probability):", ""]
     for i, (op, probs) in enumerate(zip(result.ops, result.probabilities)):
         lines.append(f"- block {i}: `{op}` ({probs[op]:.2f})")
-    (extras / "nas_search.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(extras / "nas_search.md", "\n".join(lines) + "\n")
     _plot_probabilities(result, extras / "nas_probabilities.png")
     return arch_path
 
@@ -130,9 +121,3 @@ def retrain(arch: dict[str, Any], train_set: Dataset, *, epochs: int, batch_size
         weight_decay=4e-5, schedule="cosine", seed=seed, run_dir=run_dir, progress=progress,
         device=device)
     return model.eval()
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)

@@ -1,0 +1,404 @@
+"""The low-rank recipe: one config per pipeline, one pipeline per run directory.
+
+Python API::
+
+    import frugalnn
+
+    cheaper = frugalnn.lowrank(model, frugalnn.LowRankConfig(method="tucker",
+                                                             target="flops=2"),
+                               train_data=splits.train, val_data=splits.val)
+
+:func:`lowrank` factorises a copy of ``model`` (the original is left as it
+was) and, when the config asks for fine-tuning epochs and training data is
+given, fine-tunes it with distillation from the original. :func:`run_lowrank`
+is the whole pipeline of ``frugalnn lowrank compress``: compress, fine-tune,
+save the checkpoint, evaluate on the test split (and the validation split,
+where operating points are chosen), write the per-layer and whole-model
+tables to ``extras/`` and, last, the run's report. :func:`run_nmf` is the
+same for ``frugalnn lowrank nmf`` (NMF token mixing in place of attention,
+trained on the training split). The CLI, the demo hook and the benchmark
+scripts call these functions; nothing else composes the steps.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from frugalnn.data.splits import seeded_loader
+from frugalnn.errors import UserError
+
+__all__ = [
+    "LowRankConfig",
+    "LowRankRun",
+    "NMFConfig",
+    "compare_into",
+    "compress",
+    "example_input",
+    "lowrank",
+    "run_lowrank",
+    "run_nmf",
+]
+
+METHODS = ("svd", "cp", "tucker", "tt")
+OPTIMIZERS = ("sgd", "adamw")
+
+#: What the config, the extras and the report say of a model compressed from random weights.
+RANDOM_WEIGHTS_WARNING = (
+    "WARNING: compressed from RANDOMLY INITIALISED weights (no trained checkpoint was given; "
+    "--random-init). Ranks, costs and timings are those of the architecture; accuracies "
+    "say nothing about compressing a trained model."
+)
+
+
+def _positive(value: int | None, name: str) -> None:
+    if value is not None and value < 1:
+        raise UserError(f"{name} must be positive, got {value}")
+
+
+@dataclass
+class LowRankConfig:
+    """Every knob of ``frugalnn lowrank compress``, with the command's defaults.
+
+    ``method``: ``svd`` (Linear and 1x1 conv), ``cp``, ``tucker``, ``tt`` (KxK
+    convs). ``target``: ``rank=R``, ``flops=X``, ``params=X``, ``energy=E``,
+    ``vbmf`` or ``latency=F`` (see :mod:`frugalnn.methods.lowrank.rank`).
+    ``layer_targets``: ``"PATTERN:TARGET"`` overrides (first match wins).
+    ``lr=None`` means 0.001 for ``cp`` (whose factors diverged at 0.01) and 0.01
+    otherwise. ``latency_batch`` is the batch size of the layer timing table of
+    a ``latency=F`` target; ``latency_batch_sizes`` / ``latency_repeats`` are
+    those of the run's evaluation and comparison tables.
+    """
+
+    method: str = "tucker"
+    target: str = "flops=2"
+    depthwise: str = "separable"
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    layer_targets: list[str] | None = None
+    rank_multiple: int = 1
+    finetune_epochs: int = 1
+    lr: float | None = None
+    optimizer: str = "sgd"
+    weight_decay: float = 5e-4
+    alpha: float = 0.5
+    temperature: float = 2.0
+    batch_size: int = 64
+    latency_batch: int = 1
+    latency_batch_sizes: tuple[int, ...] = (1, 64)
+    latency_repeats: int = 20
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Refuse impossible settings with one clear line (:class:`UserError`)."""
+        from frugalnn.methods.lowrank.rank import Criterion
+
+        if self.method not in METHODS:
+            raise UserError(f"unknown low-rank method {self.method!r}; use one of "
+                            f"{', '.join(METHODS)}")
+        Criterion.parse(self.target)
+        if self.depthwise not in ("separable", "kxk"):
+            raise UserError(f"depthwise must be 'separable' or 'kxk', got {self.depthwise!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"unknown optimizer {self.optimizer!r}; use sgd or adamw")
+        if self.finetune_epochs < 0:
+            raise UserError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
+        if self.lr is not None and self.lr <= 0:
+            raise UserError(f"--lr must be positive, got {self.lr}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise UserError(f"--alpha must be in [0, 1], got {self.alpha}")
+        for value, name in ((self.rank_multiple, "--rank-multiple"),
+                            (self.batch_size, "--batch-size"),
+                            (self.latency_batch, "--latency-batch"),
+                            (self.latency_repeats, "--latency-repeats")):
+            _positive(value, name)
+        for size in self.latency_batch_sizes:
+            _positive(size, "--latency-batch-sizes")
+
+    @property
+    def finetune_lr(self) -> float:
+        """The fine-tuning learning rate (``lr``, or the method's default)."""
+        if self.lr is not None:
+            return self.lr
+        return 1e-3 if self.method == "cp" else 1e-2
+
+    @property
+    def label(self) -> str:
+        """The run's method name on the report: ``lowrank tt flops=2``."""
+        return f"lowrank {self.method} {self.target}"
+
+
+@dataclass
+class NMFConfig:
+    """Every knob of ``frugalnn lowrank nmf``: NMF token mixing in place of attention."""
+
+    rank: int = 8
+    steps: int = 6
+    eval_steps: int | None = None
+    heads: int = 1
+    variant: str = "nmf"
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    batch_size: int = 64
+    latency_batch_sizes: tuple[int, ...] = (1, 64)
+    latency_repeats: int = 20
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.variant not in ("nmf", "projective"):
+            raise UserError(f"unknown NMF variant {self.variant!r}; use nmf or projective")
+        if self.epochs < 0:
+            raise UserError(f"--epochs must be >= 0, got {self.epochs}")
+        for value, name in ((self.rank, "--rank"), (self.steps, "--steps"),
+                            (self.eval_steps, "--eval-steps"), (self.heads, "--heads"),
+                            (self.batch_size, "--batch-size"),
+                            (self.latency_repeats, "--latency-repeats")):
+            _positive(value, name)
+        for size in self.latency_batch_sizes:
+            _positive(size, "--latency-batch-sizes")
+
+    @property
+    def label(self) -> str:
+        return f"NMF mixing ({self.variant})"
+
+
+@dataclass
+class LowRankRun:
+    """What :func:`run_lowrank` / :func:`run_nmf` produced: the run directory and its parts."""
+
+    out: Path
+    model: nn.Module
+    records: Any
+    plan: list[Any] = field(default_factory=list)
+    history: dict[str, Any] = field(default_factory=dict)
+    comparison: dict[str, Any] | None = None
+
+
+# -- the steps ----------------------------------------------------------------------------
+
+
+def _first_input(data: Any) -> torch.Tensor | None:
+    if data is None or len(data) == 0:
+        return None
+    item = data[0]
+    x = item[0] if isinstance(item, (tuple, list)) else item
+    return torch.as_tensor(x).unsqueeze(0)
+
+
+def example_input(model: nn.Module, *datasets: Any) -> torch.Tensor:
+    """One input batch for tracing ``model``: the first example of the first dataset
+    given, else a random input of the registry model's shape."""
+    for data in datasets:
+        x = _first_input(data)
+        if x is not None:
+            return x
+    spec = getattr(model, "frugalnn_spec", None) or {}
+    shape = (spec.get("kwargs") or {}).get("input_shape")
+    if shape is None and spec.get("name"):
+        from frugalnn.models import model_info
+
+        shape = model_info(spec["name"]).input_shape
+    if shape is None:
+        raise UserError("cannot tell the model's input shape; pass example_input= or data")
+    return torch.randn(1, *shape)
+
+
+def compress(
+    model: nn.Module, config: LowRankConfig, *, train_data: Dataset | None = None,
+    val_data: Dataset | None = None, example: torch.Tensor | None = None,
+    device: str | torch.device = "cpu", threads: int | None = None, progress: bool = False,
+) -> tuple[nn.Module, list[Any], dict[str, Any]]:
+    """The factorised (and, with data and ``finetune_epochs``, fine-tuned) copy of
+    ``model`` with its per-layer plan and its training history."""
+    from frugalnn.methods.lowrank.pipeline import compress_and_finetune
+
+    config.validate()
+    if example is None:
+        example = example_input(model, train_data, val_data)
+    tune = config.finetune_epochs > 0 and train_data is not None
+    train_loader = (seeded_loader(train_data, config.batch_size, config.seed, shuffle=True)
+                    if tune else None)
+    val_loader = (seeded_loader(val_data, config.batch_size, config.seed, shuffle=False)
+                  if tune and val_data is not None else None)
+    torch.manual_seed(config.seed)
+    return compress_and_finetune(
+        model.eval(), config.method, config.target, example, train_loader,
+        finetune_epochs=config.finetune_epochs if tune else 0, lr=config.finetune_lr,
+        optimizer=config.optimizer, weight_decay=config.weight_decay, alpha=config.alpha,
+        temperature=config.temperature, depthwise=config.depthwise, include=config.include,
+        exclude=config.exclude,
+        latency={"batch_size": config.latency_batch, "device": str(device), "threads": threads},
+        layer_targets=config.layer_targets, rank_multiple=config.rank_multiple,
+        device=device, seed=config.seed, progress=progress, eval_loader=val_loader,
+    )
+
+
+def lowrank(
+    model: nn.Module, config: LowRankConfig | None = None, *, train_data: Dataset | None = None,
+    val_data: Dataset | None = None, example_input: torch.Tensor | None = None,
+    device: str | torch.device = "cpu", progress: bool = False,
+) -> nn.Module:
+    """A low-rank copy of ``model`` (the original is left as it was).
+
+    The eligible layers are factorised with ``config.method`` to
+    ``config.target``; with ``train_data`` and ``config.finetune_epochs > 0``
+    the copy is fine-tuned with distillation from the original (``val_data``
+    is scored after every epoch). ``example_input`` (one batch) sets the
+    shapes the ranks are planned for; by default the first training or
+    validation example, or a random input of the registry model's shape.
+    The result has the ``rank_fraction`` knob and saves and loads like any
+    frugalnn model.
+    """
+    config = config or LowRankConfig()
+    model, _, _ = compress(model, config, train_data=train_data, val_data=val_data,
+                           example=example_input, device=device, progress=progress)
+    return model
+
+
+def compare_into(
+    out: str | Path, original: nn.Module, compressed: nn.Module, plan: list[Any],
+    example: torch.Tensor, config: LowRankConfig, *, test_data: Dataset | None = None,
+    label: str | None = None, device: str | torch.device = "cpu", threads: int | None = None,
+    repeats: int | None = None,
+) -> dict[str, Any]:
+    """Measure ``original`` against ``compressed`` (parameters, FLOPs, latency at
+    ``config.latency_batch_sizes``, peak memory, test accuracy; per layer too)
+    and write ``extras/lowrank_model.md`` and ``extras/lowrank_layers.md``."""
+    from frugalnn.methods.lowrank.pipeline import compare, write_extras
+
+    sizes = tuple(config.latency_batch_sizes) or (1,)
+    loader = (None if test_data is None
+              else seeded_loader(test_data, 256, config.seed, shuffle=False))
+    result = compare(original, compressed, plan, example, batch_sizes=sizes, device=device,
+                     repeats=repeats or config.latency_repeats, threads=threads,
+                     eval_loader=loader, layer_batch=sizes[-1])
+    write_extras(out, plan, result, label or config.label, sizes)
+    return result
+
+
+def _start(out: str | Path, force: bool) -> Path:
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UserError(f"{out} already exists; pass --force to overwrite it or choose "
+                        "another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _record(config: Any, splits: Any, extra: dict[str, Any] | None,
+            weights: str | None) -> dict[str, Any]:
+    """The run's ``config.json``: the caller's fields, the recipe config, the splits."""
+    record: dict[str, Any] = dict(extra or {})
+    record["recipe"] = asdict(config)
+    record["splits"] = {"train": len(splits.train), "test": len(splits.test),
+                        "validation": splits.val_spec}
+    if weights is not None:
+        record["weights"] = weights
+    return record
+
+
+def _warn_random_weights(out: Path) -> None:
+    from frugalnn.utils.io import write_text_atomic
+
+    write_text_atomic(out / "extras" / "lowrank_random_weights.md",
+                      f"### {RANDOM_WEIGHTS_WARNING}\n")
+
+
+def run_lowrank(
+    model: nn.Module, config: LowRankConfig, splits: Any, out: str | Path, *,
+    device: str = "cpu", threads: int | None = None, progress: bool = True,
+    force: bool = False, random_init: bool = False, run_config: dict[str, Any] | None = None,
+) -> LowRankRun:
+    """Compress ``model`` into the run directory ``out``; the one ``lowrank compress`` pipeline.
+
+    Writes ``config.json`` (``run_config``, the recipe config and the splits),
+    ``checkpoint/``, the test records with the validation records under
+    ``validation/``, ``extras/lowrank_model.md`` and ``extras/lowrank_layers.md``
+    (the original against the compressed model, measured in this process) and,
+    last, ``report/``. ``random_init`` says that ``model`` was never trained: the
+    config, the method name and an extras note say so in capitals.
+    """
+    from frugalnn.cost.count import flops_per_example
+    from frugalnn.evaluation import evaluate_into
+    from frugalnn.methods.lowrank.pipeline import accuracy
+    from frugalnn.report import write_run_report
+    from frugalnn.train.checkpoint import save_checkpoint
+    from frugalnn.utils.io import write_json_atomic
+
+    config.validate()
+    out = _start(out, force)
+    weights = RANDOM_WEIGHTS_WARNING if random_init else None
+    record = _record(config, splits, run_config, weights)
+    write_json_atomic(out / "config.json", record)
+    original = model.to(device).eval()
+    example = example_input(original, splits.train)
+    student, plan, history = compress(original, config, train_data=splits.train,
+                                      val_data=splits.val, example=example, device=device,
+                                      threads=threads, progress=progress)
+    method = config.label + (" (RANDOM WEIGHTS)" if random_init else "")
+    test_loader = seeded_loader(splits.test, 256, config.seed, shuffle=False)
+    x = example.to(device)
+    base_acc = accuracy(original, test_loader, device)
+    base_flops = flops_per_example(original, x)
+    save_checkpoint(out / "checkpoint", student, {"method": method, "history": history,
+                                                  "config": record})
+    records = evaluate_into(
+        student, splits.test, out, val_dataset=splits.val, method=method,
+        batch_size=config.batch_size, threads=threads, device=device,
+        latency_batch_sizes=config.latency_batch_sizes,
+        latency_repeats=config.latency_repeats, baseline_flops=base_flops,
+        baseline_accuracy=base_acc, config=record, force=True, progress=progress)
+    result = compare_into(out, original, student, plan, x, config, test_data=splits.test,
+                          label=method, device=device, threads=threads)
+    if random_init:
+        _warn_random_weights(out)
+    write_run_report(out)
+    return LowRankRun(out, student, records, plan, history, result)
+
+
+def run_nmf(
+    model: nn.Module, config: NMFConfig, splits: Any, out: str | Path, *,
+    device: str = "cpu", threads: int | None = None, progress: bool = True,
+    force: bool = False, run_config: dict[str, Any] | None = None,
+) -> LowRankRun:
+    """NMF token mixing in place of ``model``'s attention, trained on ``splits.train``
+    for ``config.epochs``, saved, evaluated (test and validation) and reported."""
+    from frugalnn.evaluation import evaluate_into
+    from frugalnn.methods.lowrank.nmf import replace_attention
+    from frugalnn.report import write_run_report
+    from frugalnn.train import fit
+    from frugalnn.train.checkpoint import save_checkpoint
+    from frugalnn.utils.io import write_json_atomic
+
+    config.validate()
+    out = _start(out, force)
+    record = _record(config, splits, run_config, None)
+    write_json_atomic(out / "config.json", record)
+    torch.manual_seed(config.seed)
+    model = replace_attention(copy.deepcopy(model), rank=config.rank, steps=config.steps,
+                              eval_steps=config.eval_steps, heads=config.heads,
+                              variant=config.variant, seed=config.seed).to(device)
+    history: dict[str, Any] = {}
+    if config.epochs:
+        res = fit(model, seeded_loader(splits.train, config.batch_size, config.seed, shuffle=True),
+                  epochs=config.epochs, optimizer="adamw", lr=config.lr,
+                  weight_decay=config.weight_decay, schedule="cosine", seed=config.seed,
+                  progress=progress, device=device)
+        history = {"train": res.history}
+    model.eval()
+    save_checkpoint(out / "checkpoint", model, {"method": config.label, "history": history,
+                                                "config": record})
+    records = evaluate_into(
+        model, splits.test, out, val_dataset=splits.val, method=config.label,
+        batch_size=config.batch_size, threads=threads, device=device,
+        latency_batch_sizes=config.latency_batch_sizes,
+        latency_repeats=config.latency_repeats, config=record, force=True, progress=progress)
+    write_run_report(out)
+    return LowRankRun(out, model, records, [], history, None)
