@@ -12,7 +12,9 @@ for the savings within 0.5 / 1 point.
 
 Only files whose commands agree on every flag except the augmentation seed,
 the timing sample and the output path (:data:`IGNORED_FLAGS`) are pooled;
-anything else is a clear error.
+anything else is a clear error. The pooled table is printed; with ``--out`` it
+is written (atomically) under a results header of its own (this command, the
+machine, the date).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from frugalnn.utils.io import write_text_atomic
+from _common import results_header, write_results
 
 COLUMNS = ["acc @25 %", "acc @50 %", "acc @75 %", "saving within 0.5 pt", "saving within 1 pt"]
 METHODS = ("SDN", "ZTW")
@@ -156,9 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     except DrawError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(text)
-    if args.out is not None:
-        write_text_atomic(args.out, text)
+    if args.out is None:
+        print(text)
+    else:
+        write_results(args.out, results_header("Early exits: pooled augmentation draws") + "\n"
+                      + text)
     return 0
 
 

@@ -1,6 +1,7 @@
 """Does memory layout decide whether a factorised ResNet-56 is faster? Dense vs CP/Tucker/TT.
 
-Every 3x3 convolution of ResNet-56 is factorised to the target (2x fewer FLOPs
+Every 3x3 convolution of ResNet-56 is factorised by the low-rank recipe
+(:func:`frugalnn.methods.lowrank.recipe.compress`) to the target (2x fewer FLOPs
 by default; ``--target flops=2 flops=3`` builds each method at both; data-free,
 no fine-tuning: timing does not depend on the weights' values, so a fine-tuned
 model with the same ranks runs exactly as fast), and the dense
@@ -16,19 +17,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import shlex
 import sys
-import time
 
 import torch
+from _common import log, results_header, write_results
 
 from frugalnn.cost.allocator import retain_freed_memory
 from frugalnn.cost.count import count_flops
 from frugalnn.cost.latency import measure_latency
-from frugalnn.cost.machine import machine_markdown
-from frugalnn.methods.lowrank.compress import compress_model
+from frugalnn.methods.lowrank.recipe import LowRankConfig, compress
 from frugalnn.models import create_model
-from frugalnn.utils.io import write_text_atomic
 
 LAYOUTS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
 
@@ -94,7 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    started = time.time()
     dense = create_model("resnet56").eval()
     example = torch.randn(2, 3, 32, 32)
     models = {"dense": dense}
@@ -108,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
                           + " ".join(f"--layer-target '{o}'" for o in overrides) + "`")
         for method in a.methods.split(","):
             name = method if len(a.target) == 1 else f"{method} {label}"
-            models[name], _ = compress_model(copy.deepcopy(dense), method, default, example,
-                                             exclude=a.exclude or None, layer_targets=overrides,
-                                             rank_multiple=a.rank_multiple)
+            config = LowRankConfig(method=method, target=default, exclude=a.exclude or None,
+                                   layer_targets=overrides or None,
+                                   rank_multiple=a.rank_multiple, finetune_epochs=0)
+            models[name], _, _ = compress(dense, config, example=example)
+            log(f"built {name}")
     if a.bound:
         models["bound 3x3->1x1"] = pointwise_bound(dense)
     flops = {k: count_flops(m, example[:1]) for k, m in models.items()}
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         for alloc in allocators:
             if alloc == "retain" and not retain_freed_memory():
-                print("retain_freed_memory() is not available here (no glibc); skipped")
+                log("retain_freed_memory() is not available here (no glibc); skipped")
                 allocators.remove(alloc)
                 break
             for bs in a.batch_sizes:
@@ -140,11 +139,11 @@ def main(argv: list[str] | None = None) -> int:
                         t = measure_latency(m, inputs[lay], warmup=2, repeats=a.repeats).median_ms
                         key = (k, lay, bs, alloc)
                         ms[key] = min(ms.get(key, float("inf")), t)
+                log(f"timed batch {bs} ({alloc} allocator)")
+    title = ("Memory layout and factorised convolutions (ResNet-56, every 3x3 conv at "
+             f"{' / '.join(labels)})")
     lines = [
-        "## Memory layout and factorised convolutions (ResNet-56, every 3x3 conv at "
-        f"{' / '.join(labels)})", "",
-        f"Command: `python benchmarks/lowrank_layout.py {shlex.join(sys.argv[1:])}` "
-        f"({(time.time() - started) / 60:.1f} min)", "", machine_markdown(), "",
+        results_header(title),
         f"Data-free factorisation (timing does not depend on weight values); the fastest of "
         f"{a.rounds} interleaved rounds, each the median of {a.repeats} calls, "
         f"{a.threads} thread(s). 'vs best dense' divides by the dense model in whichever "
@@ -171,9 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"| {k} | {params[k]:,} | {flops[k] / 1e6:.1f} | {lay} | {alloc} | {bs} "
                         f"| {t:.2f} | {ms[('dense', lay, bs, alloc)] / t:.2f}x | "
                         f"{best / t:.2f}x |")
-    text = "\n".join(lines) + "\n"
-    write_text_atomic(a.out, text)
-    print(text)
+    write_results(a.out, "\n".join(lines) + "\n")
     return 0
 
 

@@ -1,8 +1,14 @@
 """MiniLM-L6: truncated SVD of its linear layers, embedding fidelity vs parameters and latency.
 
+Flags: ``--markdown`` writes its own file (default
+``benchmarks/results/lowrank_minilm.md``; it used to splice a section into
+``results/lowrank.md``).
+
 all-MiniLM-L6-v2 (the ``bert_minilm`` adapter) embeds WikiText-2 lines; every
 encoder Linear (attention projections and FFN) is replaced by its truncated
-SVD at several parameter targets. Fidelity is the mean cosine similarity
+SVD at several parameter targets, by the low-rank recipe
+(:func:`frugalnn.methods.lowrank.recipe.compress`, method ``svd``, no
+classification fine-tuning). Fidelity is the mean cosine similarity
 between the original and the compressed sentence embeddings, and the top-1
 agreement of nearest-neighbour retrieval among the sentences, on *test* lines.
 With ``--distill-epochs N`` each compressed model is then fine-tuned to
@@ -21,7 +27,6 @@ directory. The results file's run: ``--targets params=1.5,params=2 --sentences
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import time
@@ -29,12 +34,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import log, results_header, write_results
 
 from frugalnn.cost.count import count_flops
 from frugalnn.cost.latency import measure_latency
-from frugalnn.cost.machine import machine_markdown
 from frugalnn.errors import UserError
-from frugalnn.methods.lowrank.compress import compress_model, plan_totals
+from frugalnn.methods.lowrank.compress import plan_totals
+from frugalnn.methods.lowrank.recipe import LowRankConfig, compress
 from frugalnn.models import create_model
 from frugalnn.models.bert import encode_texts
 from frugalnn.train import fit
@@ -47,7 +53,8 @@ def embed(model: torch.nn.Module, x: torch.Tensor, batch: int = 32) -> torch.Ten
 
 
 def wikitext_lines(data_dir: str, split: str, limit: int) -> list[str]:
-    """Prose lines of a WikiText-2 split (more than 8 words, no section titles)."""
+    """The first ``limit`` prose lines of a WikiText-2 split (more than 8 words, no section
+    titles), in file order: WikiText lines are not sorted by any label."""
     text = (Path(data_dir) / "text" / "wikitext-2" / f"{split}.txt").read_text()
     return [ln.strip() for ln in text.splitlines() if len(ln.split()) > 8
             and not ln.strip().startswith("=")][:limit]
@@ -71,7 +78,7 @@ def distil(student: torch.nn.Module, teacher: torch.nn.Module, x: torch.Tensor,
                                          batch_size=args.distill_batch, shuffle=True)
     fit(student, loader, epochs=args.distill_epochs, optimizer="adamw", lr=args.distill_lr,
         weight_decay=0.0, schedule="cosine", warmup_epochs=0.1 * args.distill_epochs,
-        loss_fn=output_matching_loss(teacher), seed=0, progress=False)
+        loss_fn=output_matching_loss(teacher), seed=args.seed, progress=False)
     student.eval()
     return time.perf_counter() - t0
 
@@ -91,13 +98,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="WikiText-2 validation lines used for distillation")
     p.add_argument("--distill-lr", type=float, default=1e-4, help="AdamW learning rate")
     p.add_argument("--distill-batch", type=int, default=16)
-    p.add_argument("--markdown", default="benchmarks/results/lowrank.md")
+    p.add_argument("--seed", type=int, default=0, help="seed of the distillation (0)")
+    p.add_argument("--markdown", default="benchmarks/results/lowrank_minilm.md")
     args = p.parse_args(argv)
     if not args.data_dir:
         print("set --data-dir or FRUGALNN_DATA", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    started = time.time()
     lines = wikitext_lines(args.data_dir, "test", args.sentences)
     x = encode_texts(lines, max_len=args.max_len)
     train_x = None
@@ -117,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     base_ms = time_ms(base)
     rows = []
     for target in args.targets.split(","):
-        model = copy.deepcopy(base)
+        config = LowRankConfig(method="svd", target=target, finetune_epochs=0, seed=args.seed)
         try:
-            model, plan = compress_model(model, "svd", target, x[:2])
+            model, plan, _ = compress(base, config, example=x[:2])
         except UserError as exc:
             rows.append((target, str(exc)))
             continue
@@ -138,15 +145,13 @@ def main(argv: list[str] | None = None) -> int:
             "before": before, "after": after, "distill_s": seconds,
             "load": os.getloadavg()[0],
         }))
-        print(target, rows[-1][1], flush=True)
-    cmd = "python benchmarks/lowrank_minilm.py " + " ".join(sys.argv[1:])
+        log(f"{target}: {rows[-1][1]}")
     tuned = (f"then {args.distill_epochs} epoch(s) of output-matching distillation on "
              f"{len(train_x)} WikiText-2 validation lines (AdamW lr {args.distill_lr}, batch "
              f"{args.distill_batch}, cosine schedule); fidelity on held-out test lines"
              if train_x is not None else "no fine-tuning")
     lines_md = [
-        f"## MiniLM-L6: truncated SVD of the linear layers ({tuned})\n",
-        f"Command: `{cmd}` ({(time.time() - started) / 60:.1f} min)\n", machine_markdown(), "",
+        results_header(f"MiniLM-L6: truncated SVD of the linear layers ({tuned})"),
         f"Fidelity on {len(lines)} WikiText-2 test lines, {args.max_len} tokens; latency batch "
         f"{args.latency_batch}, median of {args.repeats}, {args.threads} thread. Original: "
         f"{base_params:,} parameters (of which 11.9M in the token embedding, not factorised), "
@@ -168,19 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['flops'] / 1e9:.2f} ({base_flops / r['flops']:.2f}x) | {r['ms']:.1f} "
             f"({base_ms / r['ms']:.2f}x) | {b['cos_mean']:.4f} / {b['cos_min']:.4f} | "
             f"{100 * b['nn_agree']:.1f} % | {tuned_cell} | {r['load']:.2f} |")
-    section = "\n".join(lines_md) + "\n"
-    path = Path(args.markdown)
-    md = path.read_text() if path.exists() else "# Low-rank compression results\n\n"
-    start = md.find("## MiniLM-L6")
-    if start >= 0:
-        end = md.find("\n## ", start + 1)
-        md = md[:start] + section + (md[end + 1:] if end >= 0 else "")
-    else:
-        md = md.rstrip() + "\n\n" + section
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(md)
-    os.replace(tmp, path)
-    print(section)
+    write_results(args.markdown, "\n".join(lines_md) + "\n")
     return 0
 
 

@@ -17,20 +17,17 @@ table shows where a slightly larger rank costs a whole block, which is what
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
-import time
 
 import torch
+from _common import log, results_header, write_results
 from torch import nn
 
 from frugalnn.cost.allocator import retain_freed_memory
 from frugalnn.cost.latency import measure_latency
-from frugalnn.cost.machine import machine_markdown
 from frugalnn.methods.lowrank import layers as L
 from frugalnn.methods.lowrank.costs import chain_flops
 from frugalnn.methods.lowrank.geometry import ConvSpec
-from frugalnn.utils.io import write_text_atomic
 
 STAGES = ((16, 32), (32, 16), (64, 8))  # (channels, input side) of ResNet-56's 3x3 convs
 
@@ -49,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     retained = False if a.default_allocator else retain_freed_memory()
-    started = time.time()
     rows = []
     for channels, side in STAGES:
         dense = nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
@@ -68,11 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         for r in ranks:
             flops = chain_flops("tt", spec, (channels, r, channels), side, side)
             rows.append((channels, side, r, dense_flops / flops, best[0], best[r]))
+        log(f"timed {channels} channels at {side}x{side}: {len(ranks)} ranks")
     lines = [
-        "## Time of a Kx1 -> 1xK tensor-train chain against its middle rank (ResNet-56 stage "
-        "shapes)", "",
-        f"Command: `python benchmarks/lowrank_rank_steps.py {shlex.join(sys.argv[1:])}` "
-        f"({(time.time() - started) / 60:.1f} min)", "", machine_markdown(), "",
+        results_header("Time of a Kx1 -> 1xK tensor-train chain against its middle rank "
+                       "(ResNet-56 stage shapes)"),
         f"Batch {a.batch_size}, {a.threads} thread(s), eager, no bias; the fastest of {a.rounds} "
         f"interleaved rounds, each the median of {a.repeats} calls; allocator: "
         + ("retain_freed_memory()" if retained else "glibc defaults") + ".", "",
@@ -82,9 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     for c, side, r, ratio, dense_ms, ms in rows:
         lines.append(f"| {c} | {side}x{side} | {r} | {ratio:.2f}x | {dense_ms:.3f} | {ms:.3f} "
                      f"| {dense_ms / ms:.2f}x |")
-    text = "\n".join(lines) + "\n"
-    write_text_atomic(a.out, text)
-    print(text)
+    write_results(a.out, "\n".join(lines) + "\n")
     return 0
 
 

@@ -1,55 +1,82 @@
 """ViT with NMF token mixing vs softmax attention: FLOPs, time and accuracy as tokens grow.
 
+Flags: the split flags are the CLI's (``--data``, ``--val-fraction``,
+``--val-limit`` are new); ``--markdown`` writes its own file (it used to splice
+a section into ``results/lowrank.md``); ``--work`` is new.
+
 Two parts (one command, fixed seeds):
 
 1. Cost: the same ViT on 32x32 images with patch size 4, 2 and 1 (64, 256 and
    1024 patch tokens, plus the CLS token), once with softmax attention and
-   once with NMF mixing (and projective NMF); FLOPs per example counted by
-   ``FlopCounterMode`` (SDPA included) and wall-clock latency measured, for
-   the whole model and for one token mixer alone.
+   once with NMF mixing (and projective NMF), built with the knobs of
+   :class:`frugalnn.methods.lowrank.recipe.NMFConfig`; FLOPs per example
+   counted by ``FlopCounterMode`` (SDPA included) and wall-clock latency
+   measured, for the whole model and for one token mixer alone (untrained
+   weights: the cost does not depend on their values).
 2. Accuracy: both variants trained from scratch on a CIFAR-10 (JPEG) subset at
-   64 tokens and evaluated on a test subset.
+   64 tokens and evaluated on a test subset. The NMF model is the recipe's
+   (:func:`frugalnn.methods.lowrank.recipe.run_nmf`, a run directory under
+   ``--work``); the attention model is trained with the same optimiser,
+   schedule and data and evaluated the same way (records on the test and the
+   validation split).
 
-Full scale: ``--train-limit 50000 --test-limit 10000 --epochs 50 --dim 192
+Splits come from :func:`frugalnn.data.splits.load_splits` (``--train-limit``,
+``--val-limit``, ``--test-limit``, ``--seed``: the same examples as the CLI).
+
+Full scale: ``--train-limit 45000 --test-limit 10000 --epochs 50 --dim 192
 --depth 6 --train-tokens 64,256``. The defaults are scaled down for a shared
-2-core CPU; the results file states the scale used.
+2-core CPU; the results file states the scale used. Writes ``--markdown``
+(default ``benchmarks/results/nmf_vit.md``; its section is pasted into
+``results/lowrank.md``) and ``--out`` (JSON).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from _common import add_split_flags, log, results_header, splits_from_args, write_results
 
 from frugalnn.cost.count import count_flops
 from frugalnn.cost.latency import measure_latency
-from frugalnn.cost.machine import describe_machine, machine_markdown
-from frugalnn.data import get_dataset
+from frugalnn.cost.machine import describe_machine
+from frugalnn.data.splits import seeded_loader
+from frugalnn.evaluation import evaluate_into
 from frugalnn.methods.lowrank.nmf import replace_attention
-from frugalnn.methods.lowrank.pipeline import accuracy
+from frugalnn.methods.lowrank.recipe import NMFConfig, run_nmf
 from frugalnn.models import create_model
 from frugalnn.train import fit
+from frugalnn.utils.io import write_json_atomic
 
 PATCH_FOR_TOKENS = {64: 4, 256: 2, 1024: 1}
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+def nmf_config(args: argparse.Namespace, variant: str = "nmf") -> NMFConfig:
+    """The recipe's config for this run's NMF mixers (and its training)."""
+    return NMFConfig(rank=args.rank, steps=args.steps, heads=args.heads, variant=variant,
+                     epochs=args.epochs, lr=1e-3, weight_decay=0.05, batch_size=64,
+                     latency_batch_sizes=(args.latency_batch,), latency_repeats=args.repeats,
+                     seed=args.seed)
+
+
+def vit(patch: int, args: argparse.Namespace) -> torch.nn.Module:
+    """The softmax-attention ViT (seeded): the baseline and the model NMF mixing starts from."""
+    torch.manual_seed(args.seed)
+    return create_model("vit_tiny", image_size=32, patch_size=patch, dim=args.dim,
+                        depth=args.depth, heads=args.heads)
 
 
 def build(variant: str, patch: int, args: argparse.Namespace) -> torch.nn.Module:
-    torch.manual_seed(args.seed)
-    model = create_model("vit_tiny", image_size=32, patch_size=patch, dim=args.dim,
-                         depth=args.depth, heads=args.heads)
+    model = vit(patch, args)
     if variant != "attention":
-        model = replace_attention(model, rank=args.rank, steps=args.steps, heads=args.heads,
-                                  variant=variant, seed=args.seed)
+        c = nmf_config(args, variant)
+        torch.manual_seed(c.seed)
+        model = replace_attention(model, rank=c.rank, steps=c.steps, eval_steps=c.eval_steps,
+                                  heads=c.heads, variant=c.variant, seed=c.seed)
     return model.eval()
 
 
@@ -76,33 +103,60 @@ def cost_part(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def accuracy_part(args: argparse.Namespace) -> list[dict]:
-    data_dir = Path(args.data_dir)
-    train = get_dataset("cifar10", "train", data_dir, augment=True, seed=args.seed)
-    test = get_dataset("cifar10", "test", data_dir)
-    g = torch.Generator().manual_seed(args.seed)
-    train = Subset(train, sorted(torch.randperm(len(train), generator=g)[:args.train_limit]
-                                 .tolist()))
-    test = Subset(test, sorted(torch.randperm(len(test), generator=g)[:args.test_limit].tolist()))
+def _train_seconds(history: Any) -> float:
+    return float(sum(row.get("epoch_seconds", 0.0) for row in history or []))
+
+
+def _accuracy(records: Any) -> float:
+    return float(records.per_budget_summary()[0]["accuracy"])
+
+
+def attention_run(splits: Any, patch: int, out: Path,
+                  args: argparse.Namespace) -> tuple[float, float]:
+    """The softmax ViT trained and evaluated as :func:`run_nmf` trains and evaluates NMF:
+    (test accuracy, training seconds)."""
+    c = nmf_config(args)
+    model = vit(patch, args).train()
+    loader = seeded_loader(splits.train, c.batch_size, c.seed, shuffle=True)
+    res = fit(model, loader, epochs=c.epochs, optimizer="adamw", lr=c.lr,
+              weight_decay=c.weight_decay, schedule="cosine", seed=c.seed, progress=False)
+    model.eval()
+    records = evaluate_into(model, splits.test, out, val_dataset=splits.val,
+                            method="softmax attention (ViT)", batch_size=c.batch_size,
+                            threads=args.threads, latency_batch_sizes=c.latency_batch_sizes,
+                            latency_repeats=c.latency_repeats, force=True, progress=False)
+    return _accuracy(records), _train_seconds(res.history)
+
+
+def accuracy_part(args: argparse.Namespace) -> tuple[list[dict], dict[str, int]]:
+    splits = splits_from_args(args, augment=True)
+    sizes = {"train": len(splits.train), "test": len(splits.test),
+             "val": len(splits.val) if splits.val is not None else 0}
+    work = Path(args.work)
     rows = []
     for tokens in args.train_tokens:
+        patch = PATCH_FOR_TOKENS[tokens]
         for variant in ("attention", "nmf"):
-            model = build(variant, PATCH_FOR_TOKENS[tokens], args).train()
-            gen = torch.Generator().manual_seed(args.seed)
-            loader = DataLoader(train, batch_size=64, shuffle=True, generator=gen)
-            t0 = time.time()
-            fit(model, loader, epochs=args.epochs, optimizer="adamw", lr=1e-3,
-                weight_decay=0.05, schedule="cosine", seed=args.seed, progress=False)
-            acc = accuracy(model, DataLoader(test, batch_size=256))
+            out = work / f"{variant}-{tokens}"
+            if variant == "attention":
+                acc, seconds = attention_run(splits, patch, out, args)
+            else:
+                run = run_nmf(vit(patch, args), nmf_config(args), splits, out,
+                              threads=args.threads, progress=False, force=True,
+                              run_config={"benchmark": "nmf_vit", "tokens": tokens})
+                acc, seconds = _accuracy(run.records), _train_seconds(
+                    run.history.get("train"))
             rows.append({"tokens": tokens, "variant": variant, "accuracy": acc,
-                         "train_seconds": time.time() - t0})
+                         "train_seconds": seconds, "run": str(out)})
             log(f"{tokens} tokens {variant}: accuracy {100 * acc:.2f} %")
-    return rows
+    return rows, sizes
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=os.environ.get("FRUGALNN_DATA"))
+    add_split_flags(p, data="cifar10")
+    p.set_defaults(train_limit=5000, val_limit=500, test_limit=1000,
+                   data_dir=os.environ.get("FRUGALNN_DATA"))
     p.add_argument("--tokens", default="64,256,1024")
     p.add_argument("--train-tokens", default="64")
     p.add_argument("--dim", type=int, default=96)
@@ -111,37 +165,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--train-limit", type=int, default=5000)
-    p.add_argument("--test-limit", type=int, default=1000)
     p.add_argument("--latency-batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-accuracy", action="store_true")
+    p.add_argument("--work", default="runs/bench/nmf_vit",
+                   help="run directories of the accuracy part")
     p.add_argument("--out", default="benchmarks/results/nmf_vit.json")
-    p.add_argument("--markdown", default="benchmarks/results/lowrank.md")
+    p.add_argument("--markdown", default="benchmarks/results/nmf_vit.md")
     args = p.parse_args(argv)
     args.tokens = [int(t) for t in args.tokens.split(",")]
     args.train_tokens = [int(t) for t in args.train_tokens.split(",") if t]
     torch.set_num_threads(args.threads)
-    started = time.time()
     cost = cost_part(args)
-    acc = [] if args.skip_accuracy or not args.data_dir else accuracy_part(args)
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps({"args": vars(args), "machine": describe_machine(),
-                               "cost": cost, "accuracy": acc}, indent=1))
-    os.replace(tmp, args.out)
-    write_markdown(args, cost, acc, time.time() - started)
+    acc, sizes = ([], {}) if args.skip_accuracy or not args.data_dir else accuracy_part(args)
+    write_json_atomic(args.out, {"args": vars(args), "machine": describe_machine(),
+                                 "sizes": sizes, "cost": cost, "accuracy": acc})
+    log(f"wrote {args.out}")
+    write_results(args.markdown, markdown(args, cost, acc, sizes))
     return 0
 
 
-def write_markdown(args, cost: list[dict], acc: list[dict], seconds: float) -> None:
-    cmd = "python benchmarks/nmf_vit.py " + " ".join(sys.argv[1:])
+def markdown(args: argparse.Namespace, cost: list[dict], acc: list[dict],
+             sizes: dict[str, int]) -> str:
     base = {r["tokens"]: r for r in cost if r["variant"] == "attention"}
     lines = [
-        "## ViT: NMF token mixing vs softmax attention as tokens grow\n",
-        f"Command: `{cmd}` ({seconds / 60:.1f} min)\n", machine_markdown(), "",
+        results_header("ViT: NMF token mixing vs softmax attention as tokens grow"),
         f"ViT dim {args.dim}, depth {args.depth}, {args.heads} heads; NMF rank {args.rank}, "
         f"{args.steps} no-grad steps in training, {args.steps + 1} at evaluation, plus the "
         f"gradient step. Latency: batch {args.latency_batch}, median of {args.repeats}, "
@@ -159,24 +208,14 @@ def write_markdown(args, cost: list[dict], acc: list[dict], seconds: float) -> N
             f"({b['mixer_ms'] / r['mixer_ms']:.2f}x) | {r['loadavg']} |")
     if acc:
         lines += ["", f"Accuracy: trained from scratch {args.epochs} epochs (AdamW, cosine, "
-                  f"augmentation) on {args.train_limit} CIFAR-10 JPEG train images, tested on "
-                  f"{args.test_limit} test images; scaled down, so both are far from converged.",
+                  f"augmentation) on a random {sizes['train']} CIFAR-10 JPEG train images, "
+                  f"tested on a random {sizes['test']} test images (validation records: "
+                  f"{sizes['val']} images carved from train, seed {args.seed}); scaled down, "
+                  "so both are far from converged.",
                   "", "| tokens | mixer | accuracy (%) | train s |", "|---|---|---|---|"]
         lines += [f"| {r['tokens']} | {r['variant']} | {100 * r['accuracy']:.2f} | "
                   f"{r['train_seconds']:.0f} |" for r in acc]
-    section = "\n".join(lines) + "\n"
-    path = Path(args.markdown)
-    text = path.read_text() if path.exists() else "# Low-rank compression results\n\n"
-    start = text.find("## ViT: NMF token mixing")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    print(section)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

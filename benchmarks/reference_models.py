@@ -1,5 +1,9 @@
 """Reference-model table: parameters, MACs/FLOPs, latency, and pretrained accuracy.
 
+Flags: ``--accuracy-limit N`` (the first N JPEG test images) became
+``--test-limit N`` (a random N, drawn with ``--seed``: the same images as the
+CLI's ``--eval-limit``).
+
 For every registered model: static cost per example (FlopCounterMode plus SDPA,
 FLOPs = 2 x MACs), measured CPU latency at batch 1 and at --batch-size (median
 of repeats, threads fixed), and peak tensor memory. For the pretrained CIFAR-10
@@ -16,22 +20,22 @@ records (load average before/after each timing).
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from _common import log, results_header, write_results
 
 from frugalnn.cost.count import format_bytes, format_count
 from frugalnn.cost.latency import measure_latency
-from frugalnn.cost.machine import describe_machine, machine_markdown
+from frugalnn.cost.machine import describe_machine
 from frugalnn.cost.memory import peak_memory
 from frugalnn.cost.profile import example_input, profile_model
 from frugalnn.errors import UserError
 from frugalnn.models import create_model, list_models, model_info
-from frugalnn.utils.io import write_json_atomic, write_text_atomic
+from frugalnn.utils.io import write_json_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PUBLISHED_ERROR = {20: 8.27, 32: 7.37, 44: 6.90, 56: 6.61}  # He et al. 2016, % test error
@@ -47,8 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--max-seconds", type=float, default=20.0,
                    help="cap on timed seconds per (model, batch); fewer repeats for slow models")
-    p.add_argument("--accuracy-limit", type=int, default=None,
-                   help="evaluate only the first N JPEG test images (default: all 10,000)")
+    p.add_argument("--test-limit", type=int, default=None,
+                   help="a random N JPEG test images, seeded (default: all 10,000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --test-limit draw (0)")
     p.add_argument("--skip-accuracy", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(RESULTS / "reference_models.md"))
@@ -90,8 +95,8 @@ def profile_all(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[st
                      "input_dtype": info.input_dtype, "cost": prof.cost.to_dict(),
                      "latency": {str(b): r.to_dict(with_times=False) for b, r in latency.items()},
                      "peak_memory": {str(b): r.to_dict() for b, r in memory.items()}})
-        print(f"{name}: {format_count(prof.cost.macs)} MACs, b1 {latency[1].median_ms:.2f} ms, "
-              f"b{args.batch_size} {latency[args.batch_size].median_ms:.1f} ms", flush=True)
+        log(f"{name}: {format_count(prof.cost.macs)} MACs, b1 {latency[1].median_ms:.2f} ms, "
+            f"b{args.batch_size} {latency[args.batch_size].median_ms:.1f} ms")
     return rows, notes
 
 
@@ -108,10 +113,11 @@ def _accuracy(model: torch.nn.Module, dataset: Any, device: str) -> float:
 
 def accuracy_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     from frugalnn.data import get_dataset, resolve_data_dir
+    from frugalnn.data.splits import load_test_split
 
     data_dir = resolve_data_dir(args.data_dir)
     exact = get_dataset("cifar10-exact", "test", data_dir)
-    jpeg = get_dataset("cifar10", "test", data_dir, limit=args.accuracy_limit)
+    jpeg = load_test_split("cifar10", str(data_dir), limit=args.test_limit, seed=args.seed)
     out = []
     for depth in (20, 32, 44, 56):
         files = sorted((data_dir / "pretrained" / "resnet-cifar10").glob(f"resnet{depth}-*.th"))
@@ -123,24 +129,18 @@ def accuracy_all(args: argparse.Namespace) -> list[dict[str, Any]]:
                "exact_acc": _accuracy(model, exact, args.device), "exact_n": len(exact),
                "jpeg_acc": _accuracy(model, jpeg, args.device), "jpeg_n": len(jpeg),
                "published_acc": 100.0 - PUBLISHED_ERROR[depth]}
-        print(f"resnet{depth}: exact {row['exact_acc']:.2f} %, jpeg {row['jpeg_acc']:.2f} % "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        log(f"resnet{depth}: exact {row['exact_acc']:.2f} %, jpeg {row['jpeg_acc']:.2f} % "
+            f"({time.perf_counter() - t0:.0f} s)")
         out.append(row)
     return out
 
 
-def markdown(args, machine, rows, notes, acc) -> str:
+def markdown(args: argparse.Namespace, machine: dict[str, Any], rows: list[dict[str, Any]],
+             notes: list[str], acc: list[dict[str, Any]]) -> str:
     bs = args.batch_size
-    cmd = "python benchmarks/reference_models.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     lines = [
-        "## Reference models: cost, latency and pretrained accuracy",
-        "",
-        f"Command: `{cmd}`",
-        "",
-        "Machine:",
-        "",
-        machine_markdown(machine),
-        "",
+        results_header("Reference models: cost, latency and pretrained accuracy",
+                       device=args.device),
         "Static cost per example, counted from the dispatched ops "
         "(`frugalnn.cost.count.measure`: matmuls, convolutions and SDPA attention; "
         "elementwise ops, norms, softmax and pooling are not counted; FLOPs = 2 x MACs). "
@@ -193,9 +193,10 @@ def markdown(args, machine, rows, notes, acc) -> str:
             "### Pretrained CIFAR-10 ResNets (akamaster checkpoints), top-1 accuracy",
             "",
             "`cifar10-exact`: the first 932 official test images, pixel-exact. `cifar10`: the "
-            "JPEG re-encoded test set (quality ~75), on which models trained on the original "
-            "images lose accuracy. Published: 100 % minus the paper's test error on the full "
-            "original test set.",
+            "JPEG re-encoded test set (quality ~75"
+            + (f"; a random {args.test_limit}, seed {args.seed}" if args.test_limit else "")
+            + "), on which models trained on the original images lose accuracy. Published: "
+            "100 % minus the paper's test error on the full original test set.",
             "",
             "| model | exact subset (%) | n | JPEG test (%) | n | published (%) |",
             "|---|---:|---:|---:|---:|---:|",
@@ -215,10 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     rows, notes = profile_all(args)
     acc = [] if args.skip_accuracy else accuracy_all(args)
     out = Path(args.out)
-    write_text_atomic(out, markdown(args, machine, rows, notes, acc))
     write_json_atomic(out.with_suffix(".json"),
                       {"machine": machine, "models": rows, "accuracy": acc, "argv": sys.argv})
-    print(f"wrote {out}")
+    write_results(out, markdown(args, machine, rows, notes, acc))
     return 0
 
 

@@ -12,6 +12,10 @@ Measures, in one run on one machine:
 
 Writes a Markdown section (command, machine, load average, numbers) to
 ``--out`` (default ``benchmarks/results/training.md``) and prints it.
+The training examples are :func:`frugalnn.data.splits.load_splits`'s training
+split (validation carved out, ``--train-limit`` a seeded random subset: the same
+examples as ``frugalnn train --train-limit``). Flags: ``--limit`` became
+``--train-limit``.
 
     python benchmarks/train_throughput.py                 # defaults, ~2 min on 2 cores
     python benchmarks/train_throughput.py --model resnet20 --data cifar10 --data-dir DATA
@@ -31,23 +35,24 @@ import time
 from pathlib import Path
 
 import torch
+from _common import log, results_header, write_results
 from torch.utils.data import DataLoader
 
-from frugalnn.models.registry import model_kwargs_for
-from frugalnn.cost.machine import describe_machine, machine_markdown
 from frugalnn.data import get_dataset
+from frugalnn.models.registry import model_kwargs_for
 from frugalnn.train.checkpoint import load_model, save_checkpoint
 
 WORKER = """
 import json, sys, torch
 from torch.utils.data import DataLoader
-from frugalnn.data import get_dataset
+from frugalnn.data.splits import load_splits
 from frugalnn.models import create_model
 from frugalnn.train import fit
 from frugalnn.models.registry import model_kwargs_for
 torch.set_num_threads(1)
 a = json.loads(sys.argv[1])
-ds = get_dataset(a["data"], "train", a["data_dir"], limit=a["limit"])
+ds = load_splits(a["data"], a["data_dir"], val_fraction=a["val_fraction"],
+                 train_limit=a["limit"], test_split=None, seed=a["seed"]).train
 torch.manual_seed(0)
 model = create_model(a["model"], **model_kwargs_for(a["model"], ds.info, {}))
 loader = DataLoader(ds, batch_size=a["batch"], shuffle=True)
@@ -60,12 +65,14 @@ if int(os.environ.get("RANK", "0")) == 0:
 """
 
 
-def run_fit(args, nproc: int, every: int | None, tmp: Path) -> tuple[float, float]:
+def run_fit(args: argparse.Namespace, nproc: int, every: int | None,
+            tmp: Path) -> tuple[float, float]:
     """(median samples/s over epochs, total training seconds) of one training run."""
     run_dir = tmp / f"run_{nproc}_{every}"
     shutil.rmtree(run_dir, ignore_errors=True)
     spec = {
-        "data": args.data, "data_dir": args.data_dir, "limit": args.limit, "model": args.model,
+        "data": args.data, "data_dir": args.data_dir, "limit": args.train_limit,
+        "val_fraction": args.val_fraction, "seed": args.seed, "model": args.model,
         "batch": args.batch_size // nproc, "epochs": args.epochs, "run_dir": str(run_dir),
         "every": every,
     }  # fmt: skip
@@ -85,7 +92,7 @@ def run_fit(args, nproc: int, every: int | None, tmp: Path) -> tuple[float, floa
     return statistics.median(values[:-1]), values[-1]
 
 
-def checkpoint_costs(args, tmp: Path) -> dict[str, float]:
+def checkpoint_costs(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     from frugalnn.models import create_model
 
     ds = get_dataset(args.data, "train", args.data_dir, limit=8)
@@ -111,12 +118,16 @@ def checkpoint_costs(args, tmp: Path) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="cnn_small")
     p.add_argument("--data", default="digits")
     p.add_argument("--data-dir")
-    p.add_argument("--limit", type=int, default=None, help="training examples (default all)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="part of the training split held out (not trained on) (0.1)")
+    p.add_argument("--train-limit", type=int, default=None,
+                   help="random N training examples, seeded (default all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits (0)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64, help="global batch")
     p.add_argument("--nproc", type=int, default=2, help="processes for the torchrun run")
@@ -124,29 +135,29 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5, help="checkpoint save/load repeats")
     p.add_argument("--port", type=int, default=29531)
     p.add_argument("--out", default="benchmarks/results/training.md")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(1)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        log("training in one process")
         base_rate, base_s = run_fit(args, 1, None, tmp)
+        log(f"training under torchrun, {args.nproc} processes")
         ddp_rate, ddp_s = run_fit(args, args.nproc, None, tmp)
+        log(f"training in one process, checkpoint every {args.every} steps")
         every_rate, every_s = run_fit(args, 1, args.every, tmp)
+        log("checkpoint save / load")
         ck = checkpoint_costs(args, tmp)
     load_after = os.getloadavg()
-    cmd = "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:])
     lines = [
-        "## Training: throughput, torchrun and checkpoint cost",
-        "",
-        f"Command: `{cmd.strip()}`",
-        "",
-        machine_markdown(describe_machine()),
-        "",
+        results_header("Training: throughput, torchrun and checkpoint cost"),
         f"Load average (1/5/15 min) before: {load_before[0]:.2f}/{load_before[1]:.2f}/"
         f"{load_before[2]:.2f}, after: {load_after[0]:.2f}/{load_after[1]:.2f}/"
         f"{load_after[2]:.2f}. The CPU was shared with other jobs; rates are indicative.",
         "",
-        f"Model `{args.model}` on `{args.data}` (limit {args.limit or 'all'}), {args.epochs} "
+        f"Model `{args.model}` on `{args.data}` ({args.train_limit or 'all'} training "
+        f"examples, validation fraction {args.val_fraction} held out, seed {args.seed}), "
+        f"{args.epochs} "
         f"epochs, global batch {args.batch_size}, 1 thread per process. Samples/s is the "
         "median over epochs of (examples trained in the epoch, all processes) / epoch time; "
         "epoch time includes mid-epoch checkpoints but not the end-of-epoch checkpoint and "
@@ -165,14 +176,9 @@ def main() -> None:
         f"load (rebuild + weights) {ck['load_ms']:.1f} ms (median of {args.repeats}).",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".md.tmp")
-    tmp_out.write_text(text)
-    os.replace(tmp_out, out)
+    write_results(args.out, "\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

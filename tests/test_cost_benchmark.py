@@ -9,7 +9,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "reference_models.py"
 
 
-def test_reference_models_writes_markdown_and_json(tmp_path):
+def test_reference_models_writes_markdown_and_json(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH.parent))  # the script imports benchmarks/_common.py
     spec = importlib.util.spec_from_file_location("reference_models", BENCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

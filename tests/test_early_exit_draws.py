@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,13 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "early_exit_draws.p
 
 @pytest.fixture(scope="module")
 def draws():
-    spec = importlib.util.spec_from_file_location("early_exit_draws", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(BENCH.parent))  # the script imports benchmarks/_common.py
+    try:
+        spec = importlib.util.spec_from_file_location("early_exit_draws", BENCH)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH.parent))
     return module
 
 
@@ -45,7 +50,10 @@ def test_pool_means_and_paired_gaps(draws, tmp_path):
     out = tmp_path / "pooled.md"
     assert draws.main([str(a), str(b), "--out", str(out)]) == 0
     text = out.read_text()
-    assert "seeds 100, 11" in text and "--head-augment-seed" not in text.split("`")[1]
+    assert text.startswith("# Early exits: pooled augmentation draws\n")
+    assert "Command: `python " in text and "- date: " in text  # the results header
+    pooled = text.split("draws (seeds", 1)[1]
+    assert "seeds 100, 11" in text and "--head-augment-seed" not in pooled.split("`")[1]
     mean_sdn = ("| mean of 2 | SDN | **76.00 %** | **87.00 %** | **89.20 %** | **41.0 %** "
                 "| **44.0 %** |")
     assert mean_sdn in text

@@ -367,9 +367,14 @@ def run_nmf(
     model: nn.Module, config: NMFConfig, splits: Any, out: str | Path, *,
     device: str = "cpu", threads: int | None = None, progress: bool = True,
     force: bool = False, run_config: dict[str, Any] | None = None,
+    baseline_run: str | Path | None = None, report: bool = True,
 ) -> LowRankRun:
     """NMF token mixing in place of ``model``'s attention, trained on ``splits.train``
-    for ``config.epochs``, saved, evaluated (test and validation) and reported."""
+    for ``config.epochs``, saved, evaluated (test and validation) and reported.
+
+    ``baseline_run`` (an evaluated run of the attention model) is what the
+    evaluation compares with (the demo passes its softmax ViT);
+    ``report=False`` skips ``out/report``."""
     from frugalnn.evaluation import evaluate_into
     from frugalnn.methods.lowrank.nmf import replace_attention
     from frugalnn.report import write_run_report
@@ -399,6 +404,8 @@ def run_nmf(
         model, splits.test, out, val_dataset=splits.val, method=config.label,
         batch_size=config.batch_size, threads=threads, device=device,
         latency_batch_sizes=config.latency_batch_sizes,
-        latency_repeats=config.latency_repeats, config=record, force=True, progress=progress)
-    write_run_report(out)
+        latency_repeats=config.latency_repeats, baseline_run=baseline_run, config=record,
+        force=True, progress=progress)
+    if report:
+        write_run_report(out)
     return LowRankRun(out, model, records, [], history, None)
