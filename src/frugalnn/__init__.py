@@ -63,6 +63,14 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "LowRankConfig": ("frugalnn.methods.lowrank.recipe", "LowRankConfig"),
     "nas": ("frugalnn.methods.nas.recipe", "nas"),
     "NASConfig": ("frugalnn.methods.nas.recipe", "NASConfig"),
+    "quantize": ("frugalnn.methods.quant.recipe", "quantize"),
+    "QuantConfig": ("frugalnn.methods.quant.recipe", "QuantConfig"),
+    "binarize": ("frugalnn.methods.binary.recipe", "binarize"),
+    "BinaryConfig": ("frugalnn.methods.binary.recipe", "BinaryConfig"),
+    "prune": ("frugalnn.methods.prune.recipe", "prune"),
+    "PruneConfig": ("frugalnn.methods.prune.recipe", "PruneConfig"),
+    "ngram": ("frugalnn.methods.text.recipe", "ngram"),
+    "NgramConfig": ("frugalnn.methods.text.recipe", "NgramConfig"),
 }
 
 __all__ = ["__version__", *sorted(_PUBLIC)]

@@ -47,6 +47,10 @@ PLUGINS: tuple[Plugin, ...] = (
     Plugin("lowrank", "frugalnn.methods.lowrank", transforms=("compress", "nmf")),
     Plugin("nas", "frugalnn.methods.nas", models="net"),
     Plugin("acm", "frugalnn.methods.acm", transforms=("convert",)),
+    Plugin("quant", "frugalnn.methods.quant", commands=False, demo=False),
+    Plugin("binary", "frugalnn.methods.binary", commands=False, demo=False),
+    Plugin("prune", "frugalnn.methods.prune", commands=False, demo=False),
+    Plugin("text", "frugalnn.methods.text", commands=False, demo=False),
 )
 
 

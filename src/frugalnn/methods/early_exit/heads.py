@@ -47,7 +47,7 @@ def _window_max(h: torch.Tensor, s: int, k: tuple[int, int]) -> torch.Tensor:
 
 
 # Below this many rows the stock kernel wins in NCHW as well (1.2-1.8x faster at batch
-# 1-8 on the ninth session's AMD EPYC; `benchmarks/head_pooling.py --batch-sizes ...`), and at
+# 1-8 on a 2-core AMD EPYC, 2026-12-02; `benchmarks/head_pooling.py --batch-sizes ...`), and at
 # batch 1 head overhead is what limits early-exit speed-ups.
 WINDOW_MAX_MIN_ROWS = 16
 

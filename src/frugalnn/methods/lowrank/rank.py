@@ -18,7 +18,7 @@ ladder to ranks that are multiples of M: the climbing rank is rounded *down*
 (so the layer still meets its target), and a layer whose budget is below M
 keeps its unaligned rank. Kernels work on blocks of channels (GPU tensor cores
 want multiples of 8), so a rank just past a block boundary costs nearly a
-whole extra block: on the ninth session's AMD EPYC the steps were 16 channels
+whole extra block: on a 2-core AMD EPYC (2026-12-02) the steps were 16 channels
 wide, and a 32-channel Kx1 -> 1xK chain ran 1.84x faster than the dense layer
 at rank 16 but 1.10x at rank 20 (``benchmarks/lowrank_rank_steps.py``).
 

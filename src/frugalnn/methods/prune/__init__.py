@@ -1,0 +1,1 @@
+"""Structured pruning (channels, heads) through torch-pruning: the peer baseline."""

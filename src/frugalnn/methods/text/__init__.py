@@ -1,0 +1,1 @@
+"""Small-footprint NLP: hashed character n-gram networks under a memory budget."""
