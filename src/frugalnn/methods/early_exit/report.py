@@ -10,7 +10,6 @@ All numbers come from one :class:`~frugalnn.methods.early_exit.offline.ExitTrace
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from frugalnn.methods.early_exit.offline import (
     operating_points,
     simulate,
 )
+from frugalnn.utils.figures import save_figure
 from frugalnn.utils.io import jsonable, write_json_atomic, write_text_atomic
 
 __all__ = ["DROPS", "FRACTIONS", "summary_numbers", "write_extras"]
@@ -127,8 +127,4 @@ def _plot(trace: ExitTrace, policy: str, path: Path, nums: dict) -> None:
     ax2.set_ylabel("examples")
     ax2.set_title(f"where examples exit (threshold {t_mid:.4g}, within 1 pt)")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)

@@ -11,8 +11,6 @@ the test split (see :func:`frugalnn.analysis.operating_point.operating_point`).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +77,7 @@ def write_extras(model: MoEModel, run_dirs: list[Path], out_dir: Path,
     import matplotlib.pyplot as plt
 
     from frugalnn.evaluation import load_summary
+    from frugalnn.utils.figures import save_figure
     from frugalnn.utils.io import write_text_atomic
 
     experts = {m.name: m.num_experts for m in model.moe_layers()}
@@ -118,14 +117,6 @@ def write_extras(model: MoEModel, run_dirs: list[Path], out_dir: Path,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    png = out_dir / "moe_ffn.png"
-    fd, tmp = tempfile.mkstemp(prefix=".moe_ffn.", suffix=".png", dir=out_dir)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, png)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
+    png = save_figure(fig, out_dir / "moe_ffn.png")
     md = write_text_atomic(out_dir / "moe.md", "\n".join(lines) + "\n")
     return [md, png]

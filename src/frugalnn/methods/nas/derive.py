@@ -19,6 +19,7 @@ from frugalnn.errors import UserError
 from frugalnn.methods.nas.net import NASNet
 from frugalnn.methods.nas.space import SearchSpace, arch_to_dict
 from frugalnn.methods.nas.supernet import Supernet
+from frugalnn.utils.io import write_bytes_atomic, write_text_atomic
 
 __all__ = [
     "derive_arch",
@@ -61,10 +62,7 @@ def save_arch(arch: dict[str, Any], path: str | os.PathLike[str], force: bool = 
         text = yaml.safe_dump(arch, sort_keys=False)
     else:
         text = json.dumps(arch, indent=1)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, text)
 
 
 def load_search_state(run_dir: str | os.PathLike[str]) -> Supernet:
@@ -89,16 +87,11 @@ def load_search_state(run_dir: str | os.PathLike[str]) -> Supernet:
 
 def save_search_state(net: Supernet, run_dir: str | os.PathLike[str]) -> None:
     """Save the supernet (weights + alphas + masks) and its space, atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     run_dir = Path(run_dir)
     (run_dir / "checkpoint").mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     target = run_dir / "checkpoint" / "supernet.safetensors"
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    save_file(state, str(tmp))
-    os.replace(tmp, target)
-    space_path = run_dir / "search_space.json"
-    tmp = space_path.with_name(f".{space_path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(net.space.to_dict(), indent=1))
-    os.replace(tmp, space_path)
+    write_bytes_atomic(target, save(state))
+    write_text_atomic(run_dir / "search_space.json", json.dumps(net.space.to_dict(), indent=1))

@@ -49,6 +49,7 @@ from frugalnn.cost.latency import measure_latency
 from frugalnn.errors import UserError
 from frugalnn.methods.nas.net import NASBlock, NASNet
 from frugalnn.methods.nas.space import BlockSlot, SearchSpace, build_head, build_stem
+from frugalnn.utils.io import write_text_atomic
 
 __all__ = [
     "LatencyModel",
@@ -232,13 +233,8 @@ class LatencyTable:
                 "entries": dict(sorted(self.entries.items()))}
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, path)
-        self.path = path
-        return path
+        self.path = write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
+        return self.path
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LatencyTable:
