@@ -123,10 +123,12 @@ def _idx(arr: np.ndarray) -> bytes:
     return head + arr.astype(np.uint8).tobytes()
 
 
-def _write_mnist(root, n=5):
+def _write_mnist(root, n=10_000):
+    """MNIST-format files with the test split's published count (10,000), mostly zeros."""
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    imgs = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    imgs = np.zeros((n, 28, 28), dtype=np.uint8)
+    imgs[:5] = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
     labs = np.arange(n, dtype=np.uint8) % 10
     for prefix in ("train", "t10k"):
         (root / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx(imgs)))
@@ -137,7 +139,7 @@ def _write_mnist(root, n=5):
 def test_mnist_idx_round_trip(tmp_path):
     imgs, labs = _write_mnist(tmp_path / "mnist")
     ds = get_dataset("mnist", "test", tmp_path)
-    assert len(ds) == 5 and ds[0][0].shape == (1, 28, 28)
+    assert len(ds) == 10_000 and ds[0][0].shape == (1, 28, 28)
     assert torch.equal(ds.images[:, 0], torch.from_numpy(imgs))
     assert ds.labels.tolist() == labs.tolist()
     x = ds[1][0]

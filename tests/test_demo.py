@@ -170,6 +170,10 @@ def test_method_verdict_says_what_a_method_gained_or_lost() -> None:
     assert method_verdict(run, base, validation=val, baseline_validation=val_base) == (
         "early-exit SDN: 60 % fewer FLOPs, 2.50x faster at batch 64, 1.25x faster at batch 1, "
         "for -5.0 pt accuracy (budget 0.3, chosen on validation).")
+    # Timed at very different loads: the sentence gives both.
+    loaded = {**run, "machine": {"loadavg": [5.2, 4.0, 3.0]}}
+    assert method_verdict(loaded, {**base, "machine": {"loadavg": [1.0, 1.0, 1.0]}}).endswith(
+        "(budget 0.5, chosen on test; timed at load 5.2, the baseline at 1.0).")
     # Nothing within 1 pt: the most accurate budget, and the sentence says so.
     worse = _summary("nas", [("static", 0.1e6, 0.80)], {("static", 64): 0.1})
     assert method_verdict(worse, base) == (
@@ -177,9 +181,13 @@ def test_method_verdict_says_what_a_method_gained_or_lost() -> None:
         "(static model; no budget within 1 pt of the baseline).")
 
 
-def test_demo_sizes_its_models_except_in_quick_mode(tmp_path: Path) -> None:
+def test_demo_sizes_its_models_except_in_quick_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import frugalnn.train
     from frugalnn.data import get_dataset
-    from frugalnn.demo import DemoContext
+    from frugalnn.demo import DEMO_FIT, DemoContext
+    from frugalnn.models import create_model
 
     test = get_dataset("digits", "test", limit=8)
     ctx = DemoContext(out_dir=tmp_path, data="digits", data_dir=None, train_set=test,
@@ -188,5 +196,14 @@ def test_demo_sizes_its_models_except_in_quick_mode(tmp_path: Path) -> None:
         "widths"] == (64, 128, 256)
     assert ctx.model_kwargs("cnn_small")["image_size"] == 8
     assert ctx.latency_batch_sizes == (1, 64)
+    # Training settings per registry model: the demo ViT at its own learning rate.
+    seen: list[dict] = []
+    monkeypatch.setattr(frugalnn.train, "fit", lambda model, loader, **kw: seen.append(kw))
+    vit = create_model("vit_tiny", **{**ctx.model_kwargs("vit_tiny"), "patch_size": 2,
+                                      "dim": 16, "depth": 1, "heads": 2})
+    ctx.fit(vit, epochs=1)
+    ctx.fit(vit, epochs=1, lr=0.5)
+    ctx.fit(create_model("cnn_small", **ctx.model_kwargs("cnn_small")), epochs=1)
+    assert [kw["lr"] for kw in seen] == [DEMO_FIT["vit_tiny"]["lr"], 0.5, 3e-3]
     ctx.quick = True
     assert "widths" not in ctx.model_kwargs("cnn_small")

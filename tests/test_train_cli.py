@@ -61,7 +61,7 @@ def test_existing_run_dir_needs_force_or_resume(tmp_path, capsys):
 def test_force_refuses_foreign_directory(tmp_path, capsys):
     (tmp_path / "precious.txt").write_text("keep me")
     rc = main(["train", "--model", "mlp", "--out", str(tmp_path), "--force", *FAST])
-    assert rc == 2 and "refusing to delete" in capsys.readouterr().err
+    assert rc == 2 and "not a frugalnn run directory" in capsys.readouterr().err
     assert (tmp_path / "precious.txt").exists()
 
 

@@ -52,6 +52,10 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "time_budgets": ("frugalnn.evaluation.timing", "time_budgets"),
     "load_records": ("frugalnn.evaluation.records", "load_records"),
     "write_report": ("frugalnn.report.build", "write_report"),
+    # where it will run: export, checked against PyTorch, and runtimes
+    "export": ("frugalnn.runtime.export", "export"),
+    "ExportConfig": ("frugalnn.runtime.export", "ExportConfig"),
+    "load_exported": ("frugalnn.runtime.package", "load_exported"),
     # methods: one entry point and one config per method
     "early_exit": ("frugalnn.methods.early_exit.recipe", "early_exit"),
     "EarlyExitConfig": ("frugalnn.methods.early_exit.recipe", "EarlyExitConfig"),

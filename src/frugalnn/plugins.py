@@ -9,7 +9,9 @@ provide, by convention:
   named by :attr:`Plugin.transforms` (imported when a checkpoint names a
   transformation not registered yet, so it can be rebuilt);
 - extra registry models (``@register_model``) in the submodule named by
-  :attr:`Plugin.models`.
+  :attr:`Plugin.models`;
+- ``<package>.export`` (when :attr:`Plugin.export`): how ``frugalnn.runtime`` exports
+  the method's input-dependent model and the loop that runs the export.
 
 Nothing else in frugalnn lists method packages: the CLI, the demo, the model
 registry and the transformation registry all read :data:`PLUGINS`. Adding a
@@ -38,25 +40,26 @@ class Plugin:
     demo: bool = True
     models: str = ""  # submodule that registers extra models, if any
     transforms: tuple[str, ...] = ()  # submodules that register transformations
+    export: bool = False  # ``<package>.export``: its exporter for frugalnn.runtime
 
 
 #: Method packages in report order (the demo runs their hooks in this order).
 PLUGINS: tuple[Plugin, ...] = (
-    Plugin("early_exit", "frugalnn.methods.early_exit", transforms=("model",)),
-    Plugin("moe", "frugalnn.methods.moe", transforms=("sparsify", "convert")),
+    Plugin("early_exit", "frugalnn.methods.early_exit", transforms=("model",), export=True),
+    Plugin("moe", "frugalnn.methods.moe", transforms=("sparsify", "convert"), export=True),
     Plugin("lowrank", "frugalnn.methods.lowrank", transforms=("compress", "nmf")),
     Plugin("nas", "frugalnn.methods.nas", models="net"),
-    Plugin("acm", "frugalnn.methods.acm", transforms=("convert",)),
-    Plugin("quant", "frugalnn.methods.quant", commands=False, demo=False),
-    Plugin("binary", "frugalnn.methods.binary", commands=False, demo=False),
-    Plugin("prune", "frugalnn.methods.prune", commands=False, demo=False),
-    Plugin("text", "frugalnn.methods.text", commands=False, demo=False),
+    Plugin("acm", "frugalnn.methods.acm", transforms=("convert",), export=True),
+    Plugin("quant", "frugalnn.methods.quant", transforms=("convert",)),
+    Plugin("binary", "frugalnn.methods.binary", transforms=("convert",)),
+    Plugin("prune", "frugalnn.methods.prune", transforms=("structure",)),
+    Plugin("text", "frugalnn.methods.text"),
 )
 
 
 def plugin_modules(part: str) -> list[str]:
-    """Module names of one conventional part (``"commands"``, ``"demo"``, ``"models"``,
-    ``"transforms"``) for every plugin that provides it."""
+    """Module names of one conventional part (``"commands"``, ``"demo"``, ``"export"``,
+    ``"models"``, ``"transforms"``) for every plugin that provides it."""
     if part == "transforms":
         return [f"{p.package}.{sub}" for p in PLUGINS for sub in p.transforms]
     if part == "models":

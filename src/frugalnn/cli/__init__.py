@@ -23,6 +23,7 @@ CORE_COMMAND_MODULES = (
     "frugalnn.cli.train",  # train
     "frugalnn.cli.evaluate",  # evaluate, report, demo
     "frugalnn.cli.rankings",  # rankings
+    "frugalnn.cli.export",  # export
 )
 
 
@@ -61,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from frugalnn.utils.rundir import USER_ERRNOS, finish_all, os_error_message
+
     try:
         result = args.func(args)
     except UserError as exc:
@@ -69,9 +72,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         print(f"frugalnn: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, read-only file system: the user's to fix
+        if exc.errno not in USER_ERRNOS:
+            raise
+        print(f"frugalnn: error: {os_error_message(exc, 'write ' + str(exc.filename or 'a file'))}",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("frugalnn: interrupted", file=sys.stderr)
         return 130
+    finally:
+        finish_all()  # release run directories this command took (frugalnn.utils.rundir)
     return int(result or 0)
 
 

@@ -125,15 +125,20 @@ def check_device(device: str, flag: str = "--device") -> str:
     return device
 
 
-def check_out(out: Path, force: bool, *, empty_ok: bool = True) -> None:
-    """Refuse to overwrite an existing run directory without ``--force``.
+def check_out(out: Path, force: bool, *, empty_ok: bool = True,
+              command: str | None = None) -> None:
+    """Take run directory ``out`` for this command (see :mod:`frugalnn.utils.rundir`).
 
-    An existing but empty directory is accepted unless ``empty_ok`` is false.
+    Refuses an existing directory without ``--force`` (an empty one is accepted
+    unless ``empty_ok`` is false), and with it anything that is not a marked
+    frugalnn run; refuses a run another process is writing (naming its PID).
+    The directory is locked and marked until the command ends; a replaced run
+    is deleted only once the new one holds results, and a command that wrote
+    nothing leaves nothing behind.
     """
-    taken = out.exists() and (not empty_ok or any(out.iterdir()))
-    if taken and not force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it or choose "
-                        "another --out")
+    from frugalnn.utils.rundir import open_run
+
+    open_run(out, force=force, empty_ok=empty_ok, command=command)
 
 
 def start_run(args: argparse.Namespace) -> Path:
@@ -142,7 +147,7 @@ def start_run(args: argparse.Namespace) -> Path:
 
     check_device(args.device)
     out = Path(args.out)
-    check_out(out, args.force)
+    check_out(out, args.force, command=getattr(args, "command", None))
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -222,12 +227,16 @@ def load_model_for_data(name: str, checkpoint: str | None, info: Any,
     """Model ``name`` sized for dataset ``info`` (unless a frugalnn checkpoint
     rebuilds its own structure), from a checkpoint, a ``.th`` file or fresh."""
     from frugalnn.models.registry import model_kwargs_for
+    from frugalnn.train.checkpoint import check_data_fit
 
     kwargs = model_kwargs_for(name, info, parse_model_args(model_arg))
     if checkpoint and not str(checkpoint).endswith(".th"):
         kwargs = {}  # a frugalnn checkpoint rebuilds its own structure
-    return load_base_model(name, checkpoint, kwargs, device, allow_th=True,
-                           check_name=check_name)
+    model = load_base_model(name, checkpoint, kwargs, device, allow_th=True,
+                            check_name=check_name)
+    if checkpoint:
+        check_data_fit(model, info, checkpoint)
+    return model
 
 
 def load_subsets(args: argparse.Namespace, eval_split: str = "test",

@@ -180,6 +180,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     ckpt = resolve_checkpoint(args.checkpoint)
     model = load_model(ckpt, map_location=args.device)
     dataset, val_dataset, no_val = _eval_splits(args)
+    if getattr(dataset, "info", None) is not None:  # a model of other data: one line, exit 2
+        from frugalnn.train.checkpoint import check_data_fit
+
+        check_data_fit(model, dataset.info, ckpt)
     if no_val is not None:
         print(f"note: evaluating without validation ({no_val}); operating points will be "
               "chosen on the evaluated split itself (oracle)", file=sys.stderr)

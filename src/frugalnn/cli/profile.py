@@ -31,6 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=20, help="timed calls (default 20)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     p.add_argument("--no-timing", action="store_true", help="count only, skip latency/memory")
+    p.add_argument("--runtime", default="eager",
+                   choices=("eager", "compile", "onnxruntime", "torchscript"),
+                   help="where to time it: eager PyTorch, torch.compile, ONNX Runtime (the "
+                        "model exported and checked first) or TorchScript (default eager)")
     p.add_argument("--retain-freed-memory", action="store_true",
                    help="time with glibc keeping freed memory (no page faults for re-allocated "
                         "activations; see docs/cost.md)")
@@ -86,8 +90,10 @@ def _profile(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         repeats=args.repeats,
         device=args.device,
-        timing=not args.no_timing,
+        timing=not args.no_timing and args.runtime == "eager",
     )
+    if not args.no_timing and args.runtime != "eager":
+        _time_on_runtime(prof, model, args, shape, info.input_dtype, batch_sizes)
     cost = prof.cost
     print(f"{args.model}  input {tuple(shape)} ({info.input_dtype})"
           + (f"  checkpoint {args.checkpoint}" if args.checkpoint else ""))
@@ -96,7 +102,8 @@ def _profile(args: argparse.Namespace) -> int:
     print(cost.table(args.depth))
     if prof.latency:
         print()
-        print(f"latency on {prof.machine.get('device')} (median of {args.repeats}, "
+        print(f"latency on {prof.machine.get('device')}, runtime {args.runtime} "
+              f"(median of {args.repeats}, "
               f"load average {prof.machine.get('loadavg')}"
               + (", freed memory retained" if retained else "") + "):")
         for bs, rec in prof.latency.items():
@@ -104,11 +111,30 @@ def _profile(args: argparse.Namespace) -> int:
             print(f"  batch {bs:>4}: {rec.median_ms:9.3f} ms  "
                   f"(p10 {rec.p10_ms:.3f}, p90 {rec.p90_ms:.3f}; "
                   f"{rec.median_ms / bs:.4f} ms/example; {rec.threads} threads; "
-                  f"peak tensor memory {format_bytes(mem.peak_bytes)})")
+                  f"peak memory {format_bytes(mem.peak_bytes)}, {mem.method})")
     if args.json_out:
         write_json_atomic(args.json_out, prof.to_dict())
         print(f"\nwrote {args.json_out}")
     return 0
+
+
+def _time_on_runtime(prof: object, model: object, args: argparse.Namespace,
+                     shape: tuple[int, ...], dtype: str, batch_sizes: tuple[int, ...]) -> None:
+    """Fill ``prof.latency`` / ``prof.memory`` with timings on ``--runtime``."""
+    from frugalnn.cost.memory import MemoryRecord
+    from frugalnn.cost.profile import example_input
+    from frugalnn.runtime.measure import measure_on_runtime, on_runtime
+
+    example = example_input(shape, 2, dtype, args.device)
+    fn = on_runtime(model, args.runtime, example, device=args.device, threads=args.threads)
+    for bs in batch_sizes:
+        x = example_input(shape, bs, dtype, args.device)
+        m = measure_on_runtime(fn, args.runtime, x, warmup=args.warmup, repeats=args.repeats,
+                               threads=args.threads, device=args.device)
+        prof.latency[bs] = m.latency
+        prof.memory[bs] = MemoryRecord(m.peak_bytes or 0, 0, str(args.device), m.memory_method)
+    prof.machine["runtime"] = args.runtime
+    prof.machine["torch_threads"] = next(iter(prof.latency.values())).threads
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from frugalnn.cli.common import check_device, parse_model_args
 from frugalnn.errors import UserError
+from frugalnn.utils.rundir import MARKER, is_run_dir
 
 __all__ = ["register", "resolve_config", "run_train"]
 
@@ -180,7 +181,7 @@ def _build_model(config: dict[str, Any], info: Any):
     import torch
 
     from frugalnn.models import create_model, model_info
-    from frugalnn.train.checkpoint import has_checkpoint, load_meta, load_model
+    from frugalnn.train.checkpoint import check_data_fit, has_checkpoint, load_meta, load_model
 
     init = config["checkpoint"]
     if init and has_checkpoint(init):
@@ -192,7 +193,9 @@ def _build_model(config: dict[str, Any], info: Any):
                 "drop --model or pass the matching checkpoint"
             )
         config["model"] = saved
-        return load_model(init).train(), {"from_checkpoint": str(init)}
+        model = load_model(init)
+        check_data_fit(model, info, init)
+        return model.train(), {"from_checkpoint": str(init)}
     if init and not Path(init).is_file():
         raise UserError(f"--checkpoint {init} does not exist")
     name = config["model"]
@@ -226,6 +229,8 @@ def _prepare_run_dir(
     out: Path, config: dict[str, Any], force: bool, resume: bool
 ) -> dict[str, Any]:
     """Check the run directory (clearing is done by rank 0); return the config to use."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory; choose another --out")
     exists = out.exists() and any(out.iterdir())
     if resume:
         saved_file = out / "config.json"
@@ -255,6 +260,7 @@ def _prepare_run_dir(
                 f"{saved_file} has no {', '.join(missing)}; this run cannot be resumed, "
                 "start over with --force"
             )
+        _check_resumable(out / "checkpoint")
         merged = dict(saved)
         for k in RESUME_OVERRIDES:
             if config.get(k) != OPTIONS[k][0] and config.get(k) is not None:
@@ -267,38 +273,71 @@ def _prepare_run_dir(
                 f"run directory {out} already exists; pass --force to start over "
                 "or --resume to continue it"
             )
-        if not ((out / "config.json").is_file() or (out / "checkpoint").exists()):
+        if not is_run_dir(out):
             raise UserError(
-                f"refusing to delete {out}: it does not look like a frugalnn run directory"
+                f"refusing to replace {out}: it is not a frugalnn run directory (no {MARKER} "
+                "marker), so --force would delete files frugalnn did not write; choose "
+                "another --out"
             )
     return config
+
+
+def _check_resumable(ckpt: Path) -> None:
+    """Refuse to resume from a checkpoint that is there but incomplete (rather than
+    silently starting over); a run killed before its first checkpoint starts anew."""
+    from frugalnn.train.checkpoint import checkpoint_problems
+
+    traces = [ckpt, ckpt.parent / f".{ckpt.name}.old"]
+    if not any(p.exists() for p in traces):
+        return
+    problems = checkpoint_problems(ckpt, train_state=True)
+    if problems:
+        raise UserError(
+            f"cannot resume {ckpt.parent}: its checkpoint is incomplete ({'; '.join(problems)}); "
+            "restore the missing files or start over with --force"
+        )
 
 
 # ------------------------------------------------------------------ command
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import torch
-    from torch.utils.data import DataLoader
-
-    from frugalnn.data import dataset_info
-    from frugalnn.data.splits import load_splits
-    from frugalnn.train import distributed as dist_util
-    from frugalnn.train.checkpoint import write_json_atomic
-    from frugalnn.train.loop import fit
+    from frugalnn.utils.rundir import finish_run, open_run
 
     config = resolve_config(args)
     if not config["out"]:
         raise UserError("no run directory given; pass --out RUN_DIR (or `out:` in the YAML)")
     out = Path(config["out"])
+    main_rank = os.environ.get("RANK", "0") in ("", "0")  # torchrun sets RANK
+    if main_rank:  # one writer, locked before anything is checked or changed; a replaced
+        # run is set aside and deleted only once this one has results
+        open_run(out, force=args.force, resume=args.resume, command="train",
+                 taken=f"run directory {out} already exists; pass --force to start over "
+                       "or --resume to continue it")
+    try:
+        return _train(args, config, out)
+    finally:
+        if main_rank:
+            finish_run(out)
+
+
+def _train(args: argparse.Namespace, config: dict[str, Any], out: Path) -> int:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from frugalnn.data import dataset_info
+    from frugalnn.data.base import dataset_fingerprint
+    from frugalnn.data.splits import load_splits
+    from frugalnn.train import distributed as dist_util
+    from frugalnn.train.checkpoint import data_signature, write_json_atomic
+    from frugalnn.train.loop import fit
+    from frugalnn.utils.rundir import mark_run
+
     # Every rank checks before rank 0 changes anything.
     config = _prepare_run_dir(out, config, args.force, args.resume)
     _check(config)
     env = dist_util.setup(torch.device(config["device"]))
     try:
-        dist_util.barrier(env)
-        if env.is_main and args.force and not args.resume and out.exists():
-            shutil.rmtree(out)
         dist_util.barrier(env)
         if config["threads"]:
             torch.set_num_threads(config["threads"])
@@ -325,6 +364,7 @@ def run_train(args: argparse.Namespace) -> int:
                 "task": info.task,
                 "train_examples": len(train_ds),
                 "eval_examples": len(eval_ds) if eval_ds is not None else 0,
+                "train_fingerprint": dataset_fingerprint(train_ds),
             },
             "val_spec": splits.val_spec,
             "world_size": env.world_size,
@@ -332,6 +372,7 @@ def run_train(args: argparse.Namespace) -> int:
         }
         if env.is_main:
             out.mkdir(parents=True, exist_ok=True)
+            mark_run(out, "train")  # from here on --force may replace it
             if not args.resume:
                 write_json_atomic(out / "config.json", record)
         dist_util.barrier(env)
@@ -367,7 +408,7 @@ def run_train(args: argparse.Namespace) -> int:
             eval_loader=eval_loader,
             progress=not args.no_progress,
             device=config["device"],
-            metadata={"dataset": config["data"]},
+            metadata={"dataset": config["data"], "data": data_signature(info)},
         )
     finally:
         dist_util.teardown(env)

@@ -18,6 +18,14 @@ What is counted, in FLOPs (one multiply-add = 2 FLOPs):
 * scaled-dot-product attention (any backend): ``2*B*H*Tq*Tk*d`` for ``Q K^T``
   plus ``2*B*H*Tq*Tk*d_v`` for ``A V``; a causal mask does not halve it.
 
+Quantised ops (``quantized::conv2d``, ``quantized::linear_dynamic``, the
+weight-only ``_weight_int8pack_mm``, ...) are counted with the same
+conventions by :mod:`frugalnn.cost.bits`, and every FLOP is labelled by the
+precision it runs in (:attr:`CostReport.flops_by_precision`: ``fp32``,
+``int8``, ``w8a32``, ``binary``); parameters are counted per storage precision
+(int8 weights packed inside quantised modules included) and
+:attr:`CostReport.model_bytes` is the size of the weights a checkpoint stores.
+
 What is **not** counted (listed per run in :attr:`CostReport.uncounted`):
 elementwise ops (activations, residual adds, scaling), normalisations,
 softmax, pooling, reductions. For the CNNs and transformers here they are a
@@ -45,6 +53,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from frugalnn.cost.bits import float_precision, model_bytes, op_flops, params_by_precision
 from frugalnn.cost.ledger import DynamicModule
 
 __all__ = [
@@ -126,7 +135,8 @@ def format_bytes(n: float) -> str:
 
 
 class _ActivationMode(TorchDispatchMode):
-    """Sums bytes of newly allocated op outputs and notes uncounted arithmetic ops."""
+    """Sums bytes of newly allocated op outputs, counts the quantised ops the FLOP counter
+    misses, labels every counted FLOP by precision and notes uncounted arithmetic ops."""
 
     def __init__(self, counter: FlopCounterMode) -> None:
         super().__init__()
@@ -134,13 +144,29 @@ class _ActivationMode(TorchDispatchMode):
         self.total_bytes = 0
         self.module_bytes: dict[str, int] = defaultdict(int)
         self.uncounted: dict[str, int] = defaultdict(int)
+        self.extra_flops = 0  # quantised ops, not seen by the FLOP counter
+        self.module_extra: dict[str, int] = defaultdict(int)
+        self.extra_by_op: dict[str, int] = defaultdict(int)
+        self.by_precision: dict[str, int] = defaultdict(int)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
         packet = func.overloadpacket
+        counted = packet in COUNTED_OPS
+        before = self.counter.get_total_flops() if counted else 0
+        out = func(*args, **(kwargs or {}))
         name = _op_name(func)
-        if (
-            packet not in COUNTED_OPS
+        if counted:
+            self.by_precision[float_precision(args)] += self.counter.get_total_flops() - before
+        extra = None if counted else op_flops(func, args, out)
+        if extra is not None:
+            flops, precision = extra
+            self.extra_flops += flops
+            self.by_precision[precision] += flops
+            self.extra_by_op[name] += flops
+            for parent in set(self.counter.mod_tracker.parents):
+                self.module_extra[parent] += flops
+        elif (
+            not counted
             and not func.is_view
             and name not in _NO_ARITHMETIC
             and name.rstrip("_") not in _NO_ARITHMETIC
@@ -183,6 +209,10 @@ class CostReport:
     ``flops`` are real floating-point operations (``macs = flops / 2``) for the
     whole batch; ``per_module`` rows are subtrees in module order;
     ``uncounted`` names the arithmetic ops seen but not counted, with calls.
+    ``params`` counts every weight, int8 weights packed in quantised modules
+    included; ``params_by_precision`` and ``flops_by_precision`` split them by
+    precision (``fp32``, ``int8``, ``w8a32``, ``binary``; see
+    :mod:`frugalnn.cost.bits`); ``model_bytes`` is the size of the state dict.
     """
 
     params: int
@@ -194,6 +224,9 @@ class CostReport:
     per_module: list[ModuleCost] = field(default_factory=list)
     uncounted: dict[str, int] = field(default_factory=dict)
     flops_by_op: dict[str, int] = field(default_factory=dict)
+    flops_by_precision: dict[str, int] = field(default_factory=dict)
+    params_by_precision: dict[str, int] = field(default_factory=dict)
+    model_bytes: int = 0
 
     @property
     def macs(self) -> float:
@@ -242,6 +275,14 @@ class CostReport:
             f"activations per example: {format_bytes(self.activation_bytes / b)} "
             f"(sum of all newly allocated forward outputs)",
         ]
+        if set(self.flops_by_precision) - {"fp32"} or set(self.params_by_precision) - {"fp32"}:
+            lines.append("FLOPs by precision: " + ", ".join(
+                f"{k} {format_count(v / b)}" for k, v in sorted(self.flops_by_precision.items())
+                if v))
+            lines.append("parameters by precision: " + ", ".join(
+                f"{k} {format_count(v)}" for k, v in sorted(self.params_by_precision.items())))
+        if self.model_bytes:
+            lines.append(f"model size:        {format_bytes(self.model_bytes)} (state dict)")
         if self.uncounted:
             lines.append("not counted (no FLOPs assigned): " + ", ".join(sorted(self.uncounted)))
         return "\n".join(lines)
@@ -283,14 +324,21 @@ def _run_counted(model: nn.Module, example_input: Any):
     return counter, acts
 
 
-def _module_flops(counter: FlopCounterMode) -> dict[str, int]:
-    """Total FLOPs per module path; the root's entry under ''."""
-    out: dict[str, int] = {}
+def _module_flops(counter: FlopCounterMode, acts: _ActivationMode) -> dict[str, int]:
+    """Total FLOPs per module path (quantised ops included); the root's entry under ''."""
+    out: dict[str, int] = defaultdict(int)
     for key, ops in counter.get_flop_counts().items():
         if key == "Global":
             continue
-        out[_tracker_name_to_path(key)] = sum(ops.values())
-    return out
+        out[_tracker_name_to_path(key)] += sum(ops.values())
+    for key, flops in acts.module_extra.items():
+        if key != "Global":
+            out[_tracker_name_to_path(key)] += flops
+    return dict(out)
+
+
+def _total_flops(counter: FlopCounterMode, acts: _ActivationMode) -> int:
+    return int(counter.get_total_flops()) + acts.extra_flops
 
 
 def _fill_uncalled(model: nn.Module, values: dict[str, int]) -> dict[str, int]:
@@ -325,7 +373,7 @@ def measure(model: nn.Module, example_input: Any, depth: int = 2) -> CostReport:
     """
     batch, shape = _batch_size(example_input)
     counter, acts = _run_counted(model, example_input)
-    mod_flops = _fill_uncalled(model, _module_flops(counter))
+    mod_flops = _fill_uncalled(model, _module_flops(counter, acts))
     mod_bytes = _fill_uncalled(
         model, {_tracker_name_to_path(k): v for k, v in acts.module_bytes.items()}
     )
@@ -339,7 +387,7 @@ def measure(model: nn.Module, example_input: Any, depth: int = 2) -> CostReport:
                 name=name,
                 type=type(module).__name__,
                 depth=level,
-                params=sum(p.numel() for p in module.parameters()),
+                params=sum(params_by_precision(module).values()),
                 flops=mod_flops.get(name, 0),
                 activation_bytes=mod_bytes.get(name, 0),
             )
@@ -347,32 +395,36 @@ def measure(model: nn.Module, example_input: Any, depth: int = 2) -> CostReport:
     by_op: dict[str, int] = defaultdict(int)
     for op, n in counter.get_flop_counts().get("Global", {}).items():
         by_op[str(op).removeprefix("aten.")] += n
+    for op, n in acts.extra_by_op.items():
+        by_op[op] += n
+    by_precision = params_by_precision(model)
     return CostReport(
-        params=sum(p.numel() for p in model.parameters()),
+        params=sum(by_precision.values()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        flops=int(counter.get_total_flops()),
+        flops=_total_flops(counter, acts),
         activation_bytes=int(acts.total_bytes),
         batch_size=batch,
         input_shape=shape,
         per_module=rows,
         uncounted=dict(sorted(acts.uncounted.items())),
         flops_by_op=dict(by_op),
+        flops_by_precision={k: v for k, v in sorted(acts.by_precision.items()) if v},
+        params_by_precision=dict(sorted(by_precision.items())),
+        model_bytes=model_bytes(model),
     )
 
 
 def count_flops(module: nn.Module, *inputs: Any) -> int:
-    """FLOPs of one forward ``module(*inputs)`` (matmuls, convolutions, SDPA)."""
-    counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_MAPPING)
-    with torch.no_grad(), counter:
-        module(*inputs)
-    return int(counter.get_total_flops())
+    """FLOPs of one forward ``module(*inputs)`` (matmuls, convolutions, SDPA, quantised ops)."""
+    counter, acts = _run_counted(module, tuple(inputs))
+    return _total_flops(counter, acts)
 
 
 def flops_per_example(module: nn.Module, example_batch: Any) -> float:
     """FLOPs of one forward divided by the batch size of ``example_batch``."""
     batch, _ = _batch_size(example_batch)
-    counter, _ = _run_counted(module, example_batch)
-    return counter.get_total_flops() / batch
+    counter, acts = _run_counted(module, example_batch)
+    return _total_flops(counter, acts) / batch
 
 
 def _topmost_dynamic(model: nn.Module) -> list[str]:
@@ -392,11 +444,11 @@ def static_flops_excluding_dynamic(model: nn.Module, example_batch: Any) -> floa
     figure per example completes the account without counting anything twice.
     """
     batch, _ = _batch_size(example_batch)
-    counter, _ = _run_counted(model, example_batch)
-    total = counter.get_total_flops()
+    counter, acts = _run_counted(model, example_batch)
+    total = _total_flops(counter, acts)
     dynamic = _topmost_dynamic(model)
     if "" in dynamic:  # the whole model is dynamic: nothing static outside it
         return 0.0
-    per_module = _module_flops(counter)
+    per_module = _module_flops(counter, acts)
     excluded = sum(per_module.get(name, 0) for name in dynamic)
     return (total - excluded) / batch

@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +37,20 @@ class DatasetInfo:
     task: str = "classification"
     input_dtype: str = "float"
     description: str = ""
+
+
+def read_file_bytes(path: Path, layout: str = "") -> bytes:
+    """All bytes of ``path``, gunzipped when it ends in ``.gz``; any damage (truncation,
+    a corrupted deflate stream, a bad CRC or length) is one ``UserError`` line."""
+    import gzip
+    import zlib
+
+    try:
+        raw = path.read_bytes()
+        return gzip.decompress(raw) if path.suffix == ".gz" else raw
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        hint = f"; {layout}" if layout else ""
+        raise UserError(f"cannot read {path}: it is corrupt or truncated ({exc}){hint}") from None
 
 
 def resolve_data_dir(path: str | os.PathLike | None = None) -> Path:
@@ -178,3 +193,62 @@ def subset_rows(n: int, limit: int | None, *, spread: bool = False) -> slice | n
 
 
 Loader = Callable[..., Dataset]
+
+
+def _hash_arrays(h: Any, *arrays: Any) -> None:
+    for a in arrays:
+        a = a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+
+
+def dataset_fingerprint(dataset: Any) -> dict[str, Any]:
+    """Counts and a SHA-256 of what a dataset holds, to recognise the same data later.
+
+    Covers :class:`ImageArrayDataset` (images and labels), token windows (ids
+    and window starts) and ``Subset`` views of either (their indices too).
+    Other datasets get their length and class count only (``sha256`` None).
+    """
+    import hashlib
+
+    from torch.utils.data import Subset
+
+    h = hashlib.sha256()
+    base, rows = dataset, None
+    while isinstance(base, Subset):
+        rows = np.asarray(base.indices) if rows is None else np.asarray(base.indices)[rows]
+        base = base.dataset
+    known = True
+    if isinstance(base, ImageArrayDataset):
+        _hash_arrays(h, base.images, base.labels)
+    elif hasattr(base, "ids") and hasattr(base, "starts"):
+        _hash_arrays(h, base.ids, base.starts)
+    else:
+        known = False
+    if rows is not None:
+        _hash_arrays(h, rows)
+    info = getattr(dataset, "info", None) or getattr(base, "info", None)
+    labels = getattr(base, "labels", None)
+    counts: dict[str, int] = {}
+    if isinstance(labels, torch.Tensor):
+        picked = labels if rows is None else labels[torch.as_tensor(rows, dtype=torch.long)]
+        values, n = torch.unique(picked, return_counts=True)
+        counts = {str(int(v)): int(c) for v, c in zip(values, n, strict=True)}
+    return {
+        "examples": len(dataset),
+        "num_classes": getattr(info, "num_classes", None),
+        "input_shape": list(getattr(info, "input_shape", ()) or ()),
+        "class_counts": counts,
+        "sha256": h.hexdigest() if known else None,
+    }
+
+
+def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over named arrays (names, dtypes, shapes and bytes), in name order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        h.update(name.encode())
+        _hash_arrays(h, arrays[name])
+    return h.hexdigest()

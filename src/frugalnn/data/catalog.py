@@ -22,6 +22,8 @@ _INFO: dict[str, DatasetInfo] = {
     "imagefolder": DatasetInfo(None, (), description="root/{train,test}/<class>/*.jpg"),
     "tinyshakespeare": DatasetInfo(65, (128,), "lm", "long", "tiny-shakespeare characters"),
     "wikitext2": DatasetInfo(None, (64,), "lm", "long", "WikiText-2 words (valid/test)"),
+    "langid": DatasetInfo(None, (), "classification", "text", "langid TSV: (sentence, label)"),
+    "pos-turkish": DatasetInfo(None, (), "tagging", "text", "Turkish web treebank (CoNLL-U)"),
 }
 
 
@@ -63,6 +65,12 @@ def get_dataset(
         allowed = {"context", "stride"}
         _check_options(name, options, allowed)
         return loader(resolve_data_dir(data_dir), split, limit=limit, **options)
+    if name in ("langid", "pos-turkish"):  # raw sentences (frugalnn.methods.text featurises)
+        from frugalnn.data import conllu, langid
+
+        _check_options(name, options, {"source"} if name == "pos-turkish" else set())
+        load = langid.load_langid if name == "langid" else conllu.load_pos_turkish
+        return load(resolve_data_dir(data_dir), split, limit, **options)
     _check_options(name, options, set())
     if name == "digits":
         return images.load_digits_dataset(split, augment, limit, seed)

@@ -13,6 +13,7 @@ import io
 import pickle
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from frugalnn.data.augment import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_S
 from frugalnn.data.base import (
     DatasetInfo,
     ImageArrayDataset,
+    arrays_digest,
     cache_dir,
     channel_stats,
     save_npz_atomic,
@@ -99,7 +101,7 @@ def read_idx(path: Path) -> np.ndarray:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # gzip checks its CRC and length at the end
         raise UserError(f"cannot read {path} ({exc}); {_MNIST_LAYOUT}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise UserError(f"{path} is not an unsigned-byte IDX file (bad magic); {_MNIST_LAYOUT}")
@@ -108,7 +110,24 @@ def read_idx(path: Path) -> np.ndarray:
     dims = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">u4"))
     if len(dims) != ndim or len(raw) - header != int(np.prod(dims)):
         raise UserError(f"{path} is truncated or corrupt (sizes {dims}); {_MNIST_LAYOUT}")
+    if not dims or dims[0] == 0:
+        raise UserError(f"{path} holds no items (sizes {dims}); {_MNIST_LAYOUT}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+#: Examples per split of the known datasets; a source holding another count is incomplete.
+EXPECTED_COUNTS = {
+    "mnist": {"train": 60_000, "test": 10_000},
+    "cifar10": {"train": 50_000, "test": 10_000},
+}
+
+
+def check_count(name: str, split: str, n: int, source: Path) -> None:
+    """Refuse a known dataset whose ``split`` does not hold its published number of examples."""
+    expected = EXPECTED_COUNTS.get(name, {}).get(split)
+    if expected is not None and n != expected:
+        raise UserError(f"{source} holds {n} {name} {split} examples, expected {expected}; "
+                        "the data is incomplete or corrupt, download it again")
 
 
 def _locate(data_dir: Path, sub: str, required: tuple[str, ...], layout: str) -> Path:
@@ -132,6 +151,7 @@ def load_mnist(
             f"MNIST files in {base} do not match (images {images.shape}, labels "
             f"{labels.shape}); {_MNIST_LAYOUT}"
         )
+    check_count("mnist", split, len(labels), base)
     rows = subset_rows(len(labels), limit, spread=True)
     return ImageArrayDataset(
         images[rows, None],
@@ -182,6 +202,7 @@ def _iter_images(path: Path):
                     f = tf.extractfile(m)
                     if f is not None:
                         yield Path(m.name).parts, f.read()
+            _check_tar_end(tf, path)
     elif path.suffix == ".zip":
         with zipfile.ZipFile(path) as zf:
             for n in zf.namelist():
@@ -189,6 +210,22 @@ def _iter_images(path: Path):
                     yield Path(n).parts, zf.read(n)
     else:
         raise UserError(f"{path} is neither a folder nor a .tar.gz/.zip archive; {_FOLDER_LAYOUT}")
+
+
+def _check_tar_end(tf: tarfile.TarFile, path: Path) -> None:
+    """Refuse an archive whose member list ended early: ``tarfile`` stops silently at a
+    damaged header, so everything after the last member read must be end-of-archive
+    zeros; reading to the end also makes gzip verify its checksum."""
+    fh = tf.fileobj
+    assert fh is not None
+    fh.seek(tf.offset)
+    position = tf.offset
+    while chunk := fh.read(1 << 20):
+        if chunk.count(0) != len(chunk):
+            raise UserError(
+                f"{path} is corrupt: a damaged tar header at byte {position} of the "
+                "uncompressed archive hides the members after it; download it again")
+        position += len(chunk)
 
 
 def decode_image_folder(path: Path) -> dict[str, np.ndarray]:
@@ -209,7 +246,8 @@ def decode_image_folder(path: Path) -> dict[str, np.ndarray]:
             img = Image.open(io.BytesIO(data))
             mode = "L" if img.mode in ("L", "1", "I;16") else "RGB"
             found.setdefault(split, []).append((cls, fname, np.asarray(img.convert(mode))))
-    except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, UnidentifiedImageError) as e:
+    except (OSError, EOFError, zlib.error, tarfile.TarError, zipfile.BadZipFile,
+            UnidentifiedImageError, ValueError) as e:
         raise UserError(f"cannot decode images in {path} ({e}); {_FOLDER_LAYOUT}") from None
     if not found:
         raise UserError(f"no images found in {path}; {_FOLDER_LAYOUT}")
@@ -231,17 +269,25 @@ def decode_image_folder(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+#: The cache entry holding the SHA-256 of every other array (see ``arrays_digest``).
+FINGERPRINT_KEY = "fingerprint_sha256"
+
+
 def cached_image_folder(path: Path) -> dict[str, np.ndarray]:
     """:func:`decode_image_folder` through an ``.npz`` cache keyed on the source."""
     cache = cache_dir() / f"imagefolder-{_source_key(path)}.npz"
     if cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        except (OSError, ValueError, zipfile.BadZipFile):
-            cache.unlink(missing_ok=True)  # a damaged cache is rebuilt, not trusted
+                arrays = {k: z[k] for k in z.files}
+            digest = str(arrays.pop(FINGERPRINT_KEY, ""))
+            if digest == arrays_digest(arrays):
+                return arrays
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error):
+            pass
+        cache.unlink(missing_ok=True)  # a damaged or unverifiable cache is rebuilt, not trusted
     arrays = decode_image_folder(path)
-    save_npz_atomic(cache, **arrays)
+    save_npz_atomic(cache, **arrays, **{FINGERPRINT_KEY: np.array(arrays_digest(arrays))})
     return arrays
 
 
@@ -304,6 +350,8 @@ def load_cifar10_jpeg(
         CIFAR10_MEAN,
         CIFAR10_STD,
     )
+    if limit is None:
+        check_count("cifar10", split, len(ds), data_dir)
     if ds.images.shape[1:] != (3, 32, 32) or len(ds.classes or []) != 10:
         raise UserError(
             f"{data_dir} does not look like CIFAR-10 (images "

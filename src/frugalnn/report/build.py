@@ -521,6 +521,7 @@ def method_verdict(
     validation: dict[str, Any] | None = None,
     baseline_validation: dict[str, Any] | None = None,
     tolerance_points: float = 1.0,
+    load_gap: float = 1.0,
 ) -> str:
     """One sentence: what a run gained or lost against its baseline, from saved summaries.
 
@@ -531,7 +532,9 @@ def method_verdict(
     that budget's share of FLOPs saved, its measured speed-up at each batch size
     both runs were timed at, and its change in test accuracy, e.g. ``"early-exit
     SDN: 41 % fewer FLOPs, 1.31x faster at batch 64, 1.12x faster at batch 1, for
-    -0.4 pt accuracy (budget 0.6, chosen on validation)."``
+    -0.4 pt accuracy (budget 0.6, chosen on validation)."`` The two runs were
+    timed at different moments: when their 1-minute load averages differ by
+    ``load_gap`` or more, the sentence gives both, since the ratio is then unsure.
     """
     name = str(summary.get("method") or "?")
     base_flops, base_acc = _reference_row(baseline_summary)
@@ -568,4 +571,8 @@ def method_verdict(
     where = "static model" if static else f"budget {point['label']}, chosen on {chosen_on}"
     if not close:
         where += f"; no budget within {tolerance_points:g} pt of the baseline"
+    loads = [((s.get("machine") or {}).get("loadavg") or [None])[0]
+             for s in (summary, baseline_summary)]
+    if len(parts) > 1 and None not in loads and abs(loads[0] - loads[1]) >= load_gap:
+        where += f"; timed at load {loads[0]:.1f}, the baseline at {loads[1]:.1f}"
     return f"{name}: {', '.join(parts)}, for {delta:+.1f} pt accuracy ({where})."

@@ -17,10 +17,13 @@ checkpoint under the real name.
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -112,24 +115,74 @@ def save_checkpoint(
         "transforms": list(getattr(model, "frugalnn_transforms", [])),
         **(metadata or {}),
     }
+    _remove_stale_temps(directory)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     try:
         os.chmod(tmp, _umask_mode(0o777))
-        _st_save_model(model, str(tmp / WEIGHTS))
+        _reported_as_os_error(lambda: _st_save_model(model, str(tmp / WEIGHTS)), tmp)
         if optimizer is not None or scheduler is not None or extra_state is not None:
             state = {
                 "optimizer": optimizer.state_dict() if optimizer is not None else None,
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "extra": extra_state,
             }
-            torch.save(state, tmp / TRAIN_STATE)
+            buffer = io.BytesIO()  # serialised in memory: a full disk then fails as an OSError
+            torch.save(state, buffer)
+            with open(tmp / TRAIN_STATE, "wb") as fh:
+                fh.write(buffer.getbuffer())
         # meta.json last: a directory with it is complete (see load_meta).
         write_json_atomic(tmp / META, meta)
         _swap_into_place(tmp, directory)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        from frugalnn.utils.rundir import USER_ERRNOS, os_error_message
+
+        if exc.errno not in USER_ERRNOS:
+            raise
+        kept = (f"the previous checkpoint in {directory} is intact" if has_checkpoint(directory)
+                else "no earlier checkpoint was there")
+        raise UserError(f"{os_error_message(exc, f'save checkpoint {directory}')}; {kept}; "
+                        "free some space and resume with --resume") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def _reported_as_os_error(write: Any, where: Path) -> None:
+    """Run ``write``; a library error raised while the disk is full becomes ENOSPC
+    (safetensors and torch report a short write in their own exception types)."""
+    try:
+        write()
+    except OSError:
+        raise
+    except Exception:
+        try:
+            st = os.statvfs(where)
+            full = st.f_bavail * st.f_frsize < 1 << 20
+        except OSError:
+            full = False
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(where)) from None
+        raise
+
+
+def _remove_stale_temps(directory: Path) -> None:
+    """Delete what earlier saves killed half-way left beside ``directory``: their temp
+    directories and temp files of atomic writes (one writer per run, see rundir)."""
+    parent = directory.parent
+    if not parent.is_dir():
+        return
+    for p in parent.glob(f".{directory.name}.*.tmp"):
+        if p.is_dir() and not _complete(p):
+            shutil.rmtree(p, ignore_errors=True)
+    for p in parent.glob(".*.json.*.tmp"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+
+
+def _complete(path: Path) -> bool:
+    return (path / WEIGHTS).is_file() and (path / META).is_file()
 
 
 def _swap_into_place(tmp: Path, directory: Path) -> None:
@@ -141,12 +194,21 @@ def _swap_into_place(tmp: Path, directory: Path) -> None:
     """
     old = _old_name(directory)
     if old.exists():
-        shutil.rmtree(old)
+        if not _complete(directory) and _complete(old):
+            # An earlier save died between its two renames: the aside copy is the only
+            # complete one, so put it back before anything is deleted.
+            if directory.exists():
+                shutil.rmtree(directory)
+            os.replace(old, directory)
+        else:
+            shutil.rmtree(old)
     if directory.exists():
         os.replace(directory, old)
     os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
     _fsync_dir(directory.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    for leftover in directory.parent.glob(f".{directory.name}.*.tmp"):
+        shutil.rmtree(leftover, ignore_errors=True)  # complete copies older than this save
 
 
 def _fsync_dir(path: Path) -> None:
@@ -171,13 +233,35 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_file() and path.name in (WEIGHTS, META):
         path = path.parent
-    for candidate in (path, _old_name(path)):
-        if (candidate / WEIGHTS).is_file() and (candidate / META).is_file():
+    temps = sorted(path.parent.glob(f".{path.name}.*.tmp"), key=_mtime, reverse=True)
+    for candidate in (path, _old_name(path), *temps):
+        if _complete(candidate):
             return candidate
     raise UserError(
         f"{path} is not a frugalnn checkpoint: expected {WEIGHTS} and {META} "
         "(pass the checkpoint directory written by `frugalnn train`)"
     )
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def checkpoint_problems(path: str | os.PathLike, *, train_state: bool = False) -> list[str]:
+    """What keeps ``path`` from being a complete checkpoint (empty when nothing does).
+
+    ``train_state``: a resumable checkpoint also needs ``train_state.pt``.
+    """
+    path = Path(path)
+    try:
+        directory = resolve_checkpoint(path)
+    except UserError:
+        directory = path
+    needed = (WEIGHTS, META, TRAIN_STATE) if train_state else (WEIGHTS, META)
+    return [f"{name} is missing" for name in needed if not (directory / name).is_file()]
 
 
 def has_checkpoint(path: str | os.PathLike) -> bool:
@@ -200,7 +284,82 @@ def load_meta(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserError(f"{directory} is not a frugalnn checkpoint: {META} lacks format={FORMAT!r}")
+    _check_meta(meta, directory / META)
     return meta
+
+
+#: Largest model a checkpoint may describe, in parameters (refused before allocation).
+MAX_PARAMETERS = 4_000_000_000
+
+
+def _check_meta(meta: dict[str, Any], file: Path) -> None:
+    """Refuse a ``meta.json`` whose fields have the wrong types (a crafted or damaged file)."""
+    def bad(what: str) -> UserError:
+        return UserError(f"{file} is malformed: {what}; re-create the checkpoint")
+
+    spec = meta.get("model")
+    if spec is not None:
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise bad("'model' must be a mapping with a string 'name'")
+        if not isinstance(spec.get("kwargs", {}), dict):
+            raise bad("'model.kwargs' must be a mapping")
+    transforms = meta.get("transforms", [])
+    if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
+        raise bad("'transforms' must be a list of mappings")
+    for key in ("epoch", "step", "epochs", "seed", "world_size", "version"):
+        value = meta.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 0):
+            raise bad(f"{key!r} must be a non-negative integer, got {value!r}")
+    for key in ("metrics", "data"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise bad(f"{key!r} must be a mapping")
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_size(name: str, kwargs: dict[str, Any], transforms: list[Any], where: Path) -> None:
+    """Build the described model on the ``meta`` device (no memory) and refuse one whose
+    parameters exceed :data:`MAX_PARAMETERS` or half of this machine's memory."""
+    from frugalnn.models.registry import create_model
+
+    try:
+        with torch.device("meta"):
+            model = apply_transforms(create_model(name, **kwargs), transforms)
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 - a model that cannot be built on meta is checked on build
+        return
+    numel = sum(p.numel() for p in model.parameters())
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    memory = _memory_bytes()
+    if numel > MAX_PARAMETERS or (memory and nbytes > memory // 2):
+        raise UserError(
+            f"checkpoint {where} describes a {name!r} model of {numel:,} parameters "
+            f"({nbytes / 2**30:.1f} GiB); refusing to build it (limit {MAX_PARAMETERS:,} "
+            "parameters or half of this machine's memory)")
+
+
+def _check_tensors(directory: Path, model: nn.Module) -> None:
+    """Refuse NaN/Inf weights; warn when a stored dtype is cast to the model's."""
+    from safetensors import safe_open
+
+    params = dict(unwrap(model).state_dict())
+    with safe_open(str(directory / WEIGHTS), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+            t = f.get_tensor(key)
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise UserError(f"checkpoint {directory} holds NaN or infinite values in "
+                                f"{key!r}; it cannot be used, re-create it")
+            target = params.get(key)
+            if target is not None and target.dtype != t.dtype:
+                warnings.warn(f"checkpoint {directory}: {key!r} is stored as {t.dtype} and "
+                              f"cast to the model's {target.dtype}", stacklevel=3)
 
 
 def load_weights(
@@ -209,6 +368,12 @@ def load_weights(
     """Load a checkpoint's weights into an existing ``model`` (strict; shapes must match)."""
     directory = resolve_checkpoint(path)
     target = unwrap(model)
+    try:
+        _check_tensors(directory, target)
+    except (SafetensorError, OSError) as exc:
+        raise UserError(
+            f"{directory / WEIGHTS} is corrupt or unreadable ({exc}); re-create the checkpoint"
+        ) from None
     try:
         _st_load_model(target, str(directory / WEIGHTS), strict=True, device=str(map_location))
     except (SafetensorError, OSError) as exc:
@@ -241,11 +406,21 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
             f"checkpoint {path} does not record a registry model; build the model yourself "
             "and call frugalnn.train.checkpoint.load_weights(model, path)"
         )
-    model = create_model(spec["name"], **spec.get("kwargs", {}))
-    model = apply_transforms(model, meta.get("transforms", []))
+    _check_size(spec["name"], spec.get("kwargs", {}), meta.get("transforms", []), Path(path))
+    try:
+        model = create_model(spec["name"], **spec.get("kwargs", {}))
+        model = apply_transforms(model, meta.get("transforms", []))
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the recipe comes from a file: its fault
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(f"checkpoint {path} describes a model that cannot be built "
+                        f"({type(exc).__name__}: {first}); re-create the checkpoint") from None
     model.to(map_location)
     load_weights(model, path, map_location=map_location)
     model.frugalnn_transforms = list(meta.get("transforms", []))
+    if isinstance(meta.get("data"), dict):
+        model.frugalnn_data = dict(meta["data"])  # what check_data_fit compares
     return model.eval()
 
 
@@ -299,3 +474,47 @@ def load_train_state(path: str | os.PathLike) -> dict[str, Any] | None:
             f"{file} is corrupt or holds objects that are not plain tensors/numbers ({first}); "
             "delete the checkpoint or restart training with --force"
         ) from None
+
+
+def data_signature(info: Any) -> dict[str, Any]:
+    """What a checkpoint records about the data it was trained on (``meta.json`` ``data``)."""
+    return {"num_classes": info.num_classes, "input_shape": list(info.input_shape),
+            "task": info.task}
+
+
+def check_data_fit(model: nn.Module, info: Any, where: str | os.PathLike) -> None:
+    """Refuse a model whose recorded data (or whose inputs) do not fit dataset ``info``.
+
+    Compares the ``data`` a checkpoint recorded (classes, input shape, task),
+    else the model's ``num_classes`` argument, then runs one zero example of
+    ``info``'s shape through the model: a mismatch is a one-line ``UserError``.
+    """
+    mine = data_signature(info)
+    recorded = getattr(model, "frugalnn_data", None)
+    if not isinstance(recorded, dict):
+        kwargs = (getattr(model, "frugalnn_spec", None) or {}).get("kwargs") or {}
+        recorded = {"num_classes": kwargs.get("num_classes")}
+    for key, value in recorded.items():
+        if key in mine and value is not None and mine[key] is not None and value != mine[key]:
+            raise UserError(
+                f"checkpoint {where} was trained on data with {key} {value}, but the dataset "
+                f"given has {mine[key]}; pass the dataset it was trained on")
+    if info.task != "classification" or info.input_dtype != "float" or not info.input_shape:
+        return
+    target = unwrap(model)
+    try:
+        device = next(target.parameters()).device
+    except StopIteration:
+        return
+    training = target.training
+    target.eval()
+    try:
+        with torch.no_grad():
+            target(torch.zeros(1, *info.input_shape, device=device))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"checkpoint {where} does not accept inputs of shape {tuple(info.input_shape)} "
+            f"from the dataset given ({first}); pass the dataset it was trained on") from None
+    finally:
+        target.train(training)

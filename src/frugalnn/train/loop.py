@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from frugalnn.errors import UserError
 from frugalnn.train import distributed as dist_util
 from frugalnn.train.checkpoint import (
+    checkpoint_problems,
     has_checkpoint,
     load_meta,
     load_train_state,
@@ -163,6 +164,10 @@ def _fit(*, model, train_loader, epochs, optimizer, lr, momentum, nesterov, weig
 
     ckpt_dir = Path(run_dir) / CHECKPOINT_DIR if run_dir is not None else None
     state = _LoopState()
+    if ckpt_dir is not None and not has_checkpoint(ckpt_dir) and ckpt_dir.exists():
+        raise UserError(  # never start over silently on top of a damaged checkpoint
+            f"{ckpt_dir} is an incomplete checkpoint ({'; '.join(checkpoint_problems(ckpt_dir))}); "
+            "restore the missing files or choose a new run directory")
     if ckpt_dir is not None and has_checkpoint(ckpt_dir):
         if not resume:
             raise UserError(

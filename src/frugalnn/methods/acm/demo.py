@@ -18,7 +18,7 @@ import torch
 
 from frugalnn.errors import UserError
 
-VIT = {"patch_size": 2, "dim": 64, "depth": 2, "heads": 2, "activation": "relu"}
+VIT = {"patch_size": 2, "dim": 128, "depth": 2, "heads": 2, "activation": "relu"}
 
 
 def run_demo(ctx: Any) -> list[Path]:

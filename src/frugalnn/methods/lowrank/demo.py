@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 #: The demo ViT (shared with the mixture-of-experts and ACM hooks, so trained once).
-VIT = {"patch_size": 2, "dim": 64, "depth": 2, "heads": 2, "activation": "relu"}
+VIT = {"patch_size": 2, "dim": 128, "depth": 2, "heads": 2, "activation": "relu"}
 
 
 def run_demo(ctx: Any) -> list[Path]:
@@ -56,7 +56,8 @@ def run_demo(ctx: Any) -> list[Path]:
     _, vit_run = ctx.train_baseline("vit_tiny", epochs=vit_epochs, **VIT)
     torch.manual_seed(ctx.seed)
     vit = create_model("vit_tiny", **{**ctx.model_kwargs("vit_tiny"), **VIT})
-    config = NMFConfig(rank=8, steps=3, epochs=vit_epochs, lr=3e-3, weight_decay=1e-4,
+    # lr: the softmax baseline's (frugalnn.demo.DEMO_FIT), so that only the mixing differs.
+    config = NMFConfig(rank=8, steps=3, epochs=vit_epochs, lr=1e-3, weight_decay=1e-4,
                        batch_size=ctx.batch_size, latency_batch_sizes=ctx.latency_batch_sizes,
                        latency_repeats=5 if ctx.quick else 20, seed=ctx.seed)
     splits = Splits(ctx.train_set, val, ctx.test_set, getattr(ctx.test_set, "info", None))

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-VIT = {"patch_size": 2, "dim": 64, "depth": 2, "heads": 2, "activation": "relu"}
+VIT = {"patch_size": 2, "dim": 128, "depth": 2, "heads": 2, "activation": "relu"}
 
 
 def run_demo(ctx: Any) -> list[Path]:

@@ -283,14 +283,12 @@ def nas(config: NASConfig, *, train_data: Dataset, val_data: Dataset | None = No
 
 
 def _start(out: str | Path, force: bool) -> Path:
-    import shutil
+    from frugalnn.utils.rundir import open_run  # --force replaces only frugalnn runs
 
     path = Path(out)
-    if path.exists():
-        if not force:
-            raise UserError(f"{path} exists; pass --force to replace it or choose another --out")
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
+    open_run(path, force=force, empty_ok=False, command="nas",
+             taken=f"{path} exists; pass --force to replace it or choose another --out")
+    path.mkdir(parents=True, exist_ok=True)
     return path
 
 

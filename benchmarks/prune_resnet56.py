@@ -1,0 +1,142 @@
+"""Channel-pruned ResNet-56 on CIFAR-10 (JPEG) at 2x fewer FLOPs: the peer baseline.
+
+Pipeline (one command, seeds fixed before the run):
+
+1. ResNet-56 from the pretrained checkpoint (``--checkpoint``; trained on the
+   original CIFAR-10 pixels, evaluated here on the JPEG test images);
+2. per seed, the pruning recipe (:func:`frugalnn.methods.prune.recipe.run_prune`):
+   torch-pruning removes output channels of the ``--include`` layers (default
+   ``blocks.*.conv1``: each residual block's inner channels, so the residual
+   stream and its zero-padded option-A shortcuts keep their width; L2 group
+   magnitude, per layer, the dependants pruned with them) in small steps until the
+   MACs are ``--target`` (``flops=2``: the budget is fixed by cost, not chosen
+   on any split), then ``--epochs`` of distillation from the unpruned model
+   (fixed up front) on the training subset; saved, evaluated on the test and
+   validation splits; the whole model timed at batch 1 and ``--batch-size``;
+3. the unpruned model is timed in the same process, and the pruned model
+   without fine-tuning (``--epochs 0``, data-free: beside the data-free
+   low-rank ResNet-56 of ``results/lowrank.md``) is evaluated once.
+
+Splits: :func:`frugalnn.data.splits.load_splits` (validation carved from train,
+split seed 0; the same examples for every training seed). The defaults are a
+scaled-down run for a shared 2-core CPU; the results say the scale used. Run
+it under the timing lock:
+``flock /tmp/frugalnn-timing.lock python benchmarks/prune_resnet56.py``.
+Writes ``--markdown`` (pasted into ``results/prune.md``) and ``--out`` (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import log, results_header, write_results
+
+from frugalnn.cost.latency import measure_latency
+from frugalnn.data.splits import load_splits
+from frugalnn.methods.prune.recipe import PruneConfig, run_prune
+from frugalnn.models import create_model
+from frugalnn.utils.io import write_json_atomic
+
+CHECKPOINT = "pretrained/resnet-cifar10/resnet56-4bfd9763.th"
+
+
+def _latency(model: Any, x: torch.Tensor, sizes: list[int], repeats: int) -> dict[str, float]:
+    return {f"b{n}": measure_latency(model, x[:n], repeats=repeats, threads=1).median_ms
+            for n in sizes}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=os.environ.get("FRUGALNN_DATA"))
+    p.add_argument("--checkpoint", help=f"default: DATA_DIR/{CHECKPOINT}")
+    p.add_argument("--target", default="flops=2")
+    p.add_argument("--include", nargs="*", default=["blocks.*.conv1"],
+                   help="layers that lose output channels (default: the blocks' inner convs; "
+                        "none given: every layer but the classifier)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--train-limit", type=int, default=5000)
+    p.add_argument("--val-limit", type=int, default=500)
+    p.add_argument("--test-limit", type=int, default=1000)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--work", default="/tmp/prune_bench")
+    p.add_argument("--markdown", default="/tmp/prune_resnet56.md")
+    p.add_argument("--out", default="/tmp/prune_resnet56.json")
+    a = p.parse_args()
+    seeds = [int(s) for s in a.seeds.split(",")]
+    checkpoint = a.checkpoint or str(Path(a.data_dir or ".") / CHECKPOINT)
+    splits = load_splits("cifar10", a.data_dir, train_limit=a.train_limit,
+                         val_limit=a.val_limit, test_limit=a.test_limit, seed=0)
+    x = torch.stack([splits.test[i][0] for i in range(a.batch_size)])
+    sizes = [1, a.batch_size]
+    original = create_model("resnet56", checkpoint=checkpoint).eval()
+    base_latency = _latency(original, x, sizes, a.repeats)
+    log(f"original: {base_latency}")
+    runs: list[dict[str, Any]] = []
+    for seed, epochs in [(0, 0)] + [(s, a.epochs) for s in seeds]:
+        config = PruneConfig(target=a.target, include=a.include or None, epochs=epochs,
+                             lr=a.lr, batch_size=a.batch_size,
+                             latency_batch_sizes=tuple(sizes), latency_repeats=a.repeats,
+                             seed=seed)
+        name = f"e{epochs}-s{seed}"
+        run = run_prune(original, config, splits, Path(a.work) / name, threads=1,
+                        progress=False, force=True, report=False,
+                        run_config={"benchmark": "prune_resnet56"})
+        totals = json.loads((run.out / "extras" / "prune_model.json").read_text())["totals"]
+        val = json.loads((run.out / "validation" / "summary.json").read_text())
+        row = {"seed": seed, "epochs": epochs, **totals,
+               "val_accuracy": val["budgets"][0]["accuracy"],
+               "latency": _latency(run.model, x, sizes, a.repeats)}
+        runs.append(row)
+        log(f"{name}: {row['original_accuracy']:.4f} -> {row['pruned_accuracy']:.4f}, "
+            f"{row['flops_ratio']:.2f}x FLOPs, {row['latency']}")
+    write_json_atomic(a.out, {"args": vars(a), "original_latency": base_latency, "runs": runs})
+    tuned = [r for r in runs if r["epochs"] == a.epochs and a.epochs > 0]
+    free = [r for r in runs if r["epochs"] == 0]
+
+    def acc(rows: list[dict[str, Any]], key: str) -> str:
+        vals = [100 * r[key] for r in rows]
+        if len(vals) < 2:
+            return f"{vals[0]:.2f}"
+        return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}"
+
+    def lat(rows: list[dict[str, Any]]) -> str:
+        return " / ".join(f"{statistics.median(r['latency'][f'b{n}'] for r in rows):.2f}"
+                          for n in sizes)
+
+    b = runs[0]
+    base_lat = " / ".join(f"{base_latency['b' + str(n)]:.2f}" for n in sizes)
+    lines = [f"| model | params | FLOPs / example | test accuracy % | validation accuracy % | "
+             f"latency b1 / b{a.batch_size} ms (1 thread) | speed-up b1 / b{a.batch_size} |",
+             "|---|---:|---:|---:|---:|---:|---:|",
+             f"| ResNet-56 (pretrained) | {b['original_params']:,} | "
+             f"{b['original_flops'] / 1e6:.1f} M | {100 * b['original_accuracy']:.2f} | - | "
+             f"{base_lat} | 1.00x |"]
+    for label, rows in ((f"pruned {a.target}, no fine-tuning", free),
+                        (f"pruned {a.target}, {a.epochs} epoch(s) distillation", tuned)):
+        if not rows:
+            continue
+        speed = " / ".join(
+            f"{base_latency[k] / statistics.median(r['latency'][k] for r in rows):.2f}x"
+            for k in (f"b{n}" for n in sizes))
+        lines.append(f"| {label} | {rows[0]['pruned_params']:,} | "
+                     f"{rows[0]['pruned_flops'] / 1e6:.1f} M ({rows[0]['flops_ratio']:.2f}x "
+                     f"fewer) | {acc(rows, 'pruned_accuracy')} | {acc(rows, 'val_accuracy')} | "
+                     f"{lat(rows)} | {speed} |")
+    notes = (f"CIFAR-10 JPEG: train {a.train_limit}, validation {a.val_limit}, test "
+             f"{a.test_limit} examples (split seed 0); fine-tuning seeds {seeds}, lr {a.lr}, "
+             f"batch {a.batch_size}; latency: median of {a.repeats} calls.")
+    write_results(a.markdown, results_header("Channel-pruned ResNet-56 (torch-pruning)",
+                                             notes=notes) + "\n" + "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

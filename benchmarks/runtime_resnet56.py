@@ -1,0 +1,145 @@
+"""ResNet-56 on eager PyTorch and on ONNX Runtime: dense, low-rank and early exits.
+
+Each model is exported to ONNX with :func:`frugalnn.export` (checked against
+PyTorch on real CIFAR-10 test images first) and timed on both runtimes at
+batch 1 and 32, one thread, all configurations interleaved round by round
+(median of the rounds' medians), under the shared timing lock when run as
+the README says. Speed-ups are against the dense model run the same way.
+
+- dense: the pretrained ResNet-56 (``$FRUGALNN_DATA/pretrained``);
+- low-rank: ``frugalnn.lowrank`` (Tucker, ``flops=2``), **no fine-tuning**
+  (timing does not depend on it; its accuracy is not reported here);
+- early exits: heads after blocks 8 and 17, **untrained**, run at a threshold
+  chosen on the validation images so that a fixed share of rows leaves at each
+  head; what matters here is whether the exported loop keeps the eager
+  saving at the same operating point on the same images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import add_split_flags, log, results_header, splits_from_args, write_results
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_split_flags(p, data="cifar10")
+    p.add_argument("--batch-sizes", default="1,32")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--exit-share", type=float, default=0.5,
+                   help="share of validation rows that leave at the first head (0.5)")
+    p.add_argument("--out", default="benchmarks/results/runtime.md")
+    a = p.parse_args()
+
+    import torch
+
+    import frugalnn
+    from frugalnn.cost.latency import measure_latency
+    from frugalnn.methods.early_exit.model import attach_heads
+    from frugalnn.runtime.package import load_exported
+
+    torch.set_num_threads(1)
+    splits = splits_from_args(a)
+    data_dir = Path(a.data_dir or __import__("os").environ.get("FRUGALNN_DATA", "shared/data"))
+    ckpt = next((data_dir / "pretrained" / "resnet-cifar10").glob("resnet56-*.th"))
+    dense = frugalnn.create_model("resnet56", checkpoint=str(ckpt)).eval()
+    example = torch.stack([splits.test[i][0] for i in range(2)])
+    low = frugalnn.lowrank(dense, frugalnn.LowRankConfig(method="tucker", target="flops=2",
+                                                         finetune_epochs=0),
+                           example_input=example).eval()
+    ee = attach_heads(dense, "8,17", example_input=example[:1]).eval()
+    val_x = torch.stack([splits.val[i][0] for i in range(min(256, len(splits.val)))])
+    with torch.no_grad():
+        conf = torch.softmax(ee.exit_outputs(val_x)[0], 1).amax(1)
+    threshold = float(torch.quantile(conf, 1 - a.exit_share))
+    log(f"early-exit threshold {threshold:.4f} (chosen on {len(val_x)} validation images)")
+
+    models = {"dense": dense, "low-rank": low, "early exits": ee}
+    tmp = Path(tempfile.mkdtemp(prefix="runtime-bench-"))
+    runners, checks = {}, {}
+    for name, model in models.items():
+        log(f"exporting {name}")
+        res = frugalnn.export(model, tmp / name.replace(" ", "_"),
+                              frugalnn.ExportConfig(format="onnx", threads=1,
+                                                    budgets=[threshold] if name == "early exits"
+                                                    else None),
+                              check_data=splits.test)
+        checks[name] = res.check
+        runners[name] = load_exported(tmp / name.replace(" ", "_"), threads=1)
+    ee.set_budget(threshold)
+    runners["early exits"].set_budget(threshold)
+
+    sizes = [int(s) for s in a.batch_sizes.split(",")]
+    # Every batch size runs over the same images (a multiple of the largest batch), so that
+    # batch 1 is not one image that happens to exit early or late.
+    n_img = max(sizes)
+    images = torch.stack([splits.test[i % len(splits.test)][0] for i in range(n_img)])
+    units = {bs: [images[i:i + bs] for i in range(0, n_img, bs)] for bs in sizes}
+
+    def over(fn, parts):
+        return lambda: [fn(u) for u in parts]
+
+    times: dict[tuple, list[float]] = {}
+    for r in range(a.rounds):
+        log(f"round {r + 1}/{a.rounds}")
+        for bs in sizes:
+            for name in models:
+                for runtime, fn in (("eager", models[name]), ("onnxruntime", runners[name])):
+                    rec = measure_latency(over(fn, units[bs]), warmup=1, repeats=a.repeats,
+                                          threads=1, batch_size=n_img)
+                    times.setdefault((name, runtime, bs), []).append(
+                        rec.median_ms / len(units[bs]))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    with torch.no_grad():
+        runners["early exits"](images)
+    exits = runners["early exits"].last_exits
+    share = [float((exits == i).float().mean()) for i in range(3)]
+
+    lines = ["| model | batch | eager ms | ORT ms | eager speed-up | ORT speed-up | "
+             "ORT / eager (same model) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for bs in sizes:
+        for name in models:
+            e, o = med[(name, "eager", bs)], med[(name, "onnxruntime", bs)]
+            se = med[("dense", "eager", bs)] / e
+            so = med[("dense", "onnxruntime", bs)] / o
+            lines.append(f"| {name} | {bs} | {e:.2f} | {o:.2f} | {se:.2f}x | {so:.2f}x | "
+                         f"{e / o:.2f}x |")
+    kept = []
+    for bs in sizes:
+        save_e = 1 - med[("early exits", "eager", bs)] / med[("dense", "eager", bs)]
+        save_o = 1 - med[("early exits", "onnxruntime", bs)] / med[("dense", "onnxruntime", bs)]
+        kept.append(f"| {bs} | {100 * save_e:.1f} % | {100 * save_o:.1f} % | "
+                    f"{save_o / save_e if save_e > 0 else float('nan'):.2f} |")
+    check_lines = ["| model | examples | budgets | rows within tolerance | max abs diff |",
+                   "|---|---:|---:|---:|---:|"]
+    for name, c in checks.items():
+        check_lines.append(f"| {name} | {c['examples']} | {len(c['points'])} | "
+                           f"{100 * c['match']:.1f} % | {c['max_abs_diff']:.2g} |")
+    text = results_header("ResNet-56 on eager PyTorch and ONNX Runtime", notes=(
+        "Low-rank: Tucker flops=2, no fine-tuning. Early exits: untrained heads after blocks "
+        f"8 and 17 at threshold {threshold:.4f} (chosen on validation images); of the "
+        f"{n_img} timed images {share[0]:.0%} / {share[1]:.0%} / {share[2]:.0%} leave at head 0 / "
+        f"head 1 / the end. Every batch size runs over the same {n_img} test images (ms per "
+        "batch = time for all of them / number of batches). One thread, medians of "
+        f"{a.rounds} interleaved rounds of {a.repeats} passes. ONNX Runtime "
+        f"{__import__('onnxruntime').__version__}, opset 17."))
+    text += "\n## Latency\n\n" + "\n".join(lines) + "\n"
+    text += ("\n## Early-exit saving kept on ONNX Runtime (target >= 0.8)\n\n"
+             "| batch | eager saving | ORT saving | kept |\n|---:|---:|---:|---:|\n"
+             + "\n".join(kept) + "\n")
+    text += ("\n## Export check (ONNX Runtime vs PyTorch, CIFAR-10 test images)\n\n"
+             + "\n".join(check_lines) + "\n")
+    write_results(a.out, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,227 @@
+"""Export a model, check it against PyTorch on real data, and only then write it.
+
+Python API::
+
+    import frugalnn
+
+    result = frugalnn.export(model, "runs/ee/export/onnx",
+                             frugalnn.ExportConfig(format="onnx"), check_data=splits.test)
+    runner = frugalnn.load_exported("runs/ee/export/onnx")      # ONNX Runtime
+    runner.set_budget(0.9)                                     # the knob survives export
+    logits = runner(x)
+
+A static model becomes one graph; an input-dependent one is handed to its
+method's exporter (found through the plugin list), which writes segments,
+heads or experts and the settings of the loop that drives them. The export is
+then run on ``check_data`` at every budget value the model offers and
+compared with the PyTorch model row by row; ``check.json`` records the
+result. Everything is written to a temporary directory next to ``out`` and
+renamed into place only when the check passes, so a failure leaves nothing
+half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from frugalnn import __version__
+from frugalnn.errors import UserError
+from frugalnn.runtime.graphs import DEFAULT_OPSET, RUNTIMES_OF, SUFFIX, check_format, graph_bytes
+from frugalnn.runtime.package import (
+    CHECK,
+    FORMAT_TAG,
+    MANIFEST,
+    exporter_for,
+    load_exported,
+)
+from frugalnn.utils.io import write_bytes_atomic, write_json_atomic
+
+__all__ = ["ExportConfig", "ExportResult", "check_export", "check_batches", "export"]
+
+
+@dataclass
+class ExportConfig:
+    """How to export and how strictly to check.
+
+    ``atol``/``rtol``: a row matches when ``max|exported - eager| <= atol + rtol * max|eager|``.
+    ``min_match``: the fraction of rows that must match for a static model (all of them).
+    ``dynamic_min_match``: the same for an input-dependent model, where a row whose
+    confidence sits within float error of a threshold may leave at a neighbouring exit.
+    ``budgets``: the budget values checked (default: every value the model offers).
+    """
+
+    format: str = "onnx"
+    opset: int = DEFAULT_OPSET
+    atol: float = 1e-4
+    rtol: float = 1e-4
+    batch_size: int = 32
+    check_limit: int | None = 256
+    seed: int = 0
+    min_match: float = 1.0
+    dynamic_min_match: float = 0.99
+    budgets: list[float] | None = None
+    threads: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded in the manifest
+
+    def validate(self) -> None:
+        check_format(self.format)
+        if self.batch_size < 1:
+            raise UserError(f"batch_size must be positive, got {self.batch_size}")
+        if self.check_limit is not None and self.check_limit < 1:
+            raise UserError(f"check_limit must be positive, got {self.check_limit}")
+        if self.atol < 0 or self.rtol < 0:
+            raise UserError("atol and rtol must be >= 0")
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    manifest: dict[str, Any]
+    check: dict[str, Any]
+
+
+def check_batches(data: Any, limit: int | None, batch_size: int, seed: int) -> list[Any]:
+    """Input batches to check with: a seeded random ``limit`` of a dataset (labels dropped),
+    or a tensor of inputs cut into batches."""
+    import torch
+
+    from frugalnn.data.splits import random_subset, seeded_loader
+    from frugalnn.utils.batch import split_batch
+
+    if isinstance(data, torch.Tensor):
+        rows = data[:limit] if limit else data
+        return [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    loader = seeded_loader(random_subset(data, limit, seed), batch_size, seed, shuffle=False)
+    return [split_batch(b)[0] for b in loader]
+
+
+def _budgets(model: Any, config: ExportConfig) -> list[float | None]:
+    from frugalnn.budget import has_budget
+
+    if not has_budget(model):
+        return [None]
+    values = config.budgets if config.budgets is not None else model.budget_values()
+    return list(values) or [None]
+
+
+def check_export(model: Any, runner: Any, batches: list[Any], budgets: list[float | None], *,
+                 atol: float, rtol: float) -> dict[str, Any]:
+    """Run the eager model and the export side by side on ``batches`` at every budget;
+    per budget: rows, rows within tolerance, argmax agreement, largest difference."""
+    import torch
+
+    from frugalnn.utils.batch import logits_of
+
+    full = model.full_budget() if budgets != [None] else None
+    points = []
+    try:
+        with torch.inference_mode():
+            for b in budgets:
+                if b is not None:
+                    model.set_budget(b)
+                    runner.set_budget(b)
+                rows = within = agree = 0
+                worst = 0.0
+                for x in batches:
+                    ref = logits_of(model(x)).float().cpu()
+                    got = logits_of(runner(x)).float().cpu()
+                    if got.shape != ref.shape:
+                        raise UserError(f"the export returns shape {tuple(got.shape)} where "
+                                        f"the model returns {tuple(ref.shape)}")
+                    diff = (got - ref).abs().amax(dim=1)
+                    tol = atol + rtol * ref.abs().amax(dim=1)
+                    rows += len(diff)
+                    within += int((diff <= tol).sum())
+                    agree += int((got.argmax(1) == ref.argmax(1)).sum())
+                    worst = max(worst, float(diff.max()))
+                points.append({"budget": b, "rows": rows, "within_tolerance": within,
+                               "match": within / max(rows, 1), "argmax_agreement":
+                               agree / max(rows, 1), "max_abs_diff": worst})
+    finally:
+        if full is not None:
+            model.set_budget(full)
+            runner.set_budget(full)
+    return {"atol": atol, "rtol": rtol, "points": points,
+            "match": min(p["match"] for p in points),
+            "max_abs_diff": max(p["max_abs_diff"] for p in points)}
+
+
+def _example(batches: list[Any], example_input: Any) -> Any:
+    if example_input is not None:
+        return example_input
+    if not batches:
+        raise UserError("no data to check the export with; pass check_data")
+    first = batches[0]
+    # torch.export and the tracer specialise a batch of 1: export with at least 2 rows.
+    return first[:2] if len(first) >= 2 else first.repeat(2, *([1] * (first.dim() - 1)))
+
+
+def export(model: Any, out: str | os.PathLike, config: ExportConfig | None = None, *,
+           check_data: Any = None, example_input: Any = None, force: bool = False,
+           source: dict[str, Any] | None = None) -> ExportResult:
+    """Export ``model`` to the directory ``out``, checked on ``check_data`` (a dataset of
+    ``(x, y)`` or a tensor of inputs); see the module docstring."""
+    import torch
+
+    config = config or ExportConfig()
+    config.validate()
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists; pass --force (force=True) to overwrite it")
+    if check_data is None:
+        raise UserError("an export is checked on real data before it is written; "
+                        "pass check_data (a dataset or a tensor of inputs)")
+    model = model.eval()
+    batches = check_batches(check_data, config.check_limit, config.batch_size, config.seed)
+    example = _example(batches, example_input)
+    exporter = exporter_for(model)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        with torch.no_grad():
+            if exporter is None:
+                file = "model" + SUFFIX[config.format]
+                write_bytes_atomic(tmp / file, graph_bytes(
+                    model, (example,), config.format, input_names=["input"],
+                    output_names=["logits"], opset=config.opset))
+                parts: dict[str, Any] = {"graphs": {"model": file}}
+                kind = "static"
+            else:
+                parts = exporter.export_parts(model, example, config.format, tmp, config.opset)
+                kind = exporter.KIND
+        # A static export is one graph at the model's current setting; an input-dependent
+        # one keeps its knob and is checked at every value.
+        budgets = [None] if exporter is None else _budgets(model, config)
+        manifest = {
+            "format_tag": FORMAT_TAG, "frugalnn_version": __version__, "torch": torch.__version__,
+            "format": config.format, "runtime": RUNTIMES_OF[config.format][0], "kind": kind,
+            "input_shape": list(example.shape[1:]), "input_dtype": str(example.dtype),
+            "budget_values": [b for b in budgets if b is not None],
+            "source": source or {}, "config": asdict(config), **parts,
+        }
+        write_json_atomic(tmp / MANIFEST, manifest)
+        runner = load_exported(tmp, threads=config.threads)
+        check = check_export(model, runner, batches, budgets, atol=config.atol, rtol=config.rtol)
+        needed = config.min_match if kind == "static" else config.dynamic_min_match
+        check.update(passed=check["match"] >= needed, required_match=needed,
+                     examples=sum(len(b) for b in batches),
+                     data=getattr(check_data, "name", None) or type(check_data).__name__,
+                     runtime=manifest["runtime"])
+        write_json_atomic(tmp / CHECK, check)
+        if not check["passed"]:
+            raise UserError(
+                f"the {config.format} export does not match the PyTorch model: "
+                f"{check['match']:.1%} of rows within tolerance (needed {needed:.1%}), "
+                f"largest difference {check['max_abs_diff']:.3g}; nothing was written")
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ExportResult(out, manifest, check)

@@ -1,0 +1,136 @@
+"""An export directory and the runner that drives it.
+
+Layout of an export directory::
+
+    OUT/manifest.json   format, kind ("static" or a method's plugin name), graph files,
+                        input shape and dtype, the method's loop settings, budget values
+    OUT/<graph files>   model.onnx for a static model; segments/heads/experts for a method
+    OUT/check.json      the numerical check against the PyTorch model on real data
+
+A *runner* is what runs an export: ``runner(x) -> logits`` plus the budget
+knob (``budget_name``, ``budget_values()``, ``full_budget()``,
+``set_budget(v)``), so an exported input-dependent model keeps its knob. A
+static model's runner calls its one graph. An input-dependent model's runner
+comes from its method's exporter, ``<plugin package>.export`` (see
+:data:`frugalnn.plugins.PLUGINS`, part ``export``), which this module finds by
+name and never imports directly. Such a module provides::
+
+    KIND: str                                      # the plugin name, written as the kind
+    claims(model) -> bool                          # is this model one of mine?
+    export_parts(model, example, fmt, out_dir, opset) -> dict
+        # writes the graph files into out_dir; returns {"graphs": {name: file}, "loop": {...}}
+    load_runner(manifest, graphs) -> runner        # graphs: {name: callable on a runtime}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from frugalnn.errors import UserError
+from frugalnn.plugins import PLUGINS, import_optional
+from frugalnn.runtime.graphs import RUNTIMES_OF, load_graph
+
+__all__ = [
+    "CHECK",
+    "MANIFEST",
+    "StaticRunner",
+    "exporter_for",
+    "load_exported",
+    "method_exporters",
+    "read_manifest",
+]
+
+MANIFEST = "manifest.json"
+CHECK = "check.json"
+FORMAT_TAG = "frugalnn-export"
+
+
+def method_exporters() -> list[ModuleType]:
+    """Every plugin's export module (those whose plugin declares ``export``)."""
+    out = []
+    for plugin in PLUGINS:
+        if getattr(plugin, "export", False):
+            module = import_optional(f"{plugin.package}.export")
+            if module is not None:
+                out.append(module)
+    return out
+
+
+def exporter_for(model: Any) -> ModuleType | None:
+    """The method exporter that claims ``model``; ``None`` for a static model.
+
+    A model holding an input-dependent module that no exporter claims is refused.
+    """
+    from frugalnn.cost.ledger import DynamicModule
+
+    for module in method_exporters():
+        if module.claims(model):
+            return module
+    dynamic = [(n, m) for n, m in model.named_modules() if isinstance(m, DynamicModule)]
+    if dynamic:
+        name, module = dynamic[0]
+        kinds = ", ".join(m.KIND for m in method_exporters()) or "none"
+        raise UserError(
+            f"no exporter for the input-dependent layer {name or '(the model)'!r} "
+            f"({type(module).__name__}); exportable input-dependent methods: {kinds}")
+    return None
+
+
+def _kind_module(kind: str) -> ModuleType:
+    for module in method_exporters():
+        if kind == module.KIND:
+            return module
+    raise UserError(f"this export needs the {kind!r} method's exporter, which is not available")
+
+
+class StaticRunner:
+    """A static model's one graph, with the (trivial) budget knob of a static model."""
+
+    budget_name = "none"
+
+    def __init__(self, graph: Callable[..., Any]) -> None:
+        self.graph = graph
+
+    def __call__(self, x: Any) -> Any:
+        return self.graph(x)
+
+    def budget_values(self) -> list[float]:
+        return []
+
+    def full_budget(self) -> float | None:
+        return None
+
+    def set_budget(self, value: float) -> None:
+        raise UserError("a static exported model has no budget knob")
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of an export directory (one-line error if it is not one)."""
+    file = Path(path) / MANIFEST
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"{path} is not a frugalnn export (no readable {MANIFEST}); "
+                        "create it with `frugalnn export`") from None
+    if manifest.get("format_tag") != FORMAT_TAG:
+        raise UserError(f"{file} is not a frugalnn export manifest")
+    return manifest
+
+
+def load_exported(path: str | Path, *, runtime: str | None = None, device: str = "cpu",
+                  threads: int | None = None) -> Any:
+    """The runner of an export directory, its graphs loaded on ``runtime``."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    fmt = manifest["format"]
+    if runtime is not None and runtime not in RUNTIMES_OF[fmt]:
+        raise UserError(f"a {fmt} export runs on {', '.join(RUNTIMES_OF[fmt])}, not {runtime!r}")
+    graphs = {name: load_graph(path / file, runtime, device=device, threads=threads)
+              for name, file in manifest["graphs"].items()}
+    if manifest["kind"] == "static":
+        return StaticRunner(graphs["model"])
+    return _kind_module(manifest["kind"]).load_runner(manifest, graphs)
