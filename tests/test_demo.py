@@ -69,7 +69,9 @@ def test_demo_runs_hooks_and_reports(hooks: list[str], tmp_path: Path) -> None:
     assert "1293 training, 144 validation, 360 test examples" in md
     # One sentence per method run, against its baseline: the copy gains and loses nothing.
     line = next(x for x in md.splitlines() if x.startswith("- **copy**"))
-    assert "copy: 0 % fewer FLOPs" in line and "for +0.0 pt accuracy (static model)" in line
+    assert "copy: 0 % fewer FLOPs" in line
+    assert line.endswith("for +0.0 pt accuracy (static model; times measured against the "
+                         "baseline in interleaved rounds).")
     assert "faster at batch 64" in line or "slower at batch 64" in line
 
 
@@ -174,6 +176,15 @@ def test_method_verdict_says_what_a_method_gained_or_lost() -> None:
     loaded = {**run, "machine": {"loadavg": [5.2, 4.0, 3.0]}}
     assert method_verdict(loaded, {**base, "machine": {"loadavg": [1.0, 1.0, 1.0]}}).endswith(
         "(budget 0.5, chosen on test; timed at load 5.2, the baseline at 1.0).")
+    # Timed against the baseline in interleaved rounds: that same-run ratio is used,
+    # whatever the separately timed rows say.
+    inter = {**loaded, "latency": [
+        {**row, "interleaved": {"speedup": 1.6}} if row["label"] == "0.5" else row
+        for row in run["latency"]]}
+    assert method_verdict(inter, {**base, "machine": {"loadavg": [1.0, 1.0, 1.0]}}) == (
+        "early-exit SDN: 40 % fewer FLOPs, 1.60x faster at batch 64, 1.60x faster at batch 1, "
+        "for -0.4 pt accuracy (budget 0.5, chosen on test; times measured against the "
+        "baseline in interleaved rounds).")
     # Nothing within 1 pt: the most accurate budget, and the sentence says so.
     worse = _summary("nas", [("static", 0.1e6, 0.80)], {("static", 64): 0.1})
     assert method_verdict(worse, base) == (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -237,6 +238,28 @@ def test_time_budgets_rows_per_budget_and_batch_size() -> None:
     assert model.threshold == 2.0
     with pytest.raises(UserError, match="fewer than"):
         time_budgets(model, _loader(_data(3)), batch_sizes=(8,), progress=False)
+
+
+def test_time_budgets_interleaves_a_reference_model() -> None:
+    model = ToyExit()
+    calls: list[str] = []
+
+    class Reference(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append("reference")
+            time.sleep(0.002)  # clearly slower than the toy model's cheap budget
+            return x
+
+    rows = time_budgets(model, _loader(_data(20)), budgets=[0.0], batch_sizes=(4,),
+                        warmup=0, repeats=3, progress=False, reference=Reference(), rounds=2)
+    inter = rows[0]["interleaved"]
+    assert inter["rounds"] == 2 and len(inter["model_ms"]) == len(inter["reference_ms"]) == 2
+    assert inter["speedup"] == pytest.approx(min(inter["reference_ms"]) / min(inter["model_ms"]))
+    assert inter["speedup"] > 1.0
+    assert len(calls) == 2 * 3  # two rounds of three timed calls, no warm-up
+    with pytest.raises(UserError, match="rounds"):
+        time_budgets(model, _loader(_data(20)), batch_sizes=(4,), progress=False,
+                     reference=Reference(), rounds=0)
 
 
 def test_max_batches_and_single_batch_timing() -> None:

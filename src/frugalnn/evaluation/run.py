@@ -87,6 +87,7 @@ def evaluate_into(
     run_dir: str | os.PathLike[str],
     *,
     val_dataset: Any = None,
+    reference_model: nn.Module | None = None,
     method: str = "",
     batch_size: int = 64,
     budgets: Sequence[float] | None = None,
@@ -104,6 +105,10 @@ def evaluate_into(
     progress: bool = True,
 ) -> EvalRecords:
     """Evaluate ``model`` on ``dataset``, time it per budget, and write a run directory.
+
+    With ``reference_model`` (the baseline), every latency row also holds a speed-up
+    measured against it in interleaved rounds on the same batches
+    (:func:`~frugalnn.evaluation.timing.time_budgets`).
 
     With ``val_dataset``, the same budgets are also evaluated on it and saved
     under ``validation/``: that is where operating points are chosen. Without
@@ -172,7 +177,7 @@ def evaluate_into(
         swept = None if not has_budget(model) else records.budgets()
         records.latency = time_budgets(model, loader, swept, sizes, warmup=latency_warmup,
                                        repeats=latency_repeats, threads=threads, device=device,
-                                       progress=progress)
+                                       progress=progress, reference=reference_model)
     if config is not None:
         records.meta["config"] = jsonable(config)
     records.save(run_dir, force=force)

@@ -71,8 +71,17 @@ def time_budgets(
     threads: int | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    reference: nn.Module | None = None,
+    rounds: int = 2,
 ) -> list[dict[str, Any]]:
     """Measured forward latency of ``model`` per budget and batch size.
+
+    With a ``reference`` model (the baseline), each setting is timed in
+    ``rounds`` interleaved rounds, reference then model, on the same batches,
+    and the row gets ``interleaved = {"rounds", "model_ms", "reference_ms",
+    "speedup"}``: the reference's fastest round median over the model's, a
+    speed-up measured in one run under one load (the ``median_ms`` fields stay
+    those of the model's last round).
 
     Each timed call runs the model (in ``inference_mode``, no ledger) on a
     *different* real batch, cycling through ``repeats`` batches drawn from
@@ -86,6 +95,10 @@ def time_budgets(
     device = torch.device(device)
     values = _resolve_budgets(model, budgets)
     model.to(device)
+    if reference is not None:
+        if rounds < 1:
+            raise UserError(f"rounds must be at least 1, got {rounds}")
+        reference.to(device).eval()
     rows: list[dict[str, Any]] = []
     jobs = [(b, bs) for b in values for bs in batch_sizes]
     try:
@@ -100,22 +113,42 @@ def time_budgets(
                            _real_batches(loader_or_batch, bs, max(repeats, 1))]
                 cursor = {"i": 0}
 
-                def step(_batches: list[Any] = batches, _c: dict[str, int] = cursor) -> Any:
-                    x = _batches[_c["i"] % len(_batches)]
-                    _c["i"] += 1
-                    return model(x)
+                def stepper(fn: Any, _batches: list[Any] = batches,
+                            _c: dict[str, int] = cursor) -> Any:
+                    def step() -> Any:
+                        x = _batches[_c["i"] % len(_batches)]
+                        _c["i"] += 1
+                        return fn(x)
 
-                rec = measure_latency(step, warmup=warmup, repeats=repeats, threads=threads,
-                                      device=device, batch_size=bs).to_dict(with_times=False)
+                    return step
+
+                def timed(fn: Any, _c: dict[str, int] = cursor, _bs: int = bs) -> dict[str, Any]:
+                    _c["i"] = 0  # every timing sees the same batches in the same order
+                    return measure_latency(stepper(fn), warmup=warmup, repeats=repeats,
+                                           threads=threads, device=device,
+                                           batch_size=_bs).to_dict(with_times=False)
+
+                model_ms: list[float] = []
+                reference_ms: list[float] = []
+                for _ in range(rounds if reference is not None else 1):
+                    if reference is not None:
+                        reference_ms.append(float(timed(reference)["median_ms"]))
+                    rec = timed(model)
+                    model_ms.append(float(rec["median_ms"]))
                 median = float(rec["median_ms"])
-                rows.append({
+                row = {
                     **{k: v for k, v in rec.items() if k != "batch_size"},
                     "budget": _budget_key(b),
                     "label": budget_label(b),
                     "batch_size": bs,
                     "distinct_batches": len(batches),
                     "per_example_ms": median / bs,
-                })
+                }
+                if reference is not None:
+                    row["interleaved"] = {"rounds": len(model_ms), "model_ms": model_ms,
+                                          "reference_ms": reference_ms,
+                                          "speedup": min(reference_ms) / min(model_ms)}
+                rows.append(row)
     finally:
         if has_budget(model):
             model.set_budget(model.full_budget())  # type: ignore[attr-defined]

@@ -378,6 +378,17 @@ def _ratio(num: float | None, den: float | None) -> str:
     return f"{num / den:.2f}×"
 
 
+def _interleaved_lookup(summary: dict[str, Any]) -> dict[tuple[str, int], float]:
+    """``(budget label, batch size) -> speed-up`` measured against the baseline in
+    interleaved rounds (rows timed with a reference model), where the run has them."""
+    out = {}
+    for row in summary.get("latency") or []:
+        speed = (row.get("interleaved") or {}).get("speedup")
+        if speed:
+            out[(str(row.get("label")), int(row.get("batch_size", 0)))] = float(speed)
+    return out
+
+
 def _latency_lookup(summary: dict[str, Any]) -> dict[tuple[str, int], float]:
     out = {}
     for row in summary.get("latency") or []:
@@ -559,11 +570,17 @@ def method_verdict(
     saving = 1.0 - point["cost"] / base_flops
     parts = [f"{abs(100 * saving):.0f} % {'fewer' if saving >= 0 else 'more'} FLOPs"]
     base_lat, lat = _latency_lookup(baseline_summary), _latency_lookup(summary)
+    same_run = _interleaved_lookup(summary)
     full = _full_label(baseline_summary)
+    interleaved = False
     for bs in sorted({bs for _, bs in lat}, reverse=True):
-        before, after = base_lat.get((full, bs)), lat.get((str(point["label"]), bs))
-        if before and after:
-            speed = before / after
+        speed = same_run.get((str(point["label"]), bs))
+        if speed is not None:
+            interleaved = True
+        else:
+            before, after = base_lat.get((full, bs)), lat.get((str(point["label"]), bs))
+            speed = before / after if before and after else None
+        if speed:
             parts.append(f"{speed:.2f}x faster at batch {bs}" if speed >= 1
                          else f"{1 / speed:.2f}x slower at batch {bs}")
     delta = 100 * (point["accuracy"] - base_acc)
@@ -573,6 +590,8 @@ def method_verdict(
         where += f"; no budget within {tolerance_points:g} pt of the baseline"
     loads = [((s.get("machine") or {}).get("loadavg") or [None])[0]
              for s in (summary, baseline_summary)]
-    if len(parts) > 1 and None not in loads and abs(loads[0] - loads[1]) >= load_gap:
+    if interleaved:
+        where += "; times measured against the baseline in interleaved rounds"
+    elif len(parts) > 1 and None not in loads and abs(loads[0] - loads[1]) >= load_gap:
         where += f"; timed at load {loads[0]:.1f}, the baseline at {loads[1]:.1f}"
     return f"{name}: {', '.join(parts)}, for {delta:+.1f} pt accuracy ({where})."

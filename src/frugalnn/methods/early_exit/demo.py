@@ -38,11 +38,13 @@ def run_demo(ctx: Any) -> list[Path]:
     runs = []
     for name, config in configs(ctx.quick, ctx.seed, ctx.batch_size).items():
         backbone, _ = ctx.train_baseline()
+        reference = (ctx.baseline_model_of(backbone) if hasattr(ctx, "baseline_model_of")
+                     else None)
         out = ctx.run_dir(name)
         run = run_early_exit(
             backbone, config, splits, out, device=ctx.device, threads=ctx.threads,
             progress=ctx.progress, force=True, run_config={"demo": True, "seed": ctx.seed},
             baseline_flops=ctx.baseline_flops, baseline_accuracy=ctx.baseline_accuracy,
-            report=False)
+            report=False, reference_model=reference)
         runs.append(run.out)
     return runs

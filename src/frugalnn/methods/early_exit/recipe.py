@@ -398,6 +398,7 @@ def run_early_exit(
     baseline_flops: float | None = None,
     baseline_accuracy: float | None = None,
     report: bool = True,
+    reference_model: nn.Module | None = None,
 ) -> EarlyExitRun:
     """Convert and train ``model``, then write the whole run directory ``out``::
 
@@ -409,6 +410,8 @@ def run_early_exit(
                               within 0.5/1 pt (chosen on validation), plot, JSON
         out/report/           the run's report, written last (it includes the extras)
 
+    ``reference_model`` (the unconverted backbone) is timed beside the run in
+    interleaved rounds, for same-run speed-ups.
     ``splits`` is a :class:`frugalnn.data.splits.Splits`. The sweep runs the
     real batched inference (with wall clock) unless ``config.offline_sweep``.
     ``baseline_flops`` / ``baseline_accuracy`` are passed to the evaluation
@@ -456,7 +459,7 @@ def run_early_exit(
             latency_batch_sizes=[int(b) for b in config.latency_batch_sizes],
             latency_repeats=config.latency_repeats, baseline_flops=baseline_flops,
             baseline_accuracy=baseline_accuracy, config=settings, force=force,
-            progress=progress)
+            progress=progress, reference_model=reference_model)
     numbers = write_extras(test_trace, config.policy, out / "extras", title=method,
                            val_trace=val_trace)
     if report:
