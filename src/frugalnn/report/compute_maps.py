@@ -26,13 +26,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from frugalnn.errors import UserError  # noqa: E402
-from frugalnn.report.plots import save_figure  # noqa: E402
+from frugalnn.utils.figures import display_images, save_figure  # noqa: E402
 
-__all__ = ["display_images", "save_compute_maps", "token_grid"]
+__all__ = ["save_compute_maps", "token_grid"]
 
 
 def token_grid(counts: torch.Tensor, *, cls_token: bool | None = None) -> torch.Tensor:
@@ -61,24 +60,6 @@ def token_grid(counts: torch.Tensor, *, cls_token: bool | None = None) -> torch.
 
 def _is_square(n: int) -> bool:
     return n > 0 and math.isqrt(n) ** 2 == n
-
-
-def display_images(images: torch.Tensor) -> np.ndarray:
-    """``(B, C, H, W)`` normalised images -> ``(B, H, W[, 3])`` in [0, 1] for display.
-
-    Each image is min-max scaled on its own (the datasets store normalised
-    tensors; the exact mean/std do not matter for looking at them).
-    """
-    x = torch.as_tensor(images, dtype=torch.float32).detach().cpu()
-    if x.dim() == 3:
-        x = x.unsqueeze(1)
-    if x.dim() != 4 or x.shape[1] not in (1, 3):
-        raise UserError(f"expected (B, 1|3, H, W) images, got shape {tuple(x.shape)}")
-    lo = x.amin(dim=(1, 2, 3), keepdim=True)
-    hi = x.amax(dim=(1, 2, 3), keepdim=True)
-    x = (x - lo) / (hi - lo).clamp_min(1e-8)
-    x = x.permute(0, 2, 3, 1).numpy()
-    return x[..., 0] if x.shape[-1] == 1 else x
 
 
 def save_compute_maps(

@@ -23,7 +23,7 @@ from typing import Any
 from frugalnn.analysis.frontier import Point, pareto_frontier
 from frugalnn.utils.figures import pyplot, save_figure
 
-__all__ = ["accuracy_limits", "flops_scale", "plot_plane", "save_figure"]
+__all__ = ["accuracy_limits", "flops_scale", "plot_plane"]
 
 Series = tuple[str, list[Point], bool]  # (label, points, is_baseline)
 
