@@ -12,7 +12,6 @@ import gzip
 import io
 import struct
 import tarfile
-import zlib
 
 import numpy as np
 import pytest
@@ -226,9 +225,6 @@ CONLLU = ("# sent_id = 1\n1\tBu\tbu\tDET\tDet\t_\t2\tdet\t_\t_\n"
           "2\tev\tev\tNOUN\tNoun\t_\t0\troot\t_\t_\n\n") * 20
 
 
-@pytest.mark.xfail(raises=zlib.error, strict=False,
-                   reason="data/conllu.py lets zlib.error escape from a corrupted .gz; "
-                          "fix: read it with frugalnn.data.base.read_file_bytes")
 @FUZZ
 @given(where=st.floats(0, 1, exclude_max=True), value=st.integers(0, 255),
        compress=st.booleans())
@@ -243,5 +239,27 @@ def test_corrupted_conllu_is_read_or_refused_in_one_line(tmp_path_factory, where
     path.write_bytes(bytes(data))
     try:
         conllu.read_conllu(path)
+    except UserError as exc:
+        assert "\n" not in str(exc)
+
+
+langid = pytest.importorskip("frugalnn.data.langid")
+TSV = "en\tThe manual page of a command.\nde\tDie Handbuchseite eines Befehls.\n" * 20
+
+
+@FUZZ
+@given(where=st.floats(0, 1, exclude_max=True), value=st.integers(0, 255),
+       compress=st.booleans())
+def test_corrupted_langid_tsv_is_read_or_refused_in_one_line(tmp_path_factory, where, value,
+                                                             compress):
+    tmp = tmp_path_factory.mktemp("tsv")
+    raw = TSV.encode()
+    data = bytearray(gzip.compress(raw, mtime=0) if compress else raw)
+    at = int(where * len(data))
+    data[at] = value if data[at] != value else value ^ 0x55
+    path = tmp / ("train.tsv.gz" if compress else "train.tsv")
+    path.write_bytes(bytes(data))
+    try:
+        langid.read_tsv(path)
     except UserError as exc:
         assert "\n" not in str(exc)

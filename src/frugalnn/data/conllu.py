@@ -13,14 +13,13 @@ seed 2017, ``train`` the rest (validation is carved from ``train`` by ``load_spl
 
 from __future__ import annotations
 
-import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from frugalnn.data.base import DatasetInfo, subset_rows
+from frugalnn.data.base import DatasetInfo, read_file_bytes, subset_rows
 from frugalnn.errors import UserError
 
 __all__ = ["POS_INFO", "TaggedSentences", "load_pos_turkish", "read_conllu"]
@@ -58,10 +57,7 @@ def read_conllu(path: Path) -> list[Sentence]:
     """The sentences of one CoNLL-U file."""
     if not path.is_file():
         raise UserError(f"{path} not found; {_LAYOUT}")
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise UserError(f"cannot read {path} ({exc})") from None
+    raw = read_file_bytes(path, _LAYOUT)  # a damaged gzip stream is one UserError line
     sentences: list[Sentence] = []
     cur = Sentence([], [], [])
     for n, line in enumerate(raw.split(b"\n"), start=1):

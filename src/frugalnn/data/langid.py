@@ -9,7 +9,6 @@ label, or with bytes that are not UTF-8 is an error naming the file and the line
 
 from __future__ import annotations
 
-import gzip
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from frugalnn.data.base import DatasetInfo, subset_rows
+from frugalnn.data.base import DatasetInfo, read_file_bytes, subset_rows
 from frugalnn.errors import UserError
 
 __all__ = ["LANGID_INFO", "LabelledText", "load_langid", "read_tsv"]
@@ -51,10 +50,7 @@ def read_tsv(path: Path) -> list[tuple[str, str]]:
     """``(label, sentence)`` pairs of a TSV file (gzip when the name ends in ``.gz``)."""
     if not path.is_file():
         raise UserError(f"{path} not found; {_LAYOUT}")
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise UserError(f"cannot read {path} ({exc})") from None
+    raw = read_file_bytes(path, _LAYOUT)  # a damaged gzip stream is one UserError line
     pairs = []
     for n, line in enumerate(raw.split(b"\n"), start=1):
         line = line.rstrip(b"\r")

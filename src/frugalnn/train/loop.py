@@ -53,6 +53,7 @@ from frugalnn.train.schedule import (
     build_scheduler,
     lr_multiplier,
 )
+from frugalnn.utils.batch import to_device
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, torch.Tensor | None]]
 Trainable = Callable[[str], bool] | Iterable[str] | None
@@ -221,7 +222,7 @@ def _fit(*, model, train_loader, epochs, optimizer, lr, momentum, nesterov, weig
             t0 = time.perf_counter()
             timed_samples = 0
             for batch in loader:
-                batch = _to_device(batch, device)
+                batch = to_device(batch, device)
                 opt.zero_grad(set_to_none=True)
                 loss, logits = _forward_loss(net, batch, loss_fn, label_smoothing)
                 if distiller is not None:
@@ -408,16 +409,6 @@ def _select_trainable(model: nn.Module, trainable: Trainable) -> list[nn.Paramet
     return params
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, list | tuple):
-        return type(batch)(_to_device(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
-
-
 def _batch_size(batch: Any) -> int:
     first = batch[0] if isinstance(batch, list | tuple) else batch
     if isinstance(first, dict):
@@ -469,7 +460,7 @@ def _evaluate(model, loader, loss_fn, device, env) -> dict[str, float]:
     model.eval()
     sums = [0.0, 0.0, 0.0, 0.0]
     for batch in loader:
-        batch = _to_device(batch, device)
+        batch = to_device(batch, device)
         loss, logits = _forward_loss(model, batch, loss_fn, 0.0)
         n = _batch_size(batch)
         correct, counted = _accuracy_counts(logits, batch)

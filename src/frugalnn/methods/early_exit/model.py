@@ -41,6 +41,7 @@ from frugalnn.methods.early_exit import policies
 from frugalnn.methods.early_exit.heads import ExitHead, resolve_head_kind
 from frugalnn.models.base import StagedModel, State, hidden_of, select_rows
 from frugalnn.transforms import record_transform, register_transform
+from frugalnn.utils.batch import batch_len
 
 TRANSFORM_NAME = "early_exit"
 
@@ -125,10 +126,6 @@ def _first_row(x: Any) -> Any:
 def _device_of(x: Any) -> torch.device:
     t = hidden_of(x) if isinstance(x, dict) else x
     return t.device
-
-
-def _batch_len(x: Any) -> int:
-    return int((next(iter(x.values())) if isinstance(x, dict) else x).shape[0])
 
 
 def _shape_key(x: Any) -> tuple:
@@ -375,7 +372,7 @@ class EarlyExitModel(DynamicModule):
     def forward(self, x: Any) -> torch.Tensor:
         costs = self.stage_costs(x)
         bb = self.backbone
-        n = _batch_len(x)
+        n = batch_len(x)
         spent = torch.zeros(n, dtype=torch.float64)
         exit_at = torch.full((n,), self.num_internal, dtype=torch.long)
         use_heads = not self.at_full_budget()

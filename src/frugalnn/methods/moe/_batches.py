@@ -1,4 +1,5 @@
-"""Helpers shared by the MoE steps that stream a data loader through a model."""
+"""Helpers shared by the MoE steps that stream a data loader through a model
+(batches follow :mod:`frugalnn.utils.batch`)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,7 @@ from typing import Any
 
 import torch
 
-
-def to_device(x: Any, device: str | torch.device) -> Any:
-    """Move a tensor, or a dict/list of tensors, to ``device``."""
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, dict):
-        return {k: to_device(v, device) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(to_device(v, device) for v in x)
-    return x
+from frugalnn.utils.batch import to_device
 
 
 def inputs_of(batch: Any) -> Any:

@@ -31,9 +31,10 @@ from typing import Any
 import torch
 
 from frugalnn.errors import UserError
-from frugalnn.methods.moe._batches import task_and_distill_loss, to_device
+from frugalnn.methods.moe._batches import task_and_distill_loss
 from frugalnn.methods.moe.convert import MoEModel, _check_tau, train_routers
 from frugalnn.train.distill import frozen_copy
+from frugalnn.utils.batch import to_device
 
 __all__ = ["RoutedLoss", "finetune_routed"]
 

@@ -31,10 +31,11 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from frugalnn.errors import UserError
-from frugalnn.methods.moe._batches import replace_child, task_and_distill_loss, to_device
+from frugalnn.methods.moe._batches import replace_child, task_and_distill_loss
 from frugalnn.models.base import require_ffn_sites
 from frugalnn.train.distill import frozen_copy
 from frugalnn.transforms import record_transform, register_transform
+from frugalnn.utils.batch import to_device
 
 __all__ = ["SparsityLoss", "hoyer_squared", "relu_ffn", "enforce_sparsity"]
 
