@@ -1,8 +1,8 @@
 """What the two text benchmarks share: mean ± sd cells and keeping earlier results.
 
-A new results section goes on top of the file; what the file held before stays below,
-its headings demoted under "Superseded", so earlier figures remain readable but are
-never mistaken for the current ones.
+A new results section goes on top of the file; what the file held before stays below
+under "History (superseded)", its title marked superseded, so earlier figures remain
+readable but are never mistaken for the current ones.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-__all__ = ["mean_sd", "with_superseded"]
+__all__ = ["HISTORY", "mean_sd", "with_superseded"]
+
+HISTORY = "## History (superseded)"
 
 
 def mean_sd(xs: list[float], digits: int = 2) -> str:
@@ -21,18 +23,14 @@ def mean_sd(xs: list[float], digits: int = 2) -> str:
 
 
 def with_superseded(path: str | Path, new: str) -> str:
-    """``new`` followed by the earlier content of ``path`` (if any) marked superseded."""
+    """``new`` followed by the earlier content of ``path`` (if any) under ``## History
+    (superseded)``, its title demoted to ``## <title> (superseded)``."""
     path = Path(path)
     if not path.is_file():
         return new
     old = path.read_text(encoding="utf-8")
-    if "\n## Superseded\n" in old:  # keep one "Superseded" heading
-        head, _, tail = old.partition("\n## Superseded\n")
-        old_current, older = head, tail
-    else:
-        old_current, older = old, ""
-    demoted = "\n".join(("##" + line) if line.startswith("# ") else line
-                        for line in old_current.strip().splitlines())
-    demoted = demoted.replace("## ", "### Superseded: ", 1)
-    return new.rstrip() + "\n\n## Superseded\n\n" + demoted + "\n" + (
-        "\n" + older.strip() + "\n" if older.strip() else "")
+    current, _, older = old.partition(f"\n{HISTORY}\n")
+    demoted = "\n".join(f"#{line} (superseded)" if line.startswith("# ") else line
+                        for line in current.strip().splitlines())
+    return (new.rstrip() + f"\n\n{HISTORY}\n\n" + demoted + "\n"
+            + ("\n" + older.strip() + "\n" if older.strip() else ""))

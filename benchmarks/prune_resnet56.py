@@ -12,16 +12,18 @@ Pipeline (one command, seeds fixed before the run):
    MACs are ``--target`` (``flops=2``: the budget is fixed by cost, not chosen
    on any split), then ``--epochs`` of distillation from the unpruned model
    (fixed up front) on the training subset; saved, evaluated on the test and
-   validation splits; the whole model timed at batch 1 and ``--batch-size``;
-3. the unpruned model is timed in the same process, and the pruned model
-   without fine-tuning (``--epochs 0``, data-free: beside the data-free
-   low-rank ResNet-56 of ``results/lowrank.md``) is evaluated once.
+   validation splits; the pruned model without fine-tuning (data-free: beside
+   the data-free low-rank ResNet-56 of ``results/lowrank.md``) once too;
+3. the unpruned model and every saved pruned checkpoint timed at batch 1 and
+   ``--batch-size`` (1 thread, median of ``--repeats``), in one process.
 
 Splits: :func:`frugalnn.data.splits.load_splits` (validation carved from train,
 split seed 0; the same examples for every training seed). The defaults are a
-scaled-down run for a shared 2-core CPU; the results say the scale used. Run
-it under the timing lock:
-``flock /tmp/frugalnn-timing.lock python benchmarks/prune_resnet56.py``.
+scaled-down run for a shared 2-core CPU; the results say the scale used.
+``--phase train`` does steps 1-2 without timing (no lock needed); ``--phase
+time`` times the saved checkpoints of ``--out`` and writes the tables; run that
+(or ``--phase all``) under the timing lock:
+``flock /tmp/frugalnn-timing.lock python benchmarks/prune_resnet56.py --phase time``.
 Writes ``--markdown`` (pasted into ``results/prune.md``) and ``--out`` (JSON).
 """
 
@@ -51,6 +53,46 @@ def _latency(model: Any, x: torch.Tensor, sizes: list[int], repeats: int) -> dic
             for n in sizes}
 
 
+def _train_and_evaluate(a: argparse.Namespace, seeds: list[int]) -> list[dict[str, Any]]:
+    checkpoint = a.checkpoint or str(Path(a.data_dir or ".") / CHECKPOINT)
+    splits = load_splits("cifar10", a.data_dir, train_limit=a.train_limit,
+                         val_limit=a.val_limit, test_limit=a.test_limit, seed=0)
+    original = create_model("resnet56", checkpoint=checkpoint).eval()
+    runs: list[dict[str, Any]] = []
+    for seed, epochs in [(0, 0)] + [(s, a.epochs) for s in seeds]:
+        config = PruneConfig(target=a.target, include=a.include or None, epochs=epochs,
+                             lr=a.lr, batch_size=a.batch_size, latency_batch_sizes=(),
+                             seed=seed)
+        name = f"e{epochs}-s{seed}"
+        run = run_prune(original, config, splits, Path(a.work) / name, progress=False,
+                        force=True, report=False, run_config={"benchmark": "prune_resnet56"})
+        totals = json.loads((run.out / "extras" / "prune_model.json").read_text())["totals"]
+        val = json.loads((run.out / "validation" / "summary.json").read_text())
+        row = {"seed": seed, "epochs": epochs, "run": str(run.out), **totals,
+               "val_accuracy": val["budgets"][0]["accuracy"]}
+        runs.append(row)
+        log(f"{name}: {row['original_accuracy']:.4f} -> {row['pruned_accuracy']:.4f}, "
+            f"{row['flops_ratio']:.2f}x FLOPs")
+    return runs
+
+
+def _time_runs(a: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Time the unpruned model and every saved pruned checkpoint (1 thread)."""
+    from frugalnn.train.checkpoint import load_model
+
+    checkpoint = a.checkpoint or str(Path(a.data_dir or ".") / CHECKPOINT)
+    x = torch.randn(a.batch_size, 3, 32, 32)
+    sizes = [1, a.batch_size]
+    base = _latency(create_model("resnet56", checkpoint=checkpoint).eval(), x, sizes,
+                    a.repeats)
+    log(f"original: {base}")
+    for row in runs:
+        row["latency"] = _latency(load_model(Path(row["run"]) / "checkpoint"), x, sizes,
+                                  a.repeats)
+        log(f"{row['run']}: {row['latency']}")
+    return base
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=os.environ.get("FRUGALNN_DATA"))
@@ -67,38 +109,25 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--phase", default="all", choices=("all", "train", "time"),
+                   help="train: prune, fine-tune, evaluate, save (no timing; needs no lock); "
+                        "time: time the saved runs of --out (under the lock); all: both")
     p.add_argument("--work", default="/tmp/prune_bench")
     p.add_argument("--markdown", default="/tmp/prune_resnet56.md")
     p.add_argument("--out", default="/tmp/prune_resnet56.json")
     a = p.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
-    checkpoint = a.checkpoint or str(Path(a.data_dir or ".") / CHECKPOINT)
-    splits = load_splits("cifar10", a.data_dir, train_limit=a.train_limit,
-                         val_limit=a.val_limit, test_limit=a.test_limit, seed=0)
-    x = torch.stack([splits.test[i][0] for i in range(a.batch_size)])
+    if a.phase in ("all", "train"):
+        runs = _train_and_evaluate(a, seeds)
+        write_json_atomic(a.out, {"args": vars(a), "runs": runs})
+    else:
+        runs = json.loads(Path(a.out).read_text())["runs"]
+    if a.phase == "train":
+        return
+    base_latency = _time_runs(a, runs)
+    saved = json.loads(Path(a.out).read_text())
+    write_json_atomic(a.out, {**saved, "original_latency": base_latency, "runs": runs})
     sizes = [1, a.batch_size]
-    original = create_model("resnet56", checkpoint=checkpoint).eval()
-    base_latency = _latency(original, x, sizes, a.repeats)
-    log(f"original: {base_latency}")
-    runs: list[dict[str, Any]] = []
-    for seed, epochs in [(0, 0)] + [(s, a.epochs) for s in seeds]:
-        config = PruneConfig(target=a.target, include=a.include or None, epochs=epochs,
-                             lr=a.lr, batch_size=a.batch_size,
-                             latency_batch_sizes=tuple(sizes), latency_repeats=a.repeats,
-                             seed=seed)
-        name = f"e{epochs}-s{seed}"
-        run = run_prune(original, config, splits, Path(a.work) / name, threads=1,
-                        progress=False, force=True, report=False,
-                        run_config={"benchmark": "prune_resnet56"})
-        totals = json.loads((run.out / "extras" / "prune_model.json").read_text())["totals"]
-        val = json.loads((run.out / "validation" / "summary.json").read_text())
-        row = {"seed": seed, "epochs": epochs, **totals,
-               "val_accuracy": val["budgets"][0]["accuracy"],
-               "latency": _latency(run.model, x, sizes, a.repeats)}
-        runs.append(row)
-        log(f"{name}: {row['original_accuracy']:.4f} -> {row['pruned_accuracy']:.4f}, "
-            f"{row['flops_ratio']:.2f}x FLOPs, {row['latency']}")
-    write_json_atomic(a.out, {"args": vars(a), "original_latency": base_latency, "runs": runs})
     tuned = [r for r in runs if r["epochs"] == a.epochs and a.epochs > 0]
     free = [r for r in runs if r["epochs"] == 0]
 
@@ -132,8 +161,9 @@ def main() -> None:
                      f"fewer) | {acc(rows, 'pruned_accuracy')} | {acc(rows, 'val_accuracy')} | "
                      f"{lat(rows)} | {speed} |")
     notes = (f"CIFAR-10 JPEG: train {a.train_limit}, validation {a.val_limit}, test "
-             f"{a.test_limit} examples (split seed 0); fine-tuning seeds {seeds}, lr {a.lr}, "
-             f"batch {a.batch_size}; latency: median of {a.repeats} calls.")
+             f"{a.test_limit} examples (split seed 0); pruned layers {a.include or 'all'}; "
+             f"fine-tuning seeds {seeds}, lr {a.lr}, batch {a.batch_size}; latency: median of "
+             f"{a.repeats} calls on random inputs.")
     write_results(a.markdown, results_header("Channel-pruned ResNet-56 (torch-pruning)",
                                              notes=notes) + "\n" + "\n".join(lines) + "\n")
 

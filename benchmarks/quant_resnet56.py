@@ -144,8 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engines", default="x86,onednn,fbgemm",
                    help="PyTorch int8 engines to time (the chosen observer, seed 0)")
     p.add_argument("--ort", action="store_true", help="also time ONNX Runtime QDQ int8")
+    p.add_argument("--accuracy-only", action="store_true",
+                   help="no timing (runs beside other jobs without the timing lock)")
     p.add_argument("--markdown", default="benchmarks/results/quant.md")
     a = p.parse_args(argv)
+    if a.accuracy_only:
+        a.batch_sizes, a.engines, a.ort = "", "", False
     torch.set_num_threads(a.threads)
     splits = splits_from_args(a)
     ckpt = next((Path(a.data_dir) / "pretrained" / "resnet-cifar10").glob("resnet56-*.th"))
@@ -180,13 +184,13 @@ def main(argv: list[str] | None = None) -> int:
             low, QuantConfig(mode="static", observer=chosen,
                              calibration_size=a.calibration_size, seed=seeds[0]),
             calibration_data=splits.train)
-    sizes = [int(s) for s in a.batch_sizes.split(",")]
+    sizes = [int(s) for s in a.batch_sizes.split(",") if s]
     x1 = splits.test[0][0][None]
     lat = {b: _times(timed, torch.stack([splits.test[i][0] for i in range(b)]), a)
            for b in sizes}
     log("timed")
     engine_rows = []
-    for engine in a.engines.split(","):
+    for engine in filter(None, a.engines.split(",")):
         q = quantize(base, QuantConfig(mode="static", backend=engine, observer=chosen,
                                        calibration_size=a.calibration_size, seed=seeds[0]),
                      calibration_data=splits.train)

@@ -35,6 +35,7 @@ def test_bilstm_reference_tags_tokens(tmp_path: Path) -> None:
     assert ref.accuracy(splits.test) > 0.9
     assert len(ref.predictions(ref.encode(splits.test))) == sum(
         len(s[0]) for s in splits.test)
+    assert ref.tag([["ev1ler", "geldi", "."], []]) == [["NOUN", "VERB", "PUNCT"], []]
     with pytest.raises(UserError, match="tagger"):
         ref.predict(["x"])
 

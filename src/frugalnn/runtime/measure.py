@@ -90,10 +90,15 @@ def on_runtime(model: Any, runtime: str, example: Any, *, device: str = "cpu",
     if runtime == "eager":
         return model
     if runtime == "compile":
-        try:
-            return torch.compile(model, dynamic=True)
+        compiled = torch.compile(model, dynamic=True)
+        try:  # compilation happens on the first call: fail here, in one line, not mid-timing
+            with torch.inference_mode():
+                compiled(example)
         except Exception as exc:  # noqa: BLE001 - one line for the user
-            raise UserError(f"torch.compile fails on this model: {exc}") from None
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"torch.compile fails on this model ({first}); time it on "
+                            "eager or onnxruntime") from None
+        return compiled
     from frugalnn.runtime.export import ExportConfig, export
 
     fmt = "onnx" if runtime == "onnxruntime" else "torchscript"

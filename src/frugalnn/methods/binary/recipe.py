@@ -185,7 +185,8 @@ def run_binarize(
     """Binarise ``model`` into the run directory ``out``; the one ``frugalnn binary`` pipeline.
 
     Writes ``config.json``, ``checkpoint/`` (packed), the test records with the
-    validation records under ``validation/`` (float ``model`` as the baseline),
+    validation records under ``validation/`` (float ``model`` as the baseline, its
+    speed-up timed against it in the same rounds),
     ``extras/binary_model.md`` and, unless ``report=False``, ``report/``.
     """
     from frugalnn.cost.count import flops_per_example
@@ -216,7 +217,8 @@ def run_binarize(
     base_flops = flops_per_example(original, x[:1])
     base_acc = _accuracy(original, splits.test, config.batch_size, device)
     records = evaluate_into(
-        student, splits.test, out, val_dataset=splits.val, method=config.label,
+        student, splits.test, out, val_dataset=splits.val, reference_model=original,
+        method=config.label,
         batch_size=config.batch_size, threads=threads, device=device,
         latency_batch_sizes=config.latency_batch_sizes, latency_repeats=config.latency_repeats,
         baseline_flops=base_flops, baseline_accuracy=base_acc, config=record, force=True,

@@ -229,8 +229,8 @@ def run_prune(
 
     Writes ``config.json``, ``checkpoint/``, the test records with the
     validation records under ``validation/`` (the unpruned model as the
-    baseline), ``extras/prune_model.md`` / ``.json`` and, unless
-    ``report=False``, ``report/``.
+    baseline, its speed-up timed against it in the same rounds),
+    ``extras/prune_model.md`` / ``.json`` and, unless ``report=False``, ``report/``.
     """
     from frugalnn.cost.count import flops_per_example
     from frugalnn.evaluation import evaluate_into
@@ -260,7 +260,8 @@ def run_prune(
     base_flops = flops_per_example(original, example)
     base_acc = _accuracy(original, splits.test, config.batch_size, device)
     records = evaluate_into(
-        student, splits.test, out, val_dataset=splits.val, method=config.label,
+        student, splits.test, out, val_dataset=splits.val, reference_model=original,
+        method=config.label,
         batch_size=config.batch_size, threads=threads, device=device,
         latency_batch_sizes=config.latency_batch_sizes, latency_repeats=config.latency_repeats,
         baseline_flops=base_flops, baseline_accuracy=base_acc, config=record, force=True,

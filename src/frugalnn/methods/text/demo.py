@@ -51,7 +51,7 @@ def run_demo(ctx: Any) -> list[Path]:
     train, val, test = QUICK_LIMITS if ctx.quick else LIMITS
     splits = load_splits("langid", str(root), train_limit=train, val_limit=val,
                          test_limit=test, seed=ctx.seed)
-    config = NgramConfig(budget_bytes=16_000, epochs=3 if ctx.quick else 12, lr=2e-2,
+    config = NgramConfig(budget_bytes=16_000, epochs=8 if ctx.quick else 12, lr=2e-2,
                          latency_sentences=50 if ctx.quick else 200, seed=ctx.seed)
     run = run_ngram(config, splits, ctx.run_dir("text-langid-16kb"), threads=ctx.threads,
                     progress=ctx.progress, force=True,

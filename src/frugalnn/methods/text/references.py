@@ -44,9 +44,9 @@ class ReferenceConfig:
     seed: int = 0
     char_buckets: int = 4096  # code points bucketed modulo this (0 = padding)
     char_dim: int = 32
-    max_chars: int = 128  # characters read per sentence (langid)
+    max_chars: int = 256  # characters read per sentence (langid)
     widths: Sequence[int] = (2, 3, 4)  # langid convolution widths
-    channels: int = 128  # langid channels per width
+    channels: int = 256  # langid channels per width
     word_dim: int = 64  # pos
     word_chars: int = 16  # characters read per word (pos)
     char_channels: int = 32  # pos character CNN
@@ -155,6 +155,23 @@ class Reference:
         gold = enc.gold()
         return float(np.mean(self.predictions(enc) == gold)) if len(gold) else 0.0
 
+    def tag(self, sentences: Sequence[Sequence[str]]) -> list[list[str]]:
+        """The tags of tokenised sentences (pos)."""
+        from frugalnn.data.conllu import Sentence
+
+        if self.config.task != "pos":
+            raise UserError("tag() tags tokens; this is a sentence classifier")
+        sents = [Sentence(list(s), ["_"] * len(s), ["_"] * len(s)) for s in sentences]
+        if not any(s.words for s in sents):
+            return [[] for _ in sents]
+        flat = [self.classes[int(i)] for i in self.predictions(_encode(self.config, sents,
+                                                                       self.classes))]
+        out, start = [], 0
+        for s in sents:
+            out.append(flat[start:start + len(s.words)])
+            start += len(s.words)
+        return out
+
     def predict(self, texts: Sequence[str | bytes]) -> list[str]:
         """The language of each raw sentence (langid)."""
         if self.config.task != "langid":
@@ -212,7 +229,7 @@ def _encode(cfg: ReferenceConfig, data: Any, classes: Sequence[str]) -> _Encoded
         texts, labels, names = labelled_texts(data)
         y = torch.tensor([index.get(names[int(v)], -1) for v in labels], dtype=torch.long)
         return _Encoded(char_ids(texts, cfg.max_chars, cfg.char_buckets), y)
-    sents = tagged_sentences(data)
+    sents = data if isinstance(data, list) else tagged_sentences(data)
     vocab = {w: i + 2 for i, w in enumerate(cfg.vocab)}  # 0 = padding, 1 = unknown
     t = max((len(s.words) for s in sents), default=1)
     words = torch.zeros(len(sents), t, dtype=torch.long)
