@@ -276,3 +276,30 @@ def active_runs() -> dict[Path, Any]:
 
 
 atexit.register(finish_all)
+
+
+def prepare_run_dir(out: str | os.PathLike[str], force: bool) -> Path:
+    """The directory a recipe writes its run into: created if missing; one that already
+    holds results is refused unless ``force`` (the CLI has opened and locked it with
+    :func:`open_run` before; a recipe called from Python gets the same refusal)."""
+    path = Path(out)
+    if path.exists() and has_results(path) and not force:
+        raise UserError(f"{path} already exists; pass --force to overwrite it or choose "
+                        "another --out")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_record(config: Any, splits: Any, run_config: dict[str, Any] | None = None,
+               **fields: Any) -> dict[str, Any]:
+    """A recipe run's ``config.json``: the caller's ``run_config`` (e.g. the command's
+    flags), the recipe config (a dataclass), the sizes of the splits and how the
+    validation split was made, and any further ``fields``."""
+    from dataclasses import asdict
+
+    record: dict[str, Any] = dict(run_config or {})
+    record["recipe"] = asdict(config)
+    record["splits"] = {"train": len(splits.train), "test": len(splits.test),
+                        "validation": getattr(splits, "val_spec", None)}
+    record.update(fields)
+    return record

@@ -20,7 +20,7 @@ against the float layer) in ``extras/binary_model.md`` and, last, the report.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -196,18 +196,11 @@ def run_binarize(
     from frugalnn.report import write_run_report
     from frugalnn.train.checkpoint import save_checkpoint
     from frugalnn.utils.io import write_json_atomic
-    from frugalnn.utils.rundir import has_results
+    from frugalnn.utils.rundir import prepare_run_dir, run_record
 
     config.validate()
-    out = Path(out)
-    if out.exists() and has_results(out) and not force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it or choose "
-                        "another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    record: dict[str, Any] = dict(run_config or {})
-    record["recipe"] = asdict(config)
-    record["splits"] = {"train": len(splits.train), "test": len(splits.test),
-                        "validation": splits.val_spec}
+    out = prepare_run_dir(out, force)
+    record = run_record(config, splits, run_config)
     write_json_atomic(out / "config.json", record)
     original = model.to(device).eval()
     student = binarize(original, config, train_data=splits.train, val_data=splits.val,

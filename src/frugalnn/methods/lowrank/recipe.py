@@ -23,7 +23,7 @@ scripts call these functions; nothing else composes the steps.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 
 from frugalnn.data.splits import seeded_loader
 from frugalnn.errors import UserError
+from frugalnn.utils.rundir import prepare_run_dir, run_record
 
 __all__ = [
     "LowRankConfig",
@@ -283,27 +284,6 @@ def compare_into(
     return result
 
 
-def _start(out: str | Path, force: bool) -> Path:
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it or choose "
-                        "another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def _record(config: Any, splits: Any, extra: dict[str, Any] | None,
-            weights: str | None) -> dict[str, Any]:
-    """The run's ``config.json``: the caller's fields, the recipe config, the splits."""
-    record: dict[str, Any] = dict(extra or {})
-    record["recipe"] = asdict(config)
-    record["splits"] = {"train": len(splits.train), "test": len(splits.test),
-                        "validation": splits.val_spec}
-    if weights is not None:
-        record["weights"] = weights
-    return record
-
-
 def _warn_random_weights(out: Path) -> None:
     from frugalnn.utils.io import write_text_atomic
 
@@ -333,9 +313,9 @@ def run_lowrank(
     from frugalnn.utils.io import write_json_atomic
 
     config.validate()
-    out = _start(out, force)
+    out = prepare_run_dir(out, force)
     weights = RANDOM_WEIGHTS_WARNING if random_init else None
-    record = _record(config, splits, run_config, weights)
+    record = run_record(config, splits, run_config, **({"weights": weights} if weights else {}))
     write_json_atomic(out / "config.json", record)
     original = model.to(device).eval()
     example = example_input(original, splits.train)
@@ -383,8 +363,8 @@ def run_nmf(
     from frugalnn.utils.io import write_json_atomic
 
     config.validate()
-    out = _start(out, force)
-    record = _record(config, splits, run_config, None)
+    out = prepare_run_dir(out, force)
+    record = run_record(config, splits, run_config)
     write_json_atomic(out / "config.json", record)
     torch.manual_seed(config.seed)
     model = replace_attention(copy.deepcopy(model), rank=config.rank, steps=config.steps,

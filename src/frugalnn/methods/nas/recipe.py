@@ -22,7 +22,7 @@ these functions.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -311,6 +311,7 @@ def run_nas(
     from frugalnn.methods.nas.pipeline import write_search_extras
     from frugalnn.report import write_run_report
     from frugalnn.utils.io import write_json_atomic
+    from frugalnn.utils.rundir import run_record
 
     config.validate()
     if splits.val is None:
@@ -321,11 +322,7 @@ def run_nas(
     table = latency_table(config, space, dev, progress)
     check_target(config, space, table, dev)
     run_dir = _start(out, force)
-    record: dict[str, Any] = dict(run_config or {})
-    record["recipe"] = asdict(config)
-    record["splits"] = {"train": len(splits.train), "test": len(splits.test),
-                        "validation": splits.val_spec}
-    record["architecture_chosen_on"] = "validation"
+    record = run_record(config, splits, run_config, architecture_chosen_on="validation")
     write_json_atomic(run_dir / "config.json", record)
     found = search_architecture(config, splits.train, splits.val, space=space, table=table,
                                 device=dev, progress=progress)

@@ -20,7 +20,7 @@ would otherwise try, so every other method can be put beside it on one plane.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -237,18 +237,11 @@ def run_prune(
     from frugalnn.report import write_run_report
     from frugalnn.train.checkpoint import save_checkpoint
     from frugalnn.utils.io import write_json_atomic
-    from frugalnn.utils.rundir import has_results
+    from frugalnn.utils.rundir import prepare_run_dir, run_record
 
     config.validate()
-    out = Path(out)
-    if out.exists() and has_results(out) and not force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it or choose "
-                        "another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    record: dict[str, Any] = dict(run_config or {})
-    record["recipe"] = asdict(config)
-    record["splits"] = {"train": len(splits.train), "test": len(splits.test),
-                        "validation": splits.val_spec}
+    out = prepare_run_dir(out, force)
+    record = run_record(config, splits, run_config)
     write_json_atomic(out / "config.json", record)
     original = model.to(device).eval()
     example = _example(original, splits.train, splits.test).to(device)

@@ -27,7 +27,7 @@ functions.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -392,15 +392,6 @@ def compare_into(
 # -- the run ------------------------------------------------------------------------------
 
 
-def _start(out: str | Path, force: bool) -> Path:
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it or choose "
-                        "another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def run_quant(
     model: nn.Module, config: QuantConfig, splits: Any, out: str | Path, *,
     device: str = "cpu", threads: int | None = None, progress: bool = True,
@@ -423,14 +414,12 @@ def run_quant(
     from frugalnn.report import write_run_report
     from frugalnn.train.checkpoint import save_checkpoint
     from frugalnn.utils.io import write_json_atomic
+    from frugalnn.utils.rundir import prepare_run_dir, run_record
 
     config.validate()
     _check_cpu(device)
-    out = _start(out, force)
-    record: dict[str, Any] = dict(run_config or {})
-    record["recipe"] = asdict(config)
-    record["splits"] = {"train": len(splits.train), "test": len(splits.test),
-                        "validation": getattr(splits, "val_spec", None)}
+    out = prepare_run_dir(out, force)
+    record = run_record(config, splits, run_config)
     write_json_atomic(out / "config.json", record)
     original = model.to("cpu").eval()
     qmodel, info = quantize_with_info(original, config, calibration_data=splits.train,
