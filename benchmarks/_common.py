@@ -87,3 +87,32 @@ def splits_from_args(a: argparse.Namespace, **train_options: Any) -> Any:
     return load_splits(a.data, a.data_dir, val_fraction=a.val_fraction,
                        train_limit=a.train_limit, val_limit=a.val_limit,
                        test_limit=a.test_limit, seed=a.seed, **train_options)
+
+
+def time_on_runtimes(models: dict[str, Any], runners: dict[str, Any], images: Any,
+                     sizes: list[int], *, rounds: int, repeats: int) -> dict[tuple, float]:
+    """``{(name, runtime, batch size): median ms per batch}`` of each PyTorch model
+    (``"eager"``) and its exported runner (``"onnxruntime"``), in ``rounds`` interleaved
+    rounds. Every batch size runs over the same ``images`` (their count a multiple of the
+    largest batch), so that batch 1 is not one image that happens to exit early or late."""
+    import statistics
+
+    from frugalnn.cost.latency import measure_latency
+
+    n_img = len(images)
+    units = {bs: [images[i:i + bs] for i in range(0, n_img, bs)] for bs in sizes}
+
+    def over(fn: Any, parts: list[Any]) -> Any:
+        return lambda: [fn(u) for u in parts]
+
+    times: dict[tuple, list[float]] = {}
+    for r in range(rounds):
+        log(f"round {r + 1}/{rounds}")
+        for bs in sizes:
+            for name in models:
+                for runtime, fn in (("eager", models[name]), ("onnxruntime", runners[name])):
+                    rec = measure_latency(over(fn, units[bs]), warmup=1, repeats=repeats,
+                                          threads=1, batch_size=n_img)
+                    times.setdefault((name, runtime, bs), []).append(
+                        rec.median_ms / len(units[bs]))
+    return {k: statistics.median(v) for k, v in times.items()}

@@ -17,14 +17,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import add_split_flags, log, results_header, splits_from_args, write_results
+from _common import (
+    add_split_flags,
+    log,
+    results_header,
+    splits_from_args,
+    time_on_runtimes,
+    write_results,
+)
 
 
 def main() -> int:
@@ -40,7 +46,6 @@ def main() -> int:
     import torch
 
     import frugalnn
-    from frugalnn.cost.latency import measure_latency
     from frugalnn.methods.acm.convert import convert_to_acm
     from frugalnn.methods.moe.convert import convert_to_moe
     from frugalnn.runtime.package import load_exported
@@ -79,25 +84,10 @@ def main() -> int:
             model.set_budget(points[name])
             runners[name].set_budget(points[name])
     sizes = [int(s) for s in a.batch_sizes.split(",")]
-    # Every batch size runs over the same images (a multiple of the largest batch).
     n_img = max(sizes)
     images = torch.stack([splits.test[i % len(splits.test)][0] for i in range(n_img)])
-    units = {bs: [images[i:i + bs] for i in range(0, n_img, bs)] for bs in sizes}
-
-    def over(fn, parts):
-        return lambda: [fn(u) for u in parts]
-
-    times: dict[tuple, list[float]] = {}
-    for r in range(a.rounds):
-        log(f"round {r + 1}/{a.rounds}")
-        for bs in sizes:
-            for name in models:
-                for runtime, fn in (("eager", models[name]), ("onnxruntime", runners[name])):
-                    rec = measure_latency(over(fn, units[bs]), warmup=1, repeats=a.repeats,
-                                          threads=1, batch_size=n_img)
-                    times.setdefault((name, runtime, bs), []).append(
-                        rec.median_ms / len(units[bs]))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = time_on_runtimes(models, runners, images, sizes, rounds=a.rounds,
+                           repeats=a.repeats)
     lines = ["| model | batch | eager ms | ORT ms | eager saving | ORT saving | kept |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for bs in sizes:
