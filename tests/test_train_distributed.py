@@ -54,6 +54,11 @@ SCRIPT = textwrap.dedent(
     with open(os.path.join(run_dir, f"report_rank{rank}.json"), "w") as fh:
         json.dump({"writes": writes, "history": result.history,
                    "world": torch.distributed.is_initialized()}, fh)
+    # Leave the process group before exiting: exiting with gloo's threads alive can abort
+    # one rank ("terminate called without an active exception") on a loaded machine.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     """
 )
 
