@@ -320,3 +320,19 @@ def _machine(device: torch.device) -> dict[str, Any]:
     from frugalnn.cost.machine import describe_machine
 
     return dict(describe_machine(device))
+
+
+@torch.no_grad()
+def top1_accuracy(model: nn.Module, data: Any, *, batch_size: int = 256,
+                  device: str | torch.device = "cpu") -> float:
+    """Share of examples of ``data`` (a dataset, in order) whose top logit is the label:
+    a quick score for choosing on validation data (no ledger, no records)."""
+    from frugalnn.data.splits import seeded_loader
+
+    correct = total = 0
+    for batch in seeded_loader(data, batch_size, 0, shuffle=False):
+        x, y = split_batch(batch)
+        pred = logits_of(model(to_device(x, device))).argmax(-1).cpu()
+        correct += int((pred == y).sum())
+        total += len(y)
+    return correct / max(1, total)

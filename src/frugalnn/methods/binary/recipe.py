@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 from frugalnn.data.splits import seeded_loader
 from frugalnn.errors import UserError
+from frugalnn.evaluation.loop import top1_accuracy
 
 __all__ = ["BinaryConfig", "BinaryRun", "binarize", "run_binarize"]
 
@@ -159,19 +160,6 @@ def binarize(
     return student.eval()
 
 
-@torch.no_grad()
-def _accuracy(model: nn.Module, data: Dataset, batch_size: int, device: Any) -> float:
-    from frugalnn.utils.batch import logits_of, split_batch
-
-    correct = total = 0
-    for batch in seeded_loader(data, batch_size, 0, shuffle=False):
-        x, y = split_batch(batch)
-        pred = logits_of(model(x.to(device))).argmax(-1).cpu()
-        correct += int((pred == y).sum())
-        total += len(y)
-    return correct / max(1, total)
-
-
 def _batch(data: Dataset, n: int) -> torch.Tensor:
     n = min(n, len(data))
     return torch.stack([torch.as_tensor(data[i][0]) for i in range(n)])
@@ -208,7 +196,7 @@ def run_binarize(
     save_checkpoint(out / "checkpoint", student, {"method": config.label, "config": record})
     x = _batch(splits.test, config.layer_batch).to(device)
     base_flops = flops_per_example(original, x[:1])
-    base_acc = _accuracy(original, splits.test, config.batch_size, device)
+    base_acc = top1_accuracy(original, splits.test, batch_size=config.batch_size, device=device)
     records = evaluate_into(
         student, splits.test, out, val_dataset=splits.val, reference_model=original,
         method=config.label,

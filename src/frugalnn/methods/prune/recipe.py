@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 from frugalnn.data.splits import seeded_loader
 from frugalnn.errors import UserError
+from frugalnn.evaluation.loop import top1_accuracy
 
 __all__ = ["PruneConfig", "PruneRun", "parse_target", "prune", "prune_with_plan", "run_prune"]
 
@@ -188,19 +189,6 @@ def prune(
     return pruned
 
 
-@torch.no_grad()
-def _accuracy(model: nn.Module, data: Dataset, batch_size: int, device: Any) -> float:
-    from frugalnn.utils.batch import logits_of, split_batch
-
-    correct = total = 0
-    for batch in seeded_loader(data, batch_size, 0, shuffle=False):
-        x, y = split_batch(batch)
-        pred = logits_of(model(x.to(device))).argmax(-1).cpu()
-        correct += int((pred == y).sum())
-        total += len(y)
-    return correct / max(1, total)
-
-
 def _write_extras(out: Path, plan: dict[str, Any], totals: dict[str, Any], label: str) -> None:
     from frugalnn.utils.io import write_json_atomic, write_text_atomic
 
@@ -251,7 +239,7 @@ def run_prune(
     save_checkpoint(out / "checkpoint", student, {"method": config.label, "history": history,
                                                   "config": record})
     base_flops = flops_per_example(original, example)
-    base_acc = _accuracy(original, splits.test, config.batch_size, device)
+    base_acc = top1_accuracy(original, splits.test, batch_size=config.batch_size, device=device)
     records = evaluate_into(
         student, splits.test, out, val_dataset=splits.val, reference_model=original,
         method=config.label,
