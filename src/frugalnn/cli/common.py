@@ -18,8 +18,12 @@ from frugalnn.errors import UserError
 
 __all__ = [
     "add_data_flags",
+    "add_model_argument",
+    "MODEL_SPEC_HELP",
+    "ModelRef",
     "add_model_flags",
     "add_run_flags",
+    "add_weights_flag",
     "args_config",
     "available_devices",
     "check_device",
@@ -35,16 +39,71 @@ __all__ = [
     "random_subset",
     "resolve_checkpoint",
     "start_run",
+    "tokenizer_of_model",
 ]
 
 
-def add_model_flags(p: argparse.ArgumentParser,
-                    model_help: str = "registry name (vit_tiny, lm_tiny, bert_minilm)") -> None:
-    """``MODEL``, ``--checkpoint`` and ``--model-arg`` of a command that converts a model."""
-    p.add_argument("model", metavar="MODEL", help=model_help)
+#: How every command describes the model specs it accepts (docs/your_model.md).
+MODEL_SPEC_HELP = ("registry name (see `frugalnn models`), path/to/file.py:FACTORY, "
+                   "package.module:FACTORY or hf:DIR (a Hugging Face model directory)")
+WEIGHTS_HELP = ("weights of MODEL: a state dict (.pt/.pth, read with weights_only=True, or "
+                ".safetensors) or a directory holding one")
+
+
+class ModelRef(str):
+    """The ``MODEL`` text of a command, carrying its ``--weights`` file (or None).
+
+    :func:`add_model_flags` attaches ``--weights`` to ``MODEL`` whatever their order
+    on the command line, so :func:`load_base_model` and :func:`load_model_for_data`
+    load the weights for every command that takes a model.
+    """
+
+    weights: str | None = None
+
+    def __new__(cls, text: str, weights: str | None = None) -> ModelRef:
+        ref = super().__new__(cls, text)
+        ref.weights = weights
+        return ref
+
+
+class _ModelAction(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, ModelRef(values, getattr(namespace, "weights", None)))
+
+
+class _WeightsAction(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        model = getattr(namespace, "model", None)
+        if isinstance(model, str):
+            namespace.model = ModelRef(model, values)
+
+
+def add_model_flags(p: argparse.ArgumentParser, model_help: str = MODEL_SPEC_HELP) -> None:
+    """``MODEL``, ``--checkpoint``, ``--weights`` and ``--model-arg`` of a command that
+    converts a model. ``MODEL`` is a registry name or a model spec
+    (:mod:`frugalnn.models.external`); ``args.model.weights`` is ``--weights``."""
+    add_model_argument(p, model_help)
     p.add_argument("--checkpoint", help="trained checkpoint or run directory of MODEL")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
-                   help="model constructor argument when no checkpoint is given (repeatable)")
+                   help="model constructor (or factory) argument when no checkpoint is given "
+                        "(repeatable)")
+
+
+def add_model_argument(p: argparse.ArgumentParser, model_help: str = MODEL_SPEC_HELP) -> None:
+    """Positional ``MODEL`` (a registry name or model spec) and ``--weights`` for it:
+    ``args.model`` is a :class:`ModelRef` whose ``weights`` is the ``--weights`` file."""
+    if model_help != MODEL_SPEC_HELP:
+        model_help = f"{model_help}; or a model spec: file.py:FACTORY, module:FACTORY, hf:DIR"
+    p.add_argument("model", metavar="MODEL", action=_ModelAction, help=model_help)
+    add_weights_flag(p)
+
+
+def add_weights_flag(p: argparse.ArgumentParser) -> None:
+    """``--weights FILE_OR_DIR``: a plain state dict for the command's model."""
+    p.add_argument("--weights", metavar="FILE_OR_DIR", action=_WeightsAction, help=WEIGHTS_HELP)
 
 
 def add_data_flags(p: argparse.ArgumentParser, *, train_help: str = "split to train on (train)",
@@ -196,17 +255,31 @@ def resolve_checkpoint(source: str | Path, hint: str = "a checkpoint or run dire
 
 
 def load_base_model(name: str, checkpoint: str | None, kwargs: dict[str, Any], device: str, *,
-                    allow_th: bool = False, check_name: bool = True) -> Any:
-    """Model ``name``: from a frugalnn checkpoint or run dir, freshly built when
-    ``checkpoint`` is None, or (``allow_th``) from a ResNet-CIFAR ``.th`` file.
+                    allow_th: bool = False, check_name: bool = True,
+                    weights: str | None = None) -> Any:
+    """Model ``name`` (a registry name or a model spec): from a frugalnn checkpoint or
+    run dir, freshly built when ``checkpoint`` is None (with the state dict of
+    ``weights``, by default ``name.weights`` of a :class:`ModelRef`), or
+    (``allow_th``) from a ResNet-CIFAR ``.th`` file.
 
-    With ``check_name`` a checkpoint holding another registry model is refused.
+    With ``check_name`` a checkpoint holding another model is refused.
     """
     from frugalnn.models import create_model
+    from frugalnn.models.external import canonical_spec, is_external, load_weights_file
     from frugalnn.train.checkpoint import load_model
 
+    weights = weights or getattr(name, "weights", None)
+    name = str(name)
+    if checkpoint is not None and weights is not None:
+        raise UserError("pass either --checkpoint (a frugalnn checkpoint) or --weights "
+                        "(a plain state dict), not both")
     if checkpoint is None:
-        return create_model(name, **kwargs).to(device)
+        model = create_model(name, **kwargs)
+        if weights is not None:
+            load_weights_file(model, weights)
+        return model.to(device)
+    if is_external(name):
+        name = canonical_spec(name)
     hint = "a checkpoint, run directory or .th file" if allow_th else None
     path = Path(checkpoint)
     if allow_th and path.is_file() and path.suffix == ".th":
@@ -229,13 +302,17 @@ def load_model_for_data(name: str, checkpoint: str | None, info: Any,
     from frugalnn.models.registry import model_kwargs_for
     from frugalnn.train.checkpoint import check_data_fit
 
-    kwargs = model_kwargs_for(name, info, parse_model_args(model_arg))
     if checkpoint and not str(checkpoint).endswith(".th"):
-        kwargs = {}  # a frugalnn checkpoint rebuilds its own structure
+        kwargs: dict[str, Any] = {}  # a frugalnn checkpoint rebuilds its own structure
+    else:
+        kwargs = model_kwargs_for(str(name), info, parse_model_args(model_arg))
     model = load_base_model(name, checkpoint, kwargs, device, allow_th=True,
                             check_name=check_name)
-    if checkpoint:
-        check_data_fit(model, info, checkpoint)
+    from frugalnn.models.external import is_external
+
+    weights = getattr(name, "weights", None)
+    if checkpoint or weights or is_external(str(name)):
+        check_data_fit(model, info, checkpoint or weights or str(name))
     return model
 
 
@@ -259,6 +336,7 @@ def load_splits_from_args(args: argparse.Namespace, eval_split: str | None = Non
     seeded random subsets for the three limits."""
     from frugalnn.data.splits import load_splits
 
+    tokenizer_of_model(args)
     return load_splits(
         args.data, args.data_dir, val_fraction=getattr(args, "val_fraction", 0.1),
         train_limit=getattr(args, "train_limit", None),
@@ -266,6 +344,36 @@ def load_splits_from_args(args: argparse.Namespace, eval_split: str | None = Non
         test_limit=getattr(args, "eval_limit", None),
         test_split=eval_split or getattr(args, "eval_split", "test"), seed=args.seed,
         **train_options)
+
+
+#: Files that mark a directory as holding a Hugging Face tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+
+
+def tokenizer_of_model(args: argparse.Namespace, model: str | None = None) -> None:
+    """``--data textfile`` without a tokenizer, for ``--model hf:DIR`` whose directory
+    holds one: tokenise with it, at most as many tokens as the model has positions
+    (``args.data`` gains ``tokenizer=DIR,max_length=N``, so the run records them).
+    ``model`` is the model spec when it is not ``args.model`` (a checkpoint's)."""
+    from frugalnn.data.catalog import split_options
+
+    data = getattr(args, "data", None)
+    model = str(model or getattr(args, "model", "") or "")
+    if not data or not model.startswith("hf:"):
+        return
+    base, options = split_options(data)
+    directory = Path(model[3:]).expanduser().resolve()
+    if base != "textfile" or "tokenizer" in options:
+        return
+    if any((directory / name).is_file() for name in TOKENIZER_FILES):
+        extra = f"tokenizer={directory}"
+        if "max_length" not in options:  # no longer than the model's positions
+            from frugalnn.models.external import external_input
+
+            shape = external_input(model)["input_shape"]
+            if len(shape) == 1:
+                extra += f",max_length={shape[0]}"
+        args.data = f"{data}{',' if ':' in data else ':'}{extra}"
 
 
 def random_subset(dataset: Any, limit: int | None, seed: int) -> Any:

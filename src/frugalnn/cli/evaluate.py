@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from frugalnn.cli.common import (
+    MODEL_SPEC_HELP,
+    add_weights_flag,
     args_config,
     check_device,
     check_out,
@@ -19,6 +21,7 @@ from frugalnn.cli.common import (
     positive,
     print_budget_summary,
     resolve_checkpoint,
+    tokenizer_of_model,
 )
 from frugalnn.errors import UserError
 
@@ -64,8 +67,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluated too, into RUN_DIR/validation/: operating points are chosen there and "
         "scored on the evaluated split.",
     )
-    e.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN_DIR",
-                   help="a checkpoint directory, or a run directory holding checkpoint/")
+    e.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN_DIR", nargs="?",
+                   help="a checkpoint directory, or a run directory holding checkpoint/ "
+                        "(or give --model instead)")
+    e.add_argument("--model", help="evaluate this model instead of a checkpoint: "
+                   f"{MODEL_SPEC_HELP}; its checkpoint is saved in OUT/checkpoint so later "
+                   "commands can rebuild it")
+    add_weights_flag(e)
+    e.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                   help="argument of --model's constructor or factory (repeatable)")
     e.add_argument("--data", required=True, help="dataset name (digits, mnist, cifar10, ...)")
     e.add_argument("--data-dir", help="data directory (default: $FRUGALNN_DATA)")
     e.add_argument("--split", "--eval-split", dest="split", default="test",
@@ -173,22 +183,39 @@ def _evaluate(args: argparse.Namespace) -> int:
                     (args.val_limit, "--val-limit"), (args.threads, "--threads"),
                     (args.latency_repeats, "--latency-repeats")))
     check_device(args.device)
+    if (args.checkpoint is None) == (args.model is None):
+        raise UserError("pass a CHECKPOINT_OR_RUN_DIR or --model MODEL (with --weights), "
+                        "exactly one of them")
+    if args.model is None and (args.weights or args.model_arg):
+        raise UserError("--weights and --model-arg go with --model; a checkpoint holds its "
+                        "own model and weights")
     out = Path(args.out)
     check_out(out, args.force, empty_ok=False)
     budgets = parse_floats(args.budgets)
     sizes = parse_ints(args.latency_batch_sizes, "--latency-batch-sizes")
-    ckpt = resolve_checkpoint(args.checkpoint)
-    model = load_model(ckpt, map_location=args.device)
+    if args.model is None:
+        ckpt = resolve_checkpoint(args.checkpoint)
+        model = load_model(ckpt, map_location=args.device)
+        tokenizer_of_model(args, (getattr(model, "frugalnn_spec", None) or {}).get("name"))
+    else:
+        tokenizer_of_model(args)
     dataset, val_dataset, no_val = _eval_splits(args)
-    if getattr(dataset, "info", None) is not None:  # a model of other data: one line, exit 2
-        from frugalnn.train.checkpoint import check_data_fit
+    if args.model is None:
+        if getattr(dataset, "info", None) is not None:  # a model of other data: one line
+            from frugalnn.train.checkpoint import check_data_fit
 
-        check_data_fit(model, dataset.info, ckpt)
+            check_data_fit(model, dataset.info, ckpt)
+    else:
+        from frugalnn.cli.common import ModelRef, load_model_for_data
+
+        ckpt = out / "checkpoint"
+        model = load_model_for_data(ModelRef(args.model, args.weights), None, dataset.info,
+                                    args.model_arg, args.device).eval()
     if no_val is not None:
         print(f"note: evaluating without validation ({no_val}); operating points will be "
               "chosen on the evaluated split itself (oracle)", file=sys.stderr)
-    config: dict[str, Any] = {"command": "evaluate", "checkpoint": str(ckpt),
-                              **args_config(args)}
+    config: dict[str, Any] = {"command": "evaluate", **args_config(args),
+                              "checkpoint": str(ckpt)}
     records = evaluate_into(
         model, dataset, out, val_dataset=val_dataset, method=args.method,
         batch_size=args.batch_size, budgets=budgets, threads=args.threads, device=args.device,
@@ -196,6 +223,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         baseline_run=args.baseline, split=args.split, config=config, force=args.force,
         progress=not args.no_progress,
     )
+    if args.model is not None:  # later commands rebuild the model from the run directory
+        from frugalnn.train.checkpoint import data_signature, save_checkpoint
+
+        save_checkpoint(ckpt, model, {"data": data_signature(dataset.info)})
     write_run_report(out)
     print_budget_summary(records, "budget")
     print(f"records: {out / 'records.csv'}")

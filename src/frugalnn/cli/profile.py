@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
-from frugalnn.cli.common import check_device
+from frugalnn.cli.common import MODEL_SPEC_HELP, add_weights_flag, check_device, parse_model_args
 from frugalnn.errors import UserError
 
 __all__ = ["register"]
@@ -18,11 +19,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Count a model's static cost per example (FLOPs = 2 x MACs) and measure "
         "its latency at batch 1 and at --batch-size.",
     )
-    p.add_argument("model", help="registered model name (see `frugalnn models`)")
+    p.add_argument("model", help=MODEL_SPEC_HELP + "; or a checkpoint or run directory")
     p.add_argument("--input-shape", help="one example's shape without batch, e.g. 3,32,32 "
-                   "(default: the model's registered shape)")
+                   "(default: the model's registered shape; needed for a factory that does "
+                   "not declare input_shape)")
     p.add_argument("--batch-size", type=int, default=64, help="larger batch to time (default 64)")
     p.add_argument("--checkpoint", help="weights: a resnet*.th file or a frugalnn checkpoint")
+    add_weights_flag(p)
+    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                   help="model constructor (or factory) argument (repeatable)")
     p.add_argument("--depth", type=int, default=2, help="module depth of the table (default 2)")
     p.add_argument("--json", dest="json_out", help="also write the whole profile as JSON here")
     p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
@@ -63,11 +68,13 @@ def _check_args(args: argparse.Namespace) -> None:
 def _profile(args: argparse.Namespace) -> int:
     from frugalnn.cost.count import format_bytes
     from frugalnn.cost.profile import parse_shape, profile_model
-    from frugalnn.models import model_info
-    from frugalnn.train.checkpoint import load_named_model
     from frugalnn.utils.io import write_json_atomic
 
     _check_args(args)
+    from frugalnn.runtime.onnx_cost import is_graph_path
+
+    if is_graph_path(args.model):
+        return _profile_graph(args)
     retained = False
     if args.retain_freed_memory:
         from frugalnn.cost.allocator import retain_freed_memory
@@ -75,14 +82,16 @@ def _profile(args: argparse.Namespace) -> int:
         retained = retain_freed_memory()
         if not retained:
             print("note: --retain-freed-memory needs glibc; timing with this platform's allocator")
-    info = model_info(args.model)
-    shape = parse_shape(args.input_shape) if args.input_shape else info.input_shape
-    model = load_named_model(args.model, args.checkpoint)
+    model, name, info, recorded = _load(args)
+    shape = parse_shape(args.input_shape) if args.input_shape else (recorded or info.input_shape)
+    if not shape:
+        raise UserError(f"the input shape of model {name!r} is unknown; pass "
+                        "--input-shape, e.g. --input-shape 3,32,32")
     batch_sizes = (1,) if args.batch_size == 1 else (1, args.batch_size)
     prof = profile_model(
         model,
         shape,
-        name=args.model,
+        name=name,
         input_dtype=info.input_dtype,
         batch_sizes=batch_sizes,
         depth=args.depth,
@@ -95,8 +104,9 @@ def _profile(args: argparse.Namespace) -> int:
     if not args.no_timing and args.runtime != "eager":
         _time_on_runtime(prof, model, args, shape, info.input_dtype, batch_sizes)
     cost = prof.cost
-    print(f"{args.model}  input {tuple(shape)} ({info.input_dtype})"
-          + (f"  checkpoint {args.checkpoint}" if args.checkpoint else ""))
+    print(f"{name}  input {tuple(shape)} ({info.input_dtype})"
+          + (f"  checkpoint {args.checkpoint}" if args.checkpoint else "")
+          + (f"  weights {args.weights}" if args.weights else ""))
     print(cost.summary())
     print()
     print(cost.table(args.depth))
@@ -118,6 +128,74 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace) -> tuple[Any, str, Any, tuple[int, ...] | None]:
+    """``(model, name, model info, input shape of its recorded data or None)``: MODEL is
+    a registry name or model spec, or a checkpoint or run directory (then its model)."""
+    from frugalnn.models import model_info
+    from frugalnn.train.checkpoint import has_checkpoint, load_model, load_named_model
+
+    source = Path(args.model)
+    if source.is_dir() and not args.model.startswith("hf:"):
+        ckpt = source / "checkpoint" if has_checkpoint(source / "checkpoint") else source
+        if has_checkpoint(ckpt):
+            if args.checkpoint or args.weights:
+                raise UserError(f"{args.model} is a checkpoint already; drop --checkpoint "
+                                "and --weights")
+            model = load_model(ckpt)
+            name = str((getattr(model, "frugalnn_spec", None) or {}).get("name", args.model))
+            data = getattr(model, "frugalnn_data", None) or {}
+            shape = tuple(data.get("input_shape") or ()) or None
+            return model, name, model_info(name), shape
+    model = load_named_model(args.model, args.checkpoint, weights=args.weights,
+                             kwargs=parse_model_args(args.model_arg))
+    return model, args.model, model_info(args.model), None
+
+
+def _profile_graph(args: argparse.Namespace) -> int:
+    """``frugalnn profile model.onnx`` (or an export directory): the cost counted from the
+    graph, the latency measured on ONNX Runtime."""
+    from frugalnn.cost.count import format_bytes
+    from frugalnn.cost.machine import describe_machine
+    from frugalnn.cost.profile import ModelProfile, parse_shape
+    from frugalnn.runtime.onnx_cost import first_input, measure_onnx
+    from frugalnn.utils.io import write_json_atomic
+
+    if args.checkpoint or getattr(args, "weights", None):
+        raise UserError("an ONNX graph holds its weights; drop --checkpoint/--weights")
+    if args.runtime not in ("eager", "onnxruntime"):
+        raise UserError(f"an ONNX graph runs on onnxruntime, not {args.runtime!r}")
+    args.runtime = "onnxruntime"
+    name, dims, dtype = first_input(args.model)
+    if args.input_shape:
+        shape = parse_shape(args.input_shape)
+    elif all(d is not None for d in dims[1:]):
+        shape = tuple(int(d) for d in dims[1:] if d is not None)
+    else:
+        raise UserError(f"input {name} of {args.model} has symbolic dimensions; give one "
+                        "example's shape with --input-shape")
+    prof = ModelProfile(str(args.model), shape, measure_onnx(args.model, 1,
+                                                             input_shapes={name: shape}),
+                        machine=describe_machine(args.device))
+    if not args.no_timing:
+        batch_sizes = (1,) if args.batch_size == 1 else (1, args.batch_size)
+        _time_on_runtime(prof, args.model, args, shape, dtype, batch_sizes)
+    print(f"{args.model}  input {shape} ({dtype}), ONNX graph")
+    print(prof.cost.summary())
+    print()
+    print(prof.cost.table(min(args.depth, 1)))
+    if prof.latency:
+        print(f"\nlatency on {prof.machine.get('device')}, runtime onnxruntime "
+              f"(median of {args.repeats}):")
+        for bs, rec in prof.latency.items():
+            print(f"  batch {bs:>4}: {rec.median_ms:9.3f} ms  ({rec.median_ms / bs:.4f} "
+                  f"ms/example; peak memory {format_bytes(prof.memory[bs].peak_bytes)}, "
+                  f"{prof.memory[bs].method})")
+    if args.json_out:
+        write_json_atomic(args.json_out, prof.to_dict())
+        print(f"\nwrote {args.json_out}")
+    return 0
+
+
 def _time_on_runtime(prof: object, model: object, args: argparse.Namespace,
                      shape: tuple[int, ...], dtype: str, batch_sizes: tuple[int, ...]) -> None:
     """Fill ``prof.latency`` / ``prof.memory`` with timings on ``--runtime``."""
@@ -126,7 +204,12 @@ def _time_on_runtime(prof: object, model: object, args: argparse.Namespace,
     from frugalnn.runtime.measure import measure_on_runtime, on_runtime
 
     example = example_input(shape, 2, dtype, args.device)
-    fn = on_runtime(model, args.runtime, example, device=args.device, threads=args.threads)
+    if isinstance(model, str) and model.endswith(".onnx"):  # a bare graph file
+        from frugalnn.runtime.graphs import load_graph
+
+        fn = load_graph(model, "onnxruntime", device=args.device, threads=args.threads)
+    else:
+        fn = on_runtime(model, args.runtime, example, device=args.device, threads=args.threads)
     for bs in batch_sizes:
         x = example_input(shape, bs, dtype, args.device)
         m = measure_on_runtime(fn, args.runtime, x, warmup=args.warmup, repeats=args.repeats,

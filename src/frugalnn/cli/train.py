@@ -25,7 +25,8 @@ __all__ = ["register", "resolve_config", "run_train"]
 # Option name -> (default, type, help). The single source of truth for flags,
 # YAML keys and config.json.
 OPTIONS: dict[str, tuple[Any, Any, str]] = {
-    "model": (None, str, "registered model name (see `frugalnn models`)"),
+    "model": (None, str, "model: a registry name (see `frugalnn models`), "
+              "path/to/file.py:FACTORY, package.module:FACTORY or hf:DIR"),
     "data": ("digits", str, "dataset name (digits, mnist, cifar10, tinyshakespeare, ...)"),
     "data_dir": (None, str, "data directory (default $FRUGALNN_DATA; digits needs none)"),
     "epochs": (10, int, "training epochs (default 10)"),
@@ -50,6 +51,8 @@ OPTIONS: dict[str, tuple[Any, Any, str]] = {
         "initial weights: a frugalnn checkpoint (its model and "
         "transformations are rebuilt) or a resnet*.th file",
     ),  # fmt: skip
+    "weights": (None, str, "initial weights of --model: a state dict (.pt/.pth read with "
+                "weights_only=True, or .safetensors) or a directory holding one"),
     "augment": (False, bool, "random crop/flip augmentation for image datasets"),
     "val_fraction": (
         0.1,
@@ -181,13 +184,20 @@ def _build_model(config: dict[str, Any], info: Any):
     import torch
 
     from frugalnn.models import create_model, model_info
+    from frugalnn.models.external import canonical_spec, is_external, load_weights_file
     from frugalnn.train.checkpoint import check_data_fit, has_checkpoint, load_meta, load_model
 
     init = config["checkpoint"]
+    if init and config.get("weights"):
+        raise UserError("pass either --checkpoint (a frugalnn checkpoint) or --weights "
+                        "(a plain state dict), not both")
     if init and has_checkpoint(init):
         meta = load_meta(init)
         saved = (meta.get("model") or {}).get("name")
-        if config["model"] and saved and config["model"] != saved:
+        wanted = config["model"]
+        if wanted and is_external(wanted):
+            wanted = canonical_spec(wanted)
+        if wanted and saved and wanted != saved:
             raise UserError(
                 f"--checkpoint {init} holds a {saved!r} model, not {config['model']!r}; "
                 "drop --model or pass the matching checkpoint"
@@ -210,6 +220,9 @@ def _build_model(config: dict[str, Any], info: Any):
     kwargs = model_kwargs_for(name, info, config["model_args"])
     torch.manual_seed(config["seed"])
     model = create_model(name, **kwargs)
+    if config.get("weights"):
+        load_weights_file(model, config["weights"])
+        check_data_fit(model, info, config["weights"])
     if init:  # a bare file: the pretrained ResNet-CIFAR format
         if not name.startswith("resnet"):
             raise UserError(
@@ -254,14 +267,15 @@ def _prepare_run_dir(
                 f"cannot change {', '.join(changed)} when resuming {out}; "
                 f"only {', '.join(sorted(RESUME_OVERRIDES))} may differ"
             )
-        missing = sorted(set(OPTIONS) - set(saved))
+        # An option a run predates is fine when it defaults to off (None).
+        missing = sorted(k for k in set(OPTIONS) - set(saved) if OPTIONS[k][0] is not None)
         if missing:
             raise UserError(
                 f"{saved_file} has no {', '.join(missing)}; this run cannot be resumed, "
                 "start over with --force"
             )
         _check_resumable(out / "checkpoint")
-        merged = dict(saved)
+        merged = {**{k: OPTIONS[k][0] for k in OPTIONS}, **saved}
         for k in RESUME_OVERRIDES:
             if config.get(k) != OPTIONS[k][0] and config.get(k) is not None:
                 merged[k] = config[k]

@@ -8,12 +8,14 @@ supplies what :func:`frugalnn.cost.count.measure` needs to count them:
 
 * :func:`params_by_precision`: parameters per storage precision; int8 weights
   of quantised modules included (``weight()`` of ``torch.ao.nn.quantized``
-  modules, ``int8`` / ``uint8`` buffers such as 8-bit embedding rows), their
-  float biases as ``fp32``;
+  modules, the packed weights of dynamic int8 ``LSTM`` / ``GRU`` / cells,
+  ``int8`` / ``uint8`` buffers such as 8-bit embedding rows), their float
+  biases as ``fp32``;
 * :func:`model_bytes`: bytes of every tensor of the state dict (what a
   checkpoint stores): 1 byte per int8 weight plus its scales and zero points;
-* :func:`op_flops`: FLOPs of one dispatched op that the FLOP counter misses,
-  with its precision label.
+* :func:`op_flops`: FLOPs of one dispatched op that the FLOP counter misses
+  (quantised linear/conv, ``quantized_lstm`` / ``quantized_gru`` and the
+  dynamic cells, weight-only ``_weight_int8pack_mm``), with its precision label.
 
 Precision labels: ``fp32`` / ``fp16`` / ``bf16`` (float arithmetic),
 ``int8`` (int8 x int8 products: dynamic and static quantisation), ``w8a32``
@@ -96,12 +98,46 @@ for _name in ("conv1d", "conv2d", "conv3d", "conv1d_relu", "conv2d_relu", "conv3
 register_precision_op("aten._weight_int8pack_mm", _int8pack_flops, "w8a32")
 
 
-def op_flops(func: Any, args: tuple[Any, ...], out: Any) -> tuple[int, str] | None:
-    """``(flops, precision)`` of a dispatched op this module counts, else ``None``."""
+def _quantized_rnn_flops(gates: int) -> FlopFn:
+    """Dynamic int8 LSTM (4 gates) / GRU (3 gates): both gate products of every layer and
+    direction at every step, from the shapes (the packed weights are opaque)."""
+
+    def flops(args: tuple[Any, ...], out: Any) -> int:
+        x = args[0]
+        packed = isinstance(args[1], torch.Tensor) and args[1].dim() == 1  # .data overload
+        hx = args[2] if packed else args[1]
+        num_layers, bidirectional = (args[5], args[8]) if packed else (args[4], args[7])
+        hidden = (hx[0] if isinstance(hx, (list, tuple)) else hx).shape[-1]
+        directions = 2 if bidirectional else 1
+        steps = x.numel() // x.shape[-1]
+        inputs = x.shape[-1] + (num_layers - 1) * directions * hidden
+        return 2 * steps * directions * gates * hidden * (inputs + num_layers * hidden)
+
+    return flops
+
+
+def _quantized_cell_flops(args: tuple[Any, ...], out: Any) -> int:
+    x, w_ih, w_hh = args[0], _unpack(args[2]), _unpack(args[3])
+    return 2 * (x.numel() // x.shape[-1]) * (w_ih.numel() + w_hh.numel())
+
+
+register_precision_op("aten.quantized_lstm", _quantized_rnn_flops(4), "int8")
+register_precision_op("aten.quantized_gru", _quantized_rnn_flops(3), "int8")
+for _name in ("quantized_lstm_cell_dynamic", "quantized_gru_cell_dynamic",
+              "quantized_rnn_tanh_cell_dynamic", "quantized_rnn_relu_cell_dynamic"):
+    register_precision_op(f"quantized.{_name}", _quantized_cell_flops, "int8")
+
+
+def op_flops(func: Any, args: tuple[Any, ...], out: Any,
+             kwargs: dict[str, Any] | None = None) -> tuple[int, str] | None:
+    """``(flops, precision)`` of a dispatched op this module counts, else ``None``
+    (an op run with ``dtype=torch.float16``, as fp16 dynamic RNNs are, is labelled fp16)."""
     entry = _OPS.get(str(func.overloadpacket))
     if entry is None:
         return None
     flops, precision = entry
+    if (kwargs or {}).get("dtype") == torch.float16:
+        precision = "fp16"
     return int(flops(args, out)), precision
 
 
@@ -119,6 +155,12 @@ def _is_quantized_module(module: nn.Module) -> bool:
         getattr(module, "weight", None))
 
 
+def _is_quantized_rnn(module: nn.Module) -> bool:
+    path = type(module).__module__
+    return (path.startswith("torch.ao.nn.quantized.dynamic") and path.endswith(".rnn")
+            and callable(getattr(module, "_weight_bias", None)))
+
+
 def params_by_precision(model: nn.Module) -> dict[str, int]:
     """Parameter counts per storage precision, quantised weights included."""
     counts: dict[str, int] = defaultdict(int)
@@ -133,7 +175,13 @@ def params_by_precision(model: nn.Module) -> dict[str, int]:
         for b in module.buffers(recurse=False):  # int8 values stored as buffers are weights
             if b.dtype in INT_DTYPES:
                 counts["int8"] += b.numel()
-        if _is_quantized_module(module):
+        if _is_quantized_rnn(module):  # dynamic int8 LSTM/GRU/cells: packed weights
+            own = {id(p) for p in module.parameters(recurse=False)}
+            for group in module._weight_bias().values():
+                for t in group.values():
+                    if isinstance(t, torch.Tensor) and id(t) not in own:
+                        counts[precision_of(t.dtype)] += t.numel()
+        elif _is_quantized_module(module):
             w = module.weight()
             counts[precision_of(w.dtype)] += w.numel()
             b = module.bias() if callable(getattr(module, "bias", None)) else None

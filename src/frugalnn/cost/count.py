@@ -4,19 +4,11 @@ Why measured rather than derived from layer shapes: a model's ``forward`` may
 call functional ops, ``@``, attention kernels or skip layers entirely, and only
 the dispatched operations tell what really ran. We build on
 :class:`torch.utils.flop_counter.FlopCounterMode` (matrix products and
-convolutions, ``flops = 2 * macs``) and add what it misses on CPU: the fused
-scaled-dot-product attention kernel, which it counts as 0.
-
-What is counted, in FLOPs (one multiply-add = 2 FLOPs):
-
-* ``mm``, ``addmm``, ``bmm``, ``baddbmm`` (Linear, ``@``, ``matmul``):
-  ``2 * m * n * k``. The bias addition of ``addmm`` is **not** counted, so a
-  Linear layer with or without bias costs the same (the MAC convention of the
-  papers we compare with).
-* convolutions: ``2 * (output elements) * (C_in / groups) * prod(kernel)``;
-  the bias is not counted.
-* scaled-dot-product attention (any backend): ``2*B*H*Tq*Tk*d`` for ``Q K^T``
-  plus ``2*B*H*Tq*Tk*d_v`` for ``A V``; a causal mask does not halve it.
+convolutions, ``flops = 2 * macs``, biases not counted) and add the
+multiply-add kernels it leaves at 0: the CPU attention kernels, the fused
+fast paths of ``nn.TransformerEncoderLayer`` and ``nn.MultiheadAttention``,
+oneDNN's LSTM, ``nn.Bilinear``, ``mv``/``dot``/``addbmm`` and backend
+convolution kernels. The table of op -> formula is :mod:`frugalnn.cost.ops`.
 
 Quantised ops (``quantized::conv2d``, ``quantized::linear_dynamic``, the
 weight-only ``_weight_int8pack_mm``, ...) are counted with the same
@@ -28,8 +20,11 @@ precision it runs in (:attr:`CostReport.flops_by_precision`: ``fp32``,
 
 What is **not** counted (listed per run in :attr:`CostReport.uncounted`):
 elementwise ops (activations, residual adds, scaling), normalisations,
-softmax, pooling, reductions. For the CNNs and transformers here they are a
-few percent of the total; we report their names instead of guessing.
+softmax, pooling, interpolation, reductions: not multiply-adds, a few percent
+of the total for the CNNs and transformers here. Any other op with arithmetic
+is one the table does not know: it counts 0, is named in
+:attr:`CostReport.unknown_ops`, and every counting function warns with an
+:class:`UncountedOpWarning`.
 
 Activation memory (:attr:`CostReport.activation_bytes`) is the sum of the
 bytes of every tensor *newly allocated* by an operation during the forward
@@ -41,7 +36,8 @@ peak of live memory at inference; for that see :mod:`frugalnn.cost.memory`.
 
 from __future__ import annotations
 
-import math
+import os
+import warnings
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -55,10 +51,14 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from frugalnn.cost.bits import float_precision, model_bytes, op_flops, params_by_precision
 from frugalnn.cost.ledger import DynamicModule
+from frugalnn.cost.ops import extra_flop_mapping, is_cheap, is_free, op_name
+from frugalnn.errors import UserError
 
 __all__ = [
     "CostReport",
     "ModuleCost",
+    "UncountedOpWarning",
+    "warn_unknown_ops",
     "count_flops",
     "flops_per_example",
     "measure",
@@ -69,52 +69,24 @@ __all__ = [
 aten = torch.ops.aten
 
 
-def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    """FLOPs of attention softmax(Q K^T) V from the operand shapes (batch dims first)."""
-    batch = math.prod(query_shape[:-2])
-    tq, d = query_shape[-2], query_shape[-1]
-    tk = key_shape[-2]
-    dv = value_shape[-1]
-    return 2 * batch * tq * tk * d + 2 * batch * tq * tk * dv
-
-
-def _extra_mapping() -> dict[Any, Any]:
-    """SDPA kernels FlopCounterMode does not register (CPU fused, math, overrideable)."""
-    names = (
-        "_scaled_dot_product_flash_attention_for_cpu",
-        "_scaled_dot_product_attention_math",
-        "_scaled_dot_product_fused_attention_overrideable",
-    )
-    mapping: dict[Any, Any] = {}
-    for name in names:
-        packet = getattr(aten, name, None)
-        if packet is not None and packet not in flop_registry:
-            mapping[packet] = _sdpa_flops
-    return mapping
-
-
-EXTRA_FLOP_MAPPING = _extra_mapping()
+EXTRA_FLOP_MAPPING = extra_flop_mapping()
 COUNTED_OPS = frozenset(flop_registry) | frozenset(EXTRA_FLOP_MAPPING)
 
-# Ops that move, create or reinterpret data without arithmetic worth counting.
-_NO_ARITHMETIC = frozenset(
-    """
-    _to_copy _unsafe_view alias arange as_strided cat clone constant_pad_nd contiguous
-    copy copy_ detach embedding empty empty_like empty_strided expand fill fill_ full
-    full_like gather index index_put index_put_ index_select lift_fresh lift_fresh_copy
-    masked_fill masked_fill_ new_empty new_full new_ones new_zeros ones ones_like
-    permute repeat reshape scalar_tensor select slice split split_with_sizes squeeze
-    stack t transpose unbind unsqueeze view zero_ zeros zeros_like _local_scalar_dense
-    item flatten unflatten narrow chunk roll flip pad where eq ne lt le gt ge argmax
-    argmin topk sort argsort nonzero bernoulli_ rand randn randint randperm
-    native_dropout dropout expand_as view_as to _reshape_alias set_ resize_ sym_size
-    sym_stride is_nonzero equal any all logical_not logical_and logical_or
-    """.split()  # noqa: SIM905 - one word per op name, easier to scan
-)
+
+class UncountedOpWarning(UserWarning):
+    """A model ran an op with arithmetic the FLOP counter does not know (counted as 0)."""
 
 
-def _op_name(func: Any) -> str:
-    return str(func.overloadpacket).removeprefix("aten.")
+def warn_unknown_ops(unknown: Mapping[str, int], stacklevel: int = 2) -> None:
+    """Warn (:class:`UncountedOpWarning`) that ops with uncountable arithmetic ran."""
+    if unknown:
+        warnings.warn(f"FLOPs undercounted: {_unknown_line(unknown)}", UncountedOpWarning,
+                      stacklevel=stacklevel + 1)
+
+
+def _unknown_line(unknown: Mapping[str, int]) -> str:
+    names = ", ".join(f"{name} (x{n})" for name, n in sorted(unknown.items()))
+    return f"ops whose arithmetic frugalnn cannot count ran, counted as 0 FLOPs: {names}"
 
 
 def format_count(value: float, unit: str = "") -> str:
@@ -143,7 +115,8 @@ class _ActivationMode(TorchDispatchMode):
         self.counter = counter
         self.total_bytes = 0
         self.module_bytes: dict[str, int] = defaultdict(int)
-        self.uncounted: dict[str, int] = defaultdict(int)
+        self.uncounted: dict[str, int] = defaultdict(int)  # cheap arithmetic, by design
+        self.unknown: dict[str, int] = defaultdict(int)  # arithmetic we cannot count
         self.extra_flops = 0  # quantised ops, not seen by the FLOP counter
         self.module_extra: dict[str, int] = defaultdict(int)
         self.extra_by_op: dict[str, int] = defaultdict(int)
@@ -152,12 +125,20 @@ class _ActivationMode(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         packet = func.overloadpacket
         counted = packet in COUNTED_OPS
+        if not counted and not is_free(func) and not is_cheap(func):
+            # Composite ops (``linear``, ``conv2d``, ``batch_norm``) reach a dispatch mode
+            # undecomposed under ``torch.inference_mode()``: decompose them here, as
+            # FlopCounterMode does, so both modes see the same aten ops.
+            with self:
+                decomposed = func.decompose(*args, **(kwargs or {}))
+            if decomposed is not NotImplemented:
+                return decomposed
         before = self.counter.get_total_flops() if counted else 0
         out = func(*args, **(kwargs or {}))
-        name = _op_name(func)
+        name = op_name(func)
         if counted:
             self.by_precision[float_precision(args)] += self.counter.get_total_flops() - before
-        extra = None if counted else op_flops(func, args, out)
+        extra = None if counted else op_flops(func, args, out, kwargs)
         if extra is not None:
             flops, precision = extra
             self.extra_flops += flops
@@ -165,13 +146,8 @@ class _ActivationMode(TorchDispatchMode):
             self.extra_by_op[name] += flops
             for parent in set(self.counter.mod_tracker.parents):
                 self.module_extra[parent] += flops
-        elif (
-            not counted
-            and not func.is_view
-            and name not in _NO_ARITHMETIC
-            and name.rstrip("_") not in _NO_ARITHMETIC
-        ):
-            self.uncounted[name] += 1
+        elif not counted and not is_free(func):
+            (self.uncounted if is_cheap(func) else self.unknown)[name] += 1
         aliased = any(r.alias_info is not None for r in func._schema.returns)
         if not aliased:
             nbytes = sum(
@@ -208,7 +184,10 @@ class CostReport:
 
     ``flops`` are real floating-point operations (``macs = flops / 2``) for the
     whole batch; ``per_module`` rows are subtrees in module order;
-    ``uncounted`` names the arithmetic ops seen but not counted, with calls.
+    ``uncounted`` names the cheap arithmetic ops (elementwise, norms, softmax,
+    pooling) seen and deliberately not counted, with calls; ``unknown_ops`` names
+    ops with arithmetic the counter does not know (counted as 0: ``flops`` is an
+    undercount when it is not empty, and :func:`measure` warns).
     ``params`` counts every weight, int8 weights packed in quantised modules
     included; ``params_by_precision`` and ``flops_by_precision`` split them by
     precision (``fp32``, ``int8``, ``w8a32``, ``binary``; see
@@ -227,6 +206,7 @@ class CostReport:
     flops_by_precision: dict[str, int] = field(default_factory=dict)
     params_by_precision: dict[str, int] = field(default_factory=dict)
     model_bytes: int = 0
+    unknown_ops: dict[str, int] = field(default_factory=dict)
 
     @property
     def macs(self) -> float:
@@ -282,9 +262,11 @@ class CostReport:
             lines.append("parameters by precision: " + ", ".join(
                 f"{k} {format_count(v)}" for k, v in sorted(self.params_by_precision.items())))
         if self.model_bytes:
-            lines.append(f"model size:        {format_bytes(self.model_bytes)} (state dict)")
+            lines.append(f"model size:        {format_bytes(self.model_bytes)} (weights as stored)")
         if self.uncounted:
-            lines.append("not counted (no FLOPs assigned): " + ", ".join(sorted(self.uncounted)))
+            lines.append("not counted (not multiply-adds): " + ", ".join(sorted(self.uncounted)))
+        if self.unknown_ops:
+            lines.append(f"WARNING: FLOPs undercounted: {_unknown_line(self.unknown_ops)}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -321,20 +303,44 @@ def _run_counted(model: nn.Module, example_input: Any):
     acts = _ActivationMode(counter)
     with torch.no_grad(), counter, acts:
         _call(model, example_input)
+    warn_unknown_ops(acts.unknown, stacklevel=3)
     return counter, acts
 
 
-def _module_flops(counter: FlopCounterMode, acts: _ActivationMode) -> dict[str, int]:
-    """Total FLOPs per module path (quantised ops included); the root's entry under ''."""
+def _canonical_paths(model: nn.Module) -> dict[str, str]:
+    """Every path a module is reachable by -> the path ``named_modules`` gives it.
+
+    A module shared by two parents (or stored under two attribute names) is
+    named by the module tracker after the parent that called it last; its row
+    is its first name, and holds all its calls.
+    """
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        out[name] = first.setdefault(id(module), name)
+    return out
+
+
+def _by_path(model: nn.Module, values: Mapping[str, int]) -> dict[str, int]:
+    """Tracker keys -> module paths (aliases folded into the canonical name)."""
+    canonical = _canonical_paths(model)
     out: dict[str, int] = defaultdict(int)
-    for key, ops in counter.get_flop_counts().items():
-        if key == "Global":
-            continue
-        out[_tracker_name_to_path(key)] += sum(ops.values())
-    for key, flops in acts.module_extra.items():
+    for key, value in values.items():
         if key != "Global":
-            out[_tracker_name_to_path(key)] += flops
+            path = _tracker_name_to_path(key)
+            out[canonical.get(path, path)] += value
     return dict(out)
+
+
+def _module_flops(model: nn.Module, counter: FlopCounterMode,
+                  acts: _ActivationMode) -> dict[str, int]:
+    """Total FLOPs per module path (quantised ops included); the root's entry under ''."""
+    per_key: dict[str, int] = defaultdict(int)
+    for key, ops in counter.get_flop_counts().items():
+        per_key[key] += sum(ops.values())
+    for key, flops in acts.module_extra.items():
+        per_key[key] += flops
+    return _by_path(model, per_key)
 
 
 def _total_flops(counter: FlopCounterMode, acts: _ActivationMode) -> int:
@@ -371,12 +377,13 @@ def measure(model: nn.Module, example_input: Any, depth: int = 2) -> CostReport:
     once under ``torch.no_grad()`` in whatever train/eval mode it is in.
     ``depth`` bounds the per-module rows (0 = only the whole model).
     """
+    if isinstance(model, (str, os.PathLike)):
+        raise UserError(f"{model} is a path, not a module; count an exported graph with "
+                        "frugalnn.runtime.onnx_cost.measure_onnx or `frugalnn profile PATH`")
     batch, shape = _batch_size(example_input)
     counter, acts = _run_counted(model, example_input)
-    mod_flops = _fill_uncalled(model, _module_flops(counter, acts))
-    mod_bytes = _fill_uncalled(
-        model, {_tracker_name_to_path(k): v for k, v in acts.module_bytes.items()}
-    )
+    mod_flops = _fill_uncalled(model, _module_flops(model, counter, acts))
+    mod_bytes = _fill_uncalled(model, _by_path(model, acts.module_bytes))
     rows = []
     for name, module in model.named_modules():
         level = 0 if not name else name.count(".") + 1
@@ -411,6 +418,7 @@ def measure(model: nn.Module, example_input: Any, depth: int = 2) -> CostReport:
         flops_by_precision={k: v for k, v in sorted(acts.by_precision.items()) if v},
         params_by_precision=dict(sorted(by_precision.items())),
         model_bytes=model_bytes(model),
+        unknown_ops=dict(sorted(acts.unknown.items())),
     )
 
 
@@ -449,6 +457,6 @@ def static_flops_excluding_dynamic(model: nn.Module, example_batch: Any) -> floa
     dynamic = _topmost_dynamic(model)
     if "" in dynamic:  # the whole model is dynamic: nothing static outside it
         return 0.0
-    per_module = _module_flops(counter, acts)
+    per_module = _module_flops(model, counter, acts)
     excluded = sum(per_module.get(name, 0) for name in dynamic)
     return (total - excluded) / batch

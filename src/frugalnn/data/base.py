@@ -30,6 +30,7 @@ class DatasetInfo:
     ``input_shape`` is one example's shape (no batch); ``task`` is
     ``"classification"`` or ``"lm"``; for language modelling ``num_classes`` is
     the vocabulary size (``None`` when it depends on a corpus not yet read).
+    ``classes`` names class ids ``0..num_classes-1`` where the data names them.
     """
 
     num_classes: int | None
@@ -37,6 +38,7 @@ class DatasetInfo:
     task: str = "classification"
     input_dtype: str = "float"
     description: str = ""
+    classes: tuple[str, ...] | None = None
 
 
 def read_file_bytes(path: Path, layout: str = "") -> bytes:

@@ -15,6 +15,7 @@ import tarfile
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -228,12 +229,25 @@ def _check_tar_end(tf: tarfile.TarFile, path: Path) -> None:
         position += len(chunk)
 
 
-def decode_image_folder(path: Path) -> dict[str, np.ndarray]:
+def _resize_center(img: Any, size: int) -> Any:
+    """``img`` with its shorter side scaled to ``size``, then the central ``size`` square."""
+    w, h = img.size
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))),
+                     resample=2)  # bilinear
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def decode_image_folder(path: Path, size: int | None = None) -> dict[str, np.ndarray]:
     """Decode every image under ``path`` into uint8 arrays per split (the slow, one-off step).
 
     Splits and classes come from the last three path components
     ``<split>/<class>/<file>``; classes are sorted by name (for CIFAR-10 this is
-    the official label order). All images must have the same size.
+    the official label order). All images must have the same size, unless ``size``
+    is given: each is then scaled (shorter side ``size``) and centre-cropped to
+    ``size`` x ``size``.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -245,7 +259,10 @@ def decode_image_folder(path: Path) -> dict[str, np.ndarray]:
             split, cls, fname = parts[-3], parts[-2], parts[-1]
             img = Image.open(io.BytesIO(data))
             mode = "L" if img.mode in ("L", "1", "I;16") else "RGB"
-            found.setdefault(split, []).append((cls, fname, np.asarray(img.convert(mode))))
+            img = img.convert(mode)
+            if size is not None:
+                img = _resize_center(img, size)
+            found.setdefault(split, []).append((cls, fname, np.asarray(img)))
     except (OSError, EOFError, zlib.error, tarfile.TarError, zipfile.BadZipFile,
             UnidentifiedImageError, ValueError) as e:
         raise UserError(f"cannot decode images in {path} ({e}); {_FOLDER_LAYOUT}") from None
@@ -273,9 +290,11 @@ def decode_image_folder(path: Path) -> dict[str, np.ndarray]:
 FINGERPRINT_KEY = "fingerprint_sha256"
 
 
-def cached_image_folder(path: Path) -> dict[str, np.ndarray]:
-    """:func:`decode_image_folder` through an ``.npz`` cache keyed on the source."""
-    cache = cache_dir() / f"imagefolder-{_source_key(path)}.npz"
+def cached_image_folder(path: Path, size: int | None = None) -> dict[str, np.ndarray]:
+    """:func:`decode_image_folder` through an ``.npz`` cache keyed on the source (and
+    ``size``)."""
+    tag = "" if size is None else f"-{int(size)}px"
+    cache = cache_dir() / f"imagefolder-{_source_key(path)}{tag}.npz"
     if cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as z:
@@ -286,7 +305,7 @@ def cached_image_folder(path: Path) -> dict[str, np.ndarray]:
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error):
             pass
         cache.unlink(missing_ok=True)  # a damaged or unverifiable cache is rebuilt, not trusted
-    arrays = decode_image_folder(path)
+    arrays = decode_image_folder(path) if size is None else decode_image_folder(path, size)
     save_npz_atomic(cache, **arrays, **{FINGERPRINT_KEY: np.array(arrays_digest(arrays))})
     return arrays
 
@@ -315,9 +334,13 @@ def load_image_folder(
     info: DatasetInfo | None = None,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
+    image_size: int | None = None,
 ) -> ImageArrayDataset:
-    """An image folder (or archive) split; mean/std default to the training split's."""
-    arrays = cached_image_folder(path)
+    """An image folder (or archive) split; mean/std (fractions of 255) default to the
+    training split's; ``image_size`` scales and centre-crops every image to a square."""
+    if image_size is not None and int(image_size) < 1:
+        raise UserError(f"image_size must be a positive number of pixels, got {image_size}")
+    arrays = cached_image_folder(path, None if image_size is None else int(image_size))
     if f"x_{split}" not in arrays:
         have = sorted(k[2:] for k in arrays if k.startswith("x_"))
         raise UserError(

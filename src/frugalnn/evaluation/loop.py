@@ -52,6 +52,7 @@ from frugalnn.evaluation.records import (
 )
 from frugalnn.utils.batch import (
     batch_len,
+    call_model,
     logits_of,
     split_batch,
     take,
@@ -233,7 +234,7 @@ def evaluate(
                         _sync(device)
                         t0 = time.perf_counter()
                         with ledger:
-                            out = model(x)
+                            out = call_model(model, x)
                         _sync(device)
                         seconds = time.perf_counter() - t0
                     label, pred, correct, loss = _score(logits_of(out), y)

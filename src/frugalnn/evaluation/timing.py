@@ -16,6 +16,7 @@ from frugalnn.evaluation.loop import _eval_mode, _resolve_budgets
 from frugalnn.evaluation.records import _budget_key, budget_label
 from frugalnn.utils.batch import (
     batch_len,
+    call_model,
     cat,
     slice_batch,
     split_batch,
@@ -118,7 +119,7 @@ def time_budgets(
                     def step() -> Any:
                         x = _batches[_c["i"] % len(_batches)]
                         _c["i"] += 1
-                        return fn(x)
+                        return call_model(fn, x)
 
                     return step
 

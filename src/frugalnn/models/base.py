@@ -12,7 +12,9 @@ model-specific code:
 * ``feature_kind``: ``"image"`` (state is ``(B, C, H, W)``) or ``"tokens"``
   (state is ``(B, T, D)``), so a method can pick a head design;
 * ``ffn_sites()``: the feed-forward layers (``fc1 -> act -> fc2``) a method may
-  replace, with a setter that installs the replacement.
+  replace, with a setter that installs the replacement. Models that do not
+  define it (any ``nn.Module``) are read by
+  :func:`frugalnn.models.adapters.ffn.find_ffn_sites`.
 
 A state is a tensor with the batch first, or (for adapters that carry an
 attention mask) a dict of such tensors; :func:`select_rows` and
@@ -29,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from frugalnn.errors import UserError
+from frugalnn.utils.batch import call_model
 
 State = torch.Tensor | dict[str, torch.Tensor]
 
@@ -38,6 +40,8 @@ State = torch.Tensor | dict[str, torch.Tensor]
 class FFNSite:
     """One feed-forward layer ``x -> fc2(act(fc1(x)))`` inside a model.
 
+    A gated (GLU / SwiGLU) FFN also has ``gate``: ``fc2(act(gate(x)) * fc1(x))``,
+    ``fc1`` being the up projection and ``fc2`` the down projection.
     ``install(module)`` puts ``module`` where the FFN was; the module must map
     the FFN's input to its output (same shapes).
     """
@@ -47,23 +51,23 @@ class FFNSite:
     act: nn.Module
     fc2: nn.Linear
     install: Callable[[nn.Module], None]
+    gate: nn.Linear | None = None
 
 
-def require_ffn_sites(model: nn.Module, purpose: str) -> list[FFNSite]:
+def require_ffn_sites(
+    model: nn.Module, purpose: str, pattern: str | None = None
+) -> list[FFNSite]:
     """The model's feed-forward sites, or a one-line error naming what needs them.
 
     MoE conversion, sparsity enforcement and adaptive computation all replace
     FFNs; a CNN has none, and the user should hear that before any training.
-    ``purpose`` completes "... layers; <purpose> needs a transformer".
+    Sites come from :func:`frugalnn.models.adapters.ffn.find_ffn_sites`
+    (``pattern`` names the FFN modules of a model it does not recognise);
+    ``purpose`` completes "... layers; <purpose> needs ...".
     """
-    sites = model.ffn_sites() if hasattr(model, "ffn_sites") else []
-    if not sites:
-        name = (getattr(model, "frugalnn_spec", None) or {}).get("name", type(model).__name__)
-        raise UserError(
-            f"model {name!r} has no feed-forward (FFN) layers; {purpose} needs a transformer "
-            "(vit_tiny, lm_tiny, bert_minilm)"
-        )
-    return sites
+    from frugalnn.models.adapters.ffn import find_ffn_sites
+
+    return find_ffn_sites(model, pattern, purpose=purpose)
 
 
 class FeedForward(nn.Module):
@@ -132,11 +136,13 @@ class WrappedModel(StagedModel):
     def classify(self, state: State) -> torch.Tensor:
         return self.base.classify(state)
 
-    def forward(self, x: Any) -> torch.Tensor:
-        return self.base(x)
+    def forward(self, x: Any) -> Any:
+        return call_model(self.base, x)
 
     def ffn_sites(self) -> list[FFNSite]:
-        return self.base.ffn_sites() if hasattr(self.base, "ffn_sites") else []
+        from frugalnn.models.adapters.ffn import find_ffn_sites
+
+        return find_ffn_sites(self.base, getattr(self, "ffn_pattern", None), required=False)
 
 
 def select_rows(state: State, idx: torch.Tensor) -> State:

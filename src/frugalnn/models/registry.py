@@ -1,4 +1,8 @@
-"""Model registry: ``@register_model`` on a builder, ``create_model(name, **kw)``."""
+"""Model registry: ``@register_model`` on a builder, ``create_model(name, **kw)``.
+
+Names containing ``:`` are model specs outside the registry (a factory in a file
+or module, or ``hf:DIR``): see :mod:`frugalnn.models.external`.
+"""
 
 from __future__ import annotations
 
@@ -68,6 +72,7 @@ def register_model(
 
 def _ensure_loaded() -> None:
     # Importing the model modules runs their @register_model decorators.
+    import frugalnn.models.published  # noqa: F401  (pretrained models frugalnn did not define)
     import frugalnn.models.zoo  # noqa: F401
 
 
@@ -77,18 +82,59 @@ def list_models() -> list[str]:
 
 
 def model_info(name: str) -> ModelInfo:
+    """The registered model ``name``, or what can be known of a model spec without
+    building it (an unknown input shape is ``()``; see
+    :func:`frugalnn.models.external.external_input`)."""
+    from frugalnn.models import external
+
+    if external.is_external(name):
+        found = external.external_input(name)
+        return ModelInfo(name, _spec_builder(name), tuple(found["input_shape"]),
+                         found["task"], found["input_dtype"], "model outside the registry")
     _ensure_loaded()
     try:
         return _REGISTRY[name]
     except KeyError:
         raise UserError(
-            f"unknown model {name!r}; `frugalnn models` lists the available ones "
-            f"({', '.join(sorted(_REGISTRY))})"
+            f"unknown model {name!r}{_spec_hint(name)}; `frugalnn models` lists the available "
+            f"ones ({', '.join(sorted(_REGISTRY))})"
         ) from None
 
 
+def _spec_hint(name: str) -> str:
+    """How to write ``name`` as a model spec when it looks like a file or directory."""
+    from pathlib import Path
+
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return f" (a Hugging Face model directory is given as hf:{name})"
+    if name.endswith(".py"):
+        return f" (name the function that builds the model: {name}:FACTORY)"
+    return ""
+
+
+def _spec_builder(spec: str) -> Callable[..., nn.Module]:
+    """A builder of ``spec`` whose signature is its factory's keyword arguments."""
+    from frugalnn.models import external
+
+    accepted = external.factory_parameters(spec)
+
+    def build(**kwargs: Any) -> nn.Module:
+        return external.build_external(spec, kwargs)
+
+    build.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in sorted(accepted)])
+    return build
+
+
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model; keyword arguments override its defaults."""
+    """Build a registered model (keyword arguments override its defaults), or the model
+    a spec names (``file.py:factory``, ``package.module:factory``, ``hf:DIR``: keyword
+    arguments go to the factory, or override the Hugging Face config)."""
+    from frugalnn.models import external
+
+    if external.is_external(name):
+        return external.build_external(name, kwargs)
     info = model_info(name)
     args = {**info.defaults, **kwargs}
     try:
@@ -101,6 +147,17 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     model.frugalnn_spec = {"name": name, "kwargs": kept}
     model.frugalnn_transforms = []
     return model
+
+
+def rebuild_model(record: dict[str, Any], where: str = "") -> nn.Module:
+    """The structure a checkpoint's ``model`` record describes (weights come from the
+    checkpoint): a registry model, or a spec's model without its pretrained weights."""
+    from frugalnn.models import external
+
+    name = str(record.get("name"))
+    if external.is_external(name):
+        return external.rebuild_external(record, where)
+    return create_model(name, **(record.get("kwargs") or {}))
 
 
 def model_kwargs_for(name: str, info: Any, explicit: dict[str, Any]) -> dict[str, Any]:

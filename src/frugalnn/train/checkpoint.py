@@ -3,8 +3,8 @@
 A checkpoint is a directory::
 
     model.safetensors   the state dict (tied tensors stored once)
-    meta.json           how to rebuild the model (registry name, kwargs,
-                        transformations) plus step/epoch/metrics/anything else
+    meta.json           how to rebuild the model (registry name or model spec,
+                        kwargs, transformations) plus step/epoch/metrics/anything else
     train_state.pt      optional: optimizer/scheduler/loop state for resuming
 
 Why this format: safetensors cannot execute code on load, and
@@ -303,6 +303,9 @@ def _check_meta(meta: dict[str, Any], file: Path) -> None:
             raise bad("'model' must be a mapping with a string 'name'")
         if not isinstance(spec.get("kwargs", {}), dict):
             raise bad("'model.kwargs' must be a mapping")
+        for key in ("factory", "hf_dir", "weights", "sha256"):
+            if key in spec and not isinstance(spec[key], str):
+                raise bad(f"'model.{key}' must be a string")
     transforms = meta.get("transforms", [])
     if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
         raise bad("'transforms' must be a list of mappings")
@@ -323,14 +326,15 @@ def _memory_bytes() -> int | None:
         return None
 
 
-def _check_size(name: str, kwargs: dict[str, Any], transforms: list[Any], where: Path) -> None:
+def _check_size(spec: dict[str, Any], transforms: list[Any], where: Path) -> None:
     """Build the described model on the ``meta`` device (no memory) and refuse one whose
     parameters exceed :data:`MAX_PARAMETERS` or half of this machine's memory."""
-    from frugalnn.models.registry import create_model
+    from frugalnn.models.registry import rebuild_model
 
+    name = spec.get("name")
     try:
         with torch.device("meta"):
-            model = apply_transforms(create_model(name, **kwargs), transforms)
+            model = apply_transforms(rebuild_model(spec, str(where)), transforms)
     except UserError:
         raise
     except Exception:  # noqa: BLE001 - a model that cannot be built on meta is checked on build
@@ -393,11 +397,15 @@ def load_weights(
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model a checkpoint describes and load its weights.
 
-    The base model comes from the registry (``meta.json`` ``model``), the
-    recorded transformations are re-applied structurally, then the weights
-    are loaded strictly. The model is returned in eval mode on ``map_location``.
+    The base model comes from ``meta.json`` ``model``: a registry name, or a
+    model spec outside the registry (a factory file or module, a Hugging Face
+    directory; see :mod:`frugalnn.models.external`), built again without its
+    original weights. The recorded transformations are re-applied
+    structurally, then the checkpoint's weights are loaded strictly. The model
+    is returned in eval mode on ``map_location``.
     """
-    from frugalnn.models.registry import create_model
+    from frugalnn.models.external import factory_changed
+    from frugalnn.models.registry import rebuild_model
 
     meta = load_meta(path)
     spec = meta.get("model")
@@ -406,36 +414,60 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
             f"checkpoint {path} does not record a registry model; build the model yourself "
             "and call frugalnn.train.checkpoint.load_weights(model, path)"
         )
-    _check_size(spec["name"], spec.get("kwargs", {}), meta.get("transforms", []), Path(path))
+    _check_size(spec, meta.get("transforms", []), Path(path))
+    changed = factory_changed(spec)
     try:
-        model = create_model(spec["name"], **spec.get("kwargs", {}))
+        model = rebuild_model(spec, str(path))
         model = apply_transforms(model, meta.get("transforms", []))
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - the recipe comes from a file: its fault
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UserError(f"checkpoint {path} describes a model that cannot be built "
+        since = f" (its factory file {changed} changed since it was saved)" if changed else ""
+        raise UserError(f"checkpoint {path} describes a model that cannot be built{since} "
                         f"({type(exc).__name__}: {first}); re-create the checkpoint") from None
     model.to(map_location)
-    load_weights(model, path, map_location=map_location)
+    try:
+        load_weights(model, path, map_location=map_location)
+    except UserError as exc:
+        if not changed:
+            raise
+        raise UserError(f"checkpoint {path}: its factory file {changed} changed since the "
+                        f"checkpoint was saved and no longer builds the same model ({exc})"
+                        ) from None
+    if changed:
+        warnings.warn(f"checkpoint {path}: factory file {changed} changed since the checkpoint "
+                      "was saved; its weights still fit the model it builds", stacklevel=2)
     model.frugalnn_transforms = list(meta.get("transforms", []))
     if isinstance(meta.get("data"), dict):
         model.frugalnn_data = dict(meta["data"])  # what check_data_fit compares
     return model.eval()
 
 
-def load_named_model(name: str, checkpoint: str | os.PathLike | None = None) -> nn.Module:
-    """Build registry model ``name``, with weights from ``checkpoint`` if given.
+def load_named_model(name: str, checkpoint: str | os.PathLike | None = None, *,
+                     weights: str | os.PathLike | None = None,
+                     kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Build model ``name`` (a registry name or a model spec), with weights from
+    ``checkpoint`` or from a plain ``weights`` file if given.
 
     A ``.th`` file for a ResNet goes through the zoo's loader of the published
-    CIFAR checkpoints; anything else must be a frugalnn checkpoint
-    (:func:`load_model`) of the same model. Returned in eval mode.
+    CIFAR checkpoints; any other ``checkpoint`` must be a frugalnn checkpoint
+    (:func:`load_model`) of the same model. ``weights`` is a state dict file
+    (:func:`frugalnn.models.external.load_weights_file`); ``kwargs`` go to the
+    builder. Returned in eval mode.
     """
     from frugalnn.models import create_model, model_info
+    from frugalnn.models.external import canonical_spec, is_external, load_weights_file
 
     model_info(name)  # unknown name -> UserError listing the known ones
+    if checkpoint is not None and weights is not None:
+        raise UserError("pass either --checkpoint (a frugalnn checkpoint) or --weights "
+                        "(a plain state dict), not both")
     if checkpoint is None:
-        return create_model(name).eval()
+        model = create_model(name, **(kwargs or {}))
+        if weights is not None:
+            load_weights_file(model, weights)
+        return model.eval()
     path = Path(checkpoint)
     if not path.exists():
         raise UserError(f"checkpoint {path} not found; pass an existing file or directory")
@@ -451,6 +483,8 @@ def load_named_model(name: str, checkpoint: str | os.PathLike | None = None) -> 
             "pass a frugalnn checkpoint directory or a resnet*.th file"
         ) from None
     saved = getattr(model, "frugalnn_spec", {}).get("name")
+    if is_external(name):
+        name = canonical_spec(name)
     if saved is not None and saved != name:
         raise UserError(f"checkpoint {path} holds model {saved!r}, not {name!r}; use {saved}")
     return model.eval()
@@ -477,9 +511,14 @@ def load_train_state(path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def data_signature(info: Any) -> dict[str, Any]:
-    """What a checkpoint records about the data it was trained on (``meta.json`` ``data``)."""
-    return {"num_classes": info.num_classes, "input_shape": list(info.input_shape),
-            "task": info.task}
+    """What a checkpoint records about the data it was trained on (``meta.json`` ``data``):
+    classes, input shape, task, and the class names where the data names them."""
+    out = {"num_classes": info.num_classes, "input_shape": list(info.input_shape),
+           "task": info.task}
+    classes = getattr(info, "classes", None)
+    if classes:
+        out["classes"] = [str(c) for c in classes]
+    return out
 
 
 def check_data_fit(model: nn.Module, info: Any, where: str | os.PathLike) -> None:
@@ -499,9 +538,17 @@ def check_data_fit(model: nn.Module, info: Any, where: str | os.PathLike) -> Non
             raise UserError(
                 f"checkpoint {where} was trained on data with {key} {value}, but the dataset "
                 f"given has {mine[key]}; pass the dataset it was trained on")
+    target = unwrap(model)
+    labels = getattr(getattr(target, "config", None), "num_labels", None)
+    head = type(target).__name__.endswith(("ForSequenceClassification", "ForImageClassification"))
+    if (head and info.task == "classification" and isinstance(labels, int)
+            and info.num_classes and labels != info.num_classes):
+        raise UserError(
+            f"model {where} has {labels} labels but the dataset given has {info.num_classes} "
+            f"classes; pass the matching dataset, or --model-arg num_labels={info.num_classes} "
+            "--model-arg ignore_mismatched_sizes=true for a new, untrained classifier head")
     if info.task != "classification" or info.input_dtype != "float" or not info.input_shape:
         return
-    target = unwrap(model)
     try:
         device = next(target.parameters()).device
     except StopIteration:

@@ -2,18 +2,23 @@
 
 A data loader yields ``(inputs, labels)`` pairs or a dict holding ``"labels"``
 (Hugging Face style); inputs are a tensor, a tuple/list of tensors or a dict of
-tensors. These helpers move, count, slice and join such inputs.
+tensors. These helpers move, count, slice and join such inputs, and call a model
+on them (:func:`call_model`: dicts as keyword arguments for Hugging Face models).
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 
 from frugalnn.errors import UserError
 
-__all__ = ["batch_len", "cat", "logits_of", "slice_batch", "split_batch", "take", "to_device"]
+__all__ = [
+    "batch_len", "call_model", "cat", "logits_of", "slice_batch", "split_batch", "take",
+    "to_device",
+]
 
 
 def to_device(x: Any, device: torch.device) -> Any:
@@ -90,3 +95,23 @@ def slice_batch(x: Any, start: int, stop: int) -> Any:
     if isinstance(x, (list, tuple)):
         return type(x)(slice_batch(v, start, stop) for v in x)
     return x
+
+
+def _takes_keywords(model: Any, keys: Any) -> bool:
+    """True when ``model.forward`` takes the dict's keys as keyword arguments (HF style)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    required = [n for n, p in params.items() if p.kind in named and p.default is p.empty]
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return all(r in keys for r in required) and (var_kw or all(k in params for k in keys))
+
+
+def call_model(model: Any, x: Any) -> Any:
+    """``model(**x)`` for a dict input whose keys ``model.forward`` names (Hugging Face
+    models: ``input_ids``, ``attention_mask``, ``pixel_values``), else ``model(x)``."""
+    if isinstance(x, dict) and _takes_keywords(model, x):
+        return model(**x)
+    return model(x)

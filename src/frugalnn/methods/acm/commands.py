@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--learners", type=int, default=4, help="learners per FFN (4)")
     c.add_argument("--gate-hidden", type=int, help="gate hidden width (default dim/4)")
     c.add_argument("--sites", nargs="+", help="FFN sites to convert (default all)")
+    c.add_argument("--ffn-pattern", metavar="PATTERN",
+                   help="module names of the FFNs (fnmatch), for a model whose FFNs are not "
+                        "recognised, e.g. 'encoder.layer.*.intermediate' or 'model.layers.*.mlp'")
     c.add_argument("--distill-epochs", type=int, default=2, help="stage I epochs (2)")
     c.add_argument("--gate-epochs", type=int, default=1, help="stage II epochs (1)")
     c.add_argument("--finetune-epochs", type=int, default=1, help="stage III epochs (1)")
@@ -81,6 +84,7 @@ def config_from_args(args: argparse.Namespace) -> ACMConfig:
         kd_temperature=args.kd_temperature, qs=parse_floats(args.budgets) or list(DEFAULT_QS),
         batch_size=args.batch_size, latency_repeats=args.latency_repeats,
         map_images=args.map_images, tolerance_points=args.tolerance, seed=args.seed,
+        ffn_pattern=args.ffn_pattern,
     ).validate()
 
 

@@ -42,8 +42,11 @@ class ACMModel(WrappedModel):
 
     budget_name = "q"
 
-    def __init__(self, base: nn.Module, qs: Sequence[float] = DEFAULT_QS) -> None:
+    def __init__(
+        self, base: nn.Module, qs: Sequence[float] = DEFAULT_QS, ffn_pattern: str | None = None
+    ) -> None:
         super().__init__(base)
+        self.ffn_pattern = ffn_pattern
         self.qs = sorted({float(q) for q in qs} | {1.0})
         for q in self.qs:
             _check_q(q)
@@ -92,8 +95,10 @@ class ACMModel(WrappedModel):
         return run / total if total else 1.0
 
 
-def _sites(model: nn.Module, names: Sequence[str] | None) -> list[FFNSite]:
-    sites = require_ffn_sites(model, "an adaptive computation module")
+def _sites(
+    model: nn.Module, names: Sequence[str] | None, pattern: str | None = None
+) -> list[FFNSite]:
+    sites = require_ffn_sites(model, "an adaptive computation module", pattern)
     if names is None:
         return sites
     by_name = {s.name: s for s in sites}
@@ -112,9 +117,10 @@ def rebuild_acm(
     sites: list[dict[str, Any]],
     gate_hidden: int | None = None,
     qs: Sequence[float] = DEFAULT_QS,
+    ffn_pattern: str | None = None,
 ) -> ACMModel:
     """Recreate the structure of a converted model (weights are loaded afterwards)."""
-    by_name = {s.name: s for s in _sites(model, None)}
+    by_name = {s.name: s for s in _sites(model, None, ffn_pattern)}
     for spec in sites:
         site = by_name.get(spec["name"])
         if site is None:
@@ -122,9 +128,9 @@ def rebuild_acm(
         site.install(ACMFFN(
             site.fc1.in_features, site.fc2.out_features, int(spec["num_learners"]),
             int(spec["learner_size"]), copy.deepcopy(site.act), gate_hidden=gate_hidden,
-            name=site.name,
+            name=site.name, gated=bool(spec.get("gated", False)),
         ))
-    return ACMModel(model, qs=qs)
+    return ACMModel(model, qs=qs, ffn_pattern=ffn_pattern)
 
 
 def convert_to_acm(
@@ -135,33 +141,41 @@ def convert_to_acm(
     sites: Sequence[str] | None = None,
     qs: Sequence[float] = DEFAULT_QS,
     seed: int = 0,
+    ffn_pattern: str | None = None,
 ) -> ACMModel:
     """Replace FFN sites (default: all) of ``model`` in place by ACM layers.
 
     The result is at full budget and computes exactly what ``model`` computed
     (the learners partition the original neurons). Train it with
     :func:`frugalnn.methods.acm.training.train_acm` before lowering the budget:
-    the gate starts untrained.
+    the gate starts untrained. ``ffn_pattern`` names the FFN modules of a
+    model whose FFNs are not recognised (:mod:`frugalnn.models.adapters.ffn`);
+    gated (SwiGLU) FFNs get gated learners.
     """
     for q in qs:
         _check_q(q)
-    chosen = _sites(model, sites)
+    chosen = _sites(model, sites, ffn_pattern)
     torch.manual_seed(seed)
     layers = {}
     for site in chosen:
         layers[site.name] = ACMFFN.from_dense(
-            site.fc1, copy.deepcopy(site.act), site.fc2, num_learners, gate_hidden=gate_hidden,
-            name=site.name,
+            site.fc1, copy.deepcopy(site.act), site.fc2, num_learners, gate=site.gate,
+            gate_hidden=gate_hidden, name=site.name,
         )
     for site in chosen:
         site.install(layers[site.name])
-    acm = ACMModel(model, qs=qs)
+    acm = ACMModel(model, qs=qs, ffn_pattern=ffn_pattern)
+    acm.train(model.training)  # the converted model keeps the model's train/eval mode
     first = next(iter(layers.values()))
-    record_transform(acm, "acm", {
-        "sites": [{"name": n, "num_learners": m.num_learners, "learner_size": m.learner_size}
+    args: dict[str, Any] = {
+        "sites": [{"name": n, "num_learners": m.num_learners, "learner_size": m.learner_size,
+                   **({"gated": True} if m.gated else {})}
                   for n, m in layers.items()],
         "gate_hidden": first.gate_hidden,
         "qs": [float(q) for q in acm.qs],
-    })
+    }
+    if ffn_pattern:
+        args["ffn_pattern"] = ffn_pattern
+    record_transform(acm, "acm", args)
     acm.set_budget(1.0)
     return acm

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from frugalnn.errors import UserError
@@ -50,10 +49,10 @@ class _GatherACM(nn.Module):
         cum = logits.softmax(-1).cumsum(-1)
         k = ((cum < q).sum(-1) + 1).clamp(max=n)
         k = torch.where(q.reshape(q.shape[:-1]) >= 1.0, torch.full_like(k, n), k).reshape(-1)
-        y = torch.addmm(m.b2[0], m.act(F.linear(x2, m.w1[0], m.b1[0])), m.w2[0])
+        y = torch.addmm(m.b2[0], m.hidden(x2, 0), m.w2[0])
         for j in range(1, n):
             idx = (k > j).nonzero().squeeze(1)
-            h = m.act(F.linear(x2.index_select(0, idx), m.w1[j], m.b1[j]))
+            h = m.hidden(x2.index_select(0, idx), j)
             y = y.index_add(0, idx, torch.addmm(m.b2[j], h, m.w2[j]))
         return y.reshape(*shape[:-1], m.out_dim)
 

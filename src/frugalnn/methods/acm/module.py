@@ -8,7 +8,8 @@ picks ``k`` in ``1..N``. Because the learners are made from a partition of the
 original neurons (most important first) and the output bias goes to the first
 learner, all N learners together reproduce the original FFN exactly before
 any training; distillation (:mod:`.training`) then makes every prefix a good
-approximation on its own.
+approximation on its own. A gated FFN (``down(act(gate(x)) * up(x))``,
+SwiGLU) gives gated learners: each keeps its neurons' gate rows too.
 
 Execution never loops over tokens. Tokens are sorted by their learner count,
 largest first, so the tokens that need learner ``j`` are a prefix of the
@@ -50,14 +51,17 @@ MODES = ("infer", "gumbel", "prefixes")
 class _OneLearner(nn.Module):
     """What one learner computes for one token; used only to count its FLOPs."""
 
-    def __init__(self, dim: int, size: int, out: int, act: nn.Module) -> None:
+    def __init__(self, dim: int, size: int, out: int, act: nn.Module, gated: bool) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, size)
+        self.gate = nn.Linear(dim, size) if gated else None
         self.act = act
         self.fc2 = nn.Linear(size, out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        if self.gate is None:
+            return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.act(self.gate(x)) * self.fc1(x))
 
 
 def _gate(dim: int, hidden: int, choices: int) -> nn.Sequential:
@@ -87,8 +91,12 @@ class ACMFFN(ledger.DynamicModule):
     """``num_learners`` learners of ``learner_size`` neurons plus a per-token gate.
 
     Weights are stacked learner-major: ``w1 (N, s, dim)``, ``b1 (N, s)``,
-    ``w2 (N, s, out)`` (transposed like ``fc2.weight.t()``), ``b2 (N, out)``.
+    ``w2 (N, s, out)`` (transposed like ``fc2.weight.t()``), ``b2 (N, out)``;
+    ``gated`` adds the gate projection ``wg (N, s, dim)``, ``bg (N, s)``.
     """
+
+    #: Marks a module that replaced an FFN (the FFN site search skips it).
+    replaces_ffn = True
 
     def __init__(
         self,
@@ -100,6 +108,7 @@ class ACMFFN(ledger.DynamicModule):
         *,
         gate_hidden: int | None = None,
         name: str = "ffn",
+        gated: bool = False,
     ) -> None:
         super().__init__()
         if num_learners < 1 or learner_size < 1:
@@ -112,6 +121,11 @@ class ACMFFN(ledger.DynamicModule):
         self.b1 = nn.Parameter(torch.zeros(n, s))
         self.w2 = nn.Parameter(torch.zeros(n, s, out_dim))
         self.b2 = nn.Parameter(torch.zeros(n, out_dim))
+        self.wg: nn.Parameter | None = None
+        self.bg: nn.Parameter | None = None
+        if gated:
+            self.wg = nn.Parameter(torch.zeros(n, s, dim))
+            self.bg = nn.Parameter(torch.zeros(n, s))
         self.act = act
         self.gate_hidden = int(gate_hidden or max(8, dim // 4))
         self.gate = _gate(dim, self.gate_hidden, n)
@@ -123,13 +137,14 @@ class ACMFFN(ledger.DynamicModule):
         self.last_compute: torch.Tensor | None = None
         self.last_probs: torch.Tensor | None = None
         probe = torch.zeros(1, dim)
-        self.learner_flops = _count(_OneLearner(dim, s, out_dim, act), probe)
+        self.learner_flops = _count(_OneLearner(dim, s, out_dim, act, gated), probe)
         self.gate_flops = _count(self.gate, probe)
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
     def from_dense(
-        cls, fc1: nn.Linear, act: nn.Module, fc2: nn.Linear, num_learners: int, **kwargs: object
+        cls, fc1: nn.Linear, act: nn.Module, fc2: nn.Linear, num_learners: int,
+        gate: nn.Linear | None = None, **kwargs: object,
     ) -> ACMFFN:
         """Split a dense FFN's neurons into learners, most important first.
 
@@ -138,14 +153,18 @@ class ACMFFN(ledger.DynamicModule):
         groups, so learner 1 alone is the strongest single learner. When the
         hidden width is not a multiple of ``num_learners``, the last learner
         gets inert neurons (zero weights), which add exactly 0. The sum of all
-        learners equals the dense FFN.
+        learners equals the dense FFN. ``gate``: the gate projection of a gated
+        FFN (``fc1`` is then the up projection; a neuron's first-layer norm is
+        that of its gate and up rows together).
         """
         hidden = fc1.out_features
         s = learner_layout(hidden, num_learners)
-        layer = cls(fc1.in_features, fc2.out_features, num_learners, s, act, **kwargs)  # type: ignore[arg-type]
+        layer = cls(fc1.in_features, fc2.out_features, num_learners, s, act,  # type: ignore[arg-type]
+                    gated=gate is not None, **kwargs)  # type: ignore[arg-type]
         with torch.no_grad():
             layer.to(device=fc1.weight.device, dtype=fc1.weight.dtype)
-            importance = fc1.weight.norm(dim=1) * fc2.weight.norm(dim=0)
+            rows = fc1.weight if gate is None else torch.cat([gate.weight, fc1.weight], 1)
+            importance = rows.norm(dim=1) * fc2.weight.norm(dim=0)
             order = torch.argsort(importance, descending=True, stable=True)
             w1 = torch.zeros(num_learners * s, fc1.in_features, device=fc1.weight.device)
             b1 = torch.zeros(num_learners * s, device=fc1.weight.device)
@@ -160,6 +179,15 @@ class ACMFFN(ledger.DynamicModule):
             layer.b2.zero_()
             if fc2.bias is not None:
                 layer.b2[0].copy_(fc2.bias)
+            if gate is not None:
+                assert layer.wg is not None and layer.bg is not None
+                wg = torch.zeros_like(w1)
+                bg = torch.zeros_like(b1)
+                wg[:hidden] = gate.weight[order]
+                if gate.bias is not None:
+                    bg[:hidden] = gate.bias[order]
+                layer.wg.copy_(wg.view_as(layer.wg))
+                layer.bg.copy_(bg.view_as(layer.bg))
         return layer
 
     # -- knob and modes ---------------------------------------------------------------------
@@ -179,9 +207,24 @@ class ACMFFN(ledger.DynamicModule):
             self.gumbel_tau = float(gumbel_tau)
 
     # -- pieces -----------------------------------------------------------------------------
+    @property
+    def gated(self) -> bool:
+        return self.wg is not None
+
+    def hidden(self, x: torch.Tensor, j: int) -> torch.Tensor:
+        """Hidden activations of learner ``j`` on tokens ``x``."""
+        h = F.linear(x, self.w1[j], self.b1[j])
+        if self.wg is None or self.bg is None:
+            return self.act(h)
+        return self.act(F.linear(x, self.wg[j], self.bg[j])) * h
+
     def learner_outputs(self, x: torch.Tensor) -> torch.Tensor:
         """Every learner on every token: ``(N, tokens, out)`` for ``x (tokens, dim)``."""
-        h = self.act(torch.einsum("td,jsd->jts", x, self.w1) + self.b1.unsqueeze(1))
+        h = torch.einsum("td,jsd->jts", x, self.w1) + self.b1.unsqueeze(1)
+        if self.wg is not None and self.bg is not None:
+            h = self.act(torch.einsum("td,jsd->jts", x, self.wg) + self.bg.unsqueeze(1)) * h
+        else:
+            h = self.act(h)
         return torch.bmm(h, self.w2) + self.b2.unsqueeze(1)
 
     def prefix_outputs(self, x: torch.Tensor) -> torch.Tensor:
@@ -190,7 +233,11 @@ class ACMFFN(ledger.DynamicModule):
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         """All learners at once as one wide FFN (what full budget computes)."""
-        h = self.act(F.linear(x, self.w1.reshape(-1, self.dim), self.b1.reshape(-1)))
+        h = F.linear(x, self.w1.reshape(-1, self.dim), self.b1.reshape(-1))
+        if self.wg is not None and self.bg is not None:
+            h = self.act(F.linear(x, self.wg.reshape(-1, self.dim), self.bg.reshape(-1))) * h
+        else:
+            h = self.act(h)
         return torch.addmm(self.b2.sum(0), h, self.w2.reshape(-1, self.out_dim))
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
@@ -210,11 +257,11 @@ class ACMFFN(ledger.DynamicModule):
         needs = (hist.flip(0).cumsum(0).flip(0))[1:].tolist()
         # Every token runs learner 1, so its output starts the result; learner j
         # then adds to the first needs[j] sorted tokens.
-        ys = torch.addmm(self.b2[0], self.act(F.linear(xs, self.w1[0], self.b1[0])), self.w2[0])
+        ys = torch.addmm(self.b2[0], self.hidden(xs, 0), self.w2[0])
         for j, m in enumerate(needs[1:], start=1):
             if m == 0:
                 break
-            h = self.act(F.linear(xs[:m], self.w1[j], self.b1[j]))
+            h = self.hidden(xs[:m], j)
             ys[:m].addmm_(h, self.w2[j]).add_(self.b2[j])
         return torch.empty_like(ys).index_copy_(0, order, ys)
 
@@ -259,5 +306,6 @@ class ACMFFN(ledger.DynamicModule):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, learners={self.num_learners}x{self.learner_size}, "
+            f"{'gated, ' if self.gated else ''}"
             f"gate_hidden={self.gate_hidden}, q={self.q}, mode={self.mode}"
         )

@@ -36,7 +36,9 @@ class ACMConfig:
 
     ``qs`` are the budgets swept (1 = every learner). ``tolerance_points``: the
     operating point is the cheapest budget whose validation accuracy is within
-    this many points of the full budget's validation accuracy.
+    this many points of the full budget's validation accuracy. ``ffn_pattern``
+    names the FFN modules (``fnmatch`` on module names) of a model whose FFNs
+    are not recognised.
     """
 
     learners: int = 4
@@ -59,6 +61,7 @@ class ACMConfig:
     map_images: int = 8
     tolerance_points: float = 1.0
     seed: int = 0
+    ffn_pattern: str | None = None
 
     def train_config(self) -> ACMTrainConfig:
         """The hyper-parameters of the three training stages."""
@@ -121,7 +124,8 @@ def acm(
     model = model.to(device).eval()
     teacher = copy.deepcopy(model)
     converted = convert_to_acm(model, num_learners=cfg.learners, gate_hidden=cfg.gate_hidden,
-                               sites=cfg.sites, qs=cfg.qs, seed=cfg.seed)
+                               sites=cfg.sites, qs=cfg.qs, seed=cfg.seed,
+                               ffn_pattern=cfg.ffn_pattern)
     train_acm(converted, teacher, seeded_loader(train_data, cfg.batch_size, cfg.seed),
               cfg.train_config(), seed=cfg.seed, device=device, progress=progress)
     if val_data is not None:

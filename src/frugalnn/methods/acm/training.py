@@ -34,6 +34,7 @@ from torch import nn
 from frugalnn.errors import UserError
 from frugalnn.methods.acm.convert import ACMModel
 from frugalnn.methods.acm.module import ACMFFN
+from frugalnn.utils.batch import call_model, logits_of, split_batch
 
 __all__ = ["ACMTrainConfig", "capture_ffns", "gate_labels", "train_acm"]
 
@@ -82,12 +83,16 @@ class capture_ffns:  # noqa: N801 - used as a context manager, reads like a func
     """Context manager: hooks that record each FFN site's input and output.
 
     ``store[name] = (input (tokens, dim), output (tokens, out))`` after each
-    forward of ``model`` (the dense teacher).
+    forward of ``model`` (the dense teacher); ``pattern`` names the FFN modules
+    of a model whose FFNs are not recognised.
     """
 
-    def __init__(self, model: nn.Module, names: Iterable[str]) -> None:
+    def __init__(self, model: nn.Module, names: Iterable[str], pattern: str | None = None) -> None:
+        from frugalnn.models.adapters.ffn import find_ffn_sites
+
         wanted = set(names)
-        self.sites = [s for s in model.ffn_sites() if s.name in wanted]  # type: ignore[operator]
+        self.sites = [s for s in find_ffn_sites(model, pattern, required=False)
+                      if s.name in wanted]
         missing = wanted - {s.name for s in self.sites}
         if missing:
             raise UserError(f"the teacher lacks FFN sites {', '.join(sorted(missing))}")
@@ -178,13 +183,15 @@ def train_acm(
         p.requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
 
+    pattern = getattr(model, "ffn_pattern", None)
+
     def captured(x: Any) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
-        with capture_ffns(teacher, layers) as store, torch.no_grad():
-            logits = teacher(x)
+        with capture_ffns(teacher, layers, pattern) as store, torch.no_grad():
+            logits = logits_of(call_model(teacher, x))
         return dict(store), logits
 
     def distill_loss(_model: nn.Module, batch: Any) -> tuple[torch.Tensor, None]:
-        store, _ = captured(batch[0])
+        store, _ = captured(split_batch(batch)[0])
         total = 0.0
         for name, layer in layers.items():
             xin, yout = _sample(*store[name], cfg.max_tokens, gen)
@@ -192,7 +199,7 @@ def train_acm(
         return total / len(layers), None  # type: ignore[return-value]
 
     def gate_loss(_model: nn.Module, batch: Any) -> tuple[torch.Tensor, None]:
-        store, _ = captured(batch[0])
+        store, _ = captured(split_batch(batch)[0])
         total = 0.0
         for name, layer in layers.items():
             xin, yout = _sample(*store[name], cfg.max_tokens, gen)
@@ -202,12 +209,12 @@ def train_acm(
         return total / len(layers), None  # type: ignore[return-value]
 
     def finetune_loss(m: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = batch[0], batch[1]
-        logits = m(x)
+        x, y = split_batch(batch)
+        logits = logits_of(call_model(m, x))
         task = _task_loss(logits, y)
         if cfg.kd_weight > 0:
             with torch.no_grad():
-                teacher_logits = teacher(x)
+                teacher_logits = logits_of(call_model(teacher, x))
             temp, classes = cfg.kd_temperature, logits.shape[-1]
             student = F.log_softmax(logits.reshape(-1, classes) / temp, -1)
             target = F.log_softmax(teacher_logits.reshape(-1, classes) / temp, -1)

@@ -3,7 +3,9 @@
 Flags -> :class:`~frugalnn.methods.early_exit.recipe.EarlyExitConfig`, the
 splits (:func:`frugalnn.cli.common.load_splits_from_args`: validation carved
 from train) and the backbone (a registry model, optionally loaded from a
-frugalnn checkpoint or a ResNet-CIFAR ``.th`` file), then
+frugalnn checkpoint or a ResNet-CIFAR ``.th`` file; or a model spec: a factory
+file or module or a Hugging Face directory, optionally with a state dict
+``--weights``; ``--exit-after`` names exit points not found automatically), then
 :func:`~frugalnn.methods.early_exit.recipe.run_early_exit` writes the run
 directory (config, checkpoint, test and validation records, extras, report).
 
@@ -19,8 +21,11 @@ import sys
 from typing import Any
 
 from frugalnn.cli.common import (
+    MODEL_SPEC_HELP,
+    ModelRef,
     add_data_flags,
     add_run_flags,
+    add_weights_flag,
     args_config,
     check_positive,
     load_model_for_data,
@@ -39,14 +44,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = top.add_subparsers(dest="early_exit_command", metavar="ACTION")
     top.set_defaults(func=lambda _args: (top.print_help(), 2)[1])
     t = sub.add_parser("train", help="attach heads to a backbone, train them, sweep thresholds")
-    t.add_argument("--model", required=True, help="registry model (resnet56, vit_tiny, ...)")
+    t.add_argument("--model", required=True, help=f"the backbone: {MODEL_SPEC_HELP}")
     t.add_argument("--model-arg", dest="model_arg", action="append",
                    metavar="KEY=VALUE",
                    help="extra model argument (JSON value), repeatable")
+    add_weights_flag(t)
     t.add_argument("--checkpoint", help="trained backbone: a frugalnn checkpoint / run dir, or a "
                    "resnet*.th file for resnet models")
     t.add_argument("--positions", default="every",
                    help="heads after which blocks: every | every:K | 0,3,7 (default every)")
+    t.add_argument("--exit-after", dest="exit_after", metavar="PATTERN",
+                   help="exit points of a model that is not a frugalnn staged model: module "
+                        "names or patterns, comma-separated ('layer1.*': '*' matches one name "
+                        "part); default: found automatically (ResNet stages, blocks, ...)")
     t.add_argument("--head", default="auto", choices=("auto", "pool", "cls", "mean", "linear"))
     t.add_argument("--pool-size", type=int, default=4, help="image heads pool to KxK (default 4)")
     t.add_argument("--cascade", action="store_true", help="ZTW cascade: each head also gets "
@@ -102,7 +112,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from frugalnn.methods.early_exit.recipe import EarlyExitConfig
 
     return EarlyExitConfig(
-        positions=args.positions, head=args.head, pool_size=args.pool_size,
+        positions=args.positions, exit_after=args.exit_after, head=args.head,
+        pool_size=args.pool_size,
         cascade=args.cascade, ensemble=args.ensemble, final_ensemble=args.final_ensemble,
         final_ensemble_holdout=args.final_ensemble_holdout, policy=args.policy,
         mode=args.mode, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
@@ -125,12 +136,16 @@ def _train(args: argparse.Namespace) -> int:
     if config.ensemble and not config.cascade:
         print("frugalnn: note: --ensemble without --cascade ensembles independent heads",
               file=sys.stderr)
-    if config.mode == "heads" and args.checkpoint is None:
+    # A registry model is built untrained; a factory or Hugging Face directory may
+    # well bring its own trained weights.
+    untrained = ":" not in str(args.model) and not args.weights
+    if config.mode == "heads" and args.checkpoint is None and untrained:
         raise UserError("--mode heads freezes the backbone, so it needs a trained one: pass "
-                        "--checkpoint, or use --mode joint")
+                        "--checkpoint or --weights, or use --mode joint")
     out = start_run(args)
     splits = load_splits_from_args(args)
-    backbone = load_model_for_data(args.model, args.checkpoint, splits.info, args.model_arg,
+    model = ModelRef(str(args.model), args.weights)
+    backbone = load_model_for_data(model, args.checkpoint, splits.info, args.model_arg,
                                    args.device)
     run = run_early_exit(
         backbone, config, splits, out, device=args.device, threads=args.threads,

@@ -123,12 +123,12 @@ def export_parts(model: EarlyExitModel, example: torch.Tensor, fmt: str, out_dir
         raise UserError(
             f"block {blocks_with_dynamic[0]} of this early-exit backbone is itself "
             "input-dependent; export of nested input-dependent modules is not supported")
-    if not isinstance(example, torch.Tensor):
-        raise UserError("early-exit export needs a tensor input (not a dict)")
+    if not isinstance(example, torch.Tensor) or not isinstance(model.backbone.embed(example),
+                                                                torch.Tensor):
+        raise UserError("early-exit export needs a tensor input and tensor states between "
+                        "blocks; this model takes or passes a dict (e.g. a Hugging Face text "
+                        "model with its attention mask), so its early exits run in PyTorch only")
     state: Any = example
-    if not isinstance(model.backbone.embed(example), torch.Tensor):
-        raise UserError("early-exit export needs tensor states between blocks; this backbone "
-                        "passes a dict")
     graphs: dict[str, str] = {}
     prev: torch.Tensor | None = None
     start = 0

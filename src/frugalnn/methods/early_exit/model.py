@@ -1,6 +1,8 @@
 """The early-exit model: a staged backbone plus internal classifiers that really exit.
 
-``attach_heads(backbone, positions=...)`` returns an :class:`EarlyExitModel`.
+``attach_heads(backbone, positions=...)`` returns an :class:`EarlyExitModel`;
+a backbone that is not a frugalnn :class:`StagedModel` is seen through
+:func:`frugalnn.models.adapters.staged.as_staged` (same modules, no copies).
 Its forward pass is the real batched inference: after each head, the rows
 whose prediction satisfies the exit policy are written to the output and
 *removed from the batch*; the remaining blocks run only on the rest. Every
@@ -124,8 +126,12 @@ def _first_row(x: Any) -> Any:
 
 
 def _device_of(x: Any) -> torch.device:
-    t = hidden_of(x) if isinstance(x, dict) else x
-    return t.device
+    if isinstance(x, dict):  # a dict state, or a model's own dict input (input_ids, ...)
+        t = x.get("hidden")
+        if not isinstance(t, torch.Tensor):
+            t = next(v for v in x.values() if isinstance(v, torch.Tensor))
+        return t.device
+    return x.device
 
 
 def _shape_key(x: Any) -> tuple:
@@ -192,6 +198,12 @@ class EarlyExitModel(DynamicModule):
     @property
     def num_exits(self) -> int:
         return len(self.positions) + 1
+
+    def exit_points(self) -> list[str]:
+        """Where each exit sits: the module after which it exits (``block <i>`` for
+        backbones without names), then ``final``."""
+        names = getattr(self.backbone, "block_names", None)
+        return [names[p] if names else f"block {p}" for p in self.positions] + ["final"]
 
     def train(self, mode: bool = True) -> EarlyExitModel:
         """As ``nn.Module.train``, but a frozen backbone stays in eval mode (BN statistics)."""
@@ -509,14 +521,36 @@ def parse_positions(positions: str | Sequence[int], num_blocks: int) -> list[int
     return sorted(set(items))
 
 
+def _dict_probe(spec: dict[str, Sequence[Any]], device: torch.device) -> dict[str, torch.Tensor]:
+    """A one-example dict input from ``{key: [dtype, *shape]}`` (masks all ones)."""
+    out = {}
+    for key, (dtype, *shape) in spec.items():
+        make = torch.ones if "mask" in key else torch.zeros
+        out[key] = make((1, *[int(s) for s in shape]),
+                        dtype=torch.long if dtype == "long" else torch.float32, device=device)
+    return out
+
+
+def _dict_spec(example: dict[str, Any]) -> dict[str, list[Any]]:
+    """``{key: [dtype, *shape]}`` of a dict input (recorded so checkpoints rebuild heads)."""
+    spec = {}
+    for key, value in example.items():
+        if not isinstance(value, torch.Tensor):
+            raise UserError(f"example input {key!r} is a {type(value).__name__}; dict inputs "
+                            "must hold tensors")
+        kind = "float" if value.is_floating_point() else "long"
+        spec[key] = [kind, *[int(s) for s in value.shape[1:]]]
+    return spec
+
+
 def _example_input(model: nn.Module, shape: Sequence[int] | None, dtype: str | None) -> Any:
     """A one-example probe input, from the arguments or the model registry."""
     if shape is None:
         spec = getattr(model, "frugalnn_spec", None)
         if not spec:
             raise UserError(
-                "cannot infer the backbone's input shape; pass input_shape=(C, H, W) or "
-                "example_input= to attach_heads"
+                "cannot infer the backbone's input shape; pass example_input= (one batch) or "
+                "input_shape=(C, H, W) to attach_heads"
             )
         from frugalnn.models import model_info
 
@@ -532,6 +566,9 @@ def _example_input(model: nn.Module, shape: Sequence[int] | None, dtype: str | N
             if "image_size" in kw:
                 shape[1] = shape[2] = kw["image_size"]
         dtype = dtype or info.input_dtype
+    if not shape:  # a model outside the registry that does not declare its input
+        raise UserError("cannot infer the backbone's input shape; pass example_input= (one "
+                        "batch) or input_shape= to attach_heads")
     device = next(model.parameters()).device
     if dtype == "long":
         probe = torch.zeros((1, *shape), dtype=torch.long, device=device)
@@ -554,43 +591,62 @@ def attach_heads(
     input_shape: Sequence[int] | None = None,
     input_dtype: str | None = None,
     example_input: Any = None,
+    input_dict: dict[str, Sequence[Any]] | None = None,
+    exit_after: str | Sequence[str] | None = None,
 ) -> EarlyExitModel:
-    """Wrap a :class:`StagedModel` with internal classifiers at ``positions``.
+    """Wrap a model with internal classifiers at ``positions``.
 
-    Heads are created fresh (untrained); the backbone's own classifier is the
-    last exit. ``input_shape``/``input_dtype`` (one example, no batch) are read
-    from the model registry when not given; they only size the heads.
+    ``model`` is a :class:`StagedModel` or any classifier that
+    :func:`frugalnn.models.adapters.staged.as_staged` can view as one
+    (torchvision-style CNNs, ``nn.Sequential``, timm-style ViTs, Hugging Face
+    BERT/ViT classifiers, or exit points named by ``exit_after``); the view
+    shares the model's modules, so its weights are the backbone's. Heads are
+    created fresh (untrained); the backbone's own classifier is the last exit.
+    ``example_input`` (one batch) or ``input_shape``/``input_dtype`` (one
+    example, no batch; read from the model registry when not given) or
+    ``input_dict`` (``{key: [dtype, *shape]}`` for dict inputs) size the heads.
     """
     if isinstance(model, EarlyExitModel):
         raise UserError("this model already has early exits; attach heads to the plain backbone")
-    if not isinstance(model, StagedModel):
-        raise UserError(
-            f"{type(model).__name__} is not a staged model (embed/blocks/classify); early exits "
-            "work on frugalnn.models backbones such as resnet56, cnn_small, vit_tiny"
-        )
-    num_blocks = len(model.blocks)
+    from frugalnn.models.adapters.staged import as_staged, feature_kind_of
+
+    original = model
+    backbone = as_staged(model, exit_after)
+    num_blocks = len(backbone.blocks)
     pos = parse_positions(positions, num_blocks)
-    kind = resolve_head_kind(head, model)
     policies.check_policy(policy)
     if pool_size < 1:
         raise UserError(f"pool_size must be >= 1, got {pool_size}")
+    device = next(backbone.parameters()).device
     if example_input is None:
-        example_input = _example_input(model, input_shape, input_dtype)
+        example_input = (_dict_probe(input_dict, device) if input_dict
+                         else _example_input(original, input_shape, input_dtype))
     if input_shape is None and isinstance(example_input, torch.Tensor):
         # Recorded so that a checkpoint rebuilds the heads for the same input shape.
         input_shape = list(example_input.shape[1:])
         input_dtype = "long" if example_input.dtype == torch.long else "float"
-    was_training = model.training
-    model.eval()
+    if input_dict is None and isinstance(example_input, dict):
+        input_dict = _dict_spec(example_input)
+    was_training = backbone.training
+    backbone.eval()
     with torch.no_grad():
-        state = model.embed(example_input)
+        state = backbone.embed(select_rows(example_input, torch.arange(1, device=device)))
         shapes: dict[int, tuple[int, ...]] = {}
-        for b, block in enumerate(model.blocks):
+        for b, block in enumerate(backbone.blocks):
             state = block(state)
             if b in pos:
+                if backbone is not original:  # a view: states must suit a head
+                    kind_here = feature_kind_of(state)
+                    if backbone.feature_kind is None:  # a traced view: the state tells
+                        backbone.feature_kind = kind_here
                 shapes[b] = tuple(hidden_of(state).shape[1:])
-        num_classes = int(model.classify(state).shape[-1])
-    model.train(was_training)
+        logits = backbone.classify(state)
+    backbone.train(was_training)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise UserError(f"{type(original).__name__} returns {_describe(logits)}; early exits "
+                        "need a classifier returning (batch, classes) logits")
+    num_classes = int(logits.shape[-1])
+    kind = resolve_head_kind(head, backbone)
     heads = nn.ModuleList()
     for i, b in enumerate(pos):
         shp = shapes[b]
@@ -607,23 +663,32 @@ def attach_heads(
                 cascade_in=num_classes if cascade and i > 0 else 0,
             )
         )
-    device = next(model.parameters()).device
     ee = EarlyExitModel(
-        model, pos, heads.to(device), policy=policy, cascade=cascade, ensemble=ensemble,
+        backbone, pos, heads.to(device), policy=policy, cascade=cascade, ensemble=ensemble,
         final_ensemble=final_ensemble, num_classes=num_classes,
     ).to(device)
     ee.train(was_training)
-    ee.frugalnn_spec = getattr(model, "frugalnn_spec", None)
-    ee.frugalnn_transforms = list(getattr(model, "frugalnn_transforms", []))
-    args = {
+    ee.frugalnn_spec = getattr(original, "frugalnn_spec", None)
+    ee.frugalnn_transforms = list(getattr(original, "frugalnn_transforms", []))
+    args: dict[str, Any] = {
         "positions": pos, "head": kind, "cascade": cascade, "ensemble": ensemble,
         "final_ensemble": final_ensemble, "policy": policy, "pool_size": pool_size,
     }
-    if input_shape is not None:
+    if getattr(backbone, "exit_after", None) is not None:
+        args["exit_after"] = backbone.exit_after  # rebuilds the same staged view
+    if input_dict is not None:
+        args["input_dict"] = {k: list(v) for k, v in input_dict.items()}
+    elif input_shape is not None:
         args["input_shape"] = [int(s) for s in input_shape]
         args["input_dtype"] = input_dtype or "float"
     record_transform(ee, TRANSFORM_NAME, args)
     return ee
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
 
 
 @register_transform(TRANSFORM_NAME)

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from frugalnn.errors import UserError
 from frugalnn.methods.early_exit import policies
 from frugalnn.methods.early_exit.model import EarlyExitModel
+from frugalnn.utils.batch import split_batch, to_device
 
 
 @dataclass
@@ -84,12 +85,6 @@ class SimResult:
         return self.logits.argmax(dim=1)
 
 
-def _split(batch: Any) -> tuple[Any, torch.Tensor]:
-    if isinstance(batch, (list, tuple)) and len(batch) == 2:
-        return batch[0], batch[1]
-    raise UserError("the data loader must yield (inputs, labels) pairs")
-
-
 @torch.inference_mode()
 def collect_trace(
     model: EarlyExitModel,
@@ -108,9 +103,8 @@ def collect_trace(
     try:
         for batch in tqdm(loader, desc="all exits", unit="batch", disable=not progress,
                           leave=False):
-            x, y = _split(batch)
-            x = x.to(device) if isinstance(x, torch.Tensor) else {
-                k: v.to(device) for k, v in x.items()}
+            x, y = split_batch(batch)
+            x = to_device(x, device)
             n = int(y.shape[0])
             feats, final = model.head_features(x)
             outs = model.outputs_from_features(feats, final)

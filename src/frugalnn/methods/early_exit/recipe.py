@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from frugalnn.errors import UserError
 from frugalnn.methods.early_exit.model import EarlyExitModel, attach_heads
 from frugalnn.methods.early_exit.policies import POLICIES
-from frugalnn.utils.batch import to_device
+from frugalnn.utils.batch import split_batch, to_device
 
 __all__ = ["MODES", "EarlyExitConfig", "EarlyExitRun", "augmented_view", "early_exit",
            "run_early_exit", "train_from_caches", "validation_parts"]
@@ -49,8 +49,12 @@ class EarlyExitConfig:
     """Every setting of an early-exit run; the defaults are those of ``frugalnn early-exit train``.
 
     Heads: ``positions`` (``"every"``, ``"every:K"`` or block indices), ``head``
-    kind, ``pool_size``. Variant: SDN by default; ``cascade`` feeds each head
-    the previous head's logits and ``ensemble`` adds the geometric ensemble
+    kind, ``pool_size``; on a model that is not a frugalnn staged model,
+    ``exit_after`` names the exit points (a pattern like ``"layer1.*"`` or
+    module names; ``None``: the blocks are found automatically, see
+    :func:`frugalnn.models.adapters.staged.as_staged`). Variant: SDN by
+    default; ``cascade`` feeds each head the previous head's logits and
+    ``ensemble`` adds the geometric ensemble
     (both: Zero-Time-Waste); ``final_ensemble`` replaces the last exit by a
     weighted geometric mean of every exit, fitted on ``final_ensemble_holdout``
     of the validation split. Training: ``mode`` (``heads``: frozen backbone;
@@ -66,6 +70,7 @@ class EarlyExitConfig:
     """
 
     positions: str | Sequence[int] = "every"
+    exit_after: str | Sequence[str] | None = None
     head: str = "auto"
     pool_size: int = 4
     cascade: bool = False
@@ -161,7 +166,7 @@ class EarlyExitConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able settings."""
         d = asdict(self)
-        for key in ("positions", "budgets", "latency_batch_sizes"):
+        for key in ("positions", "exit_after", "budgets", "latency_batch_sizes"):
             if d[key] is not None and not isinstance(d[key], str):
                 d[key] = list(d[key])
         return d
@@ -181,9 +186,9 @@ class EarlyExitRun:
 
 # -- data ----------------------------------------------------------------------------
 def _first_input(dataset: Dataset) -> Any:
-    x = dataset[0][0]
+    x, _ = split_batch(dataset[0])
     if isinstance(x, dict):
-        return {k: v.unsqueeze(0) for k, v in x.items()}
+        return {k: torch.as_tensor(v).unsqueeze(0) for k, v in x.items()}
     return x.unsqueeze(0)
 
 
@@ -242,7 +247,7 @@ def augmented_view(dataset: Dataset, seed: int) -> Dataset:
 def _attach(model: nn.Module, config: EarlyExitConfig, example: Any) -> EarlyExitModel:
     return attach_heads(model, config.positions, config.head, cascade=config.cascade,
                         policy=config.policy, pool_size=config.pool_size,
-                        example_input=example)
+                        example_input=example, exit_after=config.exit_after)
 
 
 def train_from_caches(
@@ -360,7 +365,11 @@ def early_exit(
     device: str = "cpu",
     progress: bool = False,
 ) -> EarlyExitModel:
-    """Attach exit heads to ``model`` (a staged backbone) and train them as ``config`` says.
+    """Attach exit heads to ``model`` and train them as ``config`` says.
+
+    ``model``: a frugalnn staged backbone or any classifier
+    :func:`~frugalnn.models.adapters.staged.as_staged` can view as one
+    (``config.exit_after`` names exit points it does not find itself).
 
     ``train_data`` yields ``(x, y)`` pairs (heads, joint training, the ZTW
     ensemble); ``val_data`` is needed with ``final_ensemble`` only: held-out

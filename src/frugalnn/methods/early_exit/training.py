@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from frugalnn.errors import UserError
 from frugalnn.methods.early_exit.model import EarlyExitModel
 from frugalnn.train.distill import frozen_copy, kd_loss
+from frugalnn.utils.batch import split_batch, to_device
 
 
 @dataclass
@@ -111,16 +112,8 @@ def cache_augmented_passes(
             for k in range(passes)]
 
 
-def _split(batch: Any) -> tuple[Any, torch.Tensor]:
-    if isinstance(batch, (list, tuple)) and len(batch) == 2:
-        return batch[0], batch[1]
-    raise UserError("the data loader must yield (inputs, labels) pairs")
-
-
 def _to(x: Any, device: torch.device) -> Any:
-    if isinstance(x, dict):
-        return {k: v.to(device) for k, v in x.items()}
-    return x.to(device)
+    return to_device(x, device)
 
 
 @torch.inference_mode()
@@ -141,7 +134,7 @@ def cache_features(
     try:
         for batch in tqdm(loader, desc="cache features", unit="batch", disable=not progress,
                           leave=False):
-            x, y = _split(batch)
+            x, y = split_batch(batch)
             f, final = model.head_features(_to(x, device))
             for i, t in enumerate(f):
                 feats[i].append(t.to("cpu", dtype))
@@ -493,7 +486,7 @@ def multi_exit_loss(
     def loss_fn(model: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         from frugalnn.train.checkpoint import unwrap
 
-        x, y = _split(batch)
+        x, y = split_batch(batch)
         net = unwrap(model)
         target = None
         if use_kd:
@@ -543,7 +536,7 @@ def train_joint(
         raise UserError("this model has a final ensemble, which is fitted on held-out data "
                         "after training; train jointly first, then call train_final_ensemble")
     if weights is None:
-        x, _ = _split(next(iter(loader)))
+        x, _ = split_batch(next(iter(loader)))
         weights = exit_loss_weights(model, x, final_weight)
     if kd_weight > 0 and teacher is None:
         teacher = frozen_copy(model.backbone)

@@ -24,6 +24,7 @@ from typing import Any
 
 from frugalnn.cli.common import (
     add_data_flags,
+    add_model_argument,
     add_run_flags,
     args_config,
     check_positive,
@@ -46,7 +47,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _targeting(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="registry model (resnet56, cnn_small, vit_tiny, ...)")
+    add_model_argument(p, "registry model (resnet56, cnn_small, vit_tiny, ...)")
     p.add_argument("--method", required=True, choices=("cp", "tucker", "tt", "svd"))
     p.add_argument("--target", default="flops=2",
                    help="rank=R | flops=X | params=X | energy=E | vbmf | latency=F "
@@ -181,11 +182,12 @@ def compress_config(args: argparse.Namespace) -> Any:
 def _compress(args: argparse.Namespace) -> int:
     from frugalnn.methods.lowrank.recipe import run_lowrank
 
-    if args.checkpoint is None and not args.random_init:
-        raise UserError("lowrank compress needs the trained model: pass --checkpoint (or "
-                        "--random-init to compress random weights, for cost studies only)")
-    if args.checkpoint is not None and args.random_init:
-        raise UserError("--random-init and --checkpoint exclude each other; pass one")
+    trained = args.checkpoint is not None or getattr(args.model, "weights", None) is not None
+    if not trained and not args.random_init:
+        raise UserError("lowrank compress needs the trained model: pass --checkpoint or --weights "
+                        "(or --random-init to compress random weights, for cost studies only)")
+    if trained and args.random_init:
+        raise UserError("--random-init excludes --checkpoint and --weights; pass one")
     config = compress_config(args)
     if args.retain_freed_memory:
         from frugalnn.cost.allocator import retain_freed_memory

@@ -39,6 +39,7 @@ from frugalnn.methods.lowrank import layers as L
 from frugalnn.methods.lowrank.geometry import ConvSpec, linear_spec
 from frugalnn.methods.lowrank.rank import Criterion, chain_cost, dense_cost, select_ranks
 from frugalnn.transforms import record_transform, register_transform
+from frugalnn.utils.batch import call_model
 
 TRANSFORM = "lowrank"
 BUDGET_VALUES = (0.25, 0.5, 0.75, 1.0)
@@ -125,7 +126,7 @@ def find_layers(model: nn.Module, method: str, example_input: Any,
         with torch.no_grad():
             was = model.training
             model.eval()
-            model(_first_example(example_input))
+            call_model(model, _first_example(example_input))
             model.train(was)
     finally:
         for h in handles:

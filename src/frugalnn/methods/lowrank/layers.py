@@ -22,6 +22,14 @@ fraction below one it uses only the leading components (strongest first for
 SVD and CP, leading singular subspaces for Tucker and TT), slicing the weights
 so the skipped work is really skipped. At fraction 1 it is the plain chain.
 Grouped convolutions and non-zero padding modes are refused with ``UserError``.
+
+A chain keeps what callers read from the layer it replaces (Hugging Face ViT
+reads ``projection.weight.dtype`` on every call): ``weight`` (the first
+factor's weight, for its dtype and device; the dense weight is not stored),
+``bias`` (the output bias), and the geometry: ``in_features`` /
+``out_features`` for linears; ``in_channels``, ``out_channels``,
+``kernel_size``, ``stride``, ``padding``, ``dilation``, ``groups``,
+``padding_mode`` for convolutions.
 """
 
 from __future__ import annotations
@@ -83,6 +91,21 @@ class FactorizedLayer(nn.Module):
         """Parameters stored by the chain (all ranks, whatever the fraction)."""
         return sum(p.numel() for p in self.parameters())
 
+    # -- what callers read from the replaced layer ---------------------------------------
+    def output_layer(self) -> nn.Module:
+        """The last layer of the chain (it carries the output bias)."""
+        raise NotImplementedError
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The first factor's weight: the replaced layer's dtype and device, not its shape."""
+        return next(self.parameters())
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The output bias (the replaced layer's bias), or None."""
+        return self.output_layer().bias
+
     def extra_repr(self) -> str:
         return f"method={self.method}, ranks={self.ranks}"
 
@@ -100,6 +123,9 @@ class SVDLinear(FactorizedLayer):
         self.spec = ConvSpec(in_features, out_features, (1, 1), bias=bias)
         self.first = nn.Linear(in_features, rank, bias=False)
         self.second = nn.Linear(rank, out_features, bias=bias)
+
+    def output_layer(self) -> nn.Module:
+        return self.second
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int) -> SVDLinear:
@@ -139,6 +165,33 @@ class _ConvChain(FactorizedLayer):
         layer = cls(ConvSpec.of(conv), *args, **kwargs)
         return layer.to(conv.weight.device, conv.weight.dtype)
 
+    @property
+    def in_channels(self) -> int:
+        return self.spec.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.spec.out_channels
+
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        return self.spec.kernel
+
+    @property
+    def stride(self) -> tuple[int, int]:
+        return self.spec.stride
+
+    @property
+    def padding(self) -> tuple[int, int]:
+        return self.spec.padding
+
+    @property
+    def dilation(self) -> tuple[int, int]:
+        return self.spec.dilation
+
+    groups = 1
+    padding_mode = "zeros"
+
     def _copy_bias(self, conv: nn.Conv2d, last: nn.Conv2d) -> None:
         if conv.bias is not None:
             last.bias.data.copy_(conv.bias.data)
@@ -169,6 +222,9 @@ class SVDConv1x1(_ConvChain):
         super().__init__(spec, (rank,))
         self.first = nn.Conv2d(spec.in_channels, rank, 1, spec.stride, spec.padding, bias=False)
         self.second = nn.Conv2d(rank, spec.out_channels, 1, bias=spec.bias)
+
+    def output_layer(self) -> nn.Module:
+        return self.second
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, rank: int) -> SVDConv1x1:
@@ -215,6 +271,9 @@ class CPConv2d(_ConvChain):
                                 groups=r, bias=False)
         self.pw_out = nn.Conv2d(r, spec.out_channels, 1, bias=spec.bias)
 
+    def output_layer(self) -> nn.Module:
+        return self.pw_out
+
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, rank: int, depthwise: str = "separable",
                   n_iter_max: int = 50, random_state: int = 0) -> CPConv2d:
@@ -259,6 +318,9 @@ class TuckerConv2d(_ConvChain):
         self.core = nn.Conv2d(r_in, r_out, spec.kernel, spec.stride, spec.padding, spec.dilation,
                               bias=False)
         self.pw_out = nn.Conv2d(r_out, spec.out_channels, 1, bias=spec.bias)
+
+    def output_layer(self) -> nn.Module:
+        return self.pw_out
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, ranks: tuple[int, int]) -> TuckerConv2d:
@@ -308,6 +370,9 @@ class TTConv2d(_ConvChain):
                             bias=spec.bias and self.absorb_out)
         self.register_module("c4", None if self.absorb_out else nn.Conv2d(
             r3, spec.out_channels, 1, bias=spec.bias))
+
+    def output_layer(self) -> nn.Module:
+        return self.c3 if self.absorb_out else self.c4
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, ranks: tuple[int, int, int]) -> TTConv2d:

@@ -29,6 +29,7 @@ from frugalnn.cost.count import count_flops
 from frugalnn.cost.latency import measure_latency
 from frugalnn.cost.memory import peak_memory
 from frugalnn.methods.lowrank.compress import LayerPlan, compress_model, plan_markdown, plan_totals
+from frugalnn.utils.batch import to_device
 
 
 def accuracy(model: nn.Module, loader: Iterable[Any], device: str | torch.device = "cpu") -> float:
@@ -65,7 +66,7 @@ def compress_and_finetune(
 
     teacher = teacher.to(device).eval()
     student = copy.deepcopy(teacher)
-    student, plan = compress_model(student, method, target, example_input.to(device),
+    student, plan = compress_model(student, method, target, to_device(example_input, device),
                                    include=include, exclude=exclude, depthwise=depthwise,
                                    latency=latency, layer_targets=layer_targets,
                                    rank_multiple=rank_multiple)

@@ -8,14 +8,22 @@ from typing import Any
 
 import torch
 
-from frugalnn.utils.batch import to_device
+from frugalnn.utils.batch import call_model, logits_of, split_batch, to_device
 
 
 def inputs_of(batch: Any) -> Any:
-    """The model input of a batch: ``x`` of ``(x, y)``, or the batch itself."""
+    """The model input of a batch: ``x`` of ``(x, y)``, a dict batch without its
+    ``"labels"`` (Hugging Face style), or the batch itself."""
     if isinstance(batch, (list, tuple)) and len(batch) >= 1:
         return batch[0]
+    if isinstance(batch, dict) and "labels" in batch:
+        return {k: v for k, v in batch.items() if k != "labels"}
     return batch
+
+
+def model_inputs(batch: Any, device: str | torch.device) -> Any:
+    """The model input of ``batch`` (see :func:`inputs_of`) on ``device``."""
+    return to_device(inputs_of(batch), device)
 
 
 def iterate_inputs(
@@ -40,7 +48,7 @@ def replace_child(root: torch.nn.Module, old: torch.nn.Module, new: torch.nn.Mod
 
 
 def task_and_distill_loss(
-    out: torch.Tensor,
+    out: Any,
     x: Any,
     batch: Any,
     teacher: torch.nn.Module | None,
@@ -53,21 +61,25 @@ def task_and_distill_loss(
 
     ``classification``: ``(1 - alpha) * CE(labels) + alpha * KD(teacher)`` (no KD
     term without a teacher or with ``alpha = 0``); ``embedding`` (sentence
-    encoders, no labels): ``1 - cos(out, teacher(x))``.
+    encoders, no labels): ``1 - cos(out, teacher(x))``. Outputs may be Hugging
+    Face output objects (their ``logits`` are used); dict inputs reach the
+    teacher as keyword arguments.
     """
     import torch.nn.functional as F
 
     from frugalnn.train.distill import kd_loss
     from frugalnn.train.loop import cross_entropy
 
+    out = logits_of(out)
     if objective == "embedding":
         assert teacher is not None
         with torch.no_grad():
-            target = teacher(x)
+            target = logits_of(call_model(teacher, x))
         return 1.0 - F.cosine_similarity(out, target, dim=-1).mean()
-    loss = (1.0 - alpha) * cross_entropy(out, to_device(batch[1], out.device))
+    labels = split_batch(batch)[1]
+    loss = (1.0 - alpha) * cross_entropy(out, to_device(labels, out.device))
     if teacher is not None and alpha > 0:
         with torch.no_grad():
-            t_logits = teacher(x)
+            t_logits = logits_of(call_model(teacher, x))
         loss = loss + alpha * kd_loss(out, t_logits, temperature)
     return loss

@@ -34,6 +34,12 @@ from frugalnn.errors import UserError
 if TYPE_CHECKING:
     from frugalnn.methods.moe.recipe import MoEConfig
 
+#: ``--ffn-pattern`` (see frugalnn.models.adapters.ffn; kept here so the parser imports no torch).
+FFN_PATTERN_HELP = (
+    "module names of the FFNs (fnmatch), for a model whose FFNs are not recognised, "
+    "e.g. 'encoder.layer.*.intermediate' or 'model.layers.*.mlp'"
+)
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     moe = subparsers.add_parser("moe", help="dense-to-mixture-of-experts conversion")
     moe_sub = moe.add_subparsers(dest="moe_command", metavar="SUBCOMMAND")
@@ -75,6 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="operating point: the cheapest budget within this many accuracy points "
                         "of the full budget, chosen on the validation split (1)")
     c.add_argument("--latency-repeats", type=int, default=10, help="timed calls per budget")
+    c.add_argument("--ffn-pattern", metavar="PATTERN", help=FFN_PATTERN_HELP)
     add_run_flags(c)
     c.set_defaults(func=_convert)
     moe.set_defaults(func=lambda _a: moe.print_help() or 2)
@@ -94,7 +101,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    s.add_argument("--ffn-pattern", metavar="PATTERN", help=FFN_PATTERN_HELP)
     s.set_defaults(func=_sparsity)
+
 
 
 def _sparsity(args: argparse.Namespace) -> int:
@@ -116,7 +125,7 @@ def _sparsity(args: argparse.Namespace) -> int:
     loader = DataLoader(data, batch_size=args.batch_size, shuffle=False)
     report = activation_sparsity(
         model, loader, eps=args.eps, device=args.device,
-        only_ffn=False if args.all_activations else None,
+        only_ffn=False if args.all_activations else None, ffn_pattern=args.ffn_pattern,
         meta={"model": args.model, "checkpoint": args.checkpoint, "data": args.data,
               "split": args.eval_split, "seed": args.seed},
     )
@@ -146,7 +155,7 @@ def config_from_args(args: argparse.Namespace) -> MoEConfig:
         finetune_kd_weight=args.finetune_kd_weight, mode=args.mode,
         taus=taus or list(DEFAULT_TAUS), compare_topk=args.compare_topk,
         batch_size=args.batch_size, latency_repeats=args.latency_repeats,
-        tolerance_points=args.tolerance, seed=args.seed,
+        tolerance_points=args.tolerance, seed=args.seed, ffn_pattern=args.ffn_pattern,
     ).validate()
 
 

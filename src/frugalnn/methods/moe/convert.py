@@ -29,6 +29,7 @@ from frugalnn.methods.moe.router import expert_output_norms
 from frugalnn.methods.moe.split import expert_layout, split_neurons
 from frugalnn.models.base import FFNSite, WrappedModel, require_ffn_sites
 from frugalnn.transforms import record_transform, register_transform
+from frugalnn.utils.batch import call_model
 
 __all__ = ["DEFAULT_TAUS", "MoEModel", "collect_ffn_activations", "convert_to_moe", "train_routers"]
 
@@ -132,9 +133,10 @@ def rebuild_moe(
     router_hidden: int = 128,
     mode: str = "dynamic",
     taus: Sequence[float] = DEFAULT_TAUS,
+    ffn_pattern: str | None = None,
 ) -> MoEModel:
     """Recreate the structure of a converted model (weights are loaded afterwards)."""
-    by_name = {s.name: s for s in require_ffn_sites(model, "MoE conversion")}
+    by_name = {s.name: s for s in require_ffn_sites(model, "MoE conversion", ffn_pattern)}
     layers = {}
     for spec in sites:
         site = by_name.get(spec["name"])
@@ -148,6 +150,7 @@ def rebuild_moe(
             copy.deepcopy(site.act),
             router_hidden=router_hidden,
             name=site.name,
+            gated=bool(spec.get("gated", False)),
         )
     _install_layers(model, layers, list(by_name.values()))
     return MoEModel(model, mode=mode, taus=taus)
@@ -177,7 +180,7 @@ def collect_ffn_activations(
     try:
         with torch.no_grad():
             for x in iterate_inputs(loader, device):
-                model(x)
+                call_model(model, x)
                 if all(c >= max_tokens for c in counts.values()):
                     break
     finally:
@@ -231,7 +234,7 @@ def train_routers(
             for x in batches:
                 captured.clear()
                 with torch.no_grad():
-                    model(x)
+                    call_model(model, x)
                 opt.zero_grad(set_to_none=True)
                 total = 0.0
                 for i, m in enumerate(layers):
@@ -241,7 +244,8 @@ def train_routers(
                         tokens = tokens[pick.to(tokens.device)]
                     with torch.no_grad():
                         target = expert_output_norms(
-                            tokens, m.fc1_weight, m.fc1_bias, m.fc2_weight_t, m.act, m.num_experts
+                            tokens, m.fc1_weight, m.fc1_bias, m.fc2_weight_t, m.act,
+                            m.num_experts, m.gate_weight, m.gate_bias,
                         )
                     loss = nn.functional.mse_loss(m.router(tokens), target)
                     total = total + loss
@@ -274,6 +278,7 @@ def convert_to_moe(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    ffn_pattern: str | None = None,
 ) -> MoEModel:
     """Convert every FFN of ``model`` into experts and train routers on ``loader``.
 
@@ -281,9 +286,11 @@ def convert_to_moe(
     ``kmeans`` (balanced k-means on fc1 rows), ``coactivation`` (needs
     ``loader``) or ``sequential``. With ``router_epochs=0`` routers stay
     untrained (useful only for tests and full-budget use). The returned
-    model is at full budget.
+    model is at full budget. ``ffn_pattern`` names the FFN modules of a model
+    whose FFNs are not recognised (see :mod:`frugalnn.models.adapters.ffn`);
+    gated (SwiGLU) FFNs become gated experts.
     """
-    sites = require_ffn_sites(model, "MoE conversion")
+    sites = require_ffn_sites(model, "MoE conversion", ffn_pattern)
     for t in taus:
         _check_tau(t)
     if (router_epochs > 0 or split == "coactivation") and loader is None:
@@ -298,23 +305,28 @@ def convert_to_moe(
     for site in sites:
         e, _ = layouts[site.name]
         experts = split_neurons(
-            site.fc1.weight, e, method=split, activations=acts.get(site.name), seed=seed
+            site.fc1.weight, e, method=split, activations=acts.get(site.name), seed=seed,
+            gate_weight=site.gate.weight if site.gate is not None else None,
         )
         layers[site.name] = MoEFFN.from_dense(
-            site.fc1, copy.deepcopy(site.act), site.fc2, experts,
+            site.fc1, copy.deepcopy(site.act), site.fc2, experts, gate=site.gate,
             router_hidden=router_hidden, name=site.name,
         )
-    args = {
+    args: dict[str, Any] = {
         "sites": [
-            {"name": n, "num_experts": m.num_experts, "expert_size": m.expert_size}
+            {"name": n, "num_experts": m.num_experts, "expert_size": m.expert_size,
+             **({"gated": True} if m.gated else {})}
             for n, m in layers.items()
         ],
         "router_hidden": router_hidden,
         "mode": mode,
         "taus": [float(t) for t in taus],
     }
+    if ffn_pattern:
+        args["ffn_pattern"] = ffn_pattern
     _install_layers(model, layers, sites)
     moe = MoEModel(model, mode=mode, taus=taus)
+    moe.train(model.training)  # the converted model keeps the model's train/eval mode
     moe.to(device)
     record_transform(moe, "moe", args)
     if router_epochs > 0:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from frugalnn.errors import UserError
@@ -54,7 +53,7 @@ class _GatherMoE(nn.Module):
         for e in range(m.num_experts):
             rows = slice(e * s, (e + 1) * s)
             idx = mask[:, e].nonzero().squeeze(1)
-            h = m.act(F.linear(x2.index_select(0, idx), m.fc1_weight[rows], m.fc1_bias[rows]))
+            h = m.hidden(x2.index_select(0, idx), rows)
             y = y.index_add(0, idx, h @ m.fc2_weight_t[rows])
         return y.reshape(*shape[:-1], m.out_dim)
 

@@ -5,7 +5,10 @@ Weights stay in one expert-major block: expert ``e`` owns rows
 ``fc2_weight_t`` (``(E*s, out)``, the transpose of ``fc2.weight``). Each
 expert's slice is contiguous, so running one expert is one ``addmm`` on its
 gathered tokens, and running all of them is exactly the dense FFN with
-permuted hidden neurons: at full budget the layer takes that dense path and
+permuted hidden neurons. A gated FFN (``down(act(gate(x)) * up(x))``, SwiGLU)
+also has ``gate_weight`` / ``gate_bias`` in the same expert-major layout
+(``fc1`` being the up projection), so an expert's hidden neurons are
+``act(gate rows) * fc1 rows``: at full budget the layer takes that dense path and
 skips the router, so it reproduces the original outputs at the original cost.
 
 Execution below full budget never loops over tokens. Token-expert pairs are
@@ -43,14 +46,17 @@ IMPLS = ("auto", "gather", "bmm")
 class _OneExpert(nn.Module):
     """What one expert computes for one token; used only to count its FLOPs."""
 
-    def __init__(self, dim: int, size: int, out: int, act: nn.Module) -> None:
+    def __init__(self, dim: int, size: int, out: int, act: nn.Module, gated: bool) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, size)
+        self.gate = nn.Linear(dim, size) if gated else None
         self.act = act
         self.fc2 = nn.Linear(size, out, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        if self.gate is None:
+            return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.act(self.gate(x)) * self.fc1(x))
 
 
 def _count(module: nn.Module, x: torch.Tensor) -> float:
@@ -64,8 +70,12 @@ class MoEFFN(ledger.DynamicModule):
     """An FFN split into ``num_experts`` experts of ``expert_size`` neurons, with a router.
 
     ``mode="dynamic"`` uses the threshold ``tau`` in [0, 1] (1 = all experts);
-    ``mode="topk"`` runs the ``k`` best-scored experts per token.
+    ``mode="topk"`` runs the ``k`` best-scored experts per token. ``gated``
+    adds the gate projection of a GLU / SwiGLU FFN.
     """
+
+    #: Marks a module that replaced an FFN (the FFN site search skips it).
+    replaces_ffn = True
 
     def __init__(
         self,
@@ -81,6 +91,7 @@ class MoEFFN(ledger.DynamicModule):
         tau: float = 1.0,
         k: int | None = None,
         impl: str = "auto",
+        gated: bool = False,
     ) -> None:
         super().__init__()
         self.dim, self.out_dim = dim, out_dim
@@ -91,6 +102,11 @@ class MoEFFN(ledger.DynamicModule):
         self.fc1_bias = nn.Parameter(torch.zeros(hidden))
         self.fc2_weight_t = nn.Parameter(torch.zeros(hidden, out_dim))
         self.fc2_bias = nn.Parameter(torch.zeros(out_dim))
+        self.gate_weight: nn.Parameter | None = None
+        self.gate_bias: nn.Parameter | None = None
+        if gated:
+            self.gate_weight = nn.Parameter(torch.zeros(hidden, dim))
+            self.gate_bias = nn.Parameter(torch.zeros(hidden))
         self.act = act
         self.router = Router(dim, num_experts, router_hidden)
         self.mode = "dynamic"
@@ -100,7 +116,7 @@ class MoEFFN(ledger.DynamicModule):
         self.set_impl(impl)
         probe = torch.zeros(1, dim)
         self.router_flops = _count(self.router, probe)
-        self.expert_flops = _count(_OneExpert(dim, expert_size, out_dim, act), probe)
+        self.expert_flops = _count(_OneExpert(dim, expert_size, out_dim, act, gated), probe)
         self.reset_stats()
 
     # -- construction -----------------------------------------------------------
@@ -111,16 +127,20 @@ class MoEFFN(ledger.DynamicModule):
         act: nn.Module,
         fc2: nn.Linear,
         experts: list[torch.Tensor],
+        gate: nn.Linear | None = None,
         **kwargs: object,
     ) -> MoEFFN:
         """Build from a dense FFN and a partition of its hidden neurons.
 
         Experts shorter than the longest are padded with inert neurons (zero
         ``fc1`` row and bias, zero ``fc2`` column), which contribute exactly 0.
+        ``gate``: the gate projection of a gated FFN (``fc1`` is then the up
+        projection).
         """
         size = max(len(e) for e in experts)
         layer = cls(
-            fc1.in_features, fc2.out_features, len(experts), size, act, **kwargs  # type: ignore[arg-type]
+            fc1.in_features, fc2.out_features, len(experts), size, act,  # type: ignore[arg-type]
+            gated=gate is not None, **kwargs,  # type: ignore[arg-type]
         )
         with torch.no_grad():
             layer.to(device=fc1.weight.device, dtype=fc1.weight.dtype)
@@ -132,6 +152,11 @@ class MoEFFN(ledger.DynamicModule):
                 if fc1.bias is not None:
                     layer.fc1_bias[rows] = fc1.bias[idx]
                 layer.fc2_weight_t[rows] = w2t[idx]
+                if gate is not None:
+                    assert layer.gate_weight is not None and layer.gate_bias is not None
+                    layer.gate_weight[rows] = gate.weight[idx]
+                    if gate.bias is not None:
+                        layer.gate_bias[rows] = gate.bias[idx]
             if fc2.bias is not None:
                 layer.fc2_bias.copy_(fc2.bias)
         return layer
@@ -175,10 +200,20 @@ class MoEFFN(ledger.DynamicModule):
         self.stat_pairs = 0
 
     # -- execution --------------------------------------------------------------
+    @property
+    def gated(self) -> bool:
+        return self.gate_weight is not None
+
+    def hidden(self, x: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """Hidden activations of the neurons ``rows`` (``act(gate) * up`` when gated)."""
+        h = F.linear(x, self.fc1_weight[rows], self.fc1_bias[rows])
+        if self.gate_weight is None or self.gate_bias is None:
+            return self.act(h)
+        return self.act(F.linear(x, self.gate_weight[rows], self.gate_bias[rows])) * h
+
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         """All experts on all tokens: the original FFN (neurons permuted)."""
-        h = self.act(F.linear(x, self.fc1_weight, self.fc1_bias))
-        return torch.addmm(self.fc2_bias, h, self.fc2_weight_t)
+        return torch.addmm(self.fc2_bias, self.hidden(x), self.fc2_weight_t)
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Router predictions ``(N, E)`` of each expert's output norm."""
@@ -220,11 +255,9 @@ class MoEFFN(ledger.DynamicModule):
             start += c
             rows = slice(e * s, (e + 1) * s)
             if c == x.shape[0]:  # every token: no gather/scatter needed
-                h = self.act(F.linear(x, self.fc1_weight[rows], self.fc1_bias[rows]))
-                y.addmm_(h, self.fc2_weight_t[rows])
+                y.addmm_(self.hidden(x, rows), self.fc2_weight_t[rows])
                 continue
-            xe = x.index_select(0, idx)
-            h = self.act(F.linear(xe, self.fc1_weight[rows], self.fc1_bias[rows]))
+            h = self.hidden(x.index_select(0, idx), rows)
             y.index_add_(0, idx, h @ self.fc2_weight_t[rows])
         return y
 
@@ -238,13 +271,17 @@ class MoEFFN(ledger.DynamicModule):
         index[experts, slot] = tokens
         padded = torch.cat([x, x.new_zeros(1, x.shape[1])], 0)
         xg = padded[index]  # (E, cap, dim); pad slots read the zero row
-        h = self.act(
-            torch.baddbmm(
-                self.fc1_bias.view(e_count, 1, s),
-                xg,
-                self.fc1_weight.view(e_count, s, -1).transpose(1, 2),
+
+        def project(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+            return torch.baddbmm(
+                bias.view(e_count, 1, s), xg, weight.view(e_count, s, -1).transpose(1, 2)
             )
-        )
+
+        h = project(self.fc1_weight, self.fc1_bias)
+        if self.gate_weight is not None and self.gate_bias is not None:
+            h = self.act(project(self.gate_weight, self.gate_bias)) * h
+        else:
+            h = self.act(h)
         out = torch.bmm(h, self.fc2_weight_t.view(e_count, s, -1)).reshape(-1, self.out_dim)
         y = x.new_zeros(n + 1, self.out_dim).index_add(0, index.reshape(-1), out)
         return y[:n] + self.fc2_bias
@@ -277,6 +314,7 @@ class MoEFFN(ledger.DynamicModule):
 
     def extra_repr(self) -> str:
         return (
-            f"dim={self.dim}, experts={self.num_experts}x{self.expert_size}, mode={self.mode}, "
+            f"dim={self.dim}, experts={self.num_experts}x{self.expert_size}, "
+            f"{'gated, ' if self.gated else ''}mode={self.mode}, "
             f"tau={self.tau}, k={self.k}, impl={self.impl}"
         )

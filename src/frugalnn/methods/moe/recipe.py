@@ -43,7 +43,8 @@ class MoEConfig:
     ``taus`` are the budgets swept in ``dynamic`` mode (1 = every expert = the
     dense model). ``tolerance_points``: the operating point is the cheapest
     budget whose validation accuracy is within this many points of the full
-    budget's validation accuracy.
+    budget's validation accuracy. ``ffn_pattern`` names the FFN modules
+    (``fnmatch`` on module names) of a model whose FFNs are not recognised.
     """
 
     experts: int | None = 8
@@ -67,6 +68,7 @@ class MoEConfig:
     latency_repeats: int = 10
     tolerance_points: float = 1.0
     seed: int = 0
+    ffn_pattern: str | None = None
 
     def validate(self) -> MoEConfig:
         """Raise :class:`UserError` (one line) on a setting that cannot work; return self."""
@@ -134,18 +136,19 @@ def moe(
 
     cfg = (config or MoEConfig()).validate()
     model = model.to(device).eval()
-    require_ffn_sites(model, "MoE conversion")  # before any fine-tuning
+    require_ffn_sites(model, "MoE conversion", cfg.ffn_pattern)  # before any fine-tuning
     loader = seeded_loader(train_data, cfg.batch_size, cfg.seed)
     if cfg.sparsify:
         from frugalnn.methods.moe.sparsify import enforce_sparsity
 
         enforce_sparsity(model, loader, epochs=cfg.sparsify_epochs, lam=cfg.sparsity_weight,
-                         lr=cfg.sparsify_lr, device=device, seed=cfg.seed, progress=progress)
+                         lr=cfg.sparsify_lr, device=device, seed=cfg.seed, progress=progress,
+                         ffn_pattern=cfg.ffn_pattern)
     converted = convert_to_moe(
         model, num_experts=cfg.experts, expert_size=cfg.expert_size, split=cfg.expert_split,
         loader=loader, router_epochs=cfg.router_epochs, router_lr=cfg.router_lr,
         router_hidden=cfg.router_hidden, mode=cfg.mode, taus=cfg.taus, seed=cfg.seed,
-        device=device, progress=progress,
+        device=device, progress=progress, ffn_pattern=cfg.ffn_pattern,
     )
     if cfg.finetune_epochs:
         from frugalnn.methods.moe.finetune import finetune_routed

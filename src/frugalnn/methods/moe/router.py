@@ -36,15 +36,23 @@ def expert_output_norms(
     fc2_weight_t: torch.Tensor,
     act: nn.Module,
     num_experts: int,
+    gate_weight: torch.Tensor | None = None,
+    gate_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Exact L2 norm of every expert's output for every token, ``(N, E)``.
 
     Weights are in the MoE layer's expert-major layout: ``fc1_weight`` is
     ``(E*s, dim)`` and ``fc2_weight_t`` is ``(E*s, out)``; one batched matmul
-    per layer gives all experts' outputs at once.
+    per layer gives all experts' outputs at once. A gated FFN gives its gate
+    projection too (``gate_weight``, like ``fc1_weight``): hidden neurons are
+    then ``act(gate) * fc1``.
     """
     n = x.shape[0]
-    h = act(nn.functional.linear(x, fc1_weight, fc1_bias))  # (N, E*s)
+    h = nn.functional.linear(x, fc1_weight, fc1_bias)  # (N, E*s)
+    if gate_weight is not None:
+        h = act(nn.functional.linear(x, gate_weight, gate_bias)) * h
+    else:
+        h = act(h)
     s = h.shape[1] // num_experts
     h = h.view(n, num_experts, s).transpose(0, 1)  # (E, N, s)
     out = torch.bmm(h, fc2_weight_t.view(num_experts, s, -1))  # (E, N, out)

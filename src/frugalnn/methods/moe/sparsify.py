@@ -31,11 +31,11 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from frugalnn.errors import UserError
-from frugalnn.methods.moe._batches import replace_child, task_and_distill_loss
+from frugalnn.methods.moe._batches import model_inputs, replace_child, task_and_distill_loss
 from frugalnn.models.base import require_ffn_sites
 from frugalnn.train.distill import frozen_copy
 from frugalnn.transforms import record_transform, register_transform
-from frugalnn.utils.batch import to_device
+from frugalnn.utils.batch import call_model, logits_of
 
 __all__ = ["SparsityLoss", "hoyer_squared", "relu_ffn", "enforce_sparsity"]
 
@@ -55,12 +55,14 @@ SITES = ("auto", "ffn", "relu")
 _RELU_CALLS = (F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_)
 
 
-def _resolve_sites(model: nn.Module, sites: str) -> str:
+def _resolve_sites(model: nn.Module, sites: str, ffn_pattern: str | None = None) -> str:
     """``auto`` -> ``ffn`` when the model has FFN layers, else ``relu``."""
+    from frugalnn.models.adapters.ffn import find_ffn_sites
+
     if sites not in SITES:
         raise UserError(f"unknown sparsity sites {sites!r}; use one of {', '.join(SITES)}")
     if sites == "auto":
-        has_ffn = bool(model.ffn_sites()) if hasattr(model, "ffn_sites") else False
+        has_ffn = bool(find_ffn_sites(model, ffn_pattern, required=False))
         return "ffn" if has_ffn else "relu"
     return sites
 
@@ -85,12 +87,12 @@ def _per_example(a: torch.Tensor) -> torch.Tensor:
 
 
 @register_transform("ffn_relu")
-def relu_ffn(model: nn.Module) -> nn.Module:
+def relu_ffn(model: nn.Module, ffn_pattern: str | None = None) -> nn.Module:
     """Replace the activation of every FFN by ReLU (in place); recorded for checkpoints."""
-    for site in require_ffn_sites(model, "sparsity enforcement"):
+    for site in require_ffn_sites(model, "sparsity enforcement", ffn_pattern):
         if not isinstance(site.act, nn.ReLU) and not replace_child(model, site.act, nn.ReLU()):
             raise UserError(f"cannot replace the activation of FFN {site.name}")
-    record_transform(model, "ffn_relu", {})
+    record_transform(model, "ffn_relu", {"ffn_pattern": ffn_pattern} if ffn_pattern else {})
     return model
 
 
@@ -117,6 +119,7 @@ class SparsityLoss:
         temperature: float = 2.0,
         objective: str = "classification",
         sites: str = "auto",
+        ffn_pattern: str | None = None,
     ) -> None:
         if objective not in ("classification", "embedding"):
             raise UserError(f"unknown objective {objective!r}; use classification or embedding")
@@ -132,12 +135,12 @@ class SparsityLoss:
         self.temperature = temperature
         self.step = 0
         self._acts: list[torch.Tensor] = []
-        self.sites = _resolve_sites(model, sites)
+        self.sites = _resolve_sites(model, sites, ffn_pattern)
         self._handles = []
         if self.sites == "ffn":
             self._handles = [
                 site.act.register_forward_hook(lambda _m, _i, out: self._acts.append(out))
-                for site in require_ffn_sites(model, "sparsity enforcement")
+                for site in require_ffn_sites(model, "sparsity enforcement", ffn_pattern)
             ]
 
     def close(self) -> None:
@@ -151,18 +154,18 @@ class SparsityLoss:
 
     def __call__(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(model.parameters()).device
-        x = to_device(batch[0] if isinstance(batch, (list, tuple)) else batch, device)
+        x = model_inputs(batch, device)
         self._acts.clear()
         if self.sites == "relu":
             with _ReluCapture(self._acts):
-                logits = model(x)
+                logits = logits_of(call_model(model, x))
             if not self._acts:
                 raise UserError(
                     "the model calls no ReLU, so there is nothing to sparsify; use a model "
                     "with ReLU activations or FFN layers"
                 )
         else:
-            logits = model(x)
+            logits = logits_of(call_model(model, x))
         acts, self._acts = self._acts, []
         loss = task_and_distill_loss(logits, x, batch, self.teacher, objective=self.objective,
                                      alpha=self.alpha, temperature=self.temperature)
@@ -188,6 +191,7 @@ def enforce_sparsity(
     device: str | torch.device = "cpu",
     objective: str = "classification",
     sites: str = "auto",
+    ffn_pattern: str | None = None,
     run_dir: Any = None,
     seed: int = 0,
     progress: bool = False,
@@ -198,19 +202,20 @@ def enforce_sparsity(
     ``sites``: ``ffn`` (the FFN hidden activations), ``relu`` (every ReLU call,
     for CNNs) or ``auto`` (``ffn`` if the model has FFN layers, else ``relu``).
     Returns the fine-tuned model (the same object, modified in place). The
-    teacher is a frozen copy of the model before any change.
+    teacher is a frozen copy of the model before any change. ``ffn_pattern``
+    names the FFN modules of a model whose FFNs are not recognised.
     """
     from frugalnn.train import fit
 
-    sites = _resolve_sites(model, sites)
+    sites = _resolve_sites(model, sites, ffn_pattern)
     teacher = frozen_copy(model, device)
     if relu and sites == "ffn":
-        relu_ffn(model)
+        relu_ffn(model, ffn_pattern)
     model.to(device)
     steps = epochs * len(train_loader)  # type: ignore[arg-type]
     loss_fn = SparsityLoss(
         model, teacher, lam=lam, warmup_steps=warmup_steps or max(1, steps // 2), alpha=alpha,
-        objective=objective, sites=sites,
+        objective=objective, sites=sites, ffn_pattern=ffn_pattern,
     )
     try:
         fit(

@@ -110,6 +110,7 @@ def split_neurons(
     method: str = "kmeans",
     activations: torch.Tensor | None = None,
     seed: int = 0,
+    gate_weight: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Neuron indices of each expert (a partition of ``range(hidden)``).
 
@@ -118,10 +119,15 @@ def split_neurons(
     firing pattern (``activations > 0``) over sample tokens, shape
     ``(tokens, hidden)``, so neurons that fire together share an expert.
     ``method="sequential"``: neurons in their original order (a baseline).
+    For a gated FFN, ``gate_weight`` (the gate projection, shaped like
+    ``fc1_weight``) joins the k-means features: each neuron is its gate row and
+    up row concatenated.
     """
     hidden = fc1_weight.shape[0]
     if method == "kmeans":
         feats = fc1_weight.detach().double().cpu()
+        if gate_weight is not None:
+            feats = torch.cat([gate_weight.detach().double().cpu(), feats], dim=1)
         feats = feats / feats.norm(dim=1, keepdim=True).clamp_min(1e-12)
     elif method == "coactivation":
         if activations is None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from frugalnn.cli.common import (
     add_data_flags,
+    add_model_argument,
     add_run_flags,
     args_config,
     check_positive,
@@ -34,8 +35,8 @@ from frugalnn.errors import UserError
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("quant", help="int8 quantisation (dynamic, static, weight-only)",
                               description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("model", help="registry model (resnet56, cnn_small, bert_minilm, ...)")
-    p.add_argument("--checkpoint", required=True,
+    add_model_argument(p, "registry model (resnet56, cnn_small, bert_minilm, ...)")
+    p.add_argument("--checkpoint",
                    help="the trained model: a frugalnn checkpoint / run dir, or a resnet*.th file")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                    help="extra model argument (JSON value), repeatable")
@@ -94,6 +95,8 @@ def _quant(args: argparse.Namespace) -> int:
     if args.device != "cpu":
         raise UserError(f"int8 models run on the CPU quantised kernels; got --device "
                         f"{args.device} (pass --device cpu)")
+    if args.checkpoint is None and getattr(args.model, "weights", None) is None:
+        raise UserError("quant needs the trained model: pass --checkpoint or --weights")
     config = quant_config(args)
     out = start_run(args)
     splits = load_splits_from_args(args)

