@@ -1,4 +1,4 @@
-"""ViT with NMF token mixing vs softmax attention: FLOPs, time and accuracy as tokens grow.
+"""ViT with NMF / NTF token mixing vs softmax attention: FLOPs, time, accuracy as tokens grow.
 
 Flags: the split flags are the CLI's (``--data``, ``--val-fraction``,
 ``--val-limit`` are new); ``--markdown`` writes its own file (it used to splice
@@ -8,13 +8,16 @@ Two parts (one command, fixed seeds):
 
 1. Cost: the same ViT on 32x32 images with patch size 4, 2 and 1 (64, 256 and
    1024 patch tokens, plus the CLS token), once with softmax attention and
-   once with NMF mixing (and projective NMF), built with the knobs of
+   once with each mixer of ``--variants`` (NMF, projective NMF, and NTF: a
+   non-negative CP factorisation of the tokens x channels x heads tensor),
+   built with the knobs of
    :class:`frugalnn.methods.lowrank.recipe.NMFConfig`; FLOPs per example
    counted by ``FlopCounterMode`` (SDPA included) and wall-clock latency
    measured, for the whole model and for one token mixer alone (untrained
    weights: the cost does not depend on their values).
-2. Accuracy: both variants trained from scratch on a CIFAR-10 (JPEG) subset at
-   64 tokens and evaluated on a test subset. The NMF model is the recipe's
+2. Accuracy: the ``--train-variants`` trained from scratch on a CIFAR-10 (JPEG)
+   subset at the ``--train-tokens`` counts and evaluated on a test subset. The
+   NMF and NTF models are the recipe's
    (:func:`frugalnn.methods.lowrank.recipe.run_nmf`, a run directory under
    ``--work``); the attention model is trained with the same optimiser,
    schedule and data and evaluated the same way (records on the test and the
@@ -24,7 +27,7 @@ Splits come from :func:`frugalnn.data.splits.load_splits` (``--train-limit``,
 ``--val-limit``, ``--test-limit``, ``--seed``: the same examples as the CLI).
 
 Full scale: ``--train-limit 45000 --test-limit 10000 --epochs 50 --dim 192
---depth 6 --train-tokens 64,256``. The defaults are scaled down for a shared
+--depth 6 --train-tokens 64,256,1024``. The defaults are scaled down for a shared
 2-core CPU; the results file states the scale used. Writes ``--markdown``
 (default ``benchmarks/results/nmf_vit.md``; its section is pasted into
 ``results/lowrank.md``) and ``--out`` (JSON).
@@ -85,7 +88,7 @@ def cost_part(args: argparse.Namespace) -> list[dict]:
     for tokens in args.tokens:
         patch = PATCH_FOR_TOKENS[tokens]
         x = torch.randn(args.latency_batch, 3, 32, 32)
-        for variant in ("attention", "nmf", "projective"):
+        for variant in args.variants:
             model = build(variant, patch, args)
             flops = count_flops(model, x[:1])
             ms = measure_latency(model, x, warmup=2, repeats=args.repeats,
@@ -136,12 +139,12 @@ def accuracy_part(args: argparse.Namespace) -> tuple[list[dict], dict[str, int]]
     rows = []
     for tokens in args.train_tokens:
         patch = PATCH_FOR_TOKENS[tokens]
-        for variant in ("attention", "nmf"):
+        for variant in args.train_variants:
             out = work / f"{variant}-{tokens}"
             if variant == "attention":
                 acc, seconds = attention_run(splits, patch, out, args)
             else:
-                run = run_nmf(vit(patch, args), nmf_config(args), splits, out,
+                run = run_nmf(vit(patch, args), nmf_config(args, variant), splits, out,
                               threads=args.threads, progress=False, force=True,
                               run_config={"benchmark": "nmf_vit", "tokens": tokens})
                 acc, seconds = _accuracy(run.records), _train_seconds(
@@ -159,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
                    data_dir=os.environ.get("FRUGALNN_DATA"))
     p.add_argument("--tokens", default="64,256,1024")
     p.add_argument("--train-tokens", default="64")
+    p.add_argument("--variants", default="attention,nmf,projective,ntf",
+                   help="token mixers of the cost part")
+    p.add_argument("--train-variants", default="attention,nmf,ntf",
+                   help="token mixers trained in the accuracy part")
     p.add_argument("--dim", type=int, default=96)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--heads", type=int, default=3)
@@ -176,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.tokens = [int(t) for t in args.tokens.split(",")]
     args.train_tokens = [int(t) for t in args.train_tokens.split(",") if t]
+    args.variants = [v for v in args.variants.split(",") if v]
+    args.train_variants = [v for v in args.train_variants.split(",") if v]
+    if "attention" not in args.variants:
+        args.variants.insert(0, "attention")  # the reference of every ratio
     torch.set_num_threads(args.threads)
     cost = cost_part(args)
     acc, sizes = ([], {}) if args.skip_accuracy or not args.data_dir else accuracy_part(args)
@@ -190,12 +201,14 @@ def markdown(args: argparse.Namespace, cost: list[dict], acc: list[dict],
              sizes: dict[str, int]) -> str:
     base = {r["tokens"]: r for r in cost if r["variant"] == "attention"}
     lines = [
-        results_header("ViT: NMF token mixing vs softmax attention as tokens grow"),
-        f"ViT dim {args.dim}, depth {args.depth}, {args.heads} heads; NMF rank {args.rank}, "
+        results_header("ViT: NMF / NTF token mixing vs softmax attention as tokens grow"),
+        f"ViT dim {args.dim}, depth {args.depth}, {args.heads} heads (NTF: a tokens x "
+        f"{args.dim // args.heads} channels x {args.heads} heads tensor); rank {args.rank}, "
         f"{args.steps} no-grad steps in training, {args.steps + 1} at evaluation, plus the "
         f"gradient step. Latency: batch {args.latency_batch}, median of {args.repeats}, "
-        f"{args.threads} thread. FLOPs per example (FlopCounterMode; NMF's elementwise "
-        "updates and the softmax are not counted, as for every model here).\n",
+        f"{args.threads} thread. FLOPs per example (FlopCounterMode; the elementwise "
+        "updates, Khatri-Rao products and the softmax are not counted, as for every model "
+        "here).\n",
         "| tokens | mixer | model MFLOPs | model ms (vs attention) | one mixer MFLOPs | "
         "one mixer ms (vs attention) | load |",
         "|---|---|---|---|---|---|---|",
@@ -211,7 +224,7 @@ def markdown(args: argparse.Namespace, cost: list[dict], acc: list[dict],
                   f"augmentation) on a random {sizes['train']} CIFAR-10 JPEG train images, "
                   f"tested on a random {sizes['test']} test images (validation records: "
                   f"{sizes['val']} images carved from train, seed {args.seed}); scaled down, "
-                  "so both are far from converged.",
+                  "so all are far from converged.",
                   "", "| tokens | mixer | accuracy (%) | train s |", "|---|---|---|---|"]
         lines += [f"| {r['tokens']} | {r['variant']} | {100 * r['accuracy']:.2f} | "
                   f"{r['train_seconds']:.0f} |" for r in acc]

@@ -6,8 +6,10 @@ ViT-tiny (ReLU FFNs, 32x32 CIFAR-10 images) is converted to
 mixture-of-experts (8 experts per FFN, routers trained one epoch on
 training images) and to ACM (4 learners, untrained gate); each, and the dense
 ViT, is exported to ONNX with :func:`frugalnn.export` (checked against
-PyTorch on test images at every budget) and timed on both runtimes at batch
-1 and 32, one thread, interleaved rounds. The ViT's weights are random:
+PyTorch on test images at every budget), MoE and ACM in both layouts
+(``segments``: dense parts, routers and experts as separate graphs driven by
+the runtime loop; ``one-graph``: the gather formulation), and timed on both
+runtimes at batch 1 and 32, one thread, interleaved rounds. The ViT's weights are random:
 timing does not depend on them, accuracy is not reported. Operating points:
 the MoE tau whose FFN FLOPs on validation images are closest to half the
 dense FFN's; ACM q = 0.5.
@@ -70,19 +72,25 @@ def main() -> int:
             fractions[tau] = moe.ffn_flops_fraction()
     tau = min(fractions, key=lambda t: abs(fractions[t] - 0.5))
     log(f"MoE tau {tau} ({fractions[tau]:.0%} of the dense FFN FLOPs on validation images)")
-    models = {"dense": vit, "MoE": moe, "ACM": acm}
-    points = {"dense": None, "MoE": tau, "ACM": a.acm_q}
+    # name: (eager model, layout, operating point); the eager model of a one-graph row is
+    # the same model as its segments row (its eager time is measured again, not reported).
+    rows = {"dense": (vit, "auto", None), "MoE": (moe, "segments", tau),
+            "MoE one-graph": (moe, "one-graph", tau), "ACM": (acm, "segments", a.acm_q),
+            "ACM one-graph": (acm, "one-graph", a.acm_q)}
+    models = {name: model for name, (model, _, _) in rows.items()}
     tmp = Path(tempfile.mkdtemp(prefix="runtime-dyn-"))
     runners, checks = {}, {}
-    for name, model in models.items():
-        log(f"exporting {name}")
-        res = frugalnn.export(model, tmp / name, frugalnn.ExportConfig(format="onnx", threads=1),
+    for name, (model, layout, point) in rows.items():
+        log(f"exporting {name} ({layout})")
+        folder = tmp / name.replace(" ", "_")
+        res = frugalnn.export(model, folder,
+                              frugalnn.ExportConfig(format="onnx", threads=1, layout=layout),
                               check_data=splits.test)
         checks[name] = res.check
-        runners[name] = load_exported(tmp / name, threads=1)
-        if points[name] is not None:
-            model.set_budget(points[name])
-            runners[name].set_budget(points[name])
+        runners[name] = load_exported(folder, threads=1)
+        if point is not None:
+            model.set_budget(point)
+            runners[name].set_budget(point)
     sizes = [int(s) for s in a.batch_sizes.split(",")]
     n_img = max(sizes)
     images = torch.stack([splits.test[i % len(splits.test)][0] for i in range(n_img)])
@@ -92,7 +100,8 @@ def main() -> int:
              "|---|---:|---:|---:|---:|---:|---:|"]
     for bs in sizes:
         for name in models:
-            e, o = med[(name, "eager", bs)], med[(name, "onnxruntime", bs)]
+            eager_name = name.replace(" one-graph", "")
+            e, o = med[(eager_name, "eager", bs)], med[(name, "onnxruntime", bs)]
             se = 1 - e / med[("dense", "eager", bs)]
             so = 1 - o / med[("dense", "onnxruntime", bs)]
             kept = f"{so / se:.2f}" if name != "dense" and se > 0 else "-"
@@ -105,7 +114,9 @@ def main() -> int:
                            f"{100 * c['match']:.1f} % | {c['max_abs_diff']:.2g} |")
     text = results_header("MoE and ACM on eager PyTorch and ONNX Runtime", notes=(
         f"ViT-tiny (random weights, ReLU), MoE at tau {tau} ({fractions[tau]:.0%} of the dense "
-        f"FFN FLOPs on validation images), ACM at q {a.acm_q} (untrained gate). One thread, "
+        f"FFN FLOPs on validation images), ACM at q {a.acm_q} (untrained gate). MoE / ACM: "
+        "the `segments` layout (the default for ONNX); `one-graph`: the gather formulation "
+        "in one graph (its eager figure is the same model's). One thread, "
         f"medians of {a.rounds} interleaved rounds of {a.repeats} passes over the same "
         f"{n_img} test images at every batch size (ms per batch). ONNX Runtime "
         f"{__import__('onnxruntime').__version__}, opset 17. Saving: 1 - time / the dense "

@@ -10,7 +10,9 @@ from frugalnn.cost.count import count_flops
 from frugalnn.errors import UserError
 from frugalnn.methods.lowrank.nmf import (
     NMFMixer,
+    khatri_rao,
     nmf_reconstruct,
+    ntf_reconstruct,
     projective_reconstruct,
     replace_attention,
 )
@@ -114,3 +116,119 @@ def test_vit_with_nmf_checkpoint_round_trip(tmp_path, variant: str) -> None:
     save_checkpoint(tmp_path / "ckpt", model)
     loaded = load_model(tmp_path / "ckpt")
     torch.testing.assert_close(loaded(x), ref)
+
+
+# -- NTF: non-negative CP of the tokens x channels x heads tensor -------------------------
+
+
+def _cp_tensor(n: int = 2) -> torch.Tensor:
+    torch.manual_seed(0)
+    a, b, c = torch.rand(n, 20, 3), torch.rand(n, 8, 3), torch.rand(n, 4, 3)
+    return torch.einsum("nir,njr,nkr->nijk", a, b, c)
+
+
+def _ntf_init(n: int = 2, rank: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return (F.normalize(torch.rand(n, 8, rank, generator=gen), dim=1),
+            F.normalize(torch.rand(n, 4, rank, generator=gen), dim=1))
+
+
+def test_ntf_error_decreases_on_an_exact_cp_tensor() -> None:
+    x, init = _cp_tensor(), _ntf_init()
+    errs = [_rel(ntf_reconstruct(x, init, s), x) for s in (0, 5, 50, 300)]
+    assert all(b <= a + 1e-6 for a, b in zip(errs, errs[1:]))
+    assert errs[-1] < 0.25 * errs[0]
+
+
+def test_ntf_khatri_rao_unfolding_matches_einsum() -> None:
+    # The MTTKRP as a matmul with the Khatri-Rao product is the CP contraction.
+    x, (b, c) = _cp_tensor(), _ntf_init()
+    n, i, j, k = x.shape
+    mttkrp = x.reshape(n, i, j * k) @ khatri_rao(b, c)
+    torch.testing.assert_close(mttkrp, torch.einsum("nijk,njr,nkr->nir", x, b, c))
+
+
+def test_ntf_one_step_gradient_and_factors_stay_non_negative() -> None:
+    x = _cp_tensor(1).requires_grad_()
+    y = ntf_reconstruct(x, _ntf_init(1), steps=40)
+    assert (y >= 0).all()
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+@pytest.mark.parametrize("fn", ["nmf", "projective", "ntf"])
+def test_negative_input_is_user_error_naming_its_source(fn: str) -> None:
+    if fn == "ntf":
+        x = _cp_tensor(1)
+        x[0, 3, 2, 1] = -0.5
+        with pytest.raises(UserError, match=r"ntf_reconstruct \(x\).*\[0, 3, 2, 1\].*ReLU"):
+            ntf_reconstruct(x, _ntf_init(1), 2)
+        bad_b = (-_ntf_init(1)[0], _ntf_init(1)[1])
+        with pytest.raises(UserError, match="mode-2 factor"):
+            ntf_reconstruct(_cp_tensor(1), bad_b, 2)
+        return
+    x = torch.rand(1, 8, 6)
+    x[0, 1, 2] = -1.0
+    bases = F.normalize(torch.rand(1, 8, 2), dim=1)
+    call = nmf_reconstruct if fn == "nmf" else projective_reconstruct
+    with pytest.raises(UserError, match=rf"{call.__name__} \(x\).*\[0, 1, 2\]"):
+        call(x, bases, 2)
+
+
+def test_ntf_mixer_handles_negative_block_inputs_and_trains() -> None:
+    # A transformer block's input is signed; the mixer's ReLU after proj_in makes it valid.
+    mixer = NMFMixer(32, rank=6, heads=4, variant="ntf").eval()
+    x = torch.randn(3, 10, 32) - 1.0
+    y = mixer(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    torch.testing.assert_close(mixer(x), y)
+    mixer.train()
+    mixer(x).sum().backward()
+    assert mixer.proj_in.weight.grad is not None and mixer.proj_in.weight.grad.abs().sum() > 0
+
+
+def test_ntf_rank_is_bounded_by_the_tensor() -> None:
+    NMFMixer(16, rank=16, heads=4, variant="ntf")  # R up to channels x heads
+    with pytest.raises(UserError, match="NTF rank 17"):
+        NMFMixer(16, rank=17, heads=4, variant="ntf")
+
+
+def test_ntf_flops_hand_count() -> None:
+    # tokens n, d channels per head, s heads, rank R, K eval steps (+1 gradient step).
+    n, d, s, r, k = 5, 8, 4, 4, 2
+    dim = d * s
+    mixer = NMFMixer(dim, rank=r, steps=k, eval_steps=k, heads=s, variant="ntf").eval()
+    init = 2 * n * dim * r + 2 * d * r * r + 2 * s * r * r  # X_(1) (C kr B), B^T B, C^T C
+    # per step: three MTTKRPs (n*d*s*R multiply-adds each), three denominators and
+    # three Gram matrices (R^2 per row of the updated factor each)
+    step = 3 * 2 * n * dim * r + 2 * 2 * r * r * (n + d + s)
+    out = 2 * n * dim * r  # A (C kr B)^T
+    linears = 2 * (2 * n * dim * dim)
+    assert count_flops(mixer, torch.randn(1, n, dim)) == init + (k + 1) * step + out + linears
+    f = {t: count_flops(mixer, torch.randn(1, t, dim)) for t in (16, 32, 64)}
+    assert f[64] - f[32] == 2 * (f[32] - f[16])  # linear in tokens
+
+
+def test_vit_with_ntf_checkpoint_round_trip(tmp_path) -> None:
+    model = replace_attention(_vit(), rank=4, steps=2, heads=2, variant="ntf")
+    assert all(b.attn.variant == "ntf" for b in model.blocks)
+    x = torch.randn(3, 1, 8, 8)
+    ref = model(x)
+    save_checkpoint(tmp_path / "ckpt", model)
+    loaded = load_model(tmp_path / "ckpt")
+    torch.testing.assert_close(loaded(x), ref)
+    torch.testing.assert_close(loaded.blocks[0].attn.head_bases, model.blocks[0].attn.head_bases)
+
+
+def test_ntf_from_the_cli(tmp_path) -> None:
+    from frugalnn.cli import main
+
+    out = tmp_path / "ntf"
+    argv = ["lowrank", "nmf", "--model-arg", "dim=32", "--model-arg", "depth=1",
+            "--model-arg", "heads=2", "--model-arg", "patch_size=2", "--data", "digits",
+            "--variant", "ntf", "--heads", "4", "--epochs", "1", "--rank", "6", "--steps", "2",
+            "--train-limit", "64", "--eval-limit", "32", "--latency-repeats", "2",
+            "--latency-batch-sizes", "1", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    model = load_model(out / "checkpoint")
+    assert model.blocks[0].attn.variant == "ntf" and model.blocks[0].attn.heads == 4

@@ -353,7 +353,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 def tokenizer_of_model(args: argparse.Namespace, model: str | None = None) -> None:
     """``--data textfile`` without a tokenizer, for ``--model hf:DIR`` whose directory
     holds one: tokenise with it, at most as many tokens as the model has positions
-    (``args.data`` gains ``tokenizer=DIR,max_length=N``, so the run records them).
+    (``args.data`` gains ``tokenizer=DIR,max_length=N``, so the run records them; a
+    tokenizer named without ``max_length`` gains the same limit).
     ``model`` is the model spec when it is not ``args.model`` (a checkpoint's)."""
     from frugalnn.data.catalog import split_options
 
@@ -363,17 +364,18 @@ def tokenizer_of_model(args: argparse.Namespace, model: str | None = None) -> No
         return
     base, options = split_options(data)
     directory = Path(model[3:]).expanduser().resolve()
-    if base != "textfile" or "tokenizer" in options:
+    if base != "textfile" or ("tokenizer" in options and "max_length" in options):
         return
-    if any((directory / name).is_file() for name in TOKENIZER_FILES):
-        extra = f"tokenizer={directory}"
+    if "tokenizer" in options or any((directory / name).is_file() for name in TOKENIZER_FILES):
+        extra = "" if "tokenizer" in options else f"tokenizer={directory}"
         if "max_length" not in options:  # no longer than the model's positions
             from frugalnn.models.external import external_input
 
             shape = external_input(model)["input_shape"]
             if len(shape) == 1:
-                extra += f",max_length={shape[0]}"
-        args.data = f"{data}{',' if ':' in data else ':'}{extra}"
+                extra += f"{',' if extra else ''}max_length={shape[0]}"
+        if extra:
+            args.data = f"{data}{',' if ':' in data else ':'}{extra}"
 
 
 def random_subset(dataset: Any, limit: int | None, seed: int) -> Any:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from frugalnn.cli.common import check_device, parse_model_args
+from frugalnn.cli.common import check_device, parse_model_args, tokenizer_of_model
 from frugalnn.errors import UserError
 from frugalnn.utils.rundir import MARKER, is_run_dir
 
@@ -347,6 +347,10 @@ def _train(args: argparse.Namespace, config: dict[str, Any], out: Path) -> int:
     from frugalnn.train.loop import fit
     from frugalnn.utils.rundir import mark_run
 
+    if config["model"] and config["data"]:  # hf:DIR on textfile: the directory's tokenizer
+        named = argparse.Namespace(model=config["model"], data=config["data"])
+        tokenizer_of_model(named)
+        config = {**config, "data": named.data}
     # Every rank checks before rank 0 changes anything.
     config = _prepare_run_dir(out, config, args.force, args.resume)
     _check(config)

@@ -53,6 +53,7 @@ from frugalnn.cost.bits import float_precision, model_bytes, op_flops, params_by
 from frugalnn.cost.ledger import DynamicModule
 from frugalnn.cost.ops import extra_flop_mapping, is_cheap, is_free, op_name
 from frugalnn.errors import UserError
+from frugalnn.utils.batch import call_model
 
 __all__ = [
     "CostReport",
@@ -279,8 +280,8 @@ class CostReport:
 
 
 def _call(model: nn.Module, example_input: Any) -> Any:
-    if isinstance(example_input, Mapping):
-        return model(**example_input)
+    if isinstance(example_input, Mapping):  # keywords, or one dict input of a wrapping model
+        return call_model(model, dict(example_input))
     if isinstance(example_input, (tuple, list)):
         return model(*example_input)
     return model(example_input)

@@ -72,6 +72,7 @@ def register_model(
 
 def _ensure_loaded() -> None:
     # Importing the model modules runs their @register_model decorators.
+    import frugalnn.models.capsnet  # noqa: F401
     import frugalnn.models.published  # noqa: F401  (pretrained models frugalnn did not define)
     import frugalnn.models.zoo  # noqa: F401
 

@@ -52,6 +52,8 @@ class ExportConfig:
     ``dynamic_min_match``: the same for an input-dependent model, where a row whose
     confidence sits within float error of a threshold may leave at a neighbouring exit.
     ``budgets``: the budget values checked (default: every value the model offers).
+    ``layout``: how a method lays out an input-dependent model in graphs (``auto``: the
+    method's default for the format; MoE and ACM also take ``segments`` and ``one-graph``).
     """
 
     format: str = "onnx"
@@ -65,6 +67,7 @@ class ExportConfig:
     dynamic_min_match: float = 0.99
     budgets: list[float] | None = None
     threads: int | None = None
+    layout: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in the manifest
 
     def validate(self) -> None:
@@ -191,8 +194,12 @@ def export(model: Any, out: str | os.PathLike, config: ExportConfig | None = Non
                     output_names=["logits"], opset=config.opset))
                 parts: dict[str, Any] = {"graphs": {"model": file}}
                 kind = "static"
+                if config.layout not in ("auto", "one-graph"):
+                    raise UserError(f"a static model is one graph; layout {config.layout!r} "
+                                    "is for input-dependent models")
             else:
-                parts = exporter.export_parts(model, example, config.format, tmp, config.opset)
+                parts = exporter.export_parts(model, example, config.format, tmp, config.opset,
+                                              layout=config.layout)
                 kind = exporter.KIND
         # A static export is one graph at the model's current setting; an input-dependent
         # one keeps its knob and is checked at every value.

@@ -79,7 +79,8 @@ def _quiet_stdout() -> Iterator[None]:
 
 
 def _export_bytes(module: Any, inputs: tuple, fmt: str, input_names: Sequence[str],
-                  output_names: Sequence[str], opset: int) -> bytes:
+                  output_names: Sequence[str], opset: int,
+                  row_axes: dict[str, str] | None = None) -> bytes:
     import torch
 
     buf = io.BytesIO()
@@ -87,12 +88,14 @@ def _export_bytes(module: Any, inputs: tuple, fmt: str, input_names: Sequence[st
         warnings.simplefilter("ignore")  # the exporters' deprecation and tracer notes
         if fmt == "onnx":
             require("onnx", "ONNX export")
-            axes = {n: {0: "batch"} for n in [*input_names, *output_names]}
+            axes = {n: {0: (row_axes or {}).get(n, "batch")}
+                    for n in [*input_names, *output_names]}
             with _quiet_stdout():
                 torch.onnx.export(module, inputs, buf, dynamo=False,
                                   input_names=list(input_names),
                                   output_names=list(output_names), dynamic_axes=axes,
-                                  opset_version=opset, do_constant_folding=True)
+                                  opset_version=opset, do_constant_folding=True,
+                                  custom_opsets={"frugalnn.site": 1})
         elif fmt == "exported-program":
             batch = torch.export.Dim.DYNAMIC
             shapes = tuple({0: batch} for _ in inputs)
@@ -155,8 +158,12 @@ def _culprit(module: Any, inputs: tuple, fmt: str, opset: int) -> str | None:
 def graph_bytes(module: Any, inputs: Sequence[Any], fmt: str, *,
                 input_names: Sequence[str] | None = None,
                 output_names: Sequence[str] | None = None, num_outputs: int = 1,
-                opset: int = DEFAULT_OPSET, what: str = "") -> bytes:
+                opset: int = DEFAULT_OPSET, what: str = "",
+                row_axes: dict[str, str] | None = None) -> bytes:
     """Export ``module`` called on ``inputs`` (batch-first tensors) to ``fmt``; the file's bytes.
+
+    ``row_axes``: for ONNX, the name of the first (row) axis of an input or output
+    (default ``batch`` for all: equal sizes); distinct names let inputs differ in rows.
 
     Raises one-line :class:`UserError` naming the operation and the layer that failed.
     """
@@ -170,7 +177,7 @@ def graph_bytes(module: Any, inputs: Sequence[Any], fmt: str, *,
     module.eval()
     try:
         with torch.no_grad():
-            return _export_bytes(module, inputs, fmt, input_names, output_names, opset)
+            return _export_bytes(module, inputs, fmt, input_names, output_names, opset, row_axes)
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - every exporter failure becomes one line
@@ -223,6 +230,11 @@ class OrtGraph:
         ort = require("onnxruntime")
         self.session = ort.InferenceSession(self._source, self._options,
                                             providers=self._providers)
+
+    def run_values(self, feeds: dict[str, Any]) -> list[Any]:
+        """Run on ONNX Runtime values (``OrtValue``), returning them: no copy into or out of
+        numpy, for graphs that feed one another."""
+        return list(self.session.run_with_ort_values(self.output_names, feeds))
 
     def __call__(self, *inputs: Any) -> Any:
         import torch

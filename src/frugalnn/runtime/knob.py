@@ -19,7 +19,7 @@ from torch import nn
 
 from frugalnn.errors import UserError
 
-__all__ = ["KnobHolder", "KnobRunner", "WithKnob", "knob_of_rows"]
+__all__ = ["KnobHolder", "KnobRunner", "KnobSettings", "WithKnob", "knob_of_rows"]
 
 
 class KnobHolder:
@@ -52,16 +52,14 @@ class WithKnob(nn.Module):
             self.holder.value = None
 
 
-class KnobRunner:
-    """Runs a :class:`WithKnob` export; the knob is fed with every call.
+class KnobSettings:
+    """The budget knob of an exported model whose knob is read at run time.
 
-    ``manifest["loop"]`` gives ``budget_name``, ``values`` (the sweep), ``full``
-    and the allowed ``low``/``high`` range.
+    ``loop`` (the manifest's) gives ``budget_name``, ``values`` (the sweep),
+    ``full`` and the allowed ``low``/``high`` range.
     """
 
-    def __init__(self, manifest: dict[str, Any], graphs: dict[str, Any]) -> None:
-        loop = manifest["loop"]
-        self.graph = graphs["model"]
+    def __init__(self, loop: dict[str, Any]) -> None:
         self.budget_name = str(loop["budget_name"])
         self.values = [float(v) for v in loop["values"]]
         self.full = float(loop["full"])
@@ -83,6 +81,14 @@ class KnobRunner:
             raise UserError(f"{self.budget_name} must be in [{self.low:g}, {self.high:g}] "
                             f"for this export, got {value!r}")
         self.value = v
+
+
+class KnobRunner(KnobSettings):
+    """Runs a :class:`WithKnob` export (one graph); the knob is fed with every call."""
+
+    def __init__(self, manifest: dict[str, Any], graphs: dict[str, Any]) -> None:
+        super().__init__(manifest["loop"])
+        self.graph = graphs["model"]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.graph(x, torch.full((x.shape[0],), self.value))

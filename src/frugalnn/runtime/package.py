@@ -17,7 +17,7 @@ name and never imports directly. Such a module provides::
 
     KIND: str                                      # the plugin name, written as the kind
     claims(model) -> bool                          # is this model one of mine?
-    export_parts(model, example, fmt, out_dir, opset) -> dict
+    export_parts(model, example, fmt, out_dir, opset, *, layout="auto") -> dict
         # writes the graph files into out_dir; returns {"graphs": {name: file}, "loop": {...}}
     load_runner(manifest, graphs) -> runner        # graphs: {name: callable on a runtime}
 """

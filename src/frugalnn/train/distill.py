@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from frugalnn.errors import UserError
+from frugalnn.utils.batch import call_model, logits_of
 
 
 @dataclass
@@ -149,7 +150,7 @@ class Distiller:
         """Blend ``task_loss`` with the KL and feature terms (student already ran on x)."""
         cfg = self.config
         with torch.no_grad():
-            teacher_logits = self.teacher(x)
+            teacher_logits = logits_of(call_model(self.teacher, x))
         total = task_loss
         if cfg.alpha > 0:
             if student_logits is None:

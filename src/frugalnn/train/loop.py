@@ -16,6 +16,7 @@ needs from it:
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -43,6 +44,7 @@ from frugalnn.train.checkpoint import (
     load_train_state,
     load_weights,
     save_checkpoint,
+    unwrap,
     write_json_atomic,
 )
 from frugalnn.train.distill import DistillConfig, Distiller
@@ -53,7 +55,7 @@ from frugalnn.train.schedule import (
     build_scheduler,
     lr_multiplier,
 )
-from frugalnn.utils.batch import to_device
+from frugalnn.utils.batch import call_model, logits_of, split_batch, to_device
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, torch.Tensor | None]]
 Trainable = Callable[[str], bool] | Iterable[str] | None
@@ -107,11 +109,16 @@ def fit(
     """Train ``model`` in place on ``train_loader`` for ``epochs`` epochs.
 
     Batches are ``(x, y)``; ``y`` is ``(B,)`` class ids, or ``(B, T)`` next-token
-    ids for a language model with ``(B, T, V)`` logits (``-100`` is ignored).
+    ids for a language model with ``(B, T, V)`` logits (``-100`` is ignored). A
+    dict batch holding ``"labels"`` (Hugging Face style) gives its other keys to
+    the model as keyword arguments; a model that takes ``labels`` itself (a
+    Hugging Face model) returns the loss that is minimised, its own.
     ``loss_fn(model, batch) -> (loss, logits or None)`` replaces the default
-    cross-entropy. ``schedule`` (``cosine``|``step``|``none``) advances every
-    optimizer step or every epoch (``schedule_unit``); ``warmup_epochs`` is the
-    cosine warm-up and ``step_size`` the step schedule's period, both in epochs.
+    cross-entropy (without one, a model's own ``training_loss(net, batch)`` method
+    is used when it has one: the margin loss of the capsule networks).
+    ``schedule`` (``cosine``|``step``|``none``) advances every optimizer step
+    or every epoch (``schedule_unit``); ``warmup_epochs`` is the cosine warm-up
+    and ``step_size`` the step schedule's period, both in epochs.
     ``trainable`` is a predicate on parameter names or a collection of names;
     every other parameter is frozen. ``teacher`` with ``distill`` adds
     distillation. With ``run_dir`` a checkpoint is written atomically to
@@ -119,6 +126,7 @@ def fit(
     steps) and an existing one is resumed from (``resume=False`` refuses to).
     """
     _validate(epochs, label_smoothing, grad_clip, checkpoint_every, schedule_unit, teacher, distill)
+    loss_fn = loss_fn or getattr(model, "training_loss", None)  # a model's own loss, if it has one
     device = torch.device(device) if device is not None else _model_device(model)
     env = dist_util.setup(device)
     try:
@@ -226,7 +234,7 @@ def _fit(*, model, train_loader, epochs, optimizer, lr, momentum, nesterov, weig
                 opt.zero_grad(set_to_none=True)
                 loss, logits = _forward_loss(net, batch, loss_fn, label_smoothing)
                 if distiller is not None:
-                    loss = distiller.loss(loss, logits, batch[0])
+                    loss = distiller.loss(loss, logits, _inputs_targets(batch)[0])
                 if not torch.isfinite(loss):
                     raise UserError(
                         f"loss became {loss.item()} at epoch {epoch + 1} step {state.batch + 1}; "
@@ -416,13 +424,40 @@ def _batch_size(batch: Any) -> int:
     return int(first.shape[0]) if isinstance(first, torch.Tensor) else 1
 
 
+def _inputs_targets(batch: Any) -> tuple[Any, torch.Tensor]:
+    """``(x, y)`` of a batch: an ``(inputs, targets, ...)`` sequence or a dict holding
+    ``"labels"`` (Hugging Face style; the other keys are the model's keyword inputs)."""
+    if isinstance(batch, list | tuple) and len(batch) >= 2:
+        return batch[0], batch[1]
+    if isinstance(batch, dict) and "labels" in batch:
+        return split_batch(batch)
+    raise UserError('batches must be (inputs, targets) pairs or dicts holding "labels", '
+                    "or pass a loss_fn")
+
+
+def _computes_own_loss(net: nn.Module) -> bool:
+    """True for a model whose forward takes ``labels`` and returns its loss (Hugging Face)."""
+    try:
+        params = inspect.signature(unwrap(net).forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "labels" in params
+
+
 def _forward_loss(net, batch, loss_fn, label_smoothing):
+    """(loss, logits) of one batch. A dict batch reaches the model as keyword arguments;
+    a model that takes ``labels`` (a Hugging Face model) computes its own loss, so that a
+    causal LM shifts its targets, unless ``label_smoothing`` asks for cross-entropy here."""
     if loss_fn is not None:
         return loss_fn(net, batch)
-    if not isinstance(batch, list | tuple) or len(batch) < 2:
-        raise UserError("batches must be (inputs, targets) pairs, or pass a loss_fn")
-    x, y = batch[0], batch[1]
-    logits = net(x)
+    x, y = _inputs_targets(batch)
+    if isinstance(x, dict) and not label_smoothing and _computes_own_loss(net):
+        out = call_model(net, {**x, "labels": y})
+        loss = getattr(out, "loss", None)
+        if isinstance(loss, torch.Tensor):
+            return loss, logits_of(out)
+        return cross_entropy(logits_of(out), y), logits_of(out)
+    logits = logits_of(call_model(net, x))
     return cross_entropy(logits, y, label_smoothing), logits
 
 
@@ -442,10 +477,20 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float 
 
 
 def _accuracy_counts(logits, batch) -> tuple[float, float]:
-    """(correct, counted) predictions in a batch; (0, 0) when there is nothing to score."""
-    if logits is None or not isinstance(batch, list | tuple) or len(batch) < 2:
+    """(correct, counted) predictions in a batch; (0, 0) when there is nothing to score.
+
+    Token accuracy of a dict batch is not scored: a Hugging Face causal LM's labels are
+    its inputs, shifted inside the model."""
+    if logits is None:
         return 0.0, 0.0
-    y = batch[1]
+    if isinstance(batch, dict):
+        y = batch.get("labels")
+        if logits.dim() != 2:
+            return 0.0, 0.0
+    elif isinstance(batch, list | tuple) and len(batch) >= 2:
+        y = batch[1]
+    else:
+        return 0.0, 0.0
     if not isinstance(y, torch.Tensor) or logits.dim() != y.dim() + 1:
         return 0.0, 0.0
     with torch.no_grad():

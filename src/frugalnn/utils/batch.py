@@ -16,8 +16,8 @@ import torch
 from frugalnn.errors import UserError
 
 __all__ = [
-    "batch_len", "call_model", "cat", "logits_of", "slice_batch", "split_batch", "take",
-    "to_device",
+    "batch_len", "call_model", "cat", "example_inputs", "logits_of", "slice_batch",
+    "split_batch", "take", "to_device",
 ]
 
 
@@ -115,3 +115,15 @@ def call_model(model: Any, x: Any) -> Any:
     if isinstance(x, dict) and _takes_keywords(model, x):
         return model(**x)
     return model(x)
+
+
+def example_inputs(data: Any, n: int = 1) -> Any:
+    """The inputs of the first ``n`` examples of a dataset as one batch (labels dropped):
+    a tensor, or a dict of tensors for Hugging Face style examples."""
+    from torch.utils.data import default_collate
+
+    batch = default_collate([data[i] for i in range(min(n, len(data)))])
+    if (isinstance(batch, (list, tuple)) and len(batch) == 2) or (
+            isinstance(batch, dict) and "labels" in batch):
+        return split_batch(batch)[0]
+    return batch

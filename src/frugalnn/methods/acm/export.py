@@ -1,12 +1,21 @@
-"""ACM outside PyTorch: one graph in a gather formulation, ``q`` as an input.
+"""ACM outside PyTorch, with ``q`` settable at run time.
 
 The eager :class:`ACMFFN` sorts tokens by how many learners they need and
 loops in Python over counts it reads back from the tensor, which the
-exporters refuse or freeze. The exported form gathers, for each learner
-``j``, the tokens that run it (``k > j``, found with ``nonzero``), runs the
-learner on them and adds the result back, so each learner runs on exactly
-its tokens at run time. Learner 1 runs on every token. ``q`` is a graph
-input (one value per row): at ``q = 1`` every token runs every learner, as
+exporters refuse or freeze. Two export layouts:
+
+- ``segments`` (the default for ONNX): the model is cut at its ACM layers
+  (:mod:`frugalnn.runtime.sites`). ``segment<s>`` graphs hold the dense parts
+  between layers and end with each layer's gate, ``parts<k>`` holds the
+  learners of layer ``k`` (one input and output per learner, each its own
+  number of rows). The runner picks each token's learner count from the gate
+  and ``q`` in the loop, gathers the rows of each learner, runs ``parts<k>``
+  once and adds the outputs back.
+- ``one-graph`` (the only layout for the torch formats): per learner ``j``,
+  the tokens that run it (``k > j``, found with ``nonzero``) are gathered, run
+  and added back; ``q`` is a graph input with one value per row.
+
+Learner 1 runs on every token. At ``q = 1`` every token runs every learner, as
 in the dense path.
 """
 
@@ -24,11 +33,19 @@ from frugalnn.methods.acm.convert import ACMModel
 from frugalnn.methods.acm.module import ACMFFN
 from frugalnn.runtime.graphs import SUFFIX, graph_bytes
 from frugalnn.runtime.knob import KnobHolder, KnobRunner, WithKnob, knob_of_rows
+from frugalnn.runtime.sites import (
+    SiteLoop,
+    SiteMarker,
+    exporting_sites,
+    pack_parts,
+    partition,
+)
 from frugalnn.utils.io import write_bytes_atomic
 
-__all__ = ["KIND", "claims", "export_parts", "load_runner"]
+__all__ = ["ACMSiteRunner", "KIND", "LAYOUTS", "claims", "export_parts", "load_runner"]
 
 KIND = "acm"
+LAYOUTS = ("segments", "one-graph")
 
 
 class _GatherACM(nn.Module):
@@ -69,12 +86,89 @@ def _swap(module: nn.Module, q: KnobHolder) -> None:
             _swap(child, q)
 
 
+class _Learners(nn.Module):
+    """The learners of one layer: ``x_j (rows_j, dim) -> learner j's output (rows_j, out)``,
+    its output bias included."""
+
+    def __init__(self, layer: ACMFFN) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        m = self.layer
+        return tuple(torch.addmm(m.b2[j], m.hidden(x, j), m.w2[j]) for j, x in enumerate(xs))
+
+
+def _check_layout(layout: str, fmt: str) -> str:
+    if layout == "auto":
+        return "segments" if fmt == "onnx" else "one-graph"
+    if layout not in LAYOUTS:
+        raise UserError(f"unknown layout {layout!r} for an ACM export; use "
+                        f"auto, {', '.join(LAYOUTS)}")
+    if layout == "segments" and fmt != "onnx":
+        raise UserError("the 'segments' layout is made for ONNX; use layout 'one-graph' for "
+                        f"{fmt}")
+    return layout
+
+
+def _loop(model: nn.Module) -> dict[str, Any]:
+    values = model.budget_values() if hasattr(model, "budget_values") else [1.0]
+    return {"budget_name": "q", "values": list(values), "full": 1.0, "low": 0.0, "high": 1.0}
+
+
+def _gate_logits(layer: ACMFFN) -> Any:
+    return lambda x: layer.gate(x).float()
+
+
+@torch.no_grad()
+def _export_segments(model: nn.Module, example: torch.Tensor, out_dir: Path,
+                     opset: int) -> dict[str, Any]:
+    copied = copy.deepcopy(model).eval()
+    markers: list[SiteMarker] = []
+
+    def swap(module: nn.Module) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, ACMFFN):
+                marker = SiteMarker(child, _gate_logits(child), len(markers), child.out_dim)
+                markers.append(marker)
+                setattr(module, name, marker)
+            else:
+                swap(child)
+
+    swap(copied)
+    with exporting_sites(markers):
+        whole = graph_bytes(copied, (example,), "onnx", input_names=["input"],
+                            output_names=["logits"], opset=opset, what="ACM model")
+    segments, plan = partition(whole)
+    graphs: dict[str, str] = {}
+    for s, seg in enumerate(segments):
+        if seg is not None:
+            graphs[f"segment{s}"] = f"segment{s}.onnx"
+            write_bytes_atomic(out_dir / graphs[f"segment{s}"], seg)
+    for k, site in enumerate(plan["sites"]):
+        layer = markers[site["index"]].layer
+        n = layer.num_learners
+        xs = tuple(example.new_zeros(2 + i, layer.dim).normal_() for i in range(n))
+        names, outs = [f"x{i}" for i in range(n)], [f"y{i}" for i in range(n)]
+        axes = {v: f"rows{i}" for group in (names, outs) for i, v in enumerate(group)}
+        graphs[f"parts{k}"] = f"parts{k}.onnx"
+        write_bytes_atomic(out_dir / graphs[f"parts{k}"], pack_parts(graph_bytes(
+            _Learners(layer).eval(), xs, "onnx", input_names=names, output_names=outs,
+            num_outputs=n, opset=opset, what=f"learners of ACM layer {layer.name!r}",
+            row_axes=axes), torch.zeros(layer.out_dim)))
+    loop = _loop(model) | {"layout": "segments", "plan": plan}
+    return {"graphs": graphs, "loop": loop, "budget_name": "q"}
+
+
 @torch.no_grad()
 def export_parts(model: nn.Module, example: torch.Tensor, fmt: str, out_dir: Path,
-                 opset: int) -> dict[str, Any]:
+                 opset: int, *, layout: str = "auto") -> dict[str, Any]:
+    """Write the graphs of ``layout`` (``auto``: ``segments`` for ONNX, else ``one-graph``)."""
     layers = [m for m in model.modules() if isinstance(m, ACMFFN)]
     if any(m.mode != "infer" for m in layers):
         raise UserError("ACM export needs the layers in 'infer' mode (not a training mode)")
+    if _check_layout(layout, fmt) == "segments":
+        return _export_segments(model, example, out_dir, opset)
     holder = KnobHolder()
     copied = copy.deepcopy(model).eval()
     _swap(copied, holder)
@@ -84,10 +178,28 @@ def export_parts(model: nn.Module, example: torch.Tensor, fmt: str, out_dir: Pat
     write_bytes_atomic(out_dir / file, graph_bytes(
         wrapped, (example, q_in), fmt, input_names=["input", "q"], output_names=["logits"],
         opset=opset, what="ACM model"))
-    values = model.budget_values() if hasattr(model, "budget_values") else [1.0]
-    loop = {"budget_name": "q", "values": list(values), "full": 1.0, "low": 0.0, "high": 1.0}
+    loop = _loop(model) | {"layout": "one-graph"}
     return {"graphs": {"model": file}, "loop": loop, "budget_name": "q"}
 
 
-def load_runner(manifest: dict[str, Any], graphs: dict[str, Any]) -> KnobRunner:
+class ACMSiteRunner(SiteLoop):
+    """The ``segments`` layout: learner ``j`` runs on the rows whose count ``k`` exceeds ``j``
+    (``last_rows[k]``: the rows each learner of layer ``k`` ran in the last call)."""
+
+    def __init__(self, manifest: dict[str, Any], graphs: dict[str, Any]) -> None:
+        super().__init__(manifest, graphs, self._choose)
+
+    @staticmethod
+    def _choose(k: int, logits: torch.Tensor, q: float) -> torch.Tensor:
+        n = logits.shape[-1]
+        if q >= 1.0:
+            return torch.ones(logits.shape, dtype=torch.bool)
+        cum = logits.float().softmax(-1).cumsum(-1)
+        count = ((cum < q).sum(-1) + 1).clamp(max=n)
+        return count.unsqueeze(1) > torch.arange(n)
+
+
+def load_runner(manifest: dict[str, Any], graphs: dict[str, Any]) -> Any:
+    if manifest["loop"].get("layout") == "segments":
+        return ACMSiteRunner(manifest, graphs)
     return KnobRunner(manifest, graphs)

@@ -23,7 +23,7 @@ from torch import nn
 from frugalnn.errors import UserError
 from frugalnn.methods.binary.layers import BinaryConv2d, BinaryLayer, BinaryLinear
 from frugalnn.transforms import record_transform, register_transform
-from frugalnn.utils.batch import split_batch
+from frugalnn.utils.batch import call_model, split_batch, to_device
 
 __all__ = ["TRANSFORM", "binary_layers", "binarize_layers", "calibrate_thresholds",
            "eligible_layers", "pack_model"]
@@ -122,7 +122,7 @@ def calibrate_thresholds(model: nn.Module, batch: Any, device: str | torch.devic
     was_training = model.training
     try:
         model.eval()
-        model(x.to(device))
+        call_model(model, to_device(x, device))
     finally:
         for h in handles:
             h.remove()

@@ -114,8 +114,11 @@ def _tensor_list(t: torch.Tensor) -> list:
 
 @torch.no_grad()
 def export_parts(model: EarlyExitModel, example: torch.Tensor, fmt: str, out_dir: Path,
-                 opset: int) -> dict[str, Any]:
+                 opset: int, *, layout: str = "auto") -> dict[str, Any]:
     """Write the segments, the final part and the whole backbone; return the manifest part."""
+    if layout not in ("auto", "segments"):
+        raise UserError(f"early exits are exported as segments; layout {layout!r} does not "
+                        "apply to them")
     model.eval()
     blocks_with_dynamic = [b for b, block in enumerate(model.backbone.blocks)
                            if any(isinstance(m, DynamicModule) for m in block.modules())]

@@ -48,7 +48,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _targeting(p: argparse.ArgumentParser) -> None:
     add_model_argument(p, "registry model (resnet56, cnn_small, vit_tiny, ...)")
-    p.add_argument("--method", required=True, choices=("cp", "tucker", "tt", "svd"))
+    p.add_argument("--method", required=True, choices=("cp", "tucker", "tt", "svd",
+                                                          "tucker-nl", "tt-nl", "svd-nl"))
     p.add_argument("--target", default="flops=2",
                    help="rank=R | flops=X | params=X | energy=E | vbmf | latency=F "
                         "(default flops=2)")
@@ -91,6 +92,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "and cost studies only; the run says so in its config and report")
     _common(c)
     c.add_argument("--finetune-epochs", type=int, default=1)
+    c.add_argument("--layerwise-steps", type=int, help="steps fitting each factorised layer "
+                   "to its original before fine-tuning (default 200 for *-nl methods, else 0)")
     c.add_argument("--lr", type=float, help="fine-tuning learning rate (default 0.01; 0.001 "
                    "for cp, whose factors diverged at 0.01 in benchmarks/results/lowrank.md)")
     c.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
@@ -111,7 +114,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.add_argument("--steps", type=int, default=6, help="no-grad updates in training")
     n.add_argument("--eval-steps", type=int, help="updates at evaluation (default steps+1)")
     n.add_argument("--heads", type=int, default=1)
-    n.add_argument("--variant", default="nmf", choices=("nmf", "projective"))
+    n.add_argument("--variant", default="nmf", choices=("nmf", "projective", "ntf"))
     n.add_argument("--epochs", type=int, default=10)
     n.add_argument("--lr", type=float, default=1e-3)
     n.set_defaults(func=_nmf)
@@ -172,6 +175,7 @@ def compress_config(args: argparse.Namespace) -> Any:
         method=args.method, target=args.target, depthwise=args.depthwise,
         include=args.include, exclude=args.exclude, layer_targets=args.layer_target,
         rank_multiple=args.rank_multiple, finetune_epochs=args.finetune_epochs, lr=args.lr,
+        layerwise_steps=args.layerwise_steps,
         optimizer=args.optimizer, alpha=args.alpha, batch_size=args.batch_size,
         latency_batch=args.latency_batch, latency_batch_sizes=_sizes(args),
         latency_repeats=args.latency_repeats, seed=args.seed)

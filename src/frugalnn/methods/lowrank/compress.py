@@ -15,7 +15,11 @@ much a rank costs in time and in accuracy, so one ratio everywhere is rarely
 the best plan (ResNet-56 measurements on a 2-core AMD EPYC, 2026-12-02).
 
 Eligible layers: for ``cp``/``tucker``/``tt``, ``Conv2d`` with a kernel larger
-than 1x1 and ``groups=1``; for ``svd``, ``Linear`` and 1x1 ``Conv2d``. A model
+than 1x1 and ``groups=1``, and capsule transformations
+(:mod:`frugalnn.methods.lowrank.capsule`, always by the linear chain); for ``svd``,
+``Linear`` and 1x1 ``Conv2d``; a nonlinear
+method (``tt-nl``, :mod:`frugalnn.methods.lowrank.nonlinear`) takes its linear one's
+layers and ranks. A model
 with none, or a target under which no layer gets cheaper, is a ``UserError``.
 
 The compressed model also gets a run-time knob, ``rank_fraction``: every chain
@@ -35,7 +39,9 @@ import torch
 from torch import nn
 
 from frugalnn.errors import UserError
+from frugalnn.methods.lowrank import capsule
 from frugalnn.methods.lowrank import layers as L
+from frugalnn.methods.lowrank import nonlinear as NL
 from frugalnn.methods.lowrank.geometry import ConvSpec, linear_spec
 from frugalnn.methods.lowrank.rank import Criterion, chain_cost, dense_cost, select_ranks
 from frugalnn.transforms import record_transform, register_transform
@@ -51,11 +57,13 @@ class LayerTarget:
 
     name: str
     module: nn.Module
-    spec: ConvSpec
+    spec: ConvSpec | capsule.CapsuleSpec
     hw: tuple[int, int]  # input (h, w) of a conv; (tokens, 1) of a Linear
 
     @property
     def kind(self) -> str:
+        if isinstance(self.spec, capsule.CapsuleSpec):
+            return "capsule"
         return "linear" if isinstance(self.module, nn.Linear) else "conv"
 
 
@@ -81,6 +89,8 @@ class LayerPlan:
 
 
 def _eligible(module: nn.Module, method: str) -> bool:
+    if capsule.is_capsule_layer(module):
+        return method in capsule.METHODS
     if isinstance(module, nn.Linear):
         return method == "svd"
     if not isinstance(module, nn.Conv2d) or module.groups != 1:
@@ -101,13 +111,15 @@ def find_layers(model: nn.Module, method: str, example_input: Any,
     ``include``/``exclude`` are shell-style patterns on module names
     (``blocks.*.conv1``); one example of ``example_input`` is run to see sizes.
     """
-    if method not in L.METHODS:
-        raise UserError(f"unknown method {method!r}; choose one of {', '.join(L.METHODS)}")
+    if method not in L.METHODS + NL.METHODS:
+        raise UserError(f"unknown method {method!r}; choose one of "
+                        f"{', '.join(L.METHODS + NL.METHODS)}")
     # Layers inside an existing chain are already factors: never factorise them again.
     chains = [n + "." for n, m in model.named_modules() if isinstance(m, L.FactorizedLayer)]
     found = {
         name: m for name, m in model.named_modules()
-        if name and _eligible(m, method) and (include is None or _matches(name, include))
+        if name and _eligible(m, NL.linear_method(method))
+        and (include is None or _matches(name, include))
         and not _matches(name, exclude) and not any(name.startswith(c) for c in chains)
     }
     sizes: dict[str, tuple[int, int]] = {}
@@ -117,6 +129,8 @@ def find_layers(model: nn.Module, method: str, example_input: Any,
             x = inputs[0]
             if isinstance(module, nn.Conv2d):
                 sizes[name] = (int(x.shape[-2]), int(x.shape[-1]))
+            elif not isinstance(module, nn.Linear):  # a capsule layer: sizes in its geometry
+                sizes[name] = (1, 1)
             else:
                 sizes[name] = (max(1, x.numel() // (x.shape[0] * module.in_features)), 1)
         return fn
@@ -135,8 +149,7 @@ def find_layers(model: nn.Module, method: str, example_input: Any,
     for name, m in found.items():
         if name not in sizes:
             continue  # never called in forward: nothing to gain
-        spec = linear_spec(m) if isinstance(m, nn.Linear) else ConvSpec.of(m, name)
-        targets.append(LayerTarget(name, m, spec, sizes[name]))
+        targets.append(LayerTarget(name, m, _spec(m, name), sizes[name]))
     return targets
 
 
@@ -165,10 +178,20 @@ def _first_example(x: Any) -> Any:
     return x
 
 
+def _spec(m: nn.Module, name: str) -> ConvSpec | capsule.CapsuleSpec:
+    if capsule.is_capsule_layer(m):
+        return capsule.CapsuleSpec.of(m)
+    return linear_spec(m) if isinstance(m, nn.Linear) else ConvSpec.of(m, name)
+
+
 def _build(target: LayerTarget, method: str, ranks: tuple[int, ...], depthwise: str,
            from_weights: bool) -> nn.Module:
     opts = {"depthwise": depthwise} if method == "cp" else {}
     m = target.module
+    if isinstance(target.spec, capsule.CapsuleSpec):
+        return capsule.factorise(m, NL.linear_method(method), ranks, from_weights)
+    if NL.is_nonlinear(method):
+        return NL.build(m, method, ranks, from_weights)
     if isinstance(m, nn.Linear):
         if from_weights:
             return L.SVDLinear.from_linear(m, ranks[0])
@@ -182,14 +205,23 @@ def _build(target: LayerTarget, method: str, ranks: tuple[int, ...], depthwise: 
 def plan_row(target: LayerTarget, method: str, ranks: tuple[int, ...] | None, reason: str,
              depthwise: str = "separable") -> LayerPlan:
     s = target.spec
+    if isinstance(s, capsule.CapsuleSpec):
+        dp, df = s.dense_params(), s.dense_flops()
+        if ranks is None:
+            return LayerPlan(target.name, target.kind, s.describe(), None, reason, dp, df, dp, df)
+        lin = NL.linear_method(method)
+        return LayerPlan(target.name, target.kind, s.describe(), tuple(ranks), reason, dp, df,
+                         capsule.chain_params(lin, s, ranks), capsule.chain_flops(lin, s, ranks))
     shape = f"{s.in_channels}->{s.out_channels} k{s.kernel[0]}x{s.kernel[1]} s{s.stride[0]}"
     dp, df = dense_cost(s, target.hw, "params"), dense_cost(s, target.hw, "flops")
     if ranks is None:
         return LayerPlan(target.name, target.kind, shape, None, reason, dp, df, dp, df)
+    lin = NL.linear_method(method)  # a nonlinear chain: the linear one's costs + its kinks
     return LayerPlan(
         target.name, target.kind, shape, tuple(ranks), reason, dp, df,
-        chain_cost(method, s, ranks, target.hw, "params", depthwise),
-        chain_cost(method, s, ranks, target.hw, "flops", depthwise),
+        chain_cost(lin, s, ranks, target.hw, "params", depthwise)
+        + NL.extra_params(method, s, tuple(ranks)),
+        chain_cost(lin, s, ranks, target.hw, "flops", depthwise),
     )
 
 
@@ -223,8 +255,9 @@ def compress_model(
         raise UserError("a latency target chooses every rank itself; drop --layer-target and "
                         "--rank-multiple, or use a flops/params target")
     targets = find_layers(model, method, example_input, include, exclude)
+    lin = NL.linear_method(method)  # ranks of a nonlinear chain are its linear chain's
     if not targets:
-        kinds = "Linear or 1x1 Conv2d" if method == "svd" else "KxK Conv2d (K>1, groups=1)"
+        kinds = "Linear or 1x1 Conv2d" if lin == "svd" else "KxK Conv2d (K>1, groups=1)"
         raise UserError(
             f"{type(model).__name__} has nothing to factorise with --method {method}: no {kinds} "
             "layer is used in its forward pass; try another method"
@@ -237,14 +270,23 @@ def compress_model(
     if crit.kind == "latency":
         from frugalnn.methods.lowrank.latency_select import choose_ranks
 
-        chosen = choose_ranks(model, targets, method, crit.value, example_input,
+        caps = [t.name for t in targets if t.kind == "capsule"]
+        if caps:
+            raise UserError(f"a latency target chooses convolution ranks only; leave capsule "
+                            f"layer {caps[0]!r} out (--exclude) or give a flops/params target")
+
+        chosen = choose_ranks(model, targets, lin, crit.value, example_input,
                               depthwise=depthwise, **(latency or {}))
     else:
         chosen = {}
         for t in targets:
             layer_crit = next((c for pat, c in overrides if fnmatch.fnmatchcase(t.name, pat)), crit)
-            ranks = select_ranks(method, t.spec, t.module.weight, t.hw, layer_crit, depthwise,
-                                 rank_multiple)
+            if isinstance(t.spec, capsule.CapsuleSpec):
+                ranks = capsule.select_ranks(lin, t.spec, t.module.weight, layer_crit,
+                                             rank_multiple)
+            else:
+                ranks = select_ranks(lin, t.spec, t.module.weight, t.hw, layer_crit,
+                                     depthwise, rank_multiple)
             aligned = rank_multiple > 1 and layer_crit.kind in ("flops", "params")
             label = f"{layer_crit}" + (f", multiple of {rank_multiple}" if aligned else "")
             chosen[t.name] = (ranks, label if ranks else f"not cheaper under {layer_crit}", {})
@@ -282,8 +324,7 @@ def rebuild_lowrank(model: nn.Module, method: str, layers: dict[str, list[int]],
                 f"checkpoint names layer {name!r}, which this model does not have; "
                 "was it saved from another model?"
             ) from None
-        spec = linear_spec(module) if isinstance(module, nn.Linear) else ConvSpec.of(module, name)
-        target = LayerTarget(name, module, spec, (1, 1))
+        target = LayerTarget(name, module, _spec(module, name), (1, 1))
         layer = _build(target, method, tuple(ranks), depthwise, False).train(module.training)
         model.set_submodule(name, layer)
     attach_rank_knob(model)

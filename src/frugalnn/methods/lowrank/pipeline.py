@@ -54,12 +54,15 @@ def compress_and_finetune(
     exclude: list[str] | None = None, latency: dict[str, Any] | None = None,
     layer_targets: list[str] | None = None, rank_multiple: int = 1,
     device: str | torch.device = "cpu", seed: int = 0, progress: bool = True,
-    eval_loader: Iterable[Any] | None = None,
+    eval_loader: Iterable[Any] | None = None, layerwise: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, list[LayerPlan], dict[str, Any]]:
     """A factorised, fine-tuned copy of ``teacher`` with its plan and training history.
 
     ``teacher`` itself is left as it was; ``eval_loader`` (a validation split)
-    is scored after every fine-tuning epoch into the history.
+    is scored after every fine-tuning epoch into the history. ``layerwise``
+    (options of :func:`frugalnn.methods.lowrank.nonlinear.distill_layers`, e.g.
+    ``{"steps": 200}``) first fits each factorised layer to its original on
+    ``train_loader`` batches.
     """
     from frugalnn.train import fit
     from frugalnn.train.distill import DistillConfig
@@ -71,6 +74,11 @@ def compress_and_finetune(
                                    latency=latency, layer_targets=layer_targets,
                                    rank_multiple=rank_multiple)
     history: dict[str, Any] = {}
+    if layerwise and layerwise.get("steps", 1) > 0 and train_loader is not None:
+        from frugalnn.methods.lowrank.nonlinear import distill_layers
+
+        history["layerwise"] = distill_layers(teacher, student, train_loader, device=device,
+                                              **layerwise)
     if finetune_epochs > 0 and train_loader is not None:
         frozen = [p for p in teacher.parameters() if p.requires_grad]
         for p in frozen:
@@ -83,7 +91,7 @@ def compress_and_finetune(
         finally:
             for p in frozen:
                 p.requires_grad_(True)
-        history = {"finetune": result.history}
+        history["finetune"] = result.history
     return student.eval(), plan, history
 
 
@@ -105,6 +113,8 @@ def layer_latencies(original: nn.Module, compressed: nn.Module, plan: list[Layer
         w, hw = dense.weight, row.extra["input_hw"]
         if isinstance(dense, nn.Linear):
             x = torch.randn(batch_size, hw[0], w.shape[1], device=device)
+        elif row.kind == "capsule":  # (B, in_caps, in_dim) poses
+            x = torch.randn(batch_size, dense.in_caps, dense.in_dim, device=device)
         else:
             x = torch.randn(batch_size, w.shape[1], *hw, device=device)
         row.extra["dense_ms"] = _time(dense, x, warmup, repeats, threads)

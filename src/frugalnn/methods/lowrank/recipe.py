@@ -47,7 +47,7 @@ __all__ = [
     "run_nmf",
 ]
 
-METHODS = ("svd", "cp", "tucker", "tt")
+METHODS = ("svd", "cp", "tucker", "tt", "svd-nl", "tucker-nl", "tt-nl")
 OPTIMIZERS = ("sgd", "adamw")
 
 #: What the config, the extras and the report say of a model compressed from random weights.
@@ -68,13 +68,18 @@ class LowRankConfig:
     """Every knob of ``frugalnn lowrank compress``, with the command's defaults.
 
     ``method``: ``svd`` (Linear and 1x1 conv), ``cp``, ``tucker``, ``tt`` (KxK
-    convs). ``target``: ``rank=R``, ``flops=X``, ``params=X``, ``energy=E``,
+    convs); ``svd-nl``, ``tucker-nl``, ``tt-nl``: the same chains with a learnable
+    nonlinearity between factors (:mod:`frugalnn.methods.lowrank.nonlinear`).
+    ``target``: ``rank=R``, ``flops=X``, ``params=X``, ``energy=E``,
     ``vbmf`` or ``latency=F`` (see :mod:`frugalnn.methods.lowrank.rank`).
     ``layer_targets``: ``"PATTERN:TARGET"`` overrides (first match wins).
     ``lr=None`` means 0.001 for ``cp`` (whose factors diverged at 0.01) and 0.01
     otherwise. ``latency_batch`` is the batch size of the layer timing table of
     a ``latency=F`` target; ``latency_batch_sizes`` / ``latency_repeats`` are
-    those of the run's evaluation and comparison tables.
+    those of the run's evaluation and comparison tables. ``layerwise_steps``:
+    Adam steps (at ``layerwise_lr``) fitting each factorised layer to its original
+    on training batches before fine-tuning; ``None`` means 200 for the nonlinear
+    methods and 0 for the linear ones.
     """
 
     method: str = "tucker"
@@ -85,6 +90,8 @@ class LowRankConfig:
     layer_targets: list[str] | None = None
     rank_multiple: int = 1
     finetune_epochs: int = 1
+    layerwise_steps: int | None = None
+    layerwise_lr: float = 1e-3
     lr: float | None = None
     optimizer: str = "sgd"
     weight_decay: float = 5e-4
@@ -112,6 +119,10 @@ class LowRankConfig:
             raise UserError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
         if self.lr is not None and self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.layerwise_steps is not None and self.layerwise_steps < 0:
+            raise UserError(f"--layerwise-steps must be >= 0, got {self.layerwise_steps}")
+        if self.layerwise_lr <= 0:
+            raise UserError(f"--layerwise-lr must be positive, got {self.layerwise_lr}")
         if not 0.0 <= self.alpha <= 1.0:
             raise UserError(f"--alpha must be in [0, 1], got {self.alpha}")
         for value, name in ((self.rank_multiple, "--rank-multiple"),
@@ -128,6 +139,15 @@ class LowRankConfig:
         if self.lr is not None:
             return self.lr
         return 1e-3 if self.method == "cp" else 1e-2
+
+    @property
+    def layerwise(self) -> int:
+        """Layer-wise distillation steps (``layerwise_steps``, or the method's default)."""
+        from frugalnn.methods.lowrank.nonlinear import DEFAULT_LAYERWISE_STEPS, is_nonlinear
+
+        if self.layerwise_steps is not None:
+            return self.layerwise_steps
+        return DEFAULT_LAYERWISE_STEPS if is_nonlinear(self.method) else 0
 
     @property
     def label(self) -> str:
@@ -153,8 +173,8 @@ class NMFConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.variant not in ("nmf", "projective"):
-            raise UserError(f"unknown NMF variant {self.variant!r}; use nmf or projective")
+        if self.variant not in ("nmf", "projective", "ntf"):
+            raise UserError(f"unknown NMF variant {self.variant!r}; use nmf, projective or ntf")
         if self.epochs < 0:
             raise UserError(f"--epochs must be >= 0, got {self.epochs}")
         for value, name in ((self.rank, "--rank"), (self.steps, "--steps"),
@@ -185,21 +205,15 @@ class LowRankRun:
 # -- the steps ----------------------------------------------------------------------------
 
 
-def _first_input(data: Any) -> torch.Tensor | None:
-    if data is None or len(data) == 0:
-        return None
-    item = data[0]
-    x = item[0] if isinstance(item, (tuple, list)) else item
-    return torch.as_tensor(x).unsqueeze(0)
-
-
-def example_input(model: nn.Module, *datasets: Any) -> torch.Tensor:
+def example_input(model: nn.Module, *datasets: Any) -> Any:
     """One input batch for tracing ``model``: the first example of the first dataset
-    given, else a random input of the registry model's shape."""
+    given (a dict of tensors for Hugging Face style examples), else a random input of
+    the registry model's shape."""
+    from frugalnn.utils.batch import example_inputs
+
     for data in datasets:
-        x = _first_input(data)
-        if x is not None:
-            return x
+        if data is not None and len(data) > 0:
+            return example_inputs(data)
     spec = getattr(model, "frugalnn_spec", None) or {}
     shape = (spec.get("kwargs") or {}).get("input_shape")
     if shape is None and spec.get("name"):
@@ -213,7 +227,7 @@ def example_input(model: nn.Module, *datasets: Any) -> torch.Tensor:
 
 def compress(
     model: nn.Module, config: LowRankConfig, *, train_data: Dataset | None = None,
-    val_data: Dataset | None = None, example: torch.Tensor | None = None,
+    val_data: Dataset | None = None, example: Any = None,
     device: str | torch.device = "cpu", threads: int | None = None, progress: bool = False,
 ) -> tuple[nn.Module, list[Any], dict[str, Any]]:
     """The factorised (and, with data and ``finetune_epochs``, fine-tuned) copy of
@@ -225,7 +239,7 @@ def compress(
         example = example_input(model, train_data, val_data)
     tune = config.finetune_epochs > 0 and train_data is not None
     train_loader = (seeded_loader(train_data, config.batch_size, config.seed, shuffle=True)
-                    if tune else None)
+                    if train_data is not None and (tune or config.layerwise) else None)
     val_loader = (seeded_loader(val_data, config.batch_size, config.seed, shuffle=False)
                   if tune and val_data is not None else None)
     torch.manual_seed(config.seed)
@@ -238,12 +252,13 @@ def compress(
         latency={"batch_size": config.latency_batch, "device": str(device), "threads": threads},
         layer_targets=config.layer_targets, rank_multiple=config.rank_multiple,
         device=device, seed=config.seed, progress=progress, eval_loader=val_loader,
+        layerwise={"steps": config.layerwise, "lr": config.layerwise_lr},
     )
 
 
 def lowrank(
     model: nn.Module, config: LowRankConfig | None = None, *, train_data: Dataset | None = None,
-    val_data: Dataset | None = None, example_input: torch.Tensor | None = None,
+    val_data: Dataset | None = None, example_input: Any = None,
     device: str | torch.device = "cpu", progress: bool = False,
 ) -> nn.Module:
     """A low-rank copy of ``model`` (the original is left as it was).

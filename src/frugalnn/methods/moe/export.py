@@ -1,14 +1,25 @@
-"""Mixture-of-experts outside PyTorch: one graph in a gather formulation, tau as an input.
+"""Mixture-of-experts outside PyTorch, with ``tau`` settable at run time.
 
 The eager :class:`MoEFFN` branches in Python on how many tokens each expert
 got, which ``torch.export`` refuses (GuardOnDataDependentSymNode) and a
-tracer would freeze. The exported form has no such branch: per expert, the
-tokens routed to it are found with ``nonzero``, gathered, run through the
-expert and added back (``index_select`` / ``index_add``), so an expert runs
-on exactly its tokens at run time, in ONNX Runtime as in PyTorch. The
-threshold ``tau`` is a graph input (one value per row), so the knob stays
-settable: at ``tau = 1`` every expert runs on every token, as in the dense
-path. Routing mode ``topk`` is not exported (its ``k`` would be a constant).
+tracer would freeze. Two export layouts:
+
+- ``segments`` (the default for ONNX): the model is cut at its MoE layers
+  (:mod:`frugalnn.runtime.sites`). ``segment<s>`` graphs hold the dense parts
+  between layers and end with each layer's router, ``parts<k>`` holds the
+  experts of layer ``k`` (one input and output per expert, each its own
+  number of rows). The runner picks each token's experts from the router
+  scores and ``tau`` in the loop, gathers each expert's rows, runs
+  ``parts<k>`` once on exactly those rows and adds the outputs back. On ONNX
+  Runtime this keeps most of the eager saving, where the one-graph layout
+  loses all of it (benchmarks/results/runtime_dynamic.md).
+- ``one-graph`` (the only layout for the torch formats): a gather
+  formulation in one graph: per expert, the tokens routed to it are found
+  with ``nonzero``, gathered, run and added back (``index_select`` /
+  ``index_add``); ``tau`` is a graph input with one value per row.
+
+In both, at ``tau = 1`` every expert runs on every token, as in the dense
+path. Routing mode ``topk`` is not exported.
 """
 
 from __future__ import annotations
@@ -23,13 +34,22 @@ from torch import nn
 from frugalnn.errors import UserError
 from frugalnn.methods.moe.convert import MoEModel
 from frugalnn.methods.moe.layer import MoEFFN
+from frugalnn.methods.moe.router import select_dynamic_k
 from frugalnn.runtime.graphs import SUFFIX, graph_bytes
 from frugalnn.runtime.knob import KnobHolder, KnobRunner, WithKnob, knob_of_rows
+from frugalnn.runtime.sites import (
+    SiteLoop,
+    SiteMarker,
+    exporting_sites,
+    pack_parts,
+    partition,
+)
 from frugalnn.utils.io import write_bytes_atomic
 
-__all__ = ["KIND", "claims", "export_parts", "load_runner"]
+__all__ = ["KIND", "LAYOUTS", "MoESiteRunner", "claims", "export_parts", "load_runner"]
 
 KIND = "moe"
+LAYOUTS = ("segments", "one-graph")
 
 
 class _GatherMoE(nn.Module):
@@ -70,13 +90,90 @@ def _swap(module: nn.Module, tau: KnobHolder) -> None:
             _swap(child, tau)
 
 
+class _Experts(nn.Module):
+    """The experts of one layer: ``x_e (rows_e, dim) -> expert e's output (rows_e, out)``
+    without the output bias (added once per token by the runner)."""
+
+    def __init__(self, layer: MoEFFN) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        m, s = self.layer, self.layer.expert_size
+        return tuple(m.hidden(x, slice(e * s, (e + 1) * s)) @ m.fc2_weight_t[e * s:(e + 1) * s]
+                     for e, x in enumerate(xs))
+
+
+def _check_layout(layout: str, fmt: str) -> str:
+    if layout == "auto":
+        return "segments" if fmt == "onnx" else "one-graph"
+    if layout not in LAYOUTS:
+        raise UserError(f"unknown layout {layout!r} for a mixture-of-experts export; use "
+                        f"auto, {', '.join(LAYOUTS)}")
+    if layout == "segments" and fmt != "onnx":
+        raise UserError("the 'segments' layout is made for ONNX; use layout 'one-graph' for "
+                        f"{fmt}")
+    return layout
+
+
+def _loop(model: nn.Module) -> dict[str, Any]:
+    values = model.budget_values() if hasattr(model, "budget_values") else [1.0]
+    return {"budget_name": "tau", "values": list(values), "full": 1.0, "low": 0.0, "high": 1.0}
+
+
+@torch.no_grad()
+def _export_segments(model: nn.Module, example: torch.Tensor, out_dir: Path,
+                     opset: int) -> dict[str, Any]:
+    copied = copy.deepcopy(model).eval()
+    markers: list[SiteMarker] = []
+
+    def swap(module: nn.Module) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, MoEFFN):
+                marker = SiteMarker(child, child.scores, len(markers), child.out_dim)
+                markers.append(marker)
+                setattr(module, name, marker)
+            else:
+                swap(child)
+
+    swap(copied)
+    with exporting_sites(markers):
+        whole = graph_bytes(copied, (example,), "onnx", input_names=["input"],
+                            output_names=["logits"], opset=opset,
+                            what="mixture-of-experts model")
+    segments, plan = partition(whole)
+    graphs: dict[str, str] = {}
+    for s, seg in enumerate(segments):
+        if seg is not None:
+            graphs[f"segment{s}"] = f"segment{s}.onnx"
+            write_bytes_atomic(out_dir / graphs[f"segment{s}"], seg)
+    for k, site in enumerate(plan["sites"]):
+        layer = markers[site["index"]].layer
+        e = layer.num_experts
+        xs = tuple(example.new_zeros(2 + i, layer.dim).normal_() for i in range(e))
+        names = [f"x{i}" for i in range(e)]
+        outs = [f"y{i}" for i in range(e)]
+        axes = {n: f"rows{i}" for i, n in enumerate(names)} | {
+            n: f"rows{i}" for i, n in enumerate(outs)}
+        graphs[f"parts{k}"] = f"parts{k}.onnx"
+        write_bytes_atomic(out_dir / graphs[f"parts{k}"], pack_parts(graph_bytes(
+            _Experts(layer).eval(), xs, "onnx", input_names=names, output_names=outs,
+            num_outputs=e, opset=opset, what=f"experts of MoE layer {layer.name!r}",
+            row_axes=axes), layer.fc2_bias))
+    loop = _loop(model) | {"layout": "segments", "plan": plan}
+    return {"graphs": graphs, "loop": loop, "budget_name": "tau"}
+
+
 @torch.no_grad()
 def export_parts(model: nn.Module, example: torch.Tensor, fmt: str, out_dir: Path,
-                 opset: int) -> dict[str, Any]:
+                 opset: int, *, layout: str = "auto") -> dict[str, Any]:
+    """Write the graphs of ``layout`` (``auto``: ``segments`` for ONNX, else ``one-graph``)."""
     layers = [m for m in model.modules() if isinstance(m, MoEFFN)]
     if any(m.mode != "dynamic" for m in layers):
         raise UserError("MoE export supports routing mode 'dynamic' (knob tau); this model "
                         "routes top-k")
+    if _check_layout(layout, fmt) == "segments":
+        return _export_segments(model, example, out_dir, opset)
     tau = KnobHolder()
     copied = copy.deepcopy(model).eval()
     _swap(copied, tau)
@@ -86,10 +183,25 @@ def export_parts(model: nn.Module, example: torch.Tensor, fmt: str, out_dir: Pat
     write_bytes_atomic(out_dir / file, graph_bytes(
         wrapped, (example, tau_in), fmt, input_names=["input", "tau"], output_names=["logits"],
         opset=opset, what="mixture-of-experts model"))
-    values = model.budget_values() if hasattr(model, "budget_values") else [1.0]
-    loop = {"budget_name": "tau", "values": list(values), "full": 1.0, "low": 0.0, "high": 1.0}
+    loop = _loop(model) | {"layout": "one-graph"}
     return {"graphs": {"model": file}, "loop": loop, "budget_name": "tau"}
 
 
-def load_runner(manifest: dict[str, Any], graphs: dict[str, Any]) -> KnobRunner:
+class MoESiteRunner(SiteLoop):
+    """The ``segments`` layout: experts run on the rows the router and ``tau`` give them
+    (``last_rows[k]``: the rows each expert of layer ``k`` ran in the last call)."""
+
+    def __init__(self, manifest: dict[str, Any], graphs: dict[str, Any]) -> None:
+        super().__init__(manifest, graphs, self._choose)
+
+    @staticmethod
+    def _choose(k: int, scores: torch.Tensor, tau: float) -> torch.Tensor:
+        if tau >= 1.0:
+            return torch.ones(scores.shape, dtype=torch.bool)
+        return select_dynamic_k(scores, tau)
+
+
+def load_runner(manifest: dict[str, Any], graphs: dict[str, Any]) -> Any:
+    if manifest["loop"].get("layout") == "segments":
+        return MoESiteRunner(manifest, graphs)
     return KnobRunner(manifest, graphs)

@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 from frugalnn.data.splits import seeded_loader
 from frugalnn.errors import UserError
 from frugalnn.evaluation.loop import top1_accuracy
+from frugalnn.utils.batch import example_inputs, take, to_device
 
 __all__ = ["PruneConfig", "PruneRun", "parse_target", "prune", "prune_with_plan", "run_prune"]
 
@@ -120,10 +121,10 @@ class PruneRun:
     history: dict[str, Any] = field(default_factory=dict)
 
 
-def _example(model: nn.Module, *datasets: Any) -> torch.Tensor:
+def _example(model: nn.Module, *datasets: Any) -> Any:
     for data in datasets:
         if data is not None and len(data) > 0:
-            return torch.as_tensor(data[0][0]).unsqueeze(0)
+            return example_inputs(data)
     spec = getattr(model, "frugalnn_spec", None) or {}
     if spec.get("name"):
         from frugalnn.models import model_info
@@ -136,7 +137,7 @@ def _example(model: nn.Module, *datasets: Any) -> torch.Tensor:
 
 def prune_with_plan(
     model: nn.Module, config: PruneConfig, *, train_data: Dataset | None = None,
-    val_data: Dataset | None = None, example_input: torch.Tensor | None = None,
+    val_data: Dataset | None = None, example_input: Any = None,
     device: str | torch.device = "cpu", progress: bool = False,
 ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """The pruned (and fine-tuned) copy of ``model``, its plan and its training history."""
@@ -147,11 +148,11 @@ def prune_with_plan(
     config.validate()
     kind, value = parse_target(config.target)
     teacher = model.to(device).eval()
-    example = (example_input if example_input is not None
-               else _example(model, train_data, val_data)).to(device)
+    example = to_device(example_input if example_input is not None
+                        else _example(model, train_data, val_data), device)
     torch.manual_seed(config.seed)
     student = copy.deepcopy(teacher)
-    plan = prune_channels(student, example[:1], importance=config.importance,
+    plan = prune_channels(student, take(example, 1), importance=config.importance,
                           steps=config.steps, max_ratio=config.max_ratio,
                           global_pruning=config.global_pruning, round_to=config.round_to,
                           include=config.include, exclude=config.exclude, **{kind: value})
@@ -172,7 +173,7 @@ def prune_with_plan(
 def prune(
     model: nn.Module, config: PruneConfig | None = None, *,
     train_data: Dataset | None = None, val_data: Dataset | None = None,
-    example_input: torch.Tensor | None = None, device: str | torch.device = "cpu",
+    example_input: Any = None, device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> nn.Module:
     """A channel-pruned copy of ``model`` (the original is left as it was), in eval mode.
@@ -232,7 +233,7 @@ def run_prune(
     record = run_record(config, splits, run_config)
     write_json_atomic(out / "config.json", record)
     original = model.to(device).eval()
-    example = _example(original, splits.train, splits.test).to(device)
+    example = to_device(_example(original, splits.train, splits.test), device)
     student, plan, history = prune_with_plan(original, config, train_data=splits.train,
                                              val_data=splits.val, example_input=example,
                                              device=device, progress=progress)

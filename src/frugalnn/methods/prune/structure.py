@@ -24,7 +24,8 @@ from torch import nn
 from frugalnn.errors import UserError
 from frugalnn.transforms import record_transform, register_transform
 
-__all__ = ["TRANSFORM", "channel_counts", "macs", "prune_channels", "replay_pruning"]
+__all__ = ["ATTENTION_PROJECTIONS", "TRANSFORM", "channel_counts", "input_layout", "macs",
+           "prune_channels", "replay_pruning"]
 
 TRANSFORM = "prune"
 
@@ -38,7 +39,7 @@ def _tp() -> Any:
     return torch_pruning
 
 
-def macs(model: nn.Module, example: torch.Tensor) -> float:
+def macs(model: nn.Module, example: Any) -> float:
     """Multiply-accumulates of one forward of ``example`` (torch-pruning's count)."""
     ops, _ = _tp().utils.count_ops_and_params(model, example)
     return float(ops)
@@ -55,24 +56,56 @@ def channel_counts(model: nn.Module) -> dict[str, int]:
     return out
 
 
+#: Names of the Linear layers whose outputs attention splits into heads of a fixed size:
+#: their output channels stay (torch-pruning cannot see the reshape into heads).
+ATTENTION_PROJECTIONS = frozenset({
+    "q_proj", "k_proj", "v_proj", "query", "key", "value", "qkv", "q", "k", "v",
+    "c_attn", "Wqkv", "query_key_value", "q_lin", "k_lin", "v_lin",
+})
+
+
 def _ignored(model: nn.Module, only: list[str] | None,
              exclude: list[str] | None) -> list[nn.Module]:
-    """Layers whose output channels stay: the classifier, ``exclude`` matches, and with
-    ``only`` every Conv2d / Linear that matches none of its patterns."""
+    """Layers whose output channels stay: the classifier, attention's query/key/value
+    projections, ``exclude`` matches, and with ``only`` every Conv2d / Linear that
+    matches none of its patterns."""
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     linears = [m for _, m in layers if isinstance(m, nn.Linear)]
     keep = linears[-1:]
     for name, m in layers:
-        if (only is not None and not _matches(name, only)) or _matches(name, exclude):
+        if ((only is not None and not _matches(name, only)) or _matches(name, exclude)
+                or (isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in ATTENTION_PROJECTIONS)):
             keep.append(m)
     return keep
+
+
+def input_layout(example: Any) -> dict[str, Any]:
+    """What the ``"prune"`` transformation records of the traced input: ``input_shape``
+    of a tensor, or ``inputs`` (key -> shape and dtype) of a dict of tensors."""
+    if isinstance(example, dict):
+        return {"inputs": {k: {"shape": list(v.shape[1:]), "dtype": str(v.dtype).split(".")[-1]}
+                           for k, v in example.items()}}
+    return {"input_shape": list(example.shape[1:])}
+
+
+def _zeros_like_layout(input_shape: list[int] | None,
+                       inputs: dict[str, Any] | None) -> Any:
+    if inputs is not None:
+        out = {}
+        for key, value in inputs.items():
+            dtype = getattr(torch, str(value["dtype"]), None)
+            if not isinstance(dtype, torch.dtype):
+                raise UserError(f"the prune record names an unknown input dtype {value['dtype']!r}")
+            out[key] = torch.zeros(1, *value["shape"], dtype=dtype)
+        return out
+    return torch.zeros(1, *(input_shape or []))
 
 
 def _matches(name: str, patterns: list[str] | None) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns or ())
 
 
-def prune_channels(model: nn.Module, example: torch.Tensor, *, flops: float | None = None,
+def prune_channels(model: nn.Module, example: Any, *, flops: float | None = None,
                    ratio: float | None = None, importance: str = "l2", steps: int = 100,
                    max_ratio: float = 0.9, global_pruning: bool = False,
                    round_to: int | None = None, include: list[str] | None = None,
@@ -117,22 +150,23 @@ def prune_channels(model: nn.Module, example: torch.Tensor, *, flops: float | No
         raise UserError(f"pruning reached only {base / now:.2f}x fewer MACs at ratio "
                         f"{max_ratio}; ask for less than flops={flops:g} or raise max_ratio")
     groups = [[name, handler, n] for (name, handler), n in merged.items()]
-    record_transform(model, TRANSFORM, {"input_shape": list(example.shape[1:]),
-                                        "groups": groups})
+    record_transform(model, TRANSFORM, {**input_layout(example), "groups": groups})
     return {"macs_before": base, "macs_after": now, "steps": taken, "groups": groups,
             "channels_before": before_counts, "channels_after": channel_counts(model)}
 
 
 @register_transform(TRANSFORM)
-def replay_pruning(model: nn.Module, input_shape: list[int],
-                   groups: list[list[Any]]) -> nn.Module:
+def replay_pruning(model: nn.Module, groups: list[list[Any]],
+                   input_shape: list[int] | None = None,
+                   inputs: dict[str, Any] | None = None) -> nn.Module:
     """Remove the recorded number of channels of every recorded group (structure only)."""
     tp = _tp()
-    example = torch.zeros(1, *input_shape)
+    example = _zeros_like_layout(input_shape, inputs)
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     for name, handler, n in groups:
         module = model.get_submodule(name)
         fn = getattr(graph.get_pruner_of_module(module), handler)
         graph.get_pruning_group(module, fn, idxs=list(range(int(n)))).prune()
-    record_transform(model, TRANSFORM, {"input_shape": list(input_shape), "groups": groups})
+    layout = {"inputs": inputs} if inputs is not None else {"input_shape": list(input_shape or [])}
+    record_transform(model, TRANSFORM, {**layout, "groups": groups})
     return model

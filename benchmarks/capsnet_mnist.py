@@ -1,0 +1,203 @@
+"""Capsule networks on MNIST: train, compress (low-rank), measure.
+
+Pipeline (one command, fixed seeds; choices on the validation split only):
+
+1. for each model (``--models``, default ``capsnet_efficient``), train with the
+   model's own loss (margin loss, + reconstruction for ``capsnet``) for
+   ``--max-epochs`` with seed ``--seeds[0]``, scoring the validation split
+   (carved from train) after every epoch; the epoch count with the best
+   validation accuracy is the one used for every seed;
+2. train every seed (``--seeds``, default 0,1,2) for that many epochs; test
+   accuracy per seed (mean and standard deviation reported);
+3. compress each seed's model with the low-rank recipe
+   (:func:`frugalnn.methods.lowrank.recipe.compress`): ``--method``
+   (default ``tucker``) to ``--target`` (default ``params=5``) on the primary
+   capsule convolution, the other KxK convolutions and the capsule
+   transformation tensor (:mod:`frugalnn.methods.lowrank.capsule`), then
+   ``--finetune-epochs`` of distillation fine-tuning from the dense model;
+4. :func:`frugalnn.methods.lowrank.recipe.compare_into`: parameters, FLOPs,
+   test accuracy and latency at batch 1 and ``--batch-size`` (dense and
+   compressed timed alternately in the same process).
+
+Run the timing under the shared lock, e.g.::
+
+    flock /tmp/frugalnn-timing.lock python benchmarks/capsnet_mnist.py \\
+        --data-dir $FRUGALNN_DATA --max-epochs 30 --finetune-epochs 5
+
+The defaults are a scaled-down run (``--train-limit 5000``); the results file
+states the scale used. Writes ``--markdown`` and ``--out`` (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import add_split_flags, log, results_header, splits_from_args, write_results
+from torch.utils.data import DataLoader
+
+from frugalnn.cost.machine import describe_machine
+from frugalnn.errors import UserError
+from frugalnn.methods.lowrank.pipeline import accuracy
+from frugalnn.methods.lowrank.recipe import LowRankConfig, compare_into, compress
+from frugalnn.models import create_model
+from frugalnn.train import fit
+from frugalnn.utils.io import write_json_atomic
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_split_flags(p, data="mnist")
+    p.set_defaults(train_limit=5000, val_limit=1000, test_limit=10000,
+                   data_dir=os.environ.get("FRUGALNN_DATA"))
+    p.add_argument("--models", default="capsnet_efficient",
+                   help="comma-separated: capsnet_efficient, capsnet")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--max-epochs", type=int, default=10, help="epochs tried on validation")
+    p.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate")
+    p.add_argument("--decay", type=float, default=0.97, help="learning rate factor per epoch")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--method", default="tucker", help="cp, tucker or tt")
+    p.add_argument("--target", default="params=5")
+    p.add_argument("--finetune-epochs", type=int, default=2)
+    p.add_argument("--finetune-lr", type=float, default=1e-3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the timing")
+    p.add_argument("--train-threads", type=int, help="torch threads while training")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--work", default="runs/bench/capsnet_mnist")
+    p.add_argument("--out", default="benchmarks/results/capsnet_mnist.json")
+    p.add_argument("--markdown", default="benchmarks/results/capsnet_mnist.md")
+    return p.parse_args(argv)
+
+
+def train(name: str, args: argparse.Namespace, splits: Any, seed: int, epochs: int,
+          with_val: bool) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
+    torch.manual_seed(seed)
+    info = splits.info
+    model = create_model(name, in_channels=info.input_shape[0], image_size=info.input_shape[1],
+                         num_classes=info.num_classes)
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(splits.train, batch_size=args.batch_size, shuffle=True, generator=gen)
+    val = (DataLoader(splits.val, batch_size=256)
+           if with_val and splits.val is not None else None)
+    result = fit(model, loader, epochs=epochs, optimizer="adamw", lr=args.lr, weight_decay=0.0,
+                 schedule="step", schedule_unit="epoch", step_size=1, gamma=args.decay,
+                 seed=seed, eval_loader=val, progress=False)
+    return model.eval(), result.history
+
+
+def run_model(name: str, args: argparse.Namespace, splits: Any) -> dict[str, Any]:
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    test_loader = DataLoader(splits.test, batch_size=256)
+    t0 = time.time()
+    first, history = train(name, args, splits, seeds[0], args.max_epochs, with_val=True)
+    per_epoch = (time.time() - t0) / args.max_epochs
+    accs = [r.get("eval_acc", 0.0) for r in history]
+    best = 1 + max(range(len(accs)), key=lambda i: accs[i])
+    log(f"{name}: {per_epoch:.1f} s/epoch; validation accuracy per epoch "
+        f"{', '.join(f'{100 * a:.2f}' for a in accs)}; using {best} epoch(s)")
+    example = torch.stack([splits.test[i][0] for i in range(2)])
+    runs = []
+    for seed in seeds:
+        if seed == seeds[0] and best == args.max_epochs:
+            dense = first
+        else:
+            dense, _ = train(name, args, splits, seed, best, with_val=False)
+        dense_acc = accuracy(dense, test_loader)
+        log(f"  seed {seed}: dense test accuracy {100 * dense_acc:.2f} %")
+        config = LowRankConfig(method=args.method, target=args.target,
+                               finetune_epochs=args.finetune_epochs, lr=args.finetune_lr,
+                               optimizer="adamw", weight_decay=0.0, batch_size=args.batch_size,
+                               latency_batch_sizes=(1, args.batch_size),
+                               latency_repeats=args.repeats, seed=seed)
+        try:
+            small, plan, hist = compress(copy.deepcopy(dense), config, train_data=splits.train,
+                                         val_data=splits.val, example=example,
+                                         threads=args.train_threads or args.threads)
+        except UserError as exc:
+            log(f"  seed {seed}: not compressed: {exc}")
+            runs.append({"seed": seed, "dense_accuracy": dense_acc, "error": str(exc)})
+            continue
+        torch.set_num_threads(args.threads)
+        cmp = compare_into(Path(args.work) / f"{name}_seed{seed}", dense, small, plan, example,
+                           config, test_data=splits.test, label=f"{config.label} ({name})",
+                           threads=args.threads)
+        torch.set_num_threads(args.train_threads or args.threads)
+        cmp.update(seed=seed, dense_accuracy=dense_acc, plan=[r.to_dict() for r in plan],
+                   finetune_history=hist)
+        c = cmp["models"]["compressed"]
+        log(f"  seed {seed}: compressed params {cmp['params_ratio']:.2f}x fewer, FLOPs "
+            f"{cmp['flops_ratio']:.2f}x, speed-up b{args.batch_size} "
+            f"{cmp[f'speedup_b{args.batch_size}']:.2f}x, accuracy {100 * c['accuracy']:.2f} %")
+        runs.append(cmp)
+    return {"epochs": best, "seconds_per_epoch": per_epoch, "val_history": history,
+            "runs": runs}
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
+
+
+def markdown(args: argparse.Namespace, results: dict[str, Any], sizes: dict[str, int]) -> str:
+    b = args.batch_size
+    lines = [
+        results_header(f"Capsule networks on MNIST: dense vs low-rank {args.method} "
+                       f"{args.target}"),
+        f"Scale: {sizes['train']} training images, {sizes['val']} validation images (epochs "
+        f"chosen on them, up to {args.max_epochs}), {sizes['test']} test images; seeds "
+        f"{args.seeds}; Adam lr {args.lr} x {args.decay}/epoch, batch {args.batch_size}; "
+        f"compression fine-tuned {args.finetune_epochs} epoch(s) with distillation; latency "
+        f"median of {args.repeats} repeats ({args.threads} thread), dense and compressed "
+        "alternating.\n",
+        f"| model | epochs | dense acc. % | compressed acc. % | params | FLOPs/example | "
+        f"latency b{b} ms (speed-up) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        ok = [x for x in r["runs"] if "models" in x]
+        dense = [100 * x["dense_accuracy"] for x in r["runs"]]
+        comp = [100 * x["models"]["compressed"]["accuracy"] for x in ok]
+        if not ok:
+            lines.append(f"| {name} | {r['epochs']} | {_mean_sd(dense)} | not compressed | "
+                         "- | - | - |")
+            continue
+        o, c = ok[0]["models"]["original"], ok[0]["models"]["compressed"]
+        speed = [x[f"speedup_b{b}"] for x in ok]
+        lines.append(
+            f"| {name} | {r['epochs']} | {_mean_sd(dense)} | {_mean_sd(comp)} | "
+            f"{o['params']:,} -> {c['params']:,} ({ok[0]['params_ratio']:.2f}x) | "
+            f"{o['flops'] / 1e6:.1f}M -> {c['flops'] / 1e6:.1f}M ({ok[0]['flops_ratio']:.2f}x) | "
+            f"{o[f'latency_ms_b{b}']:.1f} -> {c[f'latency_ms_b{b}']:.1f} "
+            f"({statistics.mean(speed):.2f}x mean over seeds) |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.data_dir:
+        print("set --data-dir or FRUGALNN_DATA", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.train_threads or args.threads)
+    splits = splits_from_args(args)
+    sizes = {"train": len(splits.train), "test": len(splits.test),
+             "val": len(splits.val) if splits.val is not None else 0}
+    results = {name: run_model(name, args, splits) for name in args.models.split(",") if name}
+    write_json_atomic(args.out, {"args": vars(args), "machine": describe_machine(),
+                                 "sizes": sizes, "results": results})
+    log(f"wrote {args.out}")
+    write_results(args.markdown, markdown(args, results, sizes))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
