@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> None:
              f"| dense | {dense_cost.params / 1e6:.2f} | {dense_cost.flops / 1e9:.3f} | 1.00x | "
              f"100 | 100 | {photo_acc * len(photos):.0f}/{len(photos)} |"]
     for r in rows:
-        mark = " (chosen)" if r is chosen else ""
+        mark = ""
+        if r is chosen:
+            mark = " (chosen)" if ok else " (best on val; none reached the bar)"
         lines.append(f"| svd {r['target']}{mark} | - | {r['flops'] / 1e9:.3f} | "
                      f"{dense_cost.flops / r['flops']:.2f}x | {mean_sd(r['val'])} | "
                      f"{mean_sd(r['test'])} | {r['photos'] * len(photos):.0f}/{len(photos)} |")

@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     table = ["| model | tau | val ppl | test ppl | MFLOPs/token | FFN FLOPs removed | "
              "tokens/s | dense tokens/s (same rounds) |", "|---|---|---|---|---|---|---|---|"]
     moe_note = ""
+    sweep = ["| seed | tau | val ppl | vs dense | FFN FLOPs removed |", "|---|---|---|---|---|"]
     if a.skip_moe:
         moe_note = "MoE: not run (--skip-moe)."
     for seed in [] if a.skip_moe else a.seeds:
@@ -148,6 +149,11 @@ def main(argv: list[str] | None = None) -> None:
             break
         choose = scored(moe, Subset(val, range(len(val) // 2, len(val))), a.batch_size,
                         budgets=list(a.taus))
+        for r in sorted(choose, key=lambda r: float(r["budget"])):
+            sweep.append(f"| {seed} | {float(r['budget']):g} | {r['ppl']:.2f} | "
+                         f"{r['ppl'] / d_val['ppl'] - 1:+.1%} | "
+                         f"{(d_val['flops_per_token'] - r['flops_per_token']) / ffn:.1%} |")
+            log(sweep[-1])
         ok = [r for r in choose if r["ppl"] <= d_val["ppl"] * (1 + a.max_ppl_increase)]
         pick = min(ok, key=lambda r: r["flops"]) if ok else max(choose,
                                                                 key=lambda r: r["budget"])
@@ -165,6 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     table.insert(2, f"| dense | - | {d_val['ppl']:.2f} | {d_test['ppl']:.2f} | "
                     f"{d_test['flops_per_token'] / 1e6:.1f} | 0 | {dense_tps:.0f} | - |")
     lines += table + ([f"\n{moe_note}"] if moe_note else [])
+    if len(sweep) > 2:
+        lines += ["", "Validation sweep (second half of the validation windows; tau is chosen "
+                  f"here: the cheapest within +{a.max_ppl_increase:.0%} of dense):", ""] + sweep
     write_results(Path(a.out), "\n".join(lines) + "\n")
 
 

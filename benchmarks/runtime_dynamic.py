@@ -104,7 +104,8 @@ def main() -> int:
             e, o = med[(eager_name, "eager", bs)], med[(name, "onnxruntime", bs)]
             se = 1 - e / med[("dense", "eager", bs)]
             so = 1 - o / med[("dense", "onnxruntime", bs)]
-            kept = f"{so / se:.2f}" if name != "dense" and se > 0 else "-"
+            # A ratio of savings means nothing where eager PyTorch saves next to nothing.
+            kept = f"{so / se:.2f}" if name != "dense" and se >= 0.05 else "-"
             lines.append(f"| {name} | {bs} | {e:.2f} | {o:.2f} | {100 * se:.1f} % | "
                          f"{100 * so:.1f} % | {kept} |")
     check_lines = ["| model | examples | budgets | rows within tolerance | max abs diff |",
@@ -120,7 +121,8 @@ def main() -> int:
         f"medians of {a.rounds} interleaved rounds of {a.repeats} passes over the same "
         f"{n_img} test images at every batch size (ms per batch). ONNX Runtime "
         f"{__import__('onnxruntime').__version__}, opset 17. Saving: 1 - time / the dense "
-        "ViT's time on the same runtime; kept: ORT saving / eager saving (target >= 0.8)."))
+        "ViT's time on the same runtime; kept: ORT saving / eager saving (target >= 0.8), "
+        "given where the eager saving is at least 5 %."))
     text += "\n## Latency\n\n" + "\n".join(lines) + "\n"
     text += ("\n## Export check (ONNX Runtime vs PyTorch, CIFAR-10 test images)\n\n"
              + "\n".join(check_lines) + "\n")

@@ -1,4 +1,4 @@
-"""ACM export: one gather-form graph with q as an input."""
+"""ACM export: segments + learners (ONNX) or one gather-form graph, q kept."""
 
 from __future__ import annotations
 
@@ -42,3 +42,61 @@ def test_acm_export_matches_at_every_q_and_keeps_the_knob(tmp_path, acm, fmt):
         acm.set_budget(acm.full_budget())
     with pytest.raises(UserError, match=r"q must be in \[0, 1\]"):
         runner.set_budget(-0.1)
+
+
+def _eager_rows(model, x):
+    """Per ACM layer (in execution order), the rows each learner runs in the eager model."""
+    from frugalnn.methods.acm.module import ACMFFN
+
+    rows, hooks = [], []
+
+    def hook(layer, args, _out):
+        x2 = args[0].reshape(-1, args[0].shape[-1])
+        n = layer.num_learners
+        k = (torch.full((x2.shape[0],), n) if layer.q >= 1.0
+             else layer.choose(layer.gate(x2)))
+        rows.append([int((k > j).sum()) for j in range(n)])
+
+    for m in model.modules():
+        if isinstance(m, ACMFFN):
+            hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return rows
+
+
+@needs_onnx
+def test_acm_segments_run_each_learner_on_its_rows(tmp_path, acm):
+    data = frugalnn.load_splits("digits", test_limit=32, seed=0).test
+    result = export(acm, tmp_path / "acm", ExportConfig(format="onnx"), check_data=data)
+    assert result.manifest["loop"]["layout"] == "segments"
+    assert {"segment0", "parts0", "parts1"} <= set(result.manifest["graphs"])
+    runner = load_exported(tmp_path / "acm")
+    x = torch.stack([data[i][0] for i in range(5)])
+    tokens = 5 * (4 * 4 + 1)
+    totals = {}
+    try:
+        for q in (0.0, 0.5, 0.9, 1.0):
+            runner.set_budget(q)
+            acm.set_budget(q)
+            torch.testing.assert_close(runner(x), acm(x), atol=1e-4, rtol=1e-4)
+            assert runner.last_rows == _eager_rows(acm, x)
+            assert all(r[0] == tokens for r in runner.last_rows)  # learner 1: every token
+            totals[q] = sum(map(sum, runner.last_rows))
+    finally:
+        acm.set_budget(acm.full_budget())
+    assert totals[0.0] == 2 * tokens and totals[1.0] == 2 * 4 * tokens
+    assert totals[0.0] < totals[0.5] <= totals[0.9] <= totals[1.0]
+
+
+@needs_onnx
+def test_acm_one_graph_layout_stays_available(tmp_path, acm):
+    data = frugalnn.load_splits("digits", test_limit=16, seed=0).test
+    result = export(acm, tmp_path / "acm", ExportConfig(format="onnx", layout="one-graph"),
+                    check_data=data)
+    assert result.manifest["graphs"] == {"model": "model.onnx"}
+    assert result.check["match"] == 1.0

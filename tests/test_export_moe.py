@@ -1,4 +1,4 @@
-"""Mixture-of-experts export: one gather-form graph with tau as an input."""
+"""Mixture-of-experts export: segments + experts (ONNX) or one gather-form graph, tau kept."""
 
 from __future__ import annotations
 
@@ -45,3 +45,75 @@ def test_moe_export_matches_at_every_tau_and_keeps_the_knob(tmp_path, moe, fmt):
         moe.set_budget(moe.full_budget())
     with pytest.raises(UserError, match="tau must be in"):
         runner.set_budget(1.5)
+
+
+def _eager_rows(model, x):
+    """Per MoE layer (in execution order), the rows each expert runs in the eager model."""
+    from frugalnn.methods.moe.layer import MoEFFN
+
+    rows, hooks = [], []
+
+    def hook(layer, args, _out):
+        x2 = args[0].reshape(-1, args[0].shape[-1])
+        mask = (torch.ones(x2.shape[0], layer.num_experts, dtype=torch.bool) if layer.is_full()
+                else layer.select(layer.scores(x2)))
+        rows.append(mask.sum(0).tolist())
+
+    for m in model.modules():
+        if isinstance(m, MoEFFN):
+            hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return rows
+
+
+@needs_onnx
+def test_moe_segments_route_the_rows_of_the_eager_model(tmp_path, moe):
+    data = frugalnn.load_splits("digits", test_limit=32, seed=0).test
+    result = export(moe, tmp_path / "moe", ExportConfig(format="onnx"), check_data=data)
+    graphs = result.manifest["graphs"]
+    assert result.manifest["loop"]["layout"] == "segments"
+    assert {"segment0", "segment1", "segment2", "parts0", "parts1"} <= set(graphs)
+    assert "model" not in graphs
+    runner = load_exported(tmp_path / "moe")
+    x = torch.stack([data[i][0] for i in range(7)])  # another batch size than exported
+    tokens = 7 * (4 * 4 + 1)
+    totals = {}
+    try:
+        for tau in (0.0, 0.3, 0.8, 1.0):
+            runner.set_budget(tau)
+            moe.set_budget(tau)
+            torch.testing.assert_close(runner(x), moe(x), atol=1e-4, rtol=1e-4)
+            assert runner.last_rows == _eager_rows(moe, x)
+            totals[tau] = sum(map(sum, runner.last_rows))
+    finally:
+        moe.set_budget(moe.full_budget())
+    assert totals[1.0] == 2 * 4 * tokens  # every expert of both layers on every token
+    assert totals[0.0] < totals[0.3] <= totals[0.8] < totals[1.0]
+    # The loop over torch tensors (used where the graphs are not CPU ONNX Runtime
+    # sessions) gives what the loop over ONNX Runtime values gives.
+    runner.set_budget(0.3)
+    on_values = runner(x)
+    runner._ort = False
+    torch.testing.assert_close(runner(x), on_values)
+
+
+@needs_onnx
+def test_moe_one_graph_layout_stays_available(tmp_path, moe):
+    data = frugalnn.load_splits("digits", test_limit=16, seed=0).test
+    result = export(moe, tmp_path / "moe", ExportConfig(format="onnx", layout="one-graph"),
+                    check_data=data)
+    assert result.manifest["graphs"] == {"model": "model.onnx"}
+    assert result.manifest["loop"]["layout"] == "one-graph" and result.check["match"] == 1.0
+
+
+def test_segments_layout_is_onnx_only(tmp_path, moe):
+    data = frugalnn.load_splits("digits", test_limit=8, seed=0).test
+    with pytest.raises(UserError, match="'segments' layout is made for ONNX"):
+        export(moe, tmp_path / "moe", ExportConfig(format="torchscript", layout="segments"),
+               check_data=data)
+    assert not (tmp_path / "moe").exists()

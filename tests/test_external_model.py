@@ -499,3 +499,24 @@ def test_imagefolder_resizes_and_normalises(tmp_path: Path, monkeypatch) -> None
     assert torch.allclose(net[0][0], (net.images[0].float() / 255 - mean) / std)
     with pytest.raises(UserError, match="normalize must be one of"):
         get_dataset("imagefolder:normalize=zca", "train", tmp_path / "imgs")
+
+
+def test_method_run_records_its_data_so_profile_needs_no_shape(tmp_path: Path, capsys) -> None:
+    # A factory that does not declare its input shape: the method's run directory records
+    # the data it ran on, and `profile RUN` reads the shape from there.
+    path = tmp_path / "plain.py"
+    path.write_text(FACTORY.replace("    make.input_shape = (1, 8, 8)\n", ""))
+    spec = f"{path}:make"
+    torch.manual_seed(0)
+    w = tmp_path / "plain.safetensors"
+    save_file(create_model(spec).state_dict(), str(w))
+    run = tmp_path / "lr"
+    assert main(["lowrank", "compress", spec, "--weights", str(w), "--method", "svd",
+                 "--target", "rank=2", "--finetune-epochs", "0", "--data", "digits",
+                 "--train-limit", "64", "--val-limit", "32", "--eval-limit", "32",
+                 "--latency-batch-sizes", "1", "--latency-repeats", "1", "--no-progress",
+                 "--threads", "1", "--out", str(run)]) == 0
+    assert load_meta(run / "checkpoint")["data"]["input_shape"] == [1, 8, 8]
+    capsys.readouterr()
+    assert main(["profile", str(run), "--no-timing"]) == 0
+    assert "input (1, 8, 8)" in capsys.readouterr().out

@@ -124,6 +124,51 @@ def test_existing_output_needs_force(tmp_path, digits, cnn):
         export(cnn, tmp_path / "exp", ExportConfig(format="torchscript"), check_data=digits.test)
 
 
+class _Parts(nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.lins = nn.ModuleList(nn.Linear(6, 5) for _ in range(n))
+
+    def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.relu(lin(x)) for lin, x in zip(self.lins, xs))
+
+
+@needs_onnx
+@pytest.mark.parametrize("always", [0, 1])
+def test_packed_parts_run_each_part_on_its_rows_only(always):
+    """One parts graph: gather, run, scatter-add; an empty part and a part on every row."""
+    from frugalnn.runtime.graphs import OrtGraph
+    from frugalnn.runtime.sites import pack_parts, run_parts
+
+    torch.manual_seed(0)
+    parts = _Parts(3).eval()
+    xs = tuple(torch.randn(2 + i, 6) for i in range(3))
+    axes = {f"{p}{i}": f"rows{i}" for p in "xy" for i in range(3)}
+    bias = torch.randn(5)
+    raw = graph_bytes(parts, xs, "onnx", input_names=["x0", "x1", "x2"],
+                      output_names=["y0", "y1", "y2"], num_outputs=3, row_axes=axes)
+    graph = OrtGraph(pack_parts(raw, bias, always=always))
+    x = torch.randn(9, 6)
+    mask = torch.rand(9, 3) < 0.5
+    mask[:, 1] = False  # a part with no rows
+    if always:
+        mask[:, 0] = True
+    y, rows = run_parts(graph, x, mask, always)
+    with torch.no_grad():
+        want = bias.expand(9, 5).clone()
+        for j, lin in enumerate(parts.lins):
+            want += torch.relu(lin(x)) * mask[:, j:j + 1]
+    torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)
+    assert rows == mask.sum(0).tolist() and rows[1] == 0
+
+
+def test_static_model_refuses_a_method_layout(tmp_path, cnn, digits):
+    with pytest.raises(UserError, match="layout 'segments' is for input-dependent models"):
+        export(cnn, tmp_path / "x", ExportConfig(format="torchscript", layout="segments"),
+               check_data=digits.test)
+    assert not (tmp_path / "x").exists()
+
+
 class _Dyn(DynamicModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x[x.sum(1) > 0]

@@ -80,7 +80,8 @@ def _quiet_stdout() -> Iterator[None]:
 
 def _export_bytes(module: Any, inputs: tuple, fmt: str, input_names: Sequence[str],
                   output_names: Sequence[str], opset: int,
-                  row_axes: dict[str, str] | None = None) -> bytes:
+                  row_axes: dict[str, str] | None = None,
+                  custom_domains: Sequence[str] = ()) -> bytes:
     import torch
 
     buf = io.BytesIO()
@@ -95,7 +96,7 @@ def _export_bytes(module: Any, inputs: tuple, fmt: str, input_names: Sequence[st
                                   input_names=list(input_names),
                                   output_names=list(output_names), dynamic_axes=axes,
                                   opset_version=opset, do_constant_folding=True,
-                                  custom_opsets={"frugalnn.site": 1})
+                                  custom_opsets={d: 1 for d in custom_domains})
         elif fmt == "exported-program":
             batch = torch.export.Dim.DYNAMIC
             shapes = tuple({0: batch} for _ in inputs)
@@ -159,11 +160,13 @@ def graph_bytes(module: Any, inputs: Sequence[Any], fmt: str, *,
                 input_names: Sequence[str] | None = None,
                 output_names: Sequence[str] | None = None, num_outputs: int = 1,
                 opset: int = DEFAULT_OPSET, what: str = "",
-                row_axes: dict[str, str] | None = None) -> bytes:
+                row_axes: dict[str, str] | None = None,
+                custom_domains: Sequence[str] = ()) -> bytes:
     """Export ``module`` called on ``inputs`` (batch-first tensors) to ``fmt``; the file's bytes.
 
     ``row_axes``: for ONNX, the name of the first (row) axis of an input or output
     (default ``batch`` for all: equal sizes); distinct names let inputs differ in rows.
+    ``custom_domains``: ONNX operator domains of custom nodes the module emits.
 
     Raises one-line :class:`UserError` naming the operation and the layer that failed.
     """
@@ -177,7 +180,8 @@ def graph_bytes(module: Any, inputs: Sequence[Any], fmt: str, *,
     module.eval()
     try:
         with torch.no_grad():
-            return _export_bytes(module, inputs, fmt, input_names, output_names, opset, row_axes)
+            return _export_bytes(module, inputs, fmt, input_names, output_names, opset, row_axes,
+                                 custom_domains)
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - every exporter failure becomes one line

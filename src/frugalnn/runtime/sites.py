@@ -230,59 +230,72 @@ def _is_site_input(name: str, sites: list[dict[str, Any]], s: int) -> bool:
     return s < len(sites) and name in (sites[s]["tokens"], sites[s]["scores"])
 
 
-def pack_parts(model_bytes: bytes, bias: torch.Tensor) -> bytes:
+def pack_parts(model_bytes: bytes, bias: torch.Tensor, *, always: int = 0) -> bytes:
     """A whole layer around an ONNX graph of parts: gather, parts, scatter in one graph.
 
     ``model_bytes`` has one input ``x<j>`` and one output ``y<j>`` per part, in
     order. The result takes ``x`` (the layer's tokens ``(N, dim)``), ``tokens``
-    (int64, the rows of every part, part-major) and ``counts`` (int64, rows per
-    part); each part gathers its rows, runs on them and adds its output to its
-    rows of ``bias`` broadcast to ``(N, out)`` (``ScatterND`` with ``add``): one
-    call per layer, whatever the number of parts.
+    (int64, the rows of every chosen part, part-major) and ``counts`` (int64,
+    rows per chosen part). The first ``always`` parts run on every row, on ``x``
+    itself; each other part gathers its rows, runs on them and adds its output
+    to its rows of the sum (``ScatterND`` with ``add``, which may work in place),
+    which starts from ``bias`` broadcast to ``(N, out)``: one call per layer,
+    whatever the number of parts.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.load_from_string(model_bytes)
     graph = model.graph
-    xs = [i for i in graph.input if i.name.startswith("x")]
+    xs = [i.name for i in graph.input if i.name.startswith("x")]
     ys = [o.name for o in graph.output]
-    elem = xs[0].type.tensor_type.elem_type
-    dim = xs[0].type.tensor_type.shape.dim[1].dim_value
+    first = graph.input[0].type.tensor_type
+    elem, dim = first.elem_type, first.shape.dim[1].dim_value
     out_dim = int(bias.numel())
-    graph.initializer.extend([
-        numpy_helper.from_array(bias.detach().float().cpu().reshape(1, -1).numpy(), "site_bias"),
-        numpy_helper.from_array(torch.tensor([out_dim]).numpy(), "site_out_dim"),
-        numpy_helper.from_array(torch.tensor([0]).numpy(), "site_zero"),
-        numpy_helper.from_array(torch.tensor([1]).numpy(), "site_one"),
-    ])
+    chosen = len(xs) - always
+    graph.initializer.extend(numpy_helper.from_array(a, name) for name, a in [
+        ("site_bias", bias.detach().float().cpu().reshape(1, -1).numpy()),
+        ("site_out_dim", torch.tensor([out_dim]).numpy()),
+        ("site_zero", torch.tensor([0]).numpy()), ("site_one", torch.tensor([1]).numpy())])
+    for node in graph.node:  # parts that run on every row read x itself
+        for i, name in enumerate(node.input):
+            if name in xs[:always]:
+                node.input[i] = "x"
     mk = helper.make_node
-    # Each part gathers its own rows and adds its output in place (ScatterND may reuse
-    # its input buffer): no split or concatenation of the rows themselves.
-    parts = len(xs)
-    before = [mk("Split", ["tokens", "counts"], [f"site_tok{j}" for j in range(parts)], axis=0)]
-    before += [mk("Gather", ["x", f"site_tok{j}"], [xs[j].name], axis=0) for j in range(parts)]
-    after = [
-        mk("Shape", ["x"], ["site_shape"]),
-        mk("Slice", ["site_shape", "site_zero", "site_one"], ["site_n"]),
-        mk("Concat", ["site_n", "site_out_dim"], ["site_out_shape"], axis=0),
-        mk("Expand", ["site_bias", "site_out_shape"], ["site_acc0"]),
-    ]
-    for j in range(parts):
+    before = []
+    if chosen:
+        toks = [f"site_tok{j}" for j in range(always, len(xs))]
+        before.append(mk("Split", ["tokens", "counts"], toks, axis=0) if chosen > 1
+                      else mk("Identity", ["tokens"], toks))
+        before += [mk("Gather", ["x", t], [x], axis=0) for t, x in zip(toks, xs[always:])]
+    if always:
+        after = [mk("Add", [ys[0], "site_bias"], ["site_acc0"])]
+        after += [mk("Add", [f"site_acc{j - 1}", ys[j]], [f"site_acc{j}"])
+                  for j in range(1, always)]
+        acc = f"site_acc{always - 1}"
+    else:
+        after = [
+            mk("Shape", ["x"], ["site_shape"]),
+            mk("Slice", ["site_shape", "site_zero", "site_one"], ["site_n"]),
+            mk("Concat", ["site_n", "site_out_dim"], ["site_out_shape"], axis=0),
+            mk("Expand", ["site_bias", "site_out_shape"], ["site_start"]),
+        ]
+        acc = "site_start"
+    for j in range(always, len(xs)):
         after += [
             mk("Unsqueeze", [f"site_tok{j}", "site_one"], [f"site_index{j}"]),
-            mk("ScatterND", [f"site_acc{j}", f"site_index{j}", ys[j]],
-               ["y" if j == parts - 1 else f"site_acc{j + 1}"], reduction="add"),
+            mk("ScatterND", [acc, f"site_index{j}", ys[j]], [f"site_sum{j}"], reduction="add"),
         ]
+        acc = f"site_sum{j}"
+    after.append(mk("Identity", [acc], ["y"]))
     nodes = [*before, *graph.node, *after]
     del graph.node[:]
     graph.node.extend(nodes)
-    kept = [i for i in graph.input if not i.name.startswith("x")]
     del graph.input[:]
     graph.input.extend([
         helper.make_tensor_value_info("x", elem, ["tokens_in", dim or None]),
         helper.make_tensor_value_info("tokens", TensorProto.INT64, ["pairs"]),
-        helper.make_tensor_value_info("counts", TensorProto.INT64, [len(xs)]), *kept])
+        helper.make_tensor_value_info("counts", TensorProto.INT64, [chosen])])
     del graph.output[:]
     graph.output.extend([helper.make_tensor_value_info("y", elem, ["tokens_in", out_dim])])
     return model.SerializeToString()
@@ -293,12 +306,13 @@ def _mask_rows(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mask.t().nonzero()[:, 1].contiguous(), mask.sum(0)
 
 
-def run_parts(graph: Callable[..., Any], x: torch.Tensor,
-              mask: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-    """Run a :func:`pack_parts` graph with part ``j`` on the rows ``mask[:, j]`` of ``x``;
-    returns the layer's output and the rows each part ran."""
-    tokens, counts = _mask_rows(mask)
-    return graph(x, tokens, counts), counts.tolist()
+def run_parts(graph: Callable[..., Any], x: torch.Tensor, mask: torch.Tensor,
+              always: int = 0) -> tuple[torch.Tensor, list[int]]:
+    """Run a :func:`pack_parts` graph with part ``j`` on the rows ``mask[:, j]`` of ``x``
+    (the first ``always`` parts on every row); returns the layer's output and the rows
+    each part ran."""
+    tokens, counts = _mask_rows(mask[:, always:])
+    return graph(x, tokens, counts), [x.shape[0]] * always + counts.tolist()
 
 
 class SiteLoop(KnobSettings):
@@ -321,6 +335,8 @@ class SiteLoop(KnobSettings):
         self.segments = [graphs.get(f"segment{s}") for s in range(len(self.plan["segments"]))]
         self.parts = [graphs[f"parts{k}"] for k in range(len(self.plan["sites"]))]
         self.choose = choose
+        #: Leading parts that run on every row (not gathered, not chosen).
+        self.always = int(manifest["loop"].get("always_parts", 0))
         self.last_rows: list[list[int]] = [[] for _ in self.parts]
         every = [g for g in [*self.segments, *self.parts] if g is not None]
         self._ort = all(isinstance(g, OrtGraph) and g.device == "cpu" for g in every)
@@ -340,7 +356,7 @@ class SiteLoop(KnobSettings):
                 site = sites[s]
                 mask = self.choose(s, env[site["scores"]], self.value)
                 env[site["output"]], self.last_rows[s] = run_parts(
-                    self.parts[s], env[site["tokens"]], mask)
+                    self.parts[s], env[site["tokens"]], mask, self.always)
         return env[self.plan["output"]]
 
     def _call_ort(self, x: torch.Tensor) -> torch.Tensor:
@@ -358,8 +374,9 @@ class SiteLoop(KnobSettings):
             if s < len(sites):
                 site = sites[s]
                 scores = torch.from_numpy(env[site["scores"]].numpy())
-                tokens, counts = _mask_rows(self.choose(s, scores, self.value))
-                self.last_rows[s] = counts.tolist()
+                mask = self.choose(s, scores, self.value)
+                tokens, counts = _mask_rows(mask[:, self.always:])
+                self.last_rows[s] = [len(mask)] * self.always + counts.tolist()
                 env[site["output"]] = self.parts[s].run_values(
                     {"x": env[site["tokens"]], "tokens": value(tokens),
                      "counts": value(counts)})[0]

@@ -34,6 +34,7 @@ from frugalnn.methods.acm.module import ACMFFN
 from frugalnn.runtime.graphs import SUFFIX, graph_bytes
 from frugalnn.runtime.knob import KnobHolder, KnobRunner, WithKnob, knob_of_rows
 from frugalnn.runtime.sites import (
+    SITE_DOMAIN,
     SiteLoop,
     SiteMarker,
     exporting_sites,
@@ -138,7 +139,8 @@ def _export_segments(model: nn.Module, example: torch.Tensor, out_dir: Path,
     swap(copied)
     with exporting_sites(markers):
         whole = graph_bytes(copied, (example,), "onnx", input_names=["input"],
-                            output_names=["logits"], opset=opset, what="ACM model")
+                            output_names=["logits"], opset=opset, what="ACM model",
+                            custom_domains=(SITE_DOMAIN,))
     segments, plan = partition(whole)
     graphs: dict[str, str] = {}
     for s, seg in enumerate(segments):
@@ -155,8 +157,9 @@ def _export_segments(model: nn.Module, example: torch.Tensor, out_dir: Path,
         write_bytes_atomic(out_dir / graphs[f"parts{k}"], pack_parts(graph_bytes(
             _Learners(layer).eval(), xs, "onnx", input_names=names, output_names=outs,
             num_outputs=n, opset=opset, what=f"learners of ACM layer {layer.name!r}",
-            row_axes=axes), torch.zeros(layer.out_dim)))
-    loop = _loop(model) | {"layout": "segments", "plan": plan}
+            row_axes=axes), torch.zeros(layer.out_dim), always=1))
+    # Learner 1 runs on every token: no gather, no scatter.
+    loop = _loop(model) | {"layout": "segments", "plan": plan, "always_parts": 1}
     return {"graphs": graphs, "loop": loop, "budget_name": "q"}
 
 

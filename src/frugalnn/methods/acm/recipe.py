@@ -168,7 +168,7 @@ def run_acm(
     from frugalnn.evaluation import evaluate_into
     from frugalnn.methods.acm.report import write_extras
     from frugalnn.report import write_run_report
-    from frugalnn.train.checkpoint import save_checkpoint
+    from frugalnn.train.checkpoint import data_signature, save_checkpoint
 
     cfg = config.validate()
     out = Path(out)
@@ -181,7 +181,8 @@ def run_acm(
     converted = acm(model, cfg, train_data=splits.train, device=device, progress=progress)
     saved = {**(run_config or {}), "acm": cfg.to_dict(), "val_split": splits.val_spec}
     out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out / "checkpoint", converted, {"config": saved})
+    meta_data = {"data": data_signature(splits.info)}
+    save_checkpoint(out / "checkpoint", converted, {**meta_data, "config": saved})
     records = evaluate_into(
         converted, splits.test, out, val_dataset=splits.val, method="acm",
         batch_size=cfg.batch_size, threads=threads, device=device,

@@ -182,7 +182,7 @@ def run_binarize(
     from frugalnn.methods.binary.kernel import resolve_kernel
     from frugalnn.methods.binary.measure import layer_table, model_bytes, write_extras
     from frugalnn.report import write_run_report
-    from frugalnn.train.checkpoint import save_checkpoint
+    from frugalnn.train.checkpoint import data_signature, save_checkpoint
     from frugalnn.utils.io import write_json_atomic
     from frugalnn.utils.rundir import prepare_run_dir, run_record
 
@@ -193,7 +193,9 @@ def run_binarize(
     original = model.to(device).eval()
     student = binarize(original, config, train_data=splits.train, val_data=splits.val,
                        device=device, progress=progress)
-    save_checkpoint(out / "checkpoint", student, {"method": config.label, "config": record})
+    meta_data = {"data": data_signature(splits.info)}
+    save_checkpoint(out / "checkpoint", student, {**meta_data,
+                                                  "method": config.label, "config": record})
     x = _batch(splits.test, config.layer_batch).to(device)
     base_flops = flops_per_example(original, x[:1])
     base_acc = top1_accuracy(original, splits.test, batch_size=config.batch_size, device=device)

@@ -429,7 +429,7 @@ def run_early_exit(
     from frugalnn.evaluation import VALIDATION_DIR, evaluate_into
     from frugalnn.methods.early_exit.offline import sweep
     from frugalnn.methods.early_exit.report import write_extras
-    from frugalnn.train.checkpoint import save_checkpoint
+    from frugalnn.train.checkpoint import data_signature, save_checkpoint
     from frugalnn.utils.io import jsonable, write_json_atomic
 
     config = replace(config).validate()
@@ -444,7 +444,8 @@ def run_early_exit(
                          "val_split": getattr(splits, "val_spec", None)})
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", settings)
-    save_checkpoint(out / "checkpoint", ee, {"method": method, "history": history,
+    meta_data = {"data": data_signature(splits.info)}
+    save_checkpoint(out / "checkpoint", ee, {**meta_data, "method": method, "history": history,
                                              "config": settings})
     test_trace = _trace(ee, splits.test, device, progress)
     val_trace = _trace(ee, choose_ds, device, progress)

@@ -324,7 +324,7 @@ def run_lowrank(
     from frugalnn.evaluation import evaluate_into
     from frugalnn.methods.lowrank.pipeline import accuracy
     from frugalnn.report import write_run_report
-    from frugalnn.train.checkpoint import save_checkpoint
+    from frugalnn.train.checkpoint import data_signature, save_checkpoint
     from frugalnn.utils.io import write_json_atomic
 
     config.validate()
@@ -342,7 +342,8 @@ def run_lowrank(
     x = example.to(device)
     base_acc = accuracy(original, test_loader, device)
     base_flops = flops_per_example(original, x)
-    save_checkpoint(out / "checkpoint", student, {"method": method, "history": history,
+    meta_data = {"data": data_signature(splits.info)}
+    save_checkpoint(out / "checkpoint", student, {**meta_data, "method": method, "history": history,
                                                   "config": record})
     records = evaluate_into(
         student, splits.test, out, val_dataset=splits.val, method=method,
@@ -374,7 +375,7 @@ def run_nmf(
     from frugalnn.methods.lowrank.nmf import replace_attention
     from frugalnn.report import write_run_report
     from frugalnn.train import fit
-    from frugalnn.train.checkpoint import save_checkpoint
+    from frugalnn.train.checkpoint import data_signature, save_checkpoint
     from frugalnn.utils.io import write_json_atomic
 
     config.validate()
@@ -393,7 +394,9 @@ def run_nmf(
                   progress=progress, device=device)
         history = {"train": res.history}
     model.eval()
-    save_checkpoint(out / "checkpoint", model, {"method": config.label, "history": history,
+    meta_data = {"data": data_signature(splits.info)}
+    save_checkpoint(out / "checkpoint", model, {**meta_data,
+                                                "method": config.label, "history": history,
                                                 "config": record})
     records = evaluate_into(
         model, splits.test, out, val_dataset=splits.val, method=config.label,

@@ -38,6 +38,7 @@ from frugalnn.methods.moe.router import select_dynamic_k
 from frugalnn.runtime.graphs import SUFFIX, graph_bytes
 from frugalnn.runtime.knob import KnobHolder, KnobRunner, WithKnob, knob_of_rows
 from frugalnn.runtime.sites import (
+    SITE_DOMAIN,
     SiteLoop,
     SiteMarker,
     exporting_sites,
@@ -140,7 +141,8 @@ def _export_segments(model: nn.Module, example: torch.Tensor, out_dir: Path,
     with exporting_sites(markers):
         whole = graph_bytes(copied, (example,), "onnx", input_names=["input"],
                             output_names=["logits"], opset=opset,
-                            what="mixture-of-experts model")
+                            what="mixture-of-experts model",
+                            custom_domains=(SITE_DOMAIN,))
     segments, plan = partition(whole)
     graphs: dict[str, str] = {}
     for s, seg in enumerate(segments):

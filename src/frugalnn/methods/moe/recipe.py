@@ -201,7 +201,7 @@ def run_moe(
     from frugalnn.evaluation import evaluate_into
     from frugalnn.methods.moe.report import write_extras
     from frugalnn.report import write_run_report
-    from frugalnn.train.checkpoint import save_checkpoint
+    from frugalnn.train.checkpoint import data_signature, save_checkpoint
     from frugalnn.utils.io import write_json_atomic
 
     cfg = config.validate()
@@ -215,7 +215,8 @@ def run_moe(
     converted = moe(model, cfg, train_data=splits.train, device=device, progress=progress)
     saved = {**(run_config or {}), "moe": cfg.to_dict(), "val_split": splits.val_spec}
     out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out / "checkpoint", converted, {"config": saved})
+    meta_data = {"data": data_signature(splits.info)}
+    save_checkpoint(out / "checkpoint", converted, {**meta_data, "config": saved})
     common = {"batch_size": cfg.batch_size, "threads": threads, "device": device,
               "latency_batch_sizes": (1, cfg.batch_size), "latency_repeats": cfg.latency_repeats,
               "force": force, "progress": progress}

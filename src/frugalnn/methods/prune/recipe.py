@@ -224,7 +224,7 @@ def run_prune(
     from frugalnn.cost.count import flops_per_example
     from frugalnn.evaluation import evaluate_into
     from frugalnn.report import write_run_report
-    from frugalnn.train.checkpoint import save_checkpoint
+    from frugalnn.train.checkpoint import data_signature, save_checkpoint
     from frugalnn.utils.io import write_json_atomic
     from frugalnn.utils.rundir import prepare_run_dir, run_record
 
@@ -237,7 +237,9 @@ def run_prune(
     student, plan, history = prune_with_plan(original, config, train_data=splits.train,
                                              val_data=splits.val, example_input=example,
                                              device=device, progress=progress)
-    save_checkpoint(out / "checkpoint", student, {"method": config.label, "history": history,
+    meta_data = {"data": data_signature(splits.info)}
+    save_checkpoint(out / "checkpoint", student, {**meta_data,
+                                                  "method": config.label, "history": history,
                                                   "config": record})
     base_flops = flops_per_example(original, example)
     base_acc = top1_accuracy(original, splits.test, batch_size=config.batch_size, device=device)

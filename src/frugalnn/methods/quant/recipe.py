@@ -412,7 +412,7 @@ def run_quant(
     from frugalnn.cost.count import flops_per_example
     from frugalnn.evaluation import evaluate_into
     from frugalnn.report import write_run_report
-    from frugalnn.train.checkpoint import save_checkpoint
+    from frugalnn.train.checkpoint import data_signature, save_checkpoint
     from frugalnn.utils.io import write_json_atomic
     from frugalnn.utils.rundir import prepare_run_dir, run_record
 
@@ -427,7 +427,9 @@ def run_quant(
                                       progress=progress)
     record["quantisation"] = info
     write_json_atomic(out / "config.json", record)
-    save_checkpoint(out / "checkpoint", qmodel, {"method": config.label, "config": record})
+    meta_data = {"data": data_signature(splits.info)}
+    save_checkpoint(out / "checkpoint", qmodel, {**meta_data,
+                                                 "method": config.label, "config": record})
     baseline: dict[str, Any] = {}
     if baseline_run is None:
         baseline = {"baseline_flops": flops_per_example(original, _batch_of(splits.test, 1)),
