@@ -381,3 +381,16 @@ def test_dynamic_int8_recurrent_layers_keep_params_and_flops(make, x):
     assert got.flops_by_precision == {"int8": ref.flops}
     assert got.params_by_precision["int8"] == _matrices(dense)
     assert got.unknown_ops == {}
+
+
+def test_tied_weights_count_once() -> None:
+    # Tied input and output embeddings (a language model's lm_head): one tensor, two modules.
+    from frugalnn.cost.count import measure
+
+    emb = torch.nn.Embedding(50, 8)
+    head = torch.nn.Linear(8, 50, bias=False)
+    head.weight = emb.weight
+    model = torch.nn.Sequential(emb, head)
+    report = measure(model, torch.randint(0, 50, (1, 4)))
+    assert report.params == 400 == report.trainable_params
+    assert report.model_bytes == 400 * 4

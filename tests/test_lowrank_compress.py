@@ -204,3 +204,21 @@ def test_bad_layer_targets_are_user_errors(kwargs, match) -> None:
     model, x = _resnet()
     with pytest.raises(UserError, match=match):
         compress_model(model, "tt", "flops=2", x, **kwargs)
+
+
+def test_conv_subclasses_with_their_own_forward_are_left_alone() -> None:
+    # A conv that pads "same" inside forward (EfficientNet's stem): replacing it by a
+    # factorised chain would silently drop that padding, so it is not a candidate.
+    import torch.nn.functional as F
+
+    class SamePadConv(nn.Conv2d):
+        def forward(self, x):
+            return super().forward(F.pad(x, (0, 1, 0, 1)))
+
+    class Subclassed(nn.Conv2d):  # same computation: still a candidate
+        pass
+
+    model = nn.Sequential(SamePadConv(3, 8, 3, stride=2), Subclassed(8, 8, 3, padding=1),
+                          nn.Conv2d(8, 8, 3, padding=1, padding_mode="circular"))
+    names = [t.name for t in find_layers(model, "tucker", torch.randn(1, 3, 16, 16))]
+    assert names == ["1"]

@@ -228,7 +228,9 @@ def _models(args: argparse.Namespace) -> int:
     for name in list_models():
         info = model_info(name)
         params = "-"
-        if not args.no_params:
+        # The published models load their real weights (seconds for SmolLM2): their
+        # sizes are in the description instead.
+        if not args.no_params and info.builder.__module__ != "frugalnn.models.published":
             try:
                 model = create_model(name)
                 params = format_count(sum(p.numel() for p in model.parameters()))

@@ -162,8 +162,10 @@ def _is_quantized_rnn(module: nn.Module) -> bool:
 
 
 def params_by_precision(model: nn.Module) -> dict[str, int]:
-    """Parameter counts per storage precision, quantised weights included."""
+    """Parameter counts per storage precision, quantised weights included; a tensor
+    shared by several modules (tied input and output embeddings) counts once."""
     counts: dict[str, int] = defaultdict(int)
+    seen: set[int] = set()
     for module in model.modules():
         own = getattr(module, "precision_params", None)
         if callable(own):
@@ -171,9 +173,12 @@ def params_by_precision(model: nn.Module) -> dict[str, int]:
                 counts[label] += int(n)
             continue
         for p in module.parameters(recurse=False):
-            counts[precision_of(p.dtype)] += p.numel()
+            if id(p) not in seen:
+                seen.add(id(p))
+                counts[precision_of(p.dtype)] += p.numel()
         for b in module.buffers(recurse=False):  # int8 values stored as buffers are weights
-            if b.dtype in INT_DTYPES:
+            if b.dtype in INT_DTYPES and id(b) not in seen:
+                seen.add(id(b))
                 counts["int8"] += b.numel()
         if _is_quantized_rnn(module):  # dynamic int8 LSTM/GRU/cells: packed weights
             own = {id(p) for p in module.parameters(recurse=False)}
@@ -212,5 +217,15 @@ def _value_bytes(value: Any) -> int:
 def model_bytes(model: nn.Module) -> int:
     """Bytes of every tensor in ``model.state_dict()`` (the weights a checkpoint stores):
     parameters and buffers at their storage width, quantised weights at one byte per
-    value plus their scales and zero points."""
-    return sum(_value_bytes(v) for v in model.state_dict().values())
+    value plus their scales and zero points. A tensor stored under several names (tied
+    weights) counts once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for value in model.state_dict().values():
+        if isinstance(value, torch.Tensor) and not value.is_quantized and value.numel():
+            key = (value.untyped_storage().data_ptr(), value.storage_offset())
+            if key in seen:
+                continue
+            seen.add(key)
+        total += _value_bytes(value)
+    return total

@@ -47,8 +47,8 @@ def package_dir(package: str, target: str) -> Path:
 @register_model(
     "efficientnet_lite0",
     input_shape=(3, 224, 224),
-    description="EfficientNet-Lite0 with ImageNet weights, the upstream module "
-    "(make efficientnet)",
+    description="EfficientNet-Lite0 with ImageNet weights (4.65 M params), the upstream "
+    "module (make efficientnet)",
     weight_args=("weights",),
 )
 def efficientnet_lite0(weights: str | None = None) -> nn.Module:
@@ -108,8 +108,8 @@ def _gguf_path(gguf_file: str | None) -> Path:
     input_shape=(256,),
     task="lm",
     input_dtype="long",
-    description="SmolLM2-135M-Instruct, Hugging Face Llama (SwiGLU) from its Q4_1 GGUF "
-    "(make smollm)",
+    description="SmolLM2-135M-Instruct (134.5 M params), Hugging Face Llama (SwiGLU) "
+    "from its Q4_1 GGUF (make smollm)",
     weight_args=("gguf_file",),
 )
 def smollm2_135m(gguf_file: str | None = None) -> nn.Module:

@@ -58,7 +58,8 @@ class _Site(torch.autograd.Function):
     the tracer does) it computes the real layer, untraced, so later shapes are right."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, scores: torch.Tensor, index: int) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, scores: torch.Tensor, index: int,
+                out_dim: int) -> torch.Tensor:
         state = torch._C._get_tracing_state()
         torch._C._set_tracing_state(None)
         try:
@@ -68,8 +69,10 @@ class _Site(torch.autograd.Function):
             torch._C._set_tracing_state(state)
 
     @staticmethod
-    def symbolic(g: Any, x: Any, scores: Any, index: int) -> Any:
-        return g.op(f"{SITE_DOMAIN}::Site", x, scores, index_i=index)
+    def symbolic(g: Any, x: Any, scores: Any, index: int, out_dim: int) -> Any:
+        y = g.op(f"{SITE_DOMAIN}::Site", x, scores, index_i=index)
+        y.setType(x.type().with_sizes([None, out_dim]))  # the exporter cannot infer it
+        return y
 
 
 class SiteMarker(nn.Module):
@@ -91,7 +94,7 @@ class SiteMarker(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        y = _Site.apply(x2, self.scorer(x2), self.index)
+        y = _Site.apply(x2, self.scorer(x2), self.index, self.out_dim)
         return y.reshape(*shape[:-1], self.out_dim)
 
 

@@ -88,12 +88,19 @@ class LayerPlan:
         return d
 
 
+def _plain(module: nn.Module, base: type[nn.Module]) -> bool:
+    """``module`` computes exactly what ``base`` computes: a subclass that overrides
+    ``forward`` (e.g. a conv that pads "same" inside it) would lose that extra work
+    when replaced by a factorised chain, so it is left alone."""
+    return isinstance(module, base) and type(module).forward is base.forward
+
+
 def _eligible(module: nn.Module, method: str) -> bool:
     if capsule.is_capsule_layer(module):
         return method in capsule.METHODS
-    if isinstance(module, nn.Linear):
+    if _plain(module, nn.Linear):
         return method == "svd"
-    if not isinstance(module, nn.Conv2d) or module.groups != 1:
+    if not _plain(module, nn.Conv2d) or module.groups != 1 or module.padding_mode != "zeros":
         return False
     one_by_one = tuple(module.kernel_size) == (1, 1)
     return one_by_one if method == "svd" else not one_by_one
