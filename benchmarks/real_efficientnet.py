@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 (ImageNet weights, the upstream module): dense costs, then low-rank.
+"""EfficientNet-Lite0 (ImageNet weights, the upstream module): dense, early exits, low-rank.
 
 The dense model is ``frugalnn.create_model("efficientnet_lite0")``: the
 ``efficientnet-lite-pytorch`` class itself, which frugalnn did not define.
@@ -7,7 +7,20 @@ dense model's own top-1 ImageNet predictions, so accuracy = top-1 agreement
 with the dense model. The foolbox ImageNet photos (20) are a smoke check of
 real accuracy.
 
-Low-rank: ``frugalnn.lowrank`` with SVD on the 1x1 convolutions and the
+Early exits (``--method early-exit``, the default): pooling heads attached to
+the upstream module's ``_blocks`` (``frugalnn.models.adapters.as_staged``)
+and trained with the backbone frozen on agreement labels of CIFAR-10 *train*
+images. The backbone runs once over every image: the heads' inputs at every
+candidate exit point are cached (``cache_features``) and each candidate set
+of exit positions and each seed trains on those caches (``train_heads``)
+and is scored on traces built from them (``trace_from_features``, the same
+decision and cost model as real inference). The exit positions and the
+confidence threshold are chosen on validation images (other train images):
+the cheapest with mean agreement >= ``--min-agreement``; test images only
+score them. Latency of dense vs the chosen early-exit model (real batched
+inference, exited images leave the batch) at batch 1 and 32, interleaved.
+
+Low-rank (``--method lowrank``): ``frugalnn.lowrank`` with SVD on the 1x1 convolutions and the
 classifier (the stem conv, whose upstream class pads inside ``forward``, is
 excluded), fine-tuned by distillation from the dense model on CIFAR-10 *train*
 images; every FLOPs target is scored on validation images (other train
@@ -17,6 +30,7 @@ chosen there, then reported on test. Latency of dense vs chosen at batch 1 and
 
     make efficientnet
     python benchmarks/real_efficientnet.py --data-dir ../shared/data
+    python benchmarks/real_efficientnet.py --method lowrank --targets flops=1.6
 """
 
 from __future__ import annotations

@@ -206,7 +206,7 @@ def test_bad_layer_targets_are_user_errors(kwargs, match) -> None:
         compress_model(model, "tt", "flops=2", x, **kwargs)
 
 
-def test_conv_subclasses_with_their_own_forward_are_left_alone() -> None:
+def test_conv_subclasses_that_do_more_than_a_conv_are_left_alone() -> None:
     # A conv that pads "same" inside forward (EfficientNet's stem): replacing it by a
     # factorised chain would silently drop that padding, so it is not a candidate.
     import torch.nn.functional as F

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,9 +39,12 @@ from frugalnn.errors import UserError
 from frugalnn.runtime.knob import KnobSettings
 
 __all__ = [
+    "LAYOUTS",
     "SITE_DOMAIN",
     "SiteLoop",
     "SiteMarker",
+    "choose_layout",
+    "export_segments",
     "exporting_sites",
     "pack_parts",
     "partition",
@@ -107,6 +111,79 @@ def exporting_sites(markers: Sequence[SiteMarker]) -> Iterator[None]:
         yield
     finally:
         _LAYERS.clear()
+
+
+LAYOUTS = ("segments", "one-graph")
+
+
+def choose_layout(layout: str, fmt: str, what: str) -> str:
+    """The layout an input-dependent export of ``what`` uses: ``auto`` is ``segments`` for
+    ONNX and ``one-graph`` for the torch formats; anything else is checked."""
+    if layout == "auto":
+        return "segments" if fmt == "onnx" else "one-graph"
+    if layout not in LAYOUTS:
+        raise UserError(f"unknown layout {layout!r} for {what} export; use "
+                        f"auto, {', '.join(LAYOUTS)}")
+    if layout == "segments" and fmt != "onnx":
+        raise UserError(f"the 'segments' layout is made for ONNX; use layout 'one-graph' for "
+                        f"{fmt}")
+    return layout
+
+
+@torch.no_grad()
+def export_segments(model: nn.Module, example: torch.Tensor, out_dir: Any, opset: int, *,
+                    is_site: Callable[[nn.Module], bool],
+                    scorer: Callable[[Any], Callable[[torch.Tensor], torch.Tensor]],
+                    parts: Callable[[Any], tuple[nn.Module, int, torch.Tensor]],
+                    always: int = 0, what: str = "model") -> dict[str, Any]:
+    """Write the ``segments`` layout of ``model`` into ``out_dir``.
+
+    Every submodule for which ``is_site`` holds becomes a site: ``scorer(layer)``
+    is what its choice is made from, ``parts(layer)`` gives the module of its
+    parts (one input and one output per part), their number and the output bias.
+    Returns ``{"graphs": {name: file}, "plan": ...}`` (see :func:`partition`).
+    """
+    import copy
+
+    from frugalnn.runtime.graphs import graph_bytes
+    from frugalnn.utils.io import write_bytes_atomic
+
+    copied = copy.deepcopy(model).eval()
+    markers: list[SiteMarker] = []
+
+    def swap(module: nn.Module) -> None:
+        for name, child in module.named_children():
+            if is_site(child):
+                marker = SiteMarker(child, scorer(child), len(markers), int(child.out_dim))
+                markers.append(marker)
+                setattr(module, name, marker)
+            else:
+                swap(child)
+
+    swap(copied)
+    with exporting_sites(markers):
+        whole = graph_bytes(copied, (example,), "onnx", input_names=["input"],
+                            output_names=["logits"], opset=opset, what=what,
+                            custom_domains=(SITE_DOMAIN,))
+    segments, plan = partition(whole)
+    graphs: dict[str, str] = {}
+    for s, seg in enumerate(segments):
+        if seg is not None:
+            graphs[f"segment{s}"] = f"segment{s}.onnx"
+            write_bytes_atomic(Path(out_dir) / graphs[f"segment{s}"], seg)
+    for k, site in enumerate(plan["sites"]):
+        layer = markers[site["index"]].layer
+        module, n, bias = parts(layer)
+        # Distinct row counts and row axes: each part gets its own number of rows.
+        xs = tuple(example.new_zeros(2 + i, layer.dim).normal_() for i in range(n))
+        names, outs = [f"x{i}" for i in range(n)], [f"y{i}" for i in range(n)]
+        axes = {v: f"rows{i}" for group in (names, outs) for i, v in enumerate(group)}
+        graphs[f"parts{k}"] = f"parts{k}.onnx"
+        write_bytes_atomic(Path(out_dir) / graphs[f"parts{k}"], pack_parts(graph_bytes(
+            module.eval(), xs, "onnx", input_names=names, output_names=outs, num_outputs=n,
+            opset=opset, what=f"parts of layer {getattr(layer, 'name', k)!r}", row_axes=axes),
+            bias, always=always))
+    return {"graphs": graphs, "plan": plan}
 
 
 def _fold_constants(graph: Any) -> None:

@@ -33,20 +33,12 @@ from frugalnn.methods.acm.convert import ACMModel
 from frugalnn.methods.acm.module import ACMFFN
 from frugalnn.runtime.graphs import SUFFIX, graph_bytes
 from frugalnn.runtime.knob import KnobHolder, KnobRunner, WithKnob, knob_of_rows
-from frugalnn.runtime.sites import (
-    SITE_DOMAIN,
-    SiteLoop,
-    SiteMarker,
-    exporting_sites,
-    pack_parts,
-    partition,
-)
+from frugalnn.runtime.sites import LAYOUTS, SiteLoop, choose_layout, export_segments
 from frugalnn.utils.io import write_bytes_atomic
 
 __all__ = ["ACMSiteRunner", "KIND", "LAYOUTS", "claims", "export_parts", "load_runner"]
 
 KIND = "acm"
-LAYOUTS = ("segments", "one-graph")
 
 
 class _GatherACM(nn.Module):
@@ -100,18 +92,6 @@ class _Learners(nn.Module):
         return tuple(torch.addmm(m.b2[j], m.hidden(x, j), m.w2[j]) for j, x in enumerate(xs))
 
 
-def _check_layout(layout: str, fmt: str) -> str:
-    if layout == "auto":
-        return "segments" if fmt == "onnx" else "one-graph"
-    if layout not in LAYOUTS:
-        raise UserError(f"unknown layout {layout!r} for an ACM export; use "
-                        f"auto, {', '.join(LAYOUTS)}")
-    if layout == "segments" and fmt != "onnx":
-        raise UserError("the 'segments' layout is made for ONNX; use layout 'one-graph' for "
-                        f"{fmt}")
-    return layout
-
-
 def _loop(model: nn.Module) -> dict[str, Any]:
     values = model.budget_values() if hasattr(model, "budget_values") else [1.0]
     return {"budget_name": "q", "values": list(values), "full": 1.0, "low": 0.0, "high": 1.0}
@@ -121,46 +101,16 @@ def _gate_logits(layer: ACMFFN) -> Any:
     return lambda x: layer.gate(x).float()
 
 
-@torch.no_grad()
 def _export_segments(model: nn.Module, example: torch.Tensor, out_dir: Path,
                      opset: int) -> dict[str, Any]:
-    copied = copy.deepcopy(model).eval()
-    markers: list[SiteMarker] = []
-
-    def swap(module: nn.Module) -> None:
-        for name, child in module.named_children():
-            if isinstance(child, ACMFFN):
-                marker = SiteMarker(child, _gate_logits(child), len(markers), child.out_dim)
-                markers.append(marker)
-                setattr(module, name, marker)
-            else:
-                swap(child)
-
-    swap(copied)
-    with exporting_sites(markers):
-        whole = graph_bytes(copied, (example,), "onnx", input_names=["input"],
-                            output_names=["logits"], opset=opset, what="ACM model",
-                            custom_domains=(SITE_DOMAIN,))
-    segments, plan = partition(whole)
-    graphs: dict[str, str] = {}
-    for s, seg in enumerate(segments):
-        if seg is not None:
-            graphs[f"segment{s}"] = f"segment{s}.onnx"
-            write_bytes_atomic(out_dir / graphs[f"segment{s}"], seg)
-    for k, site in enumerate(plan["sites"]):
-        layer = markers[site["index"]].layer
-        n = layer.num_learners
-        xs = tuple(example.new_zeros(2 + i, layer.dim).normal_() for i in range(n))
-        names, outs = [f"x{i}" for i in range(n)], [f"y{i}" for i in range(n)]
-        axes = {v: f"rows{i}" for group in (names, outs) for i, v in enumerate(group)}
-        graphs[f"parts{k}"] = f"parts{k}.onnx"
-        write_bytes_atomic(out_dir / graphs[f"parts{k}"], pack_parts(graph_bytes(
-            _Learners(layer).eval(), xs, "onnx", input_names=names, output_names=outs,
-            num_outputs=n, opset=opset, what=f"learners of ACM layer {layer.name!r}",
-            row_axes=axes), torch.zeros(layer.out_dim), always=1))
-    # Learner 1 runs on every token: no gather, no scatter.
-    loop = _loop(model) | {"layout": "segments", "plan": plan, "always_parts": 1}
-    return {"graphs": graphs, "loop": loop, "budget_name": "q"}
+    # Learner 1 runs on every token: no gather, no scatter (always=1).
+    parts = export_segments(
+        model, example, out_dir, opset, is_site=lambda m: isinstance(m, ACMFFN),
+        scorer=_gate_logits,
+        parts=lambda layer: (_Learners(layer), layer.num_learners, torch.zeros(layer.out_dim)),
+        always=1, what="ACM model")
+    loop = _loop(model) | {"layout": "segments", "plan": parts["plan"], "always_parts": 1}
+    return {"graphs": parts["graphs"], "loop": loop, "budget_name": "q"}
 
 
 @torch.no_grad()
@@ -170,7 +120,7 @@ def export_parts(model: nn.Module, example: torch.Tensor, fmt: str, out_dir: Pat
     layers = [m for m in model.modules() if isinstance(m, ACMFFN)]
     if any(m.mode != "infer" for m in layers):
         raise UserError("ACM export needs the layers in 'infer' mode (not a training mode)")
-    if _check_layout(layout, fmt) == "segments":
+    if choose_layout(layout, fmt, "an ACM") == "segments":
         return _export_segments(model, example, out_dir, opset)
     holder = KnobHolder()
     copied = copy.deepcopy(model).eval()

@@ -88,22 +88,28 @@ class LayerPlan:
         return d
 
 
-def _plain(module: nn.Module, base: type[nn.Module]) -> bool:
-    """``module`` computes exactly what ``base`` computes: a subclass that overrides
-    ``forward`` (e.g. a conv that pads "same" inside it) would lose that extra work
-    when replaced by a factorised chain, so it is left alone."""
-    return isinstance(module, base) and type(module).forward is base.forward
-
-
 def _eligible(module: nn.Module, method: str) -> bool:
     if capsule.is_capsule_layer(module):
         return method in capsule.METHODS
-    if _plain(module, nn.Linear):
+    if isinstance(module, nn.Linear):
         return method == "svd"
-    if not _plain(module, nn.Conv2d) or module.groups != 1 or module.padding_mode != "zeros":
+    if not isinstance(module, nn.Conv2d) or module.groups != 1 or module.padding_mode != "zeros":
         return False
     one_by_one = tuple(module.kernel_size) == (1, 1)
     return one_by_one if method == "svd" else not one_by_one
+
+
+def _computes_its_base(module: nn.Module, x: Any, out: Any) -> bool:
+    """Whether a Conv2d / Linear subclass that overrides ``forward`` still computes what the
+    plain layer computes on this input. One that does more (a conv padding "same" inside
+    its forward, as EfficientNet's does) would lose that work in a factorised chain."""
+    for base in (nn.Conv2d, nn.Linear):
+        if isinstance(module, base) and type(module).forward is not base.forward:
+            if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
+                return False
+            plain = base.forward(module, x)
+            return plain.shape == out.shape and torch.allclose(plain, out, atol=1e-6, rtol=1e-5)
+    return True
 
 
 def _matches(name: str, patterns: list[str] | None) -> bool:
@@ -130,10 +136,13 @@ def find_layers(model: nn.Module, method: str, example_input: Any,
         and not _matches(name, exclude) and not any(name.startswith(c) for c in chains)
     }
     sizes: dict[str, tuple[int, int]] = {}
+    altered: set[str] = set()
 
     def hook(name: str):
-        def fn(module: nn.Module, inputs: tuple[Any, ...], _out: Any) -> None:
+        def fn(module: nn.Module, inputs: tuple[Any, ...], out: Any) -> None:
             x = inputs[0]
+            if not _computes_its_base(module, x, out):
+                altered.add(name)
             if isinstance(module, nn.Conv2d):
                 sizes[name] = (int(x.shape[-2]), int(x.shape[-1]))
             elif not isinstance(module, nn.Linear):  # a capsule layer: sizes in its geometry
@@ -154,8 +163,8 @@ def find_layers(model: nn.Module, method: str, example_input: Any,
             h.remove()
     targets = []
     for name, m in found.items():
-        if name not in sizes:
-            continue  # never called in forward: nothing to gain
+        if name not in sizes or name in altered:
+            continue  # never called in forward (nothing to gain), or more than a plain layer
         targets.append(LayerTarget(name, m, _spec(m, name), sizes[name]))
     return targets
 

@@ -37,20 +37,12 @@ from frugalnn.methods.moe.layer import MoEFFN
 from frugalnn.methods.moe.router import select_dynamic_k
 from frugalnn.runtime.graphs import SUFFIX, graph_bytes
 from frugalnn.runtime.knob import KnobHolder, KnobRunner, WithKnob, knob_of_rows
-from frugalnn.runtime.sites import (
-    SITE_DOMAIN,
-    SiteLoop,
-    SiteMarker,
-    exporting_sites,
-    pack_parts,
-    partition,
-)
+from frugalnn.runtime.sites import LAYOUTS, SiteLoop, choose_layout, export_segments
 from frugalnn.utils.io import write_bytes_atomic
 
 __all__ = ["KIND", "LAYOUTS", "MoESiteRunner", "claims", "export_parts", "load_runner"]
 
 KIND = "moe"
-LAYOUTS = ("segments", "one-graph")
 
 
 class _GatherMoE(nn.Module):
@@ -105,65 +97,20 @@ class _Experts(nn.Module):
                      for e, x in enumerate(xs))
 
 
-def _check_layout(layout: str, fmt: str) -> str:
-    if layout == "auto":
-        return "segments" if fmt == "onnx" else "one-graph"
-    if layout not in LAYOUTS:
-        raise UserError(f"unknown layout {layout!r} for a mixture-of-experts export; use "
-                        f"auto, {', '.join(LAYOUTS)}")
-    if layout == "segments" and fmt != "onnx":
-        raise UserError("the 'segments' layout is made for ONNX; use layout 'one-graph' for "
-                        f"{fmt}")
-    return layout
-
-
 def _loop(model: nn.Module) -> dict[str, Any]:
     values = model.budget_values() if hasattr(model, "budget_values") else [1.0]
     return {"budget_name": "tau", "values": list(values), "full": 1.0, "low": 0.0, "high": 1.0}
 
 
-@torch.no_grad()
 def _export_segments(model: nn.Module, example: torch.Tensor, out_dir: Path,
                      opset: int) -> dict[str, Any]:
-    copied = copy.deepcopy(model).eval()
-    markers: list[SiteMarker] = []
-
-    def swap(module: nn.Module) -> None:
-        for name, child in module.named_children():
-            if isinstance(child, MoEFFN):
-                marker = SiteMarker(child, child.scores, len(markers), child.out_dim)
-                markers.append(marker)
-                setattr(module, name, marker)
-            else:
-                swap(child)
-
-    swap(copied)
-    with exporting_sites(markers):
-        whole = graph_bytes(copied, (example,), "onnx", input_names=["input"],
-                            output_names=["logits"], opset=opset,
-                            what="mixture-of-experts model",
-                            custom_domains=(SITE_DOMAIN,))
-    segments, plan = partition(whole)
-    graphs: dict[str, str] = {}
-    for s, seg in enumerate(segments):
-        if seg is not None:
-            graphs[f"segment{s}"] = f"segment{s}.onnx"
-            write_bytes_atomic(out_dir / graphs[f"segment{s}"], seg)
-    for k, site in enumerate(plan["sites"]):
-        layer = markers[site["index"]].layer
-        e = layer.num_experts
-        xs = tuple(example.new_zeros(2 + i, layer.dim).normal_() for i in range(e))
-        names = [f"x{i}" for i in range(e)]
-        outs = [f"y{i}" for i in range(e)]
-        axes = {n: f"rows{i}" for i, n in enumerate(names)} | {
-            n: f"rows{i}" for i, n in enumerate(outs)}
-        graphs[f"parts{k}"] = f"parts{k}.onnx"
-        write_bytes_atomic(out_dir / graphs[f"parts{k}"], pack_parts(graph_bytes(
-            _Experts(layer).eval(), xs, "onnx", input_names=names, output_names=outs,
-            num_outputs=e, opset=opset, what=f"experts of MoE layer {layer.name!r}",
-            row_axes=axes), layer.fc2_bias))
-    loop = _loop(model) | {"layout": "segments", "plan": plan}
-    return {"graphs": graphs, "loop": loop, "budget_name": "tau"}
+    parts = export_segments(
+        model, example, out_dir, opset, is_site=lambda m: isinstance(m, MoEFFN),
+        scorer=lambda layer: layer.scores,
+        parts=lambda layer: (_Experts(layer), layer.num_experts, layer.fc2_bias),
+        what="mixture-of-experts model")
+    loop = _loop(model) | {"layout": "segments", "plan": parts["plan"]}
+    return {"graphs": parts["graphs"], "loop": loop, "budget_name": "tau"}
 
 
 @torch.no_grad()
@@ -174,7 +121,7 @@ def export_parts(model: nn.Module, example: torch.Tensor, fmt: str, out_dir: Pat
     if any(m.mode != "dynamic" for m in layers):
         raise UserError("MoE export supports routing mode 'dynamic' (knob tau); this model "
                         "routes top-k")
-    if _check_layout(layout, fmt) == "segments":
+    if choose_layout(layout, fmt, "a mixture-of-experts") == "segments":
         return _export_segments(model, example, out_dir, opset)
     tau = KnobHolder()
     copied = copy.deepcopy(model).eval()
