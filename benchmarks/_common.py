@@ -14,10 +14,12 @@ script's own directory, first on ``sys.path``).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,11 @@ __all__ = [
     "log",
     "results_header",
     "splits_from_args",
+    "timing_lock",
     "write_results",
 ]
+
+TIMING_LOCK = "/tmp/frugalnn-timing.lock"
 
 _STARTED = time.time()
 
@@ -65,6 +70,18 @@ def write_results(path: str | Path, text: str, *, echo: bool = True) -> Path:
         print(text)
     log(f"wrote {out}")
     return out
+
+
+@contextmanager
+def timing_lock(path: str = TIMING_LOCK) -> Iterator[None]:
+    """Hold the shared timing lock (the one ``flock /tmp/frugalnn-timing.lock`` takes) while
+    a script times something, so that its training phases need not hold it."""
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def add_split_flags(p: argparse.ArgumentParser, *, data: str | None = None) -> None:

@@ -19,10 +19,11 @@ Pipeline (one command, fixed seeds; choices on the validation split only):
    test accuracy and latency at batch 1 and ``--batch-size`` (dense and
    compressed timed alternately in the same process).
 
-Run the timing under the shared lock, e.g.::
+The timing (step 4) holds the shared timing lock ``/tmp/frugalnn-timing.lock``
+itself; training does not. Full scale::
 
-    flock /tmp/frugalnn-timing.lock python benchmarks/capsnet_mnist.py \\
-        --data-dir $FRUGALNN_DATA --max-epochs 30 --finetune-epochs 5
+    python benchmarks/capsnet_mnist.py --data-dir $FRUGALNN_DATA --train-limit 54000 \\
+        --val-limit 6000 --max-epochs 30 --finetune-epochs 5 --target params=8
 
 The defaults are a scaled-down run (``--train-limit 5000``); the results file
 states the scale used. Writes ``--markdown`` and ``--out`` (JSON).
@@ -40,7 +41,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import add_split_flags, log, results_header, splits_from_args, write_results
+from _common import (
+    add_split_flags,
+    log,
+    results_header,
+    splits_from_args,
+    timing_lock,
+    write_results,
+)
 from torch.utils.data import DataLoader
 
 from frugalnn.cost.machine import describe_machine
@@ -50,6 +58,9 @@ from frugalnn.methods.lowrank.recipe import LowRankConfig, compare_into, compres
 from frugalnn.models import create_model
 from frugalnn.train import fit
 from frugalnn.utils.io import write_json_atomic
+
+FULL_SCALE = ("python benchmarks/capsnet_mnist.py --data-dir $FRUGALNN_DATA --train-limit 54000 "
+              "--val-limit 6000 --max-epochs 30 --finetune-epochs 5 --target params=8")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,8 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-threads", type=int, help="torch threads while training")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--work", default="runs/bench/capsnet_mnist")
-    p.add_argument("--out", default="benchmarks/results/capsnet_mnist.json")
-    p.add_argument("--markdown", default="benchmarks/results/capsnet_mnist.md")
+    p.add_argument("--out", default="benchmarks/results/capsnet.json")
+    p.add_argument("--markdown", default="benchmarks/results/capsnet.md")
     return p.parse_args(argv)
 
 
@@ -126,9 +137,10 @@ def run_model(name: str, args: argparse.Namespace, splits: Any) -> dict[str, Any
             runs.append({"seed": seed, "dense_accuracy": dense_acc, "error": str(exc)})
             continue
         torch.set_num_threads(args.threads)
-        cmp = compare_into(Path(args.work) / f"{name}_seed{seed}", dense, small, plan, example,
-                           config, test_data=splits.test, label=f"{config.label} ({name})",
-                           threads=args.threads)
+        with timing_lock():
+            cmp = compare_into(Path(args.work) / f"{name}_seed{seed}", dense, small, plan,
+                               example, config, test_data=splits.test,
+                               label=f"{config.label} ({name})", threads=args.threads)
         torch.set_num_threads(args.train_threads or args.threads)
         cmp.update(seed=seed, dense_accuracy=dense_acc, plan=[r.to_dict() for r in plan],
                    finetune_history=hist)
@@ -158,7 +170,7 @@ def markdown(args: argparse.Namespace, results: dict[str, Any], sizes: dict[str,
         f"{args.seeds}; Adam lr {args.lr} x {args.decay}/epoch, batch {args.batch_size}; "
         f"compression fine-tuned {args.finetune_epochs} epoch(s) with distillation; latency "
         f"median of {args.repeats} repeats ({args.threads} thread), dense and compressed "
-        "alternating.\n",
+        f"alternating. Full scale: `{FULL_SCALE}`.\n",
         f"| model | epochs | dense acc. % | compressed acc. % | params | FLOPs/example | "
         f"latency b{b} ms (speed-up) |",
         "|---|---|---|---|---|---|---|",

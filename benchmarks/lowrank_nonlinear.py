@@ -23,11 +23,11 @@ chain (``tt``, ``tucker``)? Pipeline (one command, fixed seeds):
 4. cost of the first seed's model: :func:`frugalnn.methods.lowrank.recipe.compare_into`
    (parameters, FLOPs, latency at batch 1 and ``--batch-size``).
 
-Full scale: ``--baseline-epochs 5 --train-limit 45000 --val-limit 5000 --test-limit 10000
---finetune-epochs 10 --layerwise-steps 500 --lrs 0.01,0.003 --seeds 0,1,2 --augment
---repeats 30``. The defaults are a smoke-sized run for a shared 2-core CPU; the
-results file states the scale used. Writes ``--markdown`` (default
-``benchmarks/results/lowrank_nonlinear.md``) and ``--out`` (JSON).
+Full scale: ``FULL_SCALE`` below. The timing (step 4) holds the shared timing
+lock ``/tmp/frugalnn-timing.lock`` itself; training does not. The defaults are a
+smoke-sized run for a shared 2-core CPU; the results file states the scale used.
+Writes ``--markdown`` (default ``benchmarks/results/lowrank_nonlinear.md``) and
+``--out`` (JSON).
 """
 
 from __future__ import annotations
@@ -42,7 +42,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import add_split_flags, log, results_header, splits_from_args, write_results
+from _common import (
+    add_split_flags,
+    log,
+    results_header,
+    splits_from_args,
+    timing_lock,
+    write_results,
+)
 from lowrank_resnet56 import baseline
 from torch.utils.data import DataLoader
 
@@ -50,6 +57,11 @@ from frugalnn.cost.machine import describe_machine
 from frugalnn.methods.lowrank.pipeline import accuracy
 from frugalnn.methods.lowrank.recipe import LowRankConfig, compare_into, compress
 from frugalnn.utils.io import write_json_atomic
+
+FULL_SCALE = ("python benchmarks/lowrank_nonlinear.py --data-dir $FRUGALNN_DATA "
+              "--baseline-epochs 5 --train-limit 45000 --val-limit 5000 --test-limit 10000 "
+              "--finetune-epochs 10 --layerwise-steps 500 --lrs 0.01,0.003 --seeds 0,1,2 "
+              "--augment --repeats 30")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -143,9 +155,10 @@ def main(argv: list[str] | None = None) -> int:
                               for s in args.seeds[1:]]
         chosen = runs[0]
         work = Path(args.work) / re.sub(r"[^A-Za-z0-9_.=+-]+", "_", name)
-        cmp = compare_into(work, base, chosen["model"], chosen["plan"], example,
-                           chosen["config"], label=f"{chosen['config'].label} (ResNet-56)",
-                           threads=args.threads)
+        with timing_lock():
+            cmp = compare_into(work, base, chosen["model"], chosen["plan"], example,
+                               chosen["config"], label=f"{chosen['config'].label} (ResNet-56)",
+                               threads=args.threads)
         tests = [r["test"] for r in runs]
         results[name] = {
             "lr": lr, "lr_choice": {str(v): r["val"] for v, r in first.items()},
@@ -177,7 +190,7 @@ def markdown(args: argparse.Namespace, results: dict[str, dict[str, Any]],
         f"(seed {args.seeds[0]}); test accuracy on {sizes['test']} JPEG test images, mean "
         f"+- std over training seeds {args.seeds}. Baseline: "
         f"{100 * base_acc['test']:.2f} % test, {100 * base_acc['val']:.2f} % validation. "
-        "Full scale is in the script's docstring.\n",
+        f"Full scale: `{FULL_SCALE}`.\n",
         f"| method | lr | params | FLOPs/example | val % | test % (mean +- std) | "
         f"vs baseline (pt) | latency b1 ms | latency b{b} ms | load |",
         "|---|---|---|---|---|---|---|---|---|---|",

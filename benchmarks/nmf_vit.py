@@ -1,8 +1,7 @@
 """ViT with NMF / NTF token mixing vs softmax attention: FLOPs, time, accuracy as tokens grow.
 
-Flags: the split flags are the CLI's (``--data``, ``--val-fraction``,
-``--val-limit`` are new); ``--markdown`` writes its own file (it used to splice
-a section into ``results/lowrank.md``); ``--work`` is new.
+The split flags are the CLI's (``--data``, ``--val-fraction``, the limits,
+``--seed``).
 
 Two parts (one command, fixed seeds):
 
@@ -14,9 +13,13 @@ Two parts (one command, fixed seeds):
    :class:`frugalnn.methods.lowrank.recipe.NMFConfig`; FLOPs per example
    counted by ``FlopCounterMode`` (SDPA included) and wall-clock latency
    measured, for the whole model and for one token mixer alone (untrained
-   weights: the cost does not depend on their values).
+   weights: the cost does not depend on their values), the mixers of one token
+   count timed in ``--rounds`` interleaved rounds under the shared timing lock
+   ``/tmp/frugalnn-timing.lock`` (taken by the script for this part only).
 2. Accuracy: the ``--train-variants`` trained from scratch on a CIFAR-10 (JPEG)
-   subset at the ``--train-tokens`` counts and evaluated on a test subset. The
+   subset at the ``--train-tokens`` counts, once per training seed of
+   ``--seeds`` (the splits stay those of ``--seed``), and evaluated on a test
+   subset (mean and standard deviation over the seeds). The
    NMF and NTF models are the recipe's
    (:func:`frugalnn.methods.lowrank.recipe.run_nmf`, a run directory under
    ``--work``); the attention model is trained with the same optimiser,
@@ -26,8 +29,7 @@ Two parts (one command, fixed seeds):
 Splits come from :func:`frugalnn.data.splits.load_splits` (``--train-limit``,
 ``--val-limit``, ``--test-limit``, ``--seed``: the same examples as the CLI).
 
-Full scale: ``--train-limit 45000 --test-limit 10000 --epochs 50 --dim 192
---depth 6 --train-tokens 64,256,1024``. The defaults are scaled down for a shared
+Full scale: ``FULL_SCALE`` below. The defaults are scaled down for a shared
 2-core CPU; the results file states the scale used. Writes ``--markdown``
 (default ``benchmarks/results/nmf_vit.md``; its section is pasted into
 ``results/lowrank.md``) and ``--out`` (JSON).
@@ -37,12 +39,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import add_split_flags, log, results_header, splits_from_args, write_results
+from _common import (
+    add_split_flags,
+    log,
+    results_header,
+    splits_from_args,
+    timing_lock,
+    write_results,
+)
 
 from frugalnn.cost.count import count_flops
 from frugalnn.cost.latency import measure_latency
@@ -56,19 +66,24 @@ from frugalnn.train import fit
 from frugalnn.utils.io import write_json_atomic
 
 PATCH_FOR_TOKENS = {64: 4, 256: 2, 1024: 1}
+FULL_SCALE = ("python benchmarks/nmf_vit.py --data-dir $FRUGALNN_DATA --train-limit 45000 "
+              "--val-limit 5000 --test-limit 10000 --epochs 50 --dim 192 --depth 6 "
+              "--train-tokens 64,256,1024 --seeds 0,1,2")
 
 
-def nmf_config(args: argparse.Namespace, variant: str = "nmf") -> NMFConfig:
-    """The recipe's config for this run's NMF mixers (and its training)."""
+def nmf_config(args: argparse.Namespace, variant: str = "nmf",
+               seed: int | None = None) -> NMFConfig:
+    """The recipe's config for this run's NMF mixers (and its training, with training seed
+    ``seed``, default ``--seed``)."""
     return NMFConfig(rank=args.rank, steps=args.steps, heads=args.heads, variant=variant,
                      epochs=args.epochs, lr=1e-3, weight_decay=0.05, batch_size=64,
                      latency_batch_sizes=(args.latency_batch,), latency_repeats=args.repeats,
-                     seed=args.seed)
+                     seed=args.seed if seed is None else seed)
 
 
-def vit(patch: int, args: argparse.Namespace) -> torch.nn.Module:
+def vit(patch: int, args: argparse.Namespace, seed: int | None = None) -> torch.nn.Module:
     """The softmax-attention ViT (seeded): the baseline and the model NMF mixing starts from."""
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed if seed is None else seed)
     return create_model("vit_tiny", image_size=32, patch_size=patch, dim=args.dim,
                         depth=args.depth, heads=args.heads)
 
@@ -84,25 +99,34 @@ def build(variant: str, patch: int, args: argparse.Namespace) -> torch.nn.Module
 
 
 def cost_part(args: argparse.Namespace) -> list[dict]:
+    """FLOPs and latency of every mixer at every token count; per token count the models
+    are timed in ``--rounds`` interleaved rounds (attention, nmf, ..., attention, nmf, ...)
+    and each keeps its best median."""
     rows = []
     for tokens in args.tokens:
         patch = PATCH_FOR_TOKENS[tokens]
         x = torch.randn(args.latency_batch, 3, 32, 32)
-        for variant in args.variants:
-            model = build(variant, patch, args)
-            flops = count_flops(model, x[:1])
-            ms = measure_latency(model, x, warmup=2, repeats=args.repeats,
-                                 threads=args.threads)
-            state = torch.randn(args.latency_batch, tokens + 1, args.dim)
-            mixer = model.blocks[0].attn
-            mix_flops = count_flops(mixer, state[:1])
-            mix_ms = measure_latency(mixer, state, warmup=2, repeats=args.repeats,
+        state = torch.randn(args.latency_batch, tokens + 1, args.dim)
+        models = {v: build(v, patch, args) for v in args.variants}
+        found = {v: {"tokens": tokens, "variant": v, "flops": count_flops(m, x[:1]),
+                     "mixer_flops": count_flops(m.blocks[0].attn, state[:1]),
+                     "ms": float("inf"), "mixer_ms": float("inf")}
+                 for v, m in models.items()}
+        for _ in range(args.rounds):
+            for variant, model in models.items():
+                ms = measure_latency(model, x, warmup=2, repeats=args.repeats,
                                      threads=args.threads)
-            rows.append({"tokens": tokens, "variant": variant, "flops": flops,
-                         "ms": ms.median_ms, "mixer_flops": mix_flops,
-                         "mixer_ms": mix_ms.median_ms, "loadavg": ms.loadavg_before})
-            log(f"{tokens} tokens {variant}: {flops / 1e6:.1f} MFLOPs, {ms.median_ms:.2f} ms; "
-                f"mixer {mix_flops / 1e6:.2f} MFLOPs {mix_ms.median_ms:.3f} ms")
+                mix_ms = measure_latency(model.blocks[0].attn, state, warmup=2,
+                                         repeats=args.repeats, threads=args.threads)
+                r = found[variant]
+                r["ms"] = min(r["ms"], ms.median_ms)
+                r["mixer_ms"] = min(r["mixer_ms"], mix_ms.median_ms)
+                r["loadavg"] = ms.loadavg_before
+        for r in found.values():
+            log(f"{tokens} tokens {r['variant']}: {r['flops'] / 1e6:.1f} MFLOPs, "
+                f"{r['ms']:.2f} ms; mixer {r['mixer_flops'] / 1e6:.2f} MFLOPs "
+                f"{r['mixer_ms']:.3f} ms")
+        rows += list(found.values())
     return rows
 
 
@@ -114,12 +138,12 @@ def _accuracy(records: Any) -> float:
     return float(records.per_budget_summary()[0]["accuracy"])
 
 
-def attention_run(splits: Any, patch: int, out: Path,
-                  args: argparse.Namespace) -> tuple[float, float]:
+def attention_run(splits: Any, patch: int, out: Path, args: argparse.Namespace,
+                  seed: int) -> tuple[float, float]:
     """The softmax ViT trained and evaluated as :func:`run_nmf` trains and evaluates NMF:
     (test accuracy, training seconds)."""
-    c = nmf_config(args)
-    model = vit(patch, args).train()
+    c = nmf_config(args, seed=seed)
+    model = vit(patch, args, seed).train()
     loader = seeded_loader(splits.train, c.batch_size, c.seed, shuffle=True)
     res = fit(model, loader, epochs=c.epochs, optimizer="adamw", lr=c.lr,
               weight_decay=c.weight_decay, schedule="cosine", seed=c.seed, progress=False)
@@ -139,19 +163,21 @@ def accuracy_part(args: argparse.Namespace) -> tuple[list[dict], dict[str, int]]
     rows = []
     for tokens in args.train_tokens:
         patch = PATCH_FOR_TOKENS[tokens]
-        for variant in args.train_variants:
-            out = work / f"{variant}-{tokens}"
-            if variant == "attention":
-                acc, seconds = attention_run(splits, patch, out, args)
-            else:
-                run = run_nmf(vit(patch, args), nmf_config(args, variant), splits, out,
-                              threads=args.threads, progress=False, force=True,
-                              run_config={"benchmark": "nmf_vit", "tokens": tokens})
-                acc, seconds = _accuracy(run.records), _train_seconds(
-                    run.history.get("train"))
-            rows.append({"tokens": tokens, "variant": variant, "accuracy": acc,
-                         "train_seconds": seconds, "run": str(out)})
-            log(f"{tokens} tokens {variant}: accuracy {100 * acc:.2f} %")
+        for seed in args.seeds:
+            for variant in args.train_variants:
+                out = work / f"{variant}-{tokens}-seed{seed}"
+                if variant == "attention":
+                    acc, seconds = attention_run(splits, patch, out, args, seed)
+                else:
+                    run = run_nmf(vit(patch, args, seed), nmf_config(args, variant, seed),
+                                  splits, out, threads=args.threads, progress=False,
+                                  force=True,
+                                  run_config={"benchmark": "nmf_vit", "tokens": tokens})
+                    acc, seconds = _accuracy(run.records), _train_seconds(
+                        run.history.get("train"))
+                rows.append({"tokens": tokens, "variant": variant, "seed": seed,
+                             "accuracy": acc, "train_seconds": seconds, "run": str(out)})
+                log(f"{tokens} tokens {variant} seed {seed}: accuracy {100 * acc:.2f} %")
     return rows, sizes
 
 
@@ -174,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--latency-batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=2,
+                   help="interleaved timing rounds per token count (best median kept)")
+    p.add_argument("--seeds", default="0",
+                   help="training seeds of the accuracy part (the splits stay --seed's)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-accuracy", action="store_true")
     p.add_argument("--work", default="runs/bench/nmf_vit",
@@ -185,10 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     args.train_tokens = [int(t) for t in args.train_tokens.split(",") if t]
     args.variants = [v for v in args.variants.split(",") if v]
     args.train_variants = [v for v in args.train_variants.split(",") if v]
+    args.seeds = [int(v) for v in args.seeds.split(",") if v]
     if "attention" not in args.variants:
         args.variants.insert(0, "attention")  # the reference of every ratio
     torch.set_num_threads(args.threads)
-    cost = cost_part(args)
+    with timing_lock():
+        cost = cost_part(args)
     acc, sizes = ([], {}) if args.skip_accuracy or not args.data_dir else accuracy_part(args)
     write_json_atomic(args.out, {"args": vars(args), "machine": describe_machine(),
                                  "sizes": sizes, "cost": cost, "accuracy": acc})
@@ -206,7 +238,8 @@ def markdown(args: argparse.Namespace, cost: list[dict], acc: list[dict],
         f"{args.dim // args.heads} channels x {args.heads} heads tensor); rank {args.rank}, "
         f"{args.steps} no-grad steps in training, {args.steps + 1} at evaluation, plus the "
         f"gradient step. Latency: batch {args.latency_batch}, median of {args.repeats}, "
-        f"{args.threads} thread. FLOPs per example (FlopCounterMode; the elementwise "
+        f"best of {args.rounds} interleaved rounds, {args.threads} thread, untrained weights. "
+        "FLOPs per example (FlopCounterMode; the elementwise "
         "updates, Khatri-Rao products and the softmax are not counted, as for every model "
         "here).\n",
         "| tokens | mixer | model MFLOPs | model ms (vs attention) | one mixer MFLOPs | "
@@ -223,11 +256,20 @@ def markdown(args: argparse.Namespace, cost: list[dict], acc: list[dict],
         lines += ["", f"Accuracy: trained from scratch {args.epochs} epochs (AdamW, cosine, "
                   f"augmentation) on a random {sizes['train']} CIFAR-10 JPEG train images, "
                   f"tested on a random {sizes['test']} test images (validation records: "
-                  f"{sizes['val']} images carved from train, seed {args.seed}); scaled down, "
-                  "so all are far from converged.",
-                  "", "| tokens | mixer | accuracy (%) | train s |", "|---|---|---|---|"]
-        lines += [f"| {r['tokens']} | {r['variant']} | {100 * r['accuracy']:.2f} | "
-                  f"{r['train_seconds']:.0f} |" for r in acc]
+                  f"{sizes['val']} images carved from train, split seed {args.seed}); "
+                  f"training seeds {args.seeds}; scaled down, so all are far from converged. "
+                  f"Full scale: `{FULL_SCALE}`.",
+                  "", "| tokens | mixer | test accuracy % (mean ± sd) | per seed | train s "
+                  "(mean) |", "|---|---|---|---|---|"]
+        groups: dict[tuple[int, str], list[dict]] = {}
+        for r in acc:
+            groups.setdefault((r["tokens"], r["variant"]), []).append(r)
+        for (tokens, variant), rs in groups.items():
+            a = [100 * r["accuracy"] for r in rs]
+            sd = statistics.stdev(a) if len(a) > 1 else 0.0
+            lines.append(f"| {tokens} | {variant} | {statistics.mean(a):.2f} ± {sd:.2f} | "
+                         f"{', '.join(f'{v:.1f}' for v in a)} | "
+                         f"{statistics.mean(r['train_seconds'] for r in rs):.0f} |")
     return "\n".join(lines) + "\n"
 
 

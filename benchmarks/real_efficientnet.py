@@ -84,42 +84,11 @@ def mean_sd(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", help="data directory (default: $FRUGALNN_DATA)")
-    p.add_argument("--targets", nargs="+", default=["flops=1.6", "flops=1.8"],
-                   help="low-rank FLOPs targets of the factorised layers")
-    p.add_argument("--train-images", type=int, default=800, help="distillation images")
-    p.add_argument("--val-images", type=int, default=200, help="images choosing the target")
-    p.add_argument("--test-images", type=int, default=1000, help="CIFAR-10 test images")
-    p.add_argument("--epochs", type=int, default=1, help="distillation epochs")
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--min-agreement", type=float, default=0.95)
-    p.add_argument("--repeats", type=int, default=10, help="timed calls per setting")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
-    p.add_argument("--threads", type=int, default=1, help="torch threads while timing")
-    p.add_argument("--out", default="benchmarks/results/real_efficientnet.md")
-    a = p.parse_args(argv)
-    data_dir = resolve_data_dir(a.data_dir)
-    torch.manual_seed(0)
-
-    dense = frugalnn.create_model("efficientnet_lite0")
+def lowrank_part(a: argparse.Namespace, dense: torch.nn.Module, dense_cost: Any,
+                 photos: ResizedImages, photo_acc: float, test: ResizedImages,
+                 val: ResizedImages, train: ResizedImages) -> str:
+    """SVD at each FLOPs target (optionally distilled), chosen on validation; results text."""
     x1 = torch.zeros(1, 3, 224, 224)
-    dense_cost = frugalnn.measure(dense, x1)
-    photos = imagenet_photos()
-    photo_acc = agreement(dense, photos)
-    log(f"dense: {dense_cost.params / 1e6:.2f} M params, {dense_cost.flops / 1e9:.3f} GFLOPs, "
-        f"{photo_acc:.0%} of the foolbox photos")
-
-    log("labelling images with the dense model's top-1")
-    test = agreement_split(dense, cifar10_resized(data_dir, "test", limit=a.test_images))
-    pool = agreement_split(dense, cifar10_resized(data_dir, "train",
-                                                  limit=a.train_images + a.val_images))
-    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))
-    val, train = take(pool, order[: a.val_images]), take(pool, order[a.val_images:])
-
     seeds = a.seeds if a.epochs > 0 else a.seeds[:1]  # without training: deterministic
     rows: list[dict[str, Any]] = []
     models: dict[str, torch.nn.Module] = {}
@@ -177,7 +146,196 @@ def main(argv: list[str] | None = None) -> None:
         inter = t["interleaved"]
         lines.append(f"| {t['batch_size']} | {min(inter['reference_ms']):.1f} | "
                      f"{min(inter['model_ms']):.1f} | {inter['speedup']:.2f}x |")
-    write_results(Path(a.out), "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def subset_cache(cache: Any, keep: list[int]) -> Any:
+    """The cached head inputs of the exit points ``keep`` (indices into ``cache.feats``)."""
+    from frugalnn.methods.early_exit.training import FeatureCache
+
+    return FeatureCache([cache.feats[i] for i in keep], cache.labels, cache.final_logits)
+
+
+def cheapest_within(trace: Any, bar: float, policy: str = "maxprob") -> dict[str, float]:
+    """The cheapest threshold whose agreement on ``trace`` is at least ``bar``."""
+    from frugalnn.methods.early_exit.offline import saving_within
+
+    row = saving_within(trace, policy, [1.0 - bar], reference_accuracy=1.0)[1.0 - bar]
+    return {"threshold": row["threshold"], "flops_ratio": 1.0 - row["flops_saving"],
+            "accuracy": row["accuracy"]}
+
+
+def early_exit_part(a: argparse.Namespace, dense: torch.nn.Module, dense_cost: Any,
+                    photos: ResizedImages, photo_acc: float, test: ResizedImages,
+                    val: ResizedImages, train: ResizedImages) -> str:
+    """Heads on the frozen backbone (cached once), positions and threshold chosen on
+    validation, scored on test; latency of the chosen model vs dense; results text."""
+    from torch.utils.data import DataLoader
+
+    from frugalnn.methods.early_exit.model import attach_heads
+    from frugalnn.methods.early_exit.offline import score, trace_from_features
+    from frugalnn.methods.early_exit.training import cache_features, train_heads
+
+    x1 = torch.zeros(1, 3, 224, 224)
+    candidates = [sorted({int(p) for p in c.split(",")}) for c in a.positions]
+    union = sorted({p for c in candidates for p in c})
+    probe = attach_heads(dense, union, "pool", pool_size=a.pool_size, example_input=x1)
+    names = probe.exit_points()
+
+    def cache(data: ResizedImages, what: str, dtype: torch.dtype) -> Any:
+        log(f"caching the heads' inputs at {len(union)} exit points on {len(data)} {what} "
+            "images (one backbone pass)")
+        c = cache_features(probe, DataLoader(data, batch_size=64), dtype=dtype)
+        c.labels = c.final_logits.argmax(dim=1)  # the dense model's top-1: agreement labels
+        return c
+
+    caches = {"train": cache(train, "train", torch.float16),  # float32 again when training
+              "val": cache(val, "validation", torch.float32),
+              "test": cache(test, "test", torch.float32)}
+    test = test.relabel(caches["test"].labels, "CIFAR-10 test, labels = dense top-1")
+    results: list[dict[str, Any]] = []
+    for cand in candidates:
+        keep = [union.index(p) for p in cand]
+        sub = {k: subset_cache(c, keep) for k, c in caches.items()}
+        runs = []
+        for seed in a.seeds:
+            torch.manual_seed(seed)
+            ee = attach_heads(dense, cand, "pool", pool_size=a.pool_size, example_input=x1)
+            train_heads(ee, sub["train"], epochs=a.ee_epochs, lr=a.ee_lr,
+                        batch_size=a.batch_size, seed=seed)
+            ee.eval()
+            vt = trace_from_features(ee, sub["val"], x1)
+            tt = trace_from_features(ee, sub["test"], x1)
+            pick = cheapest_within(vt, a.min_agreement)
+            test_score = score(tt, "maxprob", pick["threshold"])
+            runs.append({"seed": seed, "model": ee, "threshold": pick["threshold"],
+                         "val": pick, "test": test_score,
+                         "head_val": vt.head_accuracy()[:-1],
+                         "head_test": tt.head_accuracy()[:-1]})
+            log(f"exits after {cand} seed {seed}: threshold {pick['threshold']:.4f}, val "
+                f"{pick['accuracy']:.1%} at {1 / pick['flops_ratio']:.2f}x fewer FLOPs; test "
+                f"{test_score['accuracy']:.1%} at {1 / test_score['flops_ratio']:.2f}x; heads "
+                f"alone (val) {[round(100 * h, 1) for h in runs[-1]['head_val']]}")
+        results.append({"positions": cand, "names": [names[union.index(p)] for p in cand],
+                        "runs": runs,
+                        "val_ratio": statistics.mean(r["val"]["flops_ratio"] for r in runs)})
+    chosen = min(results, key=lambda r: r["val_ratio"])
+    best = chosen["runs"][0]
+    ee = best["model"]
+    ee.set_budget(best["threshold"])
+    log(f"chosen on validation: exits after {chosen['names']}; real inference on test "
+        f"(seed {best['seed']}, threshold {best['threshold']:.4f})")
+    real_test = agreement(ee, test)
+    real_photos = agreement(ee, photos)
+    batch = torch.stack([test[i][0] for i in range(32 * a.repeats)])
+    log("timing dense vs the chosen early-exit model")
+    with timing_lock():
+        timing = frugalnn.time_budgets(ee, batch, [best["threshold"]], batch_sizes=(1, 32),
+                                       reference=dense, rounds=a.rounds, repeats=a.repeats,
+                                       threads=a.threads, progress=False)
+
+    def cell(runs: list[dict[str, Any]], part: str, key: str) -> str:
+        vals = [r[part][key] for r in runs]
+        if key == "flops_ratio":
+            ratios = [1 / v for v in vals]
+            if len(ratios) == 1:
+                return f"{ratios[0]:.2f}x"
+            return f"{statistics.mean(ratios):.2f}x ± {statistics.stdev(ratios):.2f}"
+        return mean_sd(vals)
+
+    notes = (f"Images: CIFAR-10 JPEGs at 224x224 labelled with the dense model's top-1 "
+             f"(accuracy = top-1 agreement with dense): heads trained on {len(train)} train "
+             f"images, exit positions and threshold (maxprob policy) chosen on {len(val)} other "
+             f"train images as the cheapest with >= {a.min_agreement:.0%} agreement, scored on "
+             f"{len(test)} test images. Heads: SDN pooling heads (avg+max pool to "
+             f"{a.pool_size}x{a.pool_size}, one linear layer to the 1000 classes), backbone "
+             f"frozen, Adam lr {a.ee_lr}, {a.ee_epochs} epochs, batch {a.batch_size}, seeds "
+             f"{a.seeds} (mean ± sd). FLOPs: mean per image at batch 1 (2 x MACs), heads "
+             "included; dense 0.770 GFLOPs.")
+    lines = [results_header("EfficientNet-Lite0 (ImageNet): early exits", notes=notes),
+             "| exits after | val agreement % | val FLOPs fewer | test agreement % | "
+             "test FLOPs fewer |", "|---|---|---|---|---|"]
+    for r in results:
+        mark = " (chosen)" if r is chosen else ""
+        lines.append(f"| {', '.join(r['names'])}{mark} | {cell(r['runs'], 'val', 'accuracy')} | "
+                     f"{cell(r['runs'], 'val', 'flops_ratio')} | "
+                     f"{cell(r['runs'], 'test', 'accuracy')} | "
+                     f"{cell(r['runs'], 'test', 'flops_ratio')} |")
+    head_rows = ", ".join(f"{n}: {statistics.mean(r['head_test'][i] for r in chosen['runs']):.1%}"
+                          for i, n in enumerate(chosen["names"]))
+    lines += ["", f"Chosen model, each head alone on test (every image exits there, mean over "
+              f"seeds): {head_rows}.", "",
+              f"Real batched inference of the chosen model (seed {best['seed']}, threshold "
+              f"{best['threshold']:.4f}) on the {len(test)} test images: {real_test:.1%} "
+              f"agreement; foolbox photos {real_photos * len(photos):.0f}/{len(photos)} "
+              f"(dense {photo_acc * len(photos):.0f}/{len(photos)}).", "",
+              f"Latency ({a.threads} thread(s), {a.rounds} interleaved rounds, median of "
+              f"{a.repeats} calls on different CIFAR-10 test images):", "",
+              "| batch | dense ms | early-exit ms | speed-up |", "|---|---|---|---|"]
+    for t in timing:
+        inter = t["interleaved"]
+        lines.append(f"| {t['batch_size']} | {min(inter['reference_ms']):.1f} | "
+                     f"{min(inter['model_ms']):.1f} | {inter['speedup']:.2f}x |")
+    lines += ["", "## History", "",
+              "Low-rank without training (SVD of the 1x1 convolutions and the classifier, "
+              "no distillation): 0 % agreement from 1.10x fewer FLOPs on; table in "
+              "`real_efficientnet_lowrank.md` (`--method lowrank`)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", help="data directory (default: $FRUGALNN_DATA)")
+    p.add_argument("--method", choices=("early-exit", "lowrank"), default="early-exit")
+    p.add_argument("--targets", nargs="+", default=["flops=1.6", "flops=1.8"],
+                   help="lowrank: FLOPs targets of the factorised layers")
+    p.add_argument("--positions", nargs="+", default=["7,10", "8,11", "6,9,12"],
+                   help="early-exit: candidate sets of exit positions (block indices after "
+                   "which a head sits), chosen among on validation")
+    p.add_argument("--pool-size", type=int, default=4, help="early-exit: head pooling size")
+    p.add_argument("--ee-epochs", type=int, default=30, help="early-exit: head epochs")
+    p.add_argument("--ee-lr", type=float, default=2e-3, help="early-exit: head learning rate")
+    p.add_argument("--train-images", type=int, default=None,
+                   help="distillation / head training images (800 lowrank, 4000 early-exit)")
+    p.add_argument("--val-images", type=int, default=None,
+                   help="images choosing the target (200 lowrank, 1000 early-exit)")
+    p.add_argument("--test-images", type=int, default=1000, help="CIFAR-10 test images")
+    p.add_argument("--epochs", type=int, default=1, help="lowrank: distillation epochs")
+    p.add_argument("--lr", type=float, default=0.01, help="lowrank: distillation lr")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--min-agreement", type=float, default=0.95)
+    p.add_argument("--repeats", type=int, default=10, help="timed calls per setting")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    p.add_argument("--threads", type=int, default=1, help="torch threads while timing")
+    p.add_argument("--out", help="results file (default: benchmarks/results/"
+                   "real_efficientnet.md; _lowrank.md for --method lowrank)")
+    a = p.parse_args(argv)
+    ee = a.method == "early-exit"
+    a.train_images = a.train_images if a.train_images is not None else (4000 if ee else 800)
+    a.val_images = a.val_images if a.val_images is not None else (1000 if ee else 200)
+    a.out = a.out or ("benchmarks/results/real_efficientnet.md" if ee
+                      else "benchmarks/results/real_efficientnet_lowrank.md")
+    data_dir = resolve_data_dir(a.data_dir)
+    torch.manual_seed(0)
+
+    dense = frugalnn.create_model("efficientnet_lite0")
+    x1 = torch.zeros(1, 3, 224, 224)
+    dense_cost = frugalnn.measure(dense, x1)
+    photos = imagenet_photos()
+    photo_acc = agreement(dense, photos)
+    log(f"dense: {dense_cost.params / 1e6:.2f} M params, {dense_cost.flops / 1e9:.3f} GFLOPs, "
+        f"{photo_acc:.0%} of the foolbox photos")
+
+    test = cifar10_resized(data_dir, "test", limit=a.test_images)
+    pool = cifar10_resized(data_dir, "train", limit=a.train_images + a.val_images)
+    if not ee:  # the early-exit part labels its images from the cached dense outputs
+        log("labelling images with the dense model's top-1")
+        test, pool = agreement_split(dense, test), agreement_split(dense, pool)
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))
+    val, train = take(pool, order[: a.val_images]), take(pool, order[a.val_images:])
+    part = early_exit_part if ee else lowrank_part
+    write_results(Path(a.out), part(a, dense, dense_cost, photos, photo_acc, test, val, train))
 
 
 if __name__ == "__main__":

@@ -116,4 +116,7 @@ def test_segments_layout_is_onnx_only(tmp_path, moe):
     with pytest.raises(UserError, match="'segments' layout is made for ONNX"):
         export(moe, tmp_path / "moe", ExportConfig(format="torchscript", layout="segments"),
                check_data=data)
+    with pytest.raises(UserError, match="unknown layout 'bogus'"):
+        export(moe, tmp_path / "moe", ExportConfig(format="torchscript", layout="bogus"),
+               check_data=data)
     assert not (tmp_path / "moe").exists()

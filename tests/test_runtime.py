@@ -269,6 +269,17 @@ def test_cli_export_times_eager_and_the_export_side_by_side(tmp_path, cnn):
     assert main(["export", str(run), "--format", "torchscript", "--force", "--time", "0"]) == 2
 
 
+def test_cli_export_layout_flag_reaches_the_exporter(tmp_path, cnn, capsys):
+    from frugalnn.cli import main
+
+    run = _run_dir(tmp_path, cnn)
+    # A static model has no layout to choose: asking for one is refused in one line.
+    assert main(["export", str(run), "--format", "onnx", "--layout", "segments"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "layout" in err[0]
+    assert not (run / "export").exists()
+
+
 def test_cli_export_without_checkpoint_is_one_line(tmp_path, capsys):
     from frugalnn.cli import main
 

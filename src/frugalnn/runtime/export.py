@@ -22,6 +22,7 @@ half-written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -182,8 +183,12 @@ def export(model: Any, out: str | os.PathLike, config: ExportConfig | None = Non
     batches = check_batches(check_data, config.check_limit, config.batch_size, config.seed)
     example = _example(batches, example_input)
     exporter = exporter_for(model)
+    if exporter is None and config.layout not in ("auto", "one-graph"):
+        raise UserError(f"a static model is one graph; layout {config.layout!r} "
+                        "is for input-dependent models")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    made_parent = not out.parent.exists()
     tmp.mkdir(parents=True)
     try:
         with torch.no_grad():
@@ -194,9 +199,6 @@ def export(model: Any, out: str | os.PathLike, config: ExportConfig | None = Non
                     output_names=["logits"], opset=config.opset))
                 parts: dict[str, Any] = {"graphs": {"model": file}}
                 kind = "static"
-                if config.layout not in ("auto", "one-graph"):
-                    raise UserError(f"a static model is one graph; layout {config.layout!r} "
-                                    "is for input-dependent models")
             else:
                 parts = exporter.export_parts(model, example, config.format, tmp, config.opset,
                                               layout=config.layout)
@@ -231,4 +233,7 @@ def export(model: Any, out: str | os.PathLike, config: ExportConfig | None = Non
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if made_parent and not out.exists():
+            with contextlib.suppress(OSError):  # only if empty: nothing of anyone else's
+                out.parent.rmdir()
     return ExportResult(out, manifest, check)
