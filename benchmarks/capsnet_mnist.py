@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--method", default="tucker", help="cp, tucker or tt")
     p.add_argument("--target", default="params=5")
+    p.add_argument("--exclude", nargs="*", default=[],
+                   help="module-name patterns left dense (e.g. stem.0, the 1-channel stem)")
     p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--finetune-lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=1, help="torch threads for the timing")
@@ -124,6 +126,7 @@ def run_model(name: str, args: argparse.Namespace, splits: Any) -> dict[str, Any
         dense_acc = accuracy(dense, test_loader)
         log(f"  seed {seed}: dense test accuracy {100 * dense_acc:.2f} %")
         config = LowRankConfig(method=args.method, target=args.target,
+                               exclude=args.exclude or None,
                                finetune_epochs=args.finetune_epochs, lr=args.finetune_lr,
                                optimizer="adamw", weight_decay=0.0, batch_size=args.batch_size,
                                latency_batch_sizes=(1, args.batch_size),
@@ -160,6 +163,14 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {sd:.2f}"
 
 
+def _latency(runs: list[dict[str, Any]], size: int) -> str:
+    """First seed's dense -> compressed latency at batch ``size``, speed-up over all seeds."""
+    o, c = runs[0]["models"]["original"], runs[0]["models"]["compressed"]
+    speed = [x[f"speedup_b{size}"] for x in runs]
+    return (f"{o[f'latency_ms_b{size}']:.2f} -> {c[f'latency_ms_b{size}']:.2f} "
+            f"({_mean_sd(speed)}x over seeds)")
+
+
 def markdown(args: argparse.Namespace, results: dict[str, Any], sizes: dict[str, int]) -> str:
     b = args.batch_size
     lines = [
@@ -168,29 +179,31 @@ def markdown(args: argparse.Namespace, results: dict[str, Any], sizes: dict[str,
         f"Scale: {sizes['train']} training images, {sizes['val']} validation images (epochs "
         f"chosen on them, up to {args.max_epochs}), {sizes['test']} test images; seeds "
         f"{args.seeds}; Adam lr {args.lr} x {args.decay}/epoch, batch {args.batch_size}; "
-        f"compression fine-tuned {args.finetune_epochs} epoch(s) with distillation; latency "
+        f"compression fine-tuned {args.finetune_epochs} epoch(s) with distillation"
+        f"{'; left dense: ' + ', '.join(args.exclude) if args.exclude else ''}; latency "
         f"median of {args.repeats} repeats ({args.threads} thread), dense and compressed "
         f"alternating. Full scale: `{FULL_SCALE}`.\n",
-        f"| model | epochs | dense acc. % | compressed acc. % | params | FLOPs/example | "
-        f"latency b{b} ms (speed-up) |",
-        "|---|---|---|---|---|---|---|",
+        f"| model | epochs | dense acc. % | compressed val. % | compressed acc. % | params | "
+        f"FLOPs/example | latency b1 ms (speed-up) | latency b{b} ms (speed-up) | load |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         ok = [x for x in r["runs"] if "models" in x]
         dense = [100 * x["dense_accuracy"] for x in r["runs"]]
         comp = [100 * x["models"]["compressed"]["accuracy"] for x in ok]
         if not ok:
-            lines.append(f"| {name} | {r['epochs']} | {_mean_sd(dense)} | not compressed | "
-                         "- | - | - |")
+            lines.append(f"| {name} | {r['epochs']} | {_mean_sd(dense)} | - | not compressed | "
+                         "- | - | - | - | - |")
             continue
         o, c = ok[0]["models"]["original"], ok[0]["models"]["compressed"]
-        speed = [x[f"speedup_b{b}"] for x in ok]
+        val = [100 * x["finetune_history"]["finetune"][-1]["eval_acc"] for x in ok
+               if x["finetune_history"].get("finetune")]
         lines.append(
-            f"| {name} | {r['epochs']} | {_mean_sd(dense)} | {_mean_sd(comp)} | "
+            f"| {name} | {r['epochs']} | {_mean_sd(dense)} | {_mean_sd(val)} | "
+            f"{_mean_sd(comp)} | "
             f"{o['params']:,} -> {c['params']:,} ({ok[0]['params_ratio']:.2f}x) | "
             f"{o['flops'] / 1e6:.1f}M -> {c['flops'] / 1e6:.1f}M ({ok[0]['flops_ratio']:.2f}x) | "
-            f"{o[f'latency_ms_b{b}']:.1f} -> {c[f'latency_ms_b{b}']:.1f} "
-            f"({statistics.mean(speed):.2f}x mean over seeds) |")
+            f"{_latency(ok, 1)} | {_latency(ok, b)} | {c.get(f'loadavg_b{b}')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -154,3 +154,74 @@ def test_html_renders_markdown_emphasis(runs: list[Path], tmp_path: Path) -> Non
     write_report(runs, tmp_path / "r")
     page = (tmp_path / "r" / "report.html").read_text()
     assert "<strong>at most</strong>" in page and "**" not in page
+
+
+# -- model size as a cost axis ------------------------------------------------------------
+
+
+def _size_table(md: str) -> dict[str, list[str]]:
+    """Rows of the report's "Model size" table, by the run's label."""
+    section = md.split("## Model size", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip().strip("|").split("|") for line in section.splitlines()
+            if line.startswith("|")]
+    return {cells[0].strip(): [c.strip() for c in cells] for cells in rows[2:]}
+
+
+def test_report_size_axis_lists_the_bytes_each_model_stores(tmp_path: Path) -> None:
+    """A float MLP and its dynamic int8 copy on digits: the size table gives each one's
+    state-dict bytes, the int8 one several times smaller, and the size plot exists."""
+    import torch
+
+    from frugalnn.data.splits import load_splits
+    from frugalnn.evaluation import evaluate_into
+    from frugalnn.methods.quant.recipe import QuantConfig, quantize
+    from frugalnn.models import create_model
+
+    torch.manual_seed(0)
+    splits = load_splits("digits", train_limit=32, val_limit=32, test_limit=64, seed=0)
+    dense = create_model("mlp", input_shape=(1, 8, 8), hidden=32, depth=2).eval()
+    int8 = quantize(dense, QuantConfig(mode="dynamic"))
+    models = {"float": (dense, "baseline"), "int8": (int8, "int8")}
+    for name, (model, method) in models.items():
+        evaluate_into(model, splits.test, tmp_path / name, method=method,
+                      latency_batch_sizes=(), progress=False)
+
+    def stored(model: torch.nn.Module) -> int:  # what a checkpoint writes
+        return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+    linears = [m for m in dense.modules() if isinstance(m, torch.nn.Linear)]
+    # By hand: fp32 weights and biases; int8 weights with per-channel fp64 scale and int64
+    # zero point, fp32 biases, and a few bookkeeping scalars per layer.
+    assert stored(dense) == sum(4 * (m.in_features + 1) * m.out_features for m in linears)
+    int8_core = sum((m.in_features + 16 + 4) * m.out_features for m in linears)
+    assert int8_core <= stored(int8) <= int8_core + 64 * len(linears)
+
+    out = tmp_path / "report"
+    md = write_report([tmp_path / "float", tmp_path / "int8"], out).read_text()
+    table = _size_table(md)
+    (float_row,) = [row for label, row in table.items() if label.startswith("baseline")]
+    (int8_row,) = [row for label, row in table.items() if label.startswith("int8")]
+    assert int(float_row[2].replace(",", "")) == stored(dense)
+    assert int(int8_row[2].replace(",", "")) == stored(int8)
+    assert "int8" in int8_row[3] and "int8" not in float_row[3]
+    assert float(int8_row[4].rstrip("×")) == pytest.approx(stored(dense) / stored(int8),
+                                                           abs=0.01)
+    assert (out / "accuracy_vs_model_size.png").read_bytes().startswith(PNG_MAGIC)
+    sizes = json.loads((out / "frontier.json").read_text())
+    assert sizes["int8"]["model_size"]["model_bytes"] == stored(int8)
+
+
+def test_report_run_without_recorded_size(runs: list[Path], tmp_path: Path) -> None:
+    """Runs evaluated before sizes were recorded: 'size not recorded', no size plot; one
+    run with a size beside them is drawn alone."""
+    out = tmp_path / "old"
+    md = write_report(runs, out).read_text()
+    assert all(row[1] == "size not recorded" for row in _size_table(md).values())
+    assert not (out / "accuracy_vs_model_size.png").exists()
+    summary = json.loads((runs[1] / "summary.json").read_text())
+    (runs[1] / "summary.json").write_text(json.dumps({**summary, "model_bytes": 2048}))
+    md = write_report(runs, tmp_path / "mixed").read_text()
+    table = _size_table(md)
+    assert sorted(row[1] for row in table.values()) == ["2.00 KiB", "size not recorded"]
+    assert (tmp_path / "mixed" / "accuracy_vs_model_size.png").is_file()
+    assert "Not drawn (size not recorded): baseline" in md

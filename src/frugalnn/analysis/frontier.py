@@ -53,6 +53,7 @@ __all__ = [
     "latency_points",
     "pareto_frontier",
     "points_from_summary",
+    "size_points",
 ]
 
 DEFAULT_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
@@ -111,6 +112,18 @@ def latency_points(summary: Mapping[str, Any], batch_size: int) -> list[Point]:
         out.append(Point(float(row["per_example_ms"]), float(a), row.get("budget"),
                          str(row.get("label", row.get("budget")))))
     return out
+
+
+def size_points(summary: Mapping[str, Any]) -> list[Point]:
+    """Accuracy against the bytes the model stores (``summary["model_bytes"]``): one point
+    per budget, all at the same size (the knob changes what runs, not what is stored).
+    Empty for a run evaluated before the size was recorded."""
+    size = summary.get("model_bytes")
+    if size is None:
+        return []
+    return [Point(float(size), float(r["accuracy"]), r.get("budget"),
+                  str(r.get("label", r.get("budget"))))
+            for r in summary.get("budgets") or [] if r.get("accuracy") is not None]
 
 
 def _key(budget: Any) -> Any:

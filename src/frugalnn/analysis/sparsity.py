@@ -268,6 +268,13 @@ def _savefig(fig: Any, path: Path) -> Path:
     return path
 
 
+def _relu6_bounds(args: tuple, kwargs: dict[str, Any]) -> bool:
+    """Whether an ``F.hardtanh`` call clamps to ``[0, 6]`` (a ReLU6)."""
+    low = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
+    high = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
+    return float(low) == 0.0 and float(high) == 6.0
+
+
 class _Capture(TorchFunctionMode):
     """Sends the output of every activation call to a callback with the calling module."""
 
@@ -279,6 +286,8 @@ class _Capture(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         out = func(*args, **(kwargs or {}))
         kind = _ACTIVATIONS.get(func)
+        if func is F.hardtanh and _relu6_bounds(args, kwargs or {}):
+            kind = "relu6"  # nn.ReLU6 runs F.hardtanh(x, 0, 6)
         if kind is not None and isinstance(out, torch.Tensor):
             self.callback(self.stack[-1] if self.stack else "", kind, out)
         return out

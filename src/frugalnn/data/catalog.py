@@ -26,6 +26,10 @@ _INFO: dict[str, DatasetInfo] = {
                             "your CSV/TSV/JSONL of text,label (docs/your_model.md)"),
     "langid": DatasetInfo(None, (), "classification", "text", "langid TSV: (sentence, label)"),
     "pos-turkish": DatasetInfo(None, (), "tagging", "text", "Turkish web treebank (CoNLL-U)"),
+    "imagenet-photos": DatasetInfo(1000, (3, 224, 224), description="foolbox's 20 labelled "
+                                   "ImageNet photos, EfficientNet-Lite input (smoke set)"),
+    "wikitext2-subwords": DatasetInfo(None, (256,), "lm", "long", "WikiText-2 in a Hugging "
+                                      "Face tokenizer's subwords (default SmolLM2's)"),
 }
 
 
@@ -104,6 +108,16 @@ def get_dataset(
         allowed = {"context", "stride"}
         _check_options(name, options, allowed)
         return loader(resolve_data_dir(data_dir), split, limit=limit, **options)
+    if name in ("imagenet-photos", "wikitext2-subwords"):  # published models' data
+        from frugalnn.data import pretrained_eval as pe
+
+        if augment:
+            raise UserError(f"{name} takes no augmentation")
+        if name == "imagenet-photos":
+            _check_options(name, options, set())
+            return pe.load_imagenet_photos(split, limit)
+        _check_options(name, options, set(pe.WIKITEXT2_SUBWORDS_OPTIONS))
+        return pe.load_wikitext2_subwords(resolve_data_dir(data_dir), split, limit, **options)
     if name in ("langid", "pos-turkish"):  # raw sentences (frugalnn.methods.text featurises)
         from frugalnn.data import conllu, langid
 

@@ -214,3 +214,56 @@ def wikitext2_subwords(
     subset_rows(1, limit)  # a bad limit fails before the windows are cut
     return SubwordWindows(ids, context, tokenizer, limit,
                           f"WikiText-2 {split}, {type(tokenizer).__name__} subwords")
+
+
+#: The ``imagenet-photos`` smoke splits: photo indices of each (foolbox numbers them 0..19).
+PHOTO_SPLITS = {"train": range(0, 10), "test": range(10, 20)}
+
+
+def load_imagenet_photos(split: str, limit: int | None = None) -> ResizedImages:
+    """The ``imagenet-photos`` dataset: :func:`imagenet_photos` cut into a smoke split,
+    ``train`` = photos 0..9, ``test`` = photos 10..19 (too few for an accuracy figure);
+    ``limit`` keeps the first photos."""
+    if split not in PHOTO_SPLITS:
+        raise UserError(f"imagenet-photos has splits train and test; got {split!r}")
+    photos = imagenet_photos()
+    rows = torch.tensor([i for i in PHOTO_SPLITS[split] if i < len(photos)])
+    rows = rows[subset_rows(len(rows), limit)]
+    return ResizedImages(photos.images[rows], photos.labels[rows], photos.size,
+                         description=f"foolbox ImageNet sample photos, {split} (smoke set)")
+
+
+#: Options of ``wikitext2-subwords``: ``context`` (tokens per window) and ``tokenizer``
+#: (``smollm2``, the default, or a Hugging Face tokenizer directory).
+WIKITEXT2_SUBWORDS_OPTIONS = ("context", "tokenizer")
+
+
+def subword_tokenizer(name: str | os.PathLike) -> Any:
+    """``"smollm2"``: SmolLM2's tokenizer; otherwise a Hugging Face tokenizer directory."""
+    if str(name) == "smollm2":
+        return smollm2_tokenizer()
+    directory = Path(name).expanduser()
+    if not directory.is_dir():
+        raise UserError(f"tokenizer {directory} is not a directory; give smollm2 or a Hugging "
+                        "Face tokenizer directory (saved with save_pretrained)")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - missing files, unknown tokenizer type
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load a tokenizer from {directory} ({first})") from None
+
+
+def load_wikitext2_subwords(
+    data_dir: Path, split: str, limit: int | None = None, *, context: int = 256,
+    tokenizer: str | os.PathLike = "smollm2",
+) -> SubwordWindows:
+    """The ``wikitext2-subwords`` dataset: :func:`wikitext2_subwords` with a tokenizer named
+    by ``tokenizer``. Only valid.txt and test.txt are here, so ``train`` (which methods
+    fit on and carve their validation part from) reads the *validation* text; ``test``
+    stays the test text."""
+    split = {"train": "valid", "val": "valid"}.get(split, split)
+    return wikitext2_subwords(Path(data_dir), split, subword_tokenizer(tokenizer),
+                              context=int(context), limit=limit)

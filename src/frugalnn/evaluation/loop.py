@@ -37,6 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from frugalnn.budget import has_budget
+from frugalnn.cost.bits import model_bytes, params_by_precision
 from frugalnn.cost.ledger import CostLedger
 from frugalnn.errors import UserError
 from frugalnn.evaluation.fingerprint import ExampleFingerprint
@@ -285,6 +286,9 @@ def evaluate(
         "machine": _machine(device),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "transforms": list(getattr(model, "frugalnn_transforms", []) or []),
+        # What the model stores (one size for every budget): the report's size axis.
+        "model_bytes": model_bytes(model),
+        "params_by_precision": params_by_precision(model),
     }
     return records
 

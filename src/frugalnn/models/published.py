@@ -34,12 +34,14 @@ from frugalnn.models.registry import register_model
 
 __all__ = ["efficientnet_lite0", "package_dir", "smollm2_135m", "smollm2_tokenizer"]
 
+
 @register_model(
     "efficientnet_lite0",
     input_shape=(3, 224, 224),
     description="EfficientNet-Lite0 with ImageNet weights (4.65 M params), the upstream "
     "module (make efficientnet)",
     weight_args=("weights",),
+    pretrained=True,
 )
 def efficientnet_lite0(weights: str | None = None) -> nn.Module:
     """The upstream ``EfficientNet('efficientnet-lite0')`` with ImageNet weights, eval mode.
@@ -81,6 +83,7 @@ def efficientnet_lite0(weights: str | None = None) -> nn.Module:
     description="SmolLM2-135M-Instruct (134.5 M params), Hugging Face Llama (SwiGLU) "
     "from its Q4_1 GGUF (make smollm)",
     weight_args=("gguf_file",),
+    pretrained=True,
 )
 def smollm2_135m(gguf_file: str | None = None) -> nn.Module:
     """Hugging Face ``LlamaForCausalLM`` with SmolLM2-135M's weights as float32, eval mode.

@@ -35,6 +35,8 @@ class ModelInfo:
     # Arguments that only choose where initial weights come from (e.g. ``checkpoint``);
     # left out of ``model.frugalnn_spec`` because a saved checkpoint carries the weights.
     weight_args: tuple[str, ...] = ()
+    # Built with trained weights by default (published models): ready for frozen-backbone use.
+    pretrained: bool = False
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -48,6 +50,7 @@ def register_model(
     input_dtype: str = "float",
     description: str = "",
     weight_args: tuple[str, ...] = (),
+    pretrained: bool = False,
     **defaults: Any,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a model builder under ``name``."""
@@ -64,6 +67,7 @@ def register_model(
             description,
             dict(defaults),
             tuple(weight_args),
+            pretrained,
         )
         return builder
 
@@ -100,6 +104,14 @@ def model_info(name: str) -> ModelInfo:
             f"unknown model {name!r}{_spec_hint(name)}; `frugalnn models` lists the available "
             f"ones ({', '.join(sorted(_REGISTRY))})"
         ) from None
+
+
+def comes_trained(name: str) -> bool:
+    """Whether registry model ``name`` is built with trained weights (a published model);
+    ``False`` for unknown names and model specs (the caller decides about those)."""
+    _ensure_loaded()
+    info = _REGISTRY.get(str(name))
+    return bool(info and info.pretrained)
 
 
 def _spec_hint(name: str) -> str:

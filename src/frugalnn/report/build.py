@@ -36,7 +36,9 @@ from frugalnn.analysis.frontier import (
     frontier_summary,
     latency_points,
     points_from_summary,
+    size_points,
 )
+from frugalnn.cost.count import format_bytes
 from frugalnn.errors import UserError
 from frugalnn.evaluation import (
     RECORDS_FILE,
@@ -234,6 +236,7 @@ def _plane_section(doc: Document, runs: list[RunView], out_dir: Path) -> None:
     doc.image("accuracy_vs_flops.png", "accuracy vs FLOPs per example")
     doc.paragraph("Lines join each run's Pareto frontier over its budgets; faint dots are "
                   "budgets that another budget of the same run beats; stars are baselines.")
+    _size_plot(doc, runs, out_dir)
 
     sizes = sorted({int(row["batch_size"]) for r in runs
                     for row in r.summary.get("latency") or [] if "batch_size" in row})
@@ -257,6 +260,63 @@ def _plane_section(doc: Document, runs: list[RunView], out_dir: Path) -> None:
         doc.paragraph("Latency: median over repeated forward passes, each on a different "
                       "batch of real test examples, without the cost ledger; per-example "
                       "time = batch latency / batch size.")
+
+
+NO_SIZE = "size not recorded"
+
+
+def _bytes_scale(max_bytes: float) -> tuple[float, str]:
+    """Divisor and unit for a byte axis (B, KiB, MiB, GiB)."""
+    for div, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if max_bytes >= div:
+            return float(div), unit
+    return 1.0, "B"
+
+
+def _size_plot(doc: Document, runs: list[RunView], out_dir: Path) -> None:
+    """Accuracy against the bytes each model stores, for the runs that recorded them."""
+    series = [(r.label, size_points(r.summary), r.is_baseline) for r in runs]
+    sizes = [p.cost for _, pts, _ in series for p in pts]
+    if not sizes:
+        return
+    div, unit = _bytes_scale(max(sizes))
+    plot_plane(series, out_dir / "accuracy_vs_model_size.png", xdiv=div,
+               xlabel=f"model size ({unit}: bytes of the stored weights)",
+               title="Accuracy vs model size")
+    doc.image("accuracy_vs_model_size.png", "accuracy vs model size")
+    missing = [r.name for r in runs if r.summary.get("model_bytes") is None]
+    doc.paragraph("Model size is what the model stores (every tensor of its state dict at "
+                  "its storage width: int8 weights one byte each plus their scales); a "
+                  "model with a budget knob has one size for all its budgets."
+                  + (f" Not drawn ({NO_SIZE}): {', '.join(missing)}." if missing else ""))
+
+
+def _size_section(doc: Document, runs: list[RunView]) -> dict[str, Any]:
+    """The size table: bytes stored, parameters by precision, size against the baseline."""
+    doc.heading("Model size")
+    doc.paragraph("Bytes of the weights each model stores, beside its accuracy at full "
+                  "budget. 'vs baseline': the baseline run's size divided by this one's "
+                  f"(> 1 is smaller). '{NO_SIZE}': the run was evaluated before frugalnn "
+                  "recorded model sizes; re-run `frugalnn evaluate` to get it.")
+    header = ["run", "model size", "bytes", "parameters by precision", "vs baseline",
+              "accuracy % (full budget)"]
+    rows, out = [], {}
+    for r in runs:
+        size = r.summary.get("model_bytes")
+        ref = r.reference or (r if r.is_baseline else None)
+        ref_size = ref.summary.get("model_bytes") if ref is not None else None
+        by_prec = r.summary.get("params_by_precision") or {}
+        _, acc = _reference_row(r.summary)
+        prec = ", ".join(f"{k} {int(v):,}" for k, v in sorted(by_prec.items())) or "—"
+        if size is None:
+            rows.append([r.label, NO_SIZE, "—", prec, "—", _pct(acc)])
+        else:
+            rows.append([r.label, format_bytes(size), f"{int(size):,}", prec,
+                         _ratio(ref_size, size), _pct(acc)])
+        out[r.name] = {"model_bytes": size, "params_by_precision": by_prec or None,
+                       "baseline_model_bytes": ref_size}
+    doc.table(header, rows)
+    return out
 
 
 def _frontier_of(r: RunView) -> dict[str, Any]:
@@ -499,6 +559,9 @@ def write_report(
         doc.markdown(intro)
     _plane_section(doc, runs, out_dir)
     frontier = _frontier_section(doc, runs)
+    sizes = _size_section(doc, runs)
+    for name, size in sizes.items():
+        frontier[name] = {**frontier[name], "model_size": size}
     for r in runs:
         _run_section(doc, r, out_dir)
     with atomic_writer(out_dir / "frontier.json") as fh:

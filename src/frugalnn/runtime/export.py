@@ -55,6 +55,11 @@ class ExportConfig:
     ``budgets``: the budget values checked (default: every value the model offers).
     ``layout``: how a method lays out an input-dependent model in graphs (``auto``: the
     method's default for the format; MoE and ACM also take ``segments`` and ``one-graph``).
+    ``int8``: quantise a static model's ONNX graph to ONNX Runtime's QDQ int8
+    (:mod:`frugalnn.runtime.int8`), calibrated on ``calibration_size`` examples of
+    ``calibration_data`` (a seeded random subset); its check passes when the top-1
+    agreement with the float PyTorch model is at least ``int8_min_agreement`` (int8 does
+    not reproduce float logits to ``atol``; the largest difference is recorded).
     """
 
     format: str = "onnx"
@@ -69,6 +74,9 @@ class ExportConfig:
     budgets: list[float] | None = None
     threads: int | None = None
     layout: str = "auto"
+    int8: bool = False
+    calibration_size: int = 256
+    int8_min_agreement: float = 0.95
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in the manifest
 
     def validate(self) -> None:
@@ -79,6 +87,13 @@ class ExportConfig:
             raise UserError(f"check_limit must be positive, got {self.check_limit}")
         if self.atol < 0 or self.rtol < 0:
             raise UserError("atol and rtol must be >= 0")
+        if self.int8 and self.format != "onnx":
+            raise UserError(f"int8 export quantises an ONNX graph for ONNX Runtime; use "
+                            f"format onnx, not {self.format!r}")
+        if self.calibration_size < 1:
+            raise UserError(f"calibration_size must be positive, got {self.calibration_size}")
+        if not 0.0 <= self.int8_min_agreement <= 1.0:
+            raise UserError("int8_min_agreement is a fraction of rows, between 0 and 1")
 
 
 @dataclass
@@ -154,6 +169,18 @@ def check_export(model: Any, runner: Any, batches: list[Any], budgets: list[floa
             "max_abs_diff": max(p["max_abs_diff"] for p in points)}
 
 
+def _int8_graph(graph: bytes, data: Any, config: ExportConfig) -> tuple[bytes, dict[str, Any]]:
+    """The QDQ int8 graph and what the manifest records about it."""
+    from frugalnn.runtime.int8 import SCHEME, quantize_graph
+
+    calib = check_batches(data, config.calibration_size, config.batch_size, config.seed)
+    int8 = quantize_graph(graph, calib, input_name="input")
+    return int8, {**SCHEME, "calibration_examples": sum(len(b) for b in calib),
+                  "calibration_seed": config.seed,
+                  "calibration_data": getattr(data, "name", None) or type(data).__name__,
+                  "float_graph_bytes": len(graph), "graph_bytes": len(int8)}
+
+
 def _example(batches: list[Any], example_input: Any) -> Any:
     if example_input is not None:
         return example_input
@@ -166,9 +193,12 @@ def _example(batches: list[Any], example_input: Any) -> Any:
 
 def export(model: Any, out: str | os.PathLike, config: ExportConfig | None = None, *,
            check_data: Any = None, example_input: Any = None, force: bool = False,
-           source: dict[str, Any] | None = None) -> ExportResult:
+           source: dict[str, Any] | None = None,
+           calibration_data: Any = None) -> ExportResult:
     """Export ``model`` to the directory ``out``, checked on ``check_data`` (a dataset of
-    ``(x, y)`` or a tensor of inputs); see the module docstring."""
+    ``(x, y)`` or a tensor of inputs); see the module docstring. With ``config.int8``,
+    ``calibration_data`` (the training split, never the checked data) calibrates the
+    int8 graph."""
     import torch
 
     config = config or ExportConfig()
@@ -186,6 +216,13 @@ def export(model: Any, out: str | os.PathLike, config: ExportConfig | None = Non
     if exporter is None and config.layout not in ("auto", "one-graph"):
         raise UserError(f"a static model is one graph; layout {config.layout!r} "
                         "is for input-dependent models")
+    if config.int8 and exporter is not None:
+        raise UserError(f"int8 export is for static models; this {exporter.KIND} model is "
+                        "input-dependent: export it in float, or quantise it with "
+                        "`frugalnn quant` (int8 PyTorch kernels keep its knob)")
+    if config.int8 and calibration_data is None:
+        raise UserError("int8 export calibrates on real data; pass calibration_data "
+                        "(the training split)")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     made_parent = not out.parent.exists()
@@ -194,10 +231,12 @@ def export(model: Any, out: str | os.PathLike, config: ExportConfig | None = Non
         with torch.no_grad():
             if exporter is None:
                 file = "model" + SUFFIX[config.format]
-                write_bytes_atomic(tmp / file, graph_bytes(
-                    model, (example,), config.format, input_names=["input"],
-                    output_names=["logits"], opset=config.opset))
+                graph = graph_bytes(model, (example,), config.format, input_names=["input"],
+                                    output_names=["logits"], opset=config.opset)
                 parts: dict[str, Any] = {"graphs": {"model": file}}
+                if config.int8:
+                    graph, parts["int8"] = _int8_graph(graph, calibration_data, config)
+                write_bytes_atomic(tmp / file, graph)
                 kind = "static"
             else:
                 parts = exporter.export_parts(model, example, config.format, tmp, config.opset,
@@ -221,7 +260,20 @@ def export(model: Any, out: str | os.PathLike, config: ExportConfig | None = Non
                      examples=sum(len(b) for b in batches),
                      data=getattr(check_data, "name", None) or type(check_data).__name__,
                      runtime=manifest["runtime"])
+        if config.int8:
+            agreement = min(p["argmax_agreement"] for p in check["points"])
+            check.update(criterion="argmax_agreement", required_match=None,
+                         argmax_agreement=agreement,
+                         required_agreement=config.int8_min_agreement,
+                         passed=agreement >= config.int8_min_agreement,
+                         compared_with="the float PyTorch model")
         write_json_atomic(tmp / CHECK, check)
+        if config.int8 and not check["passed"]:
+            raise UserError(
+                f"the int8 export agrees with the float PyTorch model on "
+                f"{check['argmax_agreement']:.1%} of top-1 predictions (needed "
+                f"{config.int8_min_agreement:.1%}; largest logit difference "
+                f"{check['max_abs_diff']:.3g}); nothing was written")
         if not check["passed"]:
             raise UserError(
                 f"the {config.format} export does not match the PyTorch model: "

@@ -15,8 +15,9 @@ counted with the conventions of :mod:`frugalnn.cost.count` (one multiply-add =
 * ``LSTM``, ``GRU``, ``RNN``: ``2 * steps * batch * (numel(W) + numel(R))``;
 * ``Attention`` (opset 23, 4-D inputs): ``2*B*H*Tq*Tk*(d + d_v)``.
 
-Integer nodes (``*Integer``, ``QLinear*``) are labelled ``int8``, the others by
-their input's element type. Parameters are the graph's initializers of float
+Integer nodes (``*Integer``, ``QLinear*``) and QDQ nodes (input and weight
+both from ``DequantizeLinear``) are labelled ``int8``, the others by their
+input's element type. Parameters are the graph's initializers of float
 or 8-bit type with at least one dimension (scalars such as scales, zero points
 and constants, and int64 shape tensors, are not weights). Every other node
 type is either known to do no multiply-adds (elementwise, normalisation,
@@ -164,8 +165,13 @@ def _einsum(node: Any, shapes: list[list[int] | None]) -> int | None:
     return 2 * math.prod(sizes.values())
 
 
-def _precision(node: Any, shapes: Mapping[str, tuple[Any, int]]) -> str:
+def _precision(node: Any, shapes: Mapping[str, tuple[Any, int]],
+               dequantized: frozenset[str] = frozenset()) -> str:
     if node.op_type.endswith("Integer") or node.op_type.startswith("QLinear"):
+        return "int8"
+    # QDQ form: a float node whose input and weight both come out of DequantizeLinear is
+    # run by ONNX Runtime as one int8 kernel (QLinearConv, QLinearMatMul, ...).
+    if len(node.input) >= 2 and node.input[0] in dequantized and node.input[1] in dequantized:
         return "int8"
     elem = shapes.get(node.input[0], (None, 1))[1] if node.input else 1
     return _DTYPES.get(elem, ("fp32", 4))[0]
@@ -236,6 +242,8 @@ def _graph_cost(model: Any) -> dict[str, Any]:
     unknown: dict[str, int] = defaultdict(int)
     uncounted: dict[str, int] = defaultdict(int)
     activations = 0
+    dequantized = frozenset(o for n in graph.node if n.op_type == "DequantizeLinear"
+                            for o in n.output)
     for node in graph.node:
         try:
             n = _node_flops(node, shape)
@@ -248,7 +256,7 @@ def _graph_cost(model: Any) -> dict[str, Any]:
         flops += n
         if n:
             by_op[node.op_type] += n
-            by_precision[_precision(node, shapes)] += n
+            by_precision[_precision(node, shapes, dequantized)] += n
             by_scope[_scope(node.name)] += n
         for out in node.output:
             dims, elem = shapes.get(out, (None, 0))

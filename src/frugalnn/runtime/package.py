@@ -3,7 +3,9 @@
 Layout of an export directory::
 
     OUT/manifest.json   format, kind ("static" or a method's plugin name), graph files,
-                        input shape and dtype, the method's loop settings, budget values
+                        input shape and dtype, the method's loop settings, budget values;
+                        ``int8`` for a QDQ int8 graph (scheme, calibration, sizes;
+                        see :mod:`frugalnn.runtime.int8`)
     OUT/<graph files>   model.onnx for a static model; segments/heads/experts for a method
     OUT/check.json      the numerical check against the PyTorch model on real data
 

@@ -129,6 +129,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def _train(args: argparse.Namespace) -> int:
     from frugalnn.methods.early_exit.recipe import run_early_exit
+    from frugalnn.models.registry import comes_trained
 
     check_positive(((args.train_limit, "--train-limit"), (args.eval_limit, "--eval-limit"),
                     (args.val_limit, "--val-limit"), (args.threads, "--threads")))
@@ -136,9 +137,10 @@ def _train(args: argparse.Namespace) -> int:
     if config.ensemble and not config.cascade:
         print("frugalnn: note: --ensemble without --cascade ensembles independent heads",
               file=sys.stderr)
-    # A registry model is built untrained; a factory or Hugging Face directory may
-    # well bring its own trained weights.
-    untrained = ":" not in str(args.model) and not args.weights
+    # A registry model is built untrained unless it is a published pretrained one; a
+    # factory or Hugging Face directory may well bring its own trained weights.
+    untrained = (":" not in str(args.model) and not args.weights
+                 and not comes_trained(str(args.model)))
     if config.mode == "heads" and args.checkpoint is None and untrained:
         raise UserError("--mode heads freezes the backbone, so it needs a trained one: pass "
                         "--checkpoint or --weights, or use --mode joint")

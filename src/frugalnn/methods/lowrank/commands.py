@@ -185,8 +185,10 @@ def compress_config(args: argparse.Namespace) -> Any:
 
 def _compress(args: argparse.Namespace) -> int:
     from frugalnn.methods.lowrank.recipe import run_lowrank
+    from frugalnn.models.registry import comes_trained
 
-    trained = args.checkpoint is not None or getattr(args.model, "weights", None) is not None
+    trained = (args.checkpoint is not None or getattr(args.model, "weights", None) is not None
+               or comes_trained(str(args.model)))
     if not trained and not args.random_init:
         raise UserError("lowrank compress needs the trained model: pass --checkpoint or --weights "
                         "(or --random-init to compress random weights, for cost studies only)")
