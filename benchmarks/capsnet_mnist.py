@@ -23,7 +23,8 @@ The timing (step 4) holds the shared timing lock ``/tmp/frugalnn-timing.lock``
 itself; training does not. Full scale::
 
     python benchmarks/capsnet_mnist.py --data-dir $FRUGALNN_DATA --train-limit 54000 \\
-        --val-limit 6000 --max-epochs 30 --finetune-epochs 5 --target params=8
+        --val-limit 6000 --max-epochs 30 --finetune-epochs 5 --target params=8 \\
+        --exclude stem.0
 
 The defaults are a scaled-down run (``--train-limit 5000``); the results file
 states the scale used. Writes ``--markdown`` and ``--out`` (JSON).
@@ -60,7 +61,8 @@ from frugalnn.train import fit
 from frugalnn.utils.io import write_json_atomic
 
 FULL_SCALE = ("python benchmarks/capsnet_mnist.py --data-dir $FRUGALNN_DATA --train-limit 54000 "
-              "--val-limit 6000 --max-epochs 30 --finetune-epochs 5 --target params=8")
+              "--val-limit 6000 --max-epochs 30 --finetune-epochs 5 --target params=8 "
+              "--exclude stem.0")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

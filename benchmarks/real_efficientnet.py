@@ -9,8 +9,10 @@ real accuracy.
 
 Early exits (``--method early-exit``, the default): pooling heads attached to
 the upstream module's ``_blocks`` (``frugalnn.models.adapters.as_staged``)
-and trained with the backbone frozen on agreement labels of CIFAR-10 *train*
-images. The backbone runs once over every image: the heads' inputs at every
+and trained with the backbone frozen on CIFAR-10 *train* images, on agreement
+labels (the dense top-1) plus distillation from the dense logits
+(``--kd-weight``; 0 = frugalnn's ``train_heads``, hard labels only). The
+backbone runs once over every image: the heads' inputs at every
 candidate exit point are cached (``cache_features``) and each candidate set
 of exit positions and each seed trains on those caches (``train_heads``)
 and is scored on traces built from them (``trace_from_features``, the same
@@ -36,14 +38,12 @@ chosen there, then reported on test. Latency of dense vs chosen at batch 1 and
 from __future__ import annotations
 
 import argparse
-import fcntl
 import statistics
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import log, results_header, write_results
+from _common import log, results_header, timing_lock, write_results
 
 import frugalnn
 from frugalnn.data.base import resolve_data_dir
@@ -54,19 +54,6 @@ from frugalnn.data.pretrained_eval import (
     imagenet_photos,
     predicted_labels,
 )
-
-LOCK = "/tmp/frugalnn-timing.lock"
-
-
-@contextmanager
-def timing_lock():  # noqa: ANN201 - a context manager
-    """Hold the shared timing lock (no other timing runs meanwhile)."""
-    with open(LOCK, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def agreement(model: torch.nn.Module, data: ResizedImages) -> float:
@@ -165,6 +152,36 @@ def cheapest_within(trace: Any, bar: float, policy: str = "maxprob") -> dict[str
             "accuracy": row["accuracy"]}
 
 
+def train_heads_kd(ee: Any, cache: Any, *, epochs: int, lr: float, batch_size: int,
+                   seed: int, temperature: float, weight: float) -> None:
+    """Heads on cached features with distillation from the cached dense logits:
+    ``(1 - weight) * CE(dense top-1) + weight * T^2 KL(dense || head)`` per head (Adam,
+    cosine decay, like ``train_heads``, which has the hard-label loss only)."""
+    import torch.nn.functional as F
+
+    params = list(ee.heads.parameters())
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=1e-4)
+    steps = epochs * -(-len(cache) // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    gen = torch.Generator().manual_seed(seed)
+    ee.heads.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(cache), generator=gen)
+        for start in range(0, len(cache), batch_size):
+            idx = order[start : start + batch_size]
+            outs = ee.heads_from_features([f[idx].float() for f in cache.feats])
+            target = F.softmax(cache.final_logits[idx].float() / temperature, dim=1)
+            y = cache.labels[idx]
+            loss = sum((1 - weight) * F.cross_entropy(z, y) + weight * temperature**2
+                       * F.kl_div(F.log_softmax(z / temperature, dim=1), target,
+                                  reduction="batchmean") for z in outs)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    ee.heads.eval()
+
+
 def early_exit_part(a: argparse.Namespace, dense: torch.nn.Module, dense_cost: Any,
                     photos: ResizedImages, photo_acc: float, test: ResizedImages,
                     val: ResizedImages, train: ResizedImages) -> str:
@@ -201,8 +218,13 @@ def early_exit_part(a: argparse.Namespace, dense: torch.nn.Module, dense_cost: A
         for seed in a.seeds:
             torch.manual_seed(seed)
             ee = attach_heads(dense, cand, "pool", pool_size=a.pool_size, example_input=x1)
-            train_heads(ee, sub["train"], epochs=a.ee_epochs, lr=a.ee_lr,
-                        batch_size=a.batch_size, seed=seed)
+            if a.kd_weight > 0:
+                train_heads_kd(ee, sub["train"], epochs=a.ee_epochs, lr=a.ee_lr,
+                               batch_size=a.batch_size, seed=seed,
+                               temperature=a.kd_temperature, weight=a.kd_weight)
+            else:
+                train_heads(ee, sub["train"], epochs=a.ee_epochs, lr=a.ee_lr,
+                            batch_size=a.batch_size, seed=seed)
             ee.eval()
             vt = trace_from_features(ee, sub["val"], x1)
             tt = trace_from_features(ee, sub["test"], x1)
@@ -225,7 +247,8 @@ def early_exit_part(a: argparse.Namespace, dense: torch.nn.Module, dense_cost: A
     ee.set_budget(best["threshold"])
     log(f"chosen on validation: exits after {chosen['names']}; real inference on test "
         f"(seed {best['seed']}, threshold {best['threshold']:.4f})")
-    real_test = agreement(ee, test)
+    check = take(test, torch.arange(min(a.check_images, len(test))))
+    real_test = agreement(ee, check)
     real_photos = agreement(ee, photos)
     batch = torch.stack([test[i][0] for i in range(32 * a.repeats)])
     log("timing dense vs the chosen early-exit model")
@@ -243,13 +266,17 @@ def early_exit_part(a: argparse.Namespace, dense: torch.nn.Module, dense_cost: A
             return f"{statistics.mean(ratios):.2f}x ± {statistics.stdev(ratios):.2f}"
         return mean_sd(vals)
 
+    kd_note = (f"loss (1 - {a.kd_weight}) CE(dense top-1) + {a.kd_weight} T^2 KL(dense "
+               f"logits, T = {a.kd_temperature})" if a.kd_weight > 0
+               else "cross-entropy on the dense top-1 (train_heads)")
     notes = (f"Images: CIFAR-10 JPEGs at 224x224 labelled with the dense model's top-1 "
              f"(accuracy = top-1 agreement with dense): heads trained on {len(train)} train "
              f"images, exit positions and threshold (maxprob policy) chosen on {len(val)} other "
              f"train images as the cheapest with >= {a.min_agreement:.0%} agreement, scored on "
              f"{len(test)} test images. Heads: SDN pooling heads (avg+max pool to "
              f"{a.pool_size}x{a.pool_size}, one linear layer to the 1000 classes), backbone "
-             f"frozen, Adam lr {a.ee_lr}, {a.ee_epochs} epochs, batch {a.batch_size}, seeds "
+             f"frozen, Adam lr {a.ee_lr}, {a.ee_epochs} epochs, batch {a.batch_size}, "
+             f"{kd_note}, seeds "
              f"{a.seeds} (mean ± sd). FLOPs: mean per image at batch 1 (2 x MACs), heads "
              "included; dense 0.770 GFLOPs.")
     lines = [results_header("EfficientNet-Lite0 (ImageNet): early exits", notes=notes),
@@ -266,7 +293,7 @@ def early_exit_part(a: argparse.Namespace, dense: torch.nn.Module, dense_cost: A
     lines += ["", f"Chosen model, each head alone on test (every image exits there, mean over "
               f"seeds): {head_rows}.", "",
               f"Real batched inference of the chosen model (seed {best['seed']}, threshold "
-              f"{best['threshold']:.4f}) on the {len(test)} test images: {real_test:.1%} "
+              f"{best['threshold']:.4f}) on the first {len(check)} test images: {real_test:.1%} "
               f"agreement; foolbox photos {real_photos * len(photos):.0f}/{len(photos)} "
               f"(dense {photo_acc * len(photos):.0f}/{len(photos)}).", "",
               f"Latency ({a.threads} thread(s), {a.rounds} interleaved rounds, median of "
@@ -289,16 +316,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--method", choices=("early-exit", "lowrank"), default="early-exit")
     p.add_argument("--targets", nargs="+", default=["flops=1.6", "flops=1.8"],
                    help="lowrank: FLOPs targets of the factorised layers")
-    p.add_argument("--positions", nargs="+", default=["7,10", "8,11", "6,9,12"],
+    p.add_argument("--positions", nargs="+", default=["6,9", "8,11"],
                    help="early-exit: candidate sets of exit positions (block indices after "
                    "which a head sits), chosen among on validation")
-    p.add_argument("--pool-size", type=int, default=4, help="early-exit: head pooling size")
-    p.add_argument("--ee-epochs", type=int, default=30, help="early-exit: head epochs")
+    p.add_argument("--pool-size", type=int, default=2, help="early-exit: head pooling size")
+    p.add_argument("--ee-epochs", type=int, default=20, help="early-exit: head epochs")
     p.add_argument("--ee-lr", type=float, default=2e-3, help="early-exit: head learning rate")
+    p.add_argument("--kd-weight", type=float, default=0.5,
+                   help="early-exit: weight of distillation from the dense logits (0: "
+                   "hard agreement labels only, frugalnn's train_heads)")
+    p.add_argument("--kd-temperature", type=float, default=2.0)
+    p.add_argument("--check-images", type=int, default=300,
+                   help="early-exit: test images re-scored by real batched inference")
     p.add_argument("--train-images", type=int, default=None,
-                   help="distillation / head training images (800 lowrank, 4000 early-exit)")
+                   help="distillation / head training images (800 lowrank, 1500 early-exit)")
     p.add_argument("--val-images", type=int, default=None,
-                   help="images choosing the target (200 lowrank, 1000 early-exit)")
+                   help="images choosing the target (200 lowrank, 400 early-exit)")
     p.add_argument("--test-images", type=int, default=1000, help="CIFAR-10 test images")
     p.add_argument("--epochs", type=int, default=1, help="lowrank: distillation epochs")
     p.add_argument("--lr", type=float, default=0.01, help="lowrank: distillation lr")
@@ -312,8 +345,8 @@ def main(argv: list[str] | None = None) -> None:
                    "real_efficientnet.md; _lowrank.md for --method lowrank)")
     a = p.parse_args(argv)
     ee = a.method == "early-exit"
-    a.train_images = a.train_images if a.train_images is not None else (4000 if ee else 800)
-    a.val_images = a.val_images if a.val_images is not None else (1000 if ee else 200)
+    a.train_images = a.train_images if a.train_images is not None else (1500 if ee else 800)
+    a.val_images = a.val_images if a.val_images is not None else (400 if ee else 200)
     a.out = a.out or ("benchmarks/results/real_efficientnet.md" if ee
                       else "benchmarks/results/real_efficientnet_lowrank.md")
     data_dir = resolve_data_dir(a.data_dir)

@@ -9,7 +9,8 @@ through ``frugalnn.evaluate``). The figures are not comparable with published
 perplexities on the raw WikiText-2 text.
 
 MoE: ``frugalnn.moe`` converts the 30 gated FFNs (``model.layers.*.mlp``); its
-routers are trained on the first half of the validation windows, ``tau`` is
+routers (and, with ``--finetune-epochs``, the routed fine-tune distilling from
+the dense model) are trained on the first half of the validation windows, ``tau`` is
 chosen on the second half (the cheapest tau whose perplexity is within
 ``--max-ppl-increase`` of dense), and only then is test scored. FFN FLOPs
 removed = (dense FLOPs - MoE FLOPs) / dense FFN FLOPs, all per token, from the
@@ -24,14 +25,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import fcntl
 import math
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import log, results_header, write_results
+from _common import log, results_header, timing_lock, write_results
 from torch.utils.data import DataLoader, Subset
 
 import frugalnn
@@ -39,19 +38,6 @@ from frugalnn.data.base import resolve_data_dir
 from frugalnn.data.pretrained_eval import wikitext2_subwords
 from frugalnn.errors import UserError
 from frugalnn.models.published import smollm2_tokenizer
-
-LOCK = "/tmp/frugalnn-timing.lock"
-
-
-@contextmanager
-def timing_lock():  # noqa: ANN201 - a context manager
-    """Hold the shared timing lock (no other timing runs meanwhile)."""
-    with open(LOCK, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def scored(model: torch.nn.Module, data: Any, batch_size: int,
@@ -97,6 +83,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="windows per batch")
     p.add_argument("--experts", type=int, default=8, help="experts per FFN")
     p.add_argument("--router-epochs", type=int, default=1)
+    p.add_argument("--finetune-epochs", type=int, default=0,
+                   help="routed fine-tune of the MoE model (distilling from dense) on the "
+                   "router windows, first half of validation (0: none)")
+    p.add_argument("--finetune-taus", type=float, nargs="+", default=[0.4, 0.5, 0.6])
+    p.add_argument("--finetune-lr", type=float, default=1e-4)
     p.add_argument("--taus", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.8, 1.0])
     p.add_argument("--max-ppl-increase", type=float, default=0.05)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -129,7 +120,9 @@ def main(argv: list[str] | None = None) -> None:
         f"validation = first {len(val)} windows. FLOPs per token from frugalnn.evaluate "
         f"(2 x MACs, attention included); dense FFN FLOPs/token {ffn / 1e6:.1f} M. "
         f"Tokens/s: batch {a.batch_size} x {a.context} tokens, {a.threads} thread(s), "
-        f"{a.rounds} interleaved rounds, median of {a.repeats} calls.")]
+        f"{a.rounds} interleaved rounds, median of {a.repeats} calls. Routed fine-tune: "
+        f"{a.finetune_epochs} epoch(s) at taus {a.finetune_taus}, lr {a.finetune_lr}, on the "
+        "router windows.")]
     table = ["| model | tau | val ppl | test ppl | MFLOPs/token | FFN FLOPs removed | "
              "tokens/s | dense tokens/s (same rounds) |", "|---|---|---|---|---|---|---|---|"]
     moe_note = ""
@@ -139,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     for seed in [] if a.skip_moe else a.seeds:
         cfg = frugalnn.MoEConfig(experts=a.experts, router_epochs=a.router_epochs,
                                  taus=a.taus, batch_size=a.batch_size, seed=seed,
-                                 latency_repeats=1)
+                                 latency_repeats=1, finetune_epochs=a.finetune_epochs,
+                                 finetune_taus=a.finetune_taus, finetune_lr=a.finetune_lr)
         try:
             moe = frugalnn.moe(copy.deepcopy(dense), cfg,
                                train_data=Subset(val, range(len(val) // 2)))

@@ -35,6 +35,11 @@ from frugalnn.models.registry import register_model
 __all__ = ["efficientnet_lite0", "package_dir", "smollm2_135m", "smollm2_tokenizer"]
 
 
+def _on_meta(model: nn.Module) -> bool:
+    """Whether ``model`` was built under ``torch.device("meta")`` (shapes only)."""
+    return any(p.is_meta for p in model.parameters())
+
+
 @register_model(
     "efficientnet_lite0",
     input_shape=(3, 224, 224),
@@ -64,6 +69,8 @@ def efficientnet_lite0(weights: str | None = None) -> nn.Module:
                             "reinstall it with `make efficientnet`")
         weights = str(found[0])
     model = EfficientNet.from_name("efficientnet-lite0")
+    if _on_meta(model):  # a structure-only build (checkpoint size check): no weights to read
+        return model.eval()
     state = torch.load(weights, map_location="cpu", weights_only=True)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -99,6 +106,8 @@ def smollm2_135m(gguf_file: str | None = None) -> nn.Module:
     config = tf.AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
     config.use_cache = False
     model = tf.LlamaForCausalLM(config).float()
+    if _on_meta(model):  # a structure-only build (checkpoint size check): no weights to read
+        return model.eval()
     state = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
     result = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
