@@ -135,3 +135,16 @@ def test_cli_trains_an_hf_directory_on_a_tokenised_csv(bert_dir: Path, tmp_path:
     assert config["options"]["data"] == f"textfile:tokenizer={bert_dir},max_length=32"
     trained = load_model(out / "checkpoint")
     assert type(trained) is transformers.BertForSequenceClassification
+
+
+def test_a_loss_function_may_return_the_models_output_object() -> None:
+    # A custom loss_fn (MoE's routed fine-tune) can hand back a Hugging Face output
+    # object instead of logits: training goes on and scores its logits.
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    from frugalnn.train.loop import _accuracy_counts
+
+    logits = torch.tensor([[[0.0, 2.0], [3.0, 0.0]]])
+    out = CausalLMOutputWithPast(logits=logits)
+    assert _accuracy_counts(out, (torch.zeros(1, 2), torch.tensor([[1, 1]]))) == (1.0, 2.0)
+    assert _accuracy_counts(object(), (torch.zeros(1, 2), torch.tensor([[1, 1]]))) == (0.0, 0.0)

@@ -480,8 +480,11 @@ def _accuracy_counts(logits, batch) -> tuple[float, float]:
     """(correct, counted) predictions in a batch; (0, 0) when there is nothing to score.
 
     Token accuracy of a dict batch is not scored: a Hugging Face causal LM's labels are
-    its inputs, shifted inside the model."""
-    if logits is None:
+    its inputs, shifted inside the model. A loss function may hand back the model's own
+    output object (Hugging Face): its ``logits`` are scored."""
+    if logits is not None and not isinstance(logits, torch.Tensor):
+        logits = getattr(logits, "logits", None)
+    if not isinstance(logits, torch.Tensor):
         return 0.0, 0.0
     if isinstance(batch, dict):
         y = batch.get("labels")

@@ -34,7 +34,7 @@ from frugalnn.errors import UserError
 from frugalnn.methods.moe._batches import task_and_distill_loss
 from frugalnn.methods.moe.convert import MoEModel, _check_tau, train_routers
 from frugalnn.train.distill import frozen_copy
-from frugalnn.utils.batch import to_device
+from frugalnn.utils.batch import call_model, logits_of, to_device
 
 __all__ = ["RoutedLoss", "finetune_routed"]
 
@@ -82,7 +82,9 @@ class RoutedLoss:
         x = to_device(batch[0] if isinstance(batch, (list, tuple)) else batch, device)
         if net.training:
             net.set_budget(self._rng.choice(self.taus))
-        out = model(x)
+        out = call_model(model, x)
+        if self.objective == "classification":
+            out = logits_of(out)  # Hugging Face models return an output object
         loss = task_and_distill_loss(out, x, batch, self.teacher, objective=self.objective,
                                      alpha=self.kd_weight, temperature=self.temperature)
         return loss, out
