@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from frugalnn.cli import main
 from frugalnn.data import get_dataset
-from frugalnn.train.checkpoint import load_meta, load_model
+from frugalnn.models import create_model
+from frugalnn.train.checkpoint import load_meta, load_model, save_checkpoint
 
 FAST = ["--data", "digits", "--train-limit", "200", "--eval-limit", "100", "--batch-size", "50",
         "--no-progress", "--threads", "1"]  # fmt: skip
@@ -153,6 +154,24 @@ def test_language_model_on_tinyshakespeare(tmp_path, data_dir):
     assert 0 < history[0]["eval_acc"] < 1 and history[0]["train_loss"] < 5.0
     model = load_model(out / "checkpoint")
     assert model(torch.zeros(1, 128, dtype=torch.long)).shape == (1, 128, 65)
+
+
+@pytest.mark.data
+def test_evaluate_prints_a_language_models_perplexity(tmp_path, data_dir, capsys):
+    import math
+
+    from frugalnn.evaluation import load_records
+
+    model = create_model("lm_tiny", vocab_size=65, context=128, dim=32, depth=1, heads=2)
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(ckpt, model)
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(ckpt), "--data", "tinyshakespeare", "--data-dir", str(data_dir),
+                 "--eval-limit", "8", "--val-fraction", "0", "--latency-batch-sizes", "none",
+                 "--no-progress", "--out", str(out)]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if "perplexity" in x]
+    loss = float(load_records(out).columns["loss"].mean())
+    assert len(line) == 1 and f"perplexity {math.exp(loss):.2f}" in line[0]
 
 
 @pytest.mark.parametrize("device", ["mps", "gpu"])

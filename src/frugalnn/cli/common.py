@@ -385,8 +385,12 @@ def random_subset(dataset: Any, limit: int | None, seed: int) -> Any:
     return draw(dataset, limit, seed)
 
 
-def print_budget_summary(records: Any, name: str, width: int = 8) -> None:
-    """One line per budget: knob value, accuracy and FLOPs per example."""
+def print_budget_summary(records: Any, name: str, width: int = 8, task: str | None = None) -> None:
+    """One line per budget: knob value, accuracy and FLOPs per example; for a language
+    model (``task="lm"``, equal-length windows) also the perplexity, exp(mean token loss)."""
+    import math
+
     for row in records.per_budget_summary():
+        ppl = f"  perplexity {math.exp(row['loss']):.2f}" if task == "lm" else ""
         print(f"{name} {row['label']:>{width}}: accuracy {100 * row['accuracy']:6.2f} %  "
-              f"{row['flops'] / 1e6:10.3f} MFLOPs/example")
+              f"{row['flops'] / 1e6:10.3f} MFLOPs/example{ppl}")

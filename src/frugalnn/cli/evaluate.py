@@ -228,7 +228,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         save_checkpoint(ckpt, model, {"data": data_signature(dataset.info)})
     write_run_report(out)
-    print_budget_summary(records, "budget")
+    print_budget_summary(records, "budget", task=getattr(dataset.info, "task", None))
     print(f"records: {out / 'records.csv'}")
     print(f"report:  {out / 'report' / 'report.html'}")
     return 0
