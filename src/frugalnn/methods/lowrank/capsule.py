@@ -37,6 +37,7 @@ layers have the run-time ``rank_fraction`` knob (leading components only).
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 
@@ -238,7 +239,7 @@ def _param(*shape: int) -> nn.Parameter:
     return nn.Parameter(torch.zeros(*shape))
 
 
-class FactorizedCapsuleTransform(FactorizedLayer):
+class FactorizedCapsuleTransform(FactorizedLayer, abc.ABC):
     """Common geometry of the factorised capsule transformations."""
 
     def __init__(self, spec: CapsuleSpec, ranks: tuple[int, ...]) -> None:
@@ -246,10 +247,6 @@ class FactorizedCapsuleTransform(FactorizedLayer):
         self.spec = spec
         self.in_caps, self.out_caps = spec.in_caps, spec.out_caps
         self.in_dim, self.out_dim = spec.in_dim, spec.out_dim
-
-    @property
-    def bias(self) -> None:
-        return None
 
     def active_ranks(self) -> tuple[int, ...]:
         if self.rank_fraction == 1.0:
@@ -270,8 +267,9 @@ class FactorizedCapsuleTransform(FactorizedLayer):
                 p.copy_(torch.as_tensor(value, dtype=p.dtype, device=p.device).reshape(p.shape))
         return layer
 
+    @abc.abstractmethod
     def _factors(self, weight: torch.Tensor) -> list[np.ndarray]:
-        raise NotImplementedError
+        """The factors of ``weight``, in the order of this chain's parameters."""
 
 
 class CPCapsuleTransform(FactorizedCapsuleTransform):

@@ -92,9 +92,9 @@ class FactorizedLayer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # -- what callers read from the replaced layer ---------------------------------------
-    def output_layer(self) -> nn.Module:
-        """The last layer of the chain (it carries the output bias)."""
-        raise NotImplementedError
+    def output_layer(self) -> nn.Module | None:
+        """The last layer of the chain, which carries the output bias (None: no such layer)."""
+        return None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -104,7 +104,8 @@ class FactorizedLayer(nn.Module):
     @property
     def bias(self) -> torch.Tensor | None:
         """The output bias (the replaced layer's bias), or None."""
-        return self.output_layer().bias
+        layer = self.output_layer()
+        return None if layer is None else layer.bias
 
     def extra_repr(self) -> str:
         return f"method={self.method}, ranks={self.ranks}"
