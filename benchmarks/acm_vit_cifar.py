@@ -86,6 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rank-relative-cost", type=float, default=0.75,
                    help="rank --compare runs at the budget nearest this fraction of their cost")
     p.add_argument("--out", default="benchmarks/results/acm.md")
+    p.add_argument("--json", help="also write the headline figures as JSON here")
     return p.parse_args(argv)
 
 
@@ -393,6 +394,17 @@ def write_results(a: argparse.Namespace, machine: dict[str, Any], ref: Path, run
     tmp.write_text(text + "\n<!-- findings -->" + keep)
     os.replace(tmp, out)
     (work / "latency.json").write_text(json.dumps(lat, indent=2))
+    if a.json:
+        from frugalnn.utils.io import write_json_atomic
+
+        q = float(half["budget"])
+        write_json_atomic(a.json, {
+            "args": vars(a), "machine": machine, "chosen_on": chosen_on,
+            "baseline": {"accuracy": base["accuracy"], "flops": base["flops"]},
+            "half_compute": {"q": q, "compute": frac[q], "accuracy": half["accuracy"],
+                             "delta_pt": 100 * (half["accuracy"] - base["accuracy"])},
+            "ffn_speedup_b64": {("dense" if r["q"] == "dense" else f"q={r['q']:g}"):
+                                r["speedup"] for r in lat}})
 
 
 if __name__ == "__main__":

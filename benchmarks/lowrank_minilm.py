@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distill-batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="seed of the distillation (0)")
     p.add_argument("--markdown", default="benchmarks/results/lowrank_minilm.md")
+    p.add_argument("--json", help="also write the figures as JSON here")
     args = p.parse_args(argv)
     if not args.data_dir:
         print("set --data-dir or FRUGALNN_DATA", file=sys.stderr)
@@ -174,6 +175,17 @@ def main(argv: list[str] | None = None) -> int:
             f"({base_ms / r['ms']:.2f}x) | {b['cos_mean']:.4f} / {b['cos_min']:.4f} | "
             f"{100 * b['nn_agree']:.1f} % | {tuned_cell} | {r['load']:.2f} |")
     write_results(args.markdown, "\n".join(lines_md) + "\n")
+    if args.json:
+        from frugalnn.cost.machine import describe_machine
+        from frugalnn.utils.io import write_json_atomic
+
+        write_json_atomic(args.json, {
+            "args": vars(args), "machine": describe_machine(),
+            "original": {"params": base_params, "flops": base_flops, "ms": base_ms},
+            "targets": {t: (r if isinstance(r, str) else
+                            {**r, "params_ratio": base_params / r["params"],
+                             "flops_ratio": base_flops / r["flops"],
+                             "speedup": base_ms / r["ms"]}) for t, r in rows}})
     return 0
 
 

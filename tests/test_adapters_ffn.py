@@ -15,6 +15,7 @@ import os
 
 import pytest
 import torch
+from tiny_hf import tiny_bert, tiny_llama, tiny_vit
 from torch import nn
 
 from frugalnn.cost.ledger import CostLedger
@@ -33,27 +34,15 @@ DIM, HIDDEN, VOCAB, SEQ = 32, 64, 50, 6
 
 # -- models -------------------------------------------------------------------------------
 def hf_bert() -> nn.Module:
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        vocab_size=VOCAB, hidden_size=DIM, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=HIDDEN, max_position_embeddings=16, num_labels=3)
-    return transformers.BertForSequenceClassification(cfg).eval()
+    return tiny_bert(layers=2, labels=3, positions=16)
 
 
 def hf_vit() -> nn.Module:
-    torch.manual_seed(0)
-    cfg = transformers.ViTConfig(
-        image_size=16, patch_size=4, num_channels=3, hidden_size=DIM, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=HIDDEN, num_labels=5)
-    return transformers.ViTForImageClassification(cfg).eval()
+    return tiny_vit(layers=2, labels=5)
 
 
 def hf_llama() -> nn.Module:
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=DIM, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, intermediate_size=HIDDEN, max_position_embeddings=16)
-    return transformers.LlamaForCausalLM(cfg).eval()
+    return tiny_llama(layers=2, positions=16)
 
 
 class TimmMlp(nn.Module):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_hf import tiny_bert, tiny_llama, tiny_vit
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
@@ -184,21 +185,11 @@ def _effnet() -> nn.Module:
 
 
 def hf_bert() -> nn.Module:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                     intermediate_size=64, num_labels=3, max_position_embeddings=32)
-    return BertForSequenceClassification(cfg).eval()
+    return tiny_bert(layers=3, labels=3, positions=32)
 
 
 def hf_vit() -> nn.Module:
-    from transformers import ViTConfig, ViTForImageClassification
-
-    torch.manual_seed(0)
-    cfg = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=3,
-                    num_attention_heads=2, intermediate_size=64, num_labels=4)
-    return ViTForImageClassification(cfg).eval()
+    return tiny_vit(layers=3, labels=4)
 
 
 def text_batch(n: int = 6) -> dict[str, torch.Tensor]:
@@ -497,12 +488,8 @@ def test_bad_models_and_patterns_get_one_line() -> None:
 
 
 def test_language_models_are_refused() -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2)
     with pytest.raises(UserError, match="language model; early exits need a classifier"):
-        attach_heads(LlamaForCausalLM(cfg), "every", example_input=torch.zeros(1, 4).long())
+        attach_heads(tiny_llama(), "every", example_input=torch.zeros(1, 4).long())
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import torch
+from tiny_hf import tiny_bert, tiny_vit
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -143,16 +144,8 @@ class Case:
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
     root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    vit = transformers.ViTConfig(image_size=16, patch_size=4, hidden_size=32,
-                                 num_hidden_layers=2, num_attention_heads=2,
-                                 intermediate_size=64, num_labels=4)
-    transformers.ViTForImageClassification(vit).save_pretrained(root / "vit")
-    torch.manual_seed(0)
-    bert = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
-                                   num_attention_heads=2, intermediate_size=64, num_labels=4,
-                                   max_position_embeddings=32)
-    transformers.BertForSequenceClassification(bert).save_pretrained(root / "bert")
+    tiny_vit(layers=2, labels=4).save_pretrained(root / "vit")
+    tiny_bert(layers=2, labels=4, positions=32).save_pretrained(root / "bert")
     (root / "resnet.py").write_text(RESNET)
     return {
         "vit": Case(f"hf:{root / 'vit'}", False, True, ("svd", "vit.layers.*", 8)),

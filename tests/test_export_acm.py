@@ -72,7 +72,8 @@ def _eager_rows(model, x):
 @needs_onnx
 def test_acm_segments_run_each_learner_on_its_rows(tmp_path, acm):
     data = frugalnn.load_splits("digits", test_limit=32, seed=0).test
-    result = export(acm, tmp_path / "acm", ExportConfig(format="onnx"), check_data=data)
+    result = export(acm, tmp_path / "acm", ExportConfig(format="onnx", layout="segments"),
+                    check_data=data)
     assert result.manifest["loop"]["layout"] == "segments"
     assert {"segment0", "parts0", "parts1"} <= set(result.manifest["graphs"])
     runner = load_exported(tmp_path / "acm")

@@ -74,7 +74,8 @@ def _eager_rows(model, x):
 @needs_onnx
 def test_moe_segments_route_the_rows_of_the_eager_model(tmp_path, moe):
     data = frugalnn.load_splits("digits", test_limit=32, seed=0).test
-    result = export(moe, tmp_path / "moe", ExportConfig(format="onnx"), check_data=data)
+    result = export(moe, tmp_path / "moe", ExportConfig(format="onnx", layout="segments"),
+                    check_data=data)
     graphs = result.manifest["graphs"]
     assert result.manifest["loop"]["layout"] == "segments"
     assert {"segment0", "segment1", "segment2", "parts0", "parts1"} <= set(graphs)

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "written; the comparison is saved as OUT/check.json.",
     )
     p.add_argument("run", help="run directory or checkpoint directory")
-    p.add_argument("--format", default="onnx", choices=FORMATS, help="graph format (onnx)")
+    p.add_argument("--format", default="onnx",
+                   help=f"graph format: {', '.join(FORMATS)} (onnx)")
     p.add_argument("--out", help="export directory (default RUN/export/FORMAT)")
     p.add_argument("--data", help="dataset to check on (default: the run's config.json)")
     p.add_argument("--data-dir", help="dataset directory (default $FRUGALNN_DATA)")
@@ -35,9 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (1e-4)")
     p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (1e-4)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (17)")
-    p.add_argument("--layout", default="auto", choices=("auto", "segments", "one-graph"),
-                   help="input-dependent models: graph segments driven by a runtime loop "
-                        "(segments, the ONNX default) or one graph (one-graph) (auto)")
+    p.add_argument("--layout", default="auto",
+                   choices=("auto", "segments", "in-graph", "one-graph"),
+                   help="input-dependent models: one ONNX graph that routes rows itself "
+                        "(in-graph, the ONNX default), graph segments driven by a runtime "
+                        "loop (segments) or the gather form in one graph (one-graph) (auto)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the checked subset and of the int8 calibration subset (0)")
     p.add_argument("--int8", action="store_true",
@@ -53,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also time the PyTorch model and the export at every budget at these "
                         "batch sizes (e.g. 1,32; one thread), written to OUT/timing.json")
     p.add_argument("--repeats", type=int, default=10, help="timed calls with --time (10)")
+    p.add_argument("--time-runtime",
+                   help="--time: the runtime the export is timed on (default: its format's; "
+                        "an exported program also runs on compile, torch.compile)")
     p.set_defaults(func=_export)
 
 
@@ -75,12 +81,20 @@ def _export(args: argparse.Namespace) -> int:
     from frugalnn.data.splits import load_splits
     from frugalnn.runtime.deps import require
     from frugalnn.runtime.export import ExportConfig, export
+    from frugalnn.runtime.graphs import RUNTIMES_OF, check_format
     from frugalnn.train.checkpoint import has_checkpoint, load_model
 
+    check_format(args.format)
     if args.check_limit < 1:
         raise UserError(f"--check-limit must be positive, got {args.check_limit}")
     if args.time_batches:
         _sizes(args.time_batches)
+    if args.time_runtime:
+        if not args.time_batches:
+            raise UserError("--time-runtime says where --time times the export; pass --time")
+        if args.time_runtime not in RUNTIMES_OF[args.format]:
+            raise UserError(f"a {args.format} export runs on "
+                            f"{', '.join(RUNTIMES_OF[args.format])}, not {args.time_runtime}")
     if args.int8 and args.format != "onnx":
         raise UserError(f"--int8 quantises an ONNX graph for ONNX Runtime; use --format onnx, "
                         f"not {args.format}")
@@ -145,26 +159,27 @@ def _time(model: Any, out: Path, result: Any, data: Any, args: argparse.Namespac
     from frugalnn.cost.machine import describe_machine
     from frugalnn.runtime.measure import time_budgets_on_runtimes
     from frugalnn.runtime.package import load_exported
-    from frugalnn.utils.batch import split_batch
+    from frugalnn.utils.batch import batch_len, split_batch, take
     from frugalnn.utils.io import write_json_atomic
 
     sizes = _sizes(args.time_batches)
-    runner = load_exported(out, threads=1)
-    runtime = result.manifest["runtime"]
+    runtime = args.time_runtime or result.manifest["runtime"]
+    runner = load_exported(out, runtime=runtime, threads=1)
     budgets = result.manifest["budget_values"] or [None]
     loader = torch.utils.data.DataLoader(data, batch_size=max(sizes))
     x_all, _ = split_batch(next(iter(loader)))
     rows = []
     for bs in sizes:
-        x = x_all[:bs]
+        x = take(x_all, bs)
+        n = batch_len(x)
         for row in time_budgets_on_runtimes(model, runner, runtime, x, budgets,
                                             repeats=args.repeats):
-            rows.append({"batch_size": len(x), **row})
+            rows.append({"batch_size": n, **row})
             lat = row["latency"]
-            print(f"  batch {len(x):>3} budget {row['budget']}: {row['runtime']:<12} "
+            print(f"  batch {n:>3} budget {row['budget']}: {row['platform']:<16} "
                   f"{lat['median_ms']:.3f} ms")
-    write_json_atomic(out / "timing.json", {"runtime": runtime, "rows": rows,
-                                            "machine": describe_machine("cpu")})
+    write_json_atomic(out / "timing.json", {"format": args.format, "runtime": runtime,
+                                            "rows": rows, "machine": describe_machine("cpu")})
     print(f"wrote {out / 'timing.json'}")
 
 

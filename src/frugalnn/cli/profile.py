@@ -203,7 +203,14 @@ def _time_on_runtime(prof: object, model: object, args: argparse.Namespace,
     from frugalnn.cost.profile import example_input
     from frugalnn.runtime.measure import measure_on_runtime, on_runtime
 
-    example = example_input(shape, 2, dtype, args.device)
+    def batch(n: int) -> Any:  # a graph of several inputs (input_ids, attention_mask): a dict
+        if not isinstance(model, str):
+            return example_input(shape, n, dtype, args.device)
+        from frugalnn.runtime.onnx_cost import example_feeds, first_input
+
+        return example_feeds(model, n, {first_input(model)[0]: shape}, args.device)
+
+    example = batch(2)
     if isinstance(model, str) and model.endswith(".onnx"):  # a bare graph file
         from frugalnn.runtime.graphs import load_graph
 
@@ -211,7 +218,7 @@ def _time_on_runtime(prof: object, model: object, args: argparse.Namespace,
     else:
         fn = on_runtime(model, args.runtime, example, device=args.device, threads=args.threads)
     for bs in batch_sizes:
-        x = example_input(shape, bs, dtype, args.device)
+        x = batch(bs)
         m = measure_on_runtime(fn, args.runtime, x, warmup=args.warmup, repeats=args.repeats,
                                threads=args.threads, device=args.device)
         prof.latency[bs] = m.latency

@@ -14,6 +14,11 @@ without validation records gets test-chosen numbers, labelled as an oracle.
 Runs evaluated on different examples (their fingerprints differ, or, for runs
 without one, their example counts) are refused unless ``allow_mixed_examples``.
 
+Exports timed with ``frugalnn export --time`` (``RUN/export/<format>/timing.json``)
+add a "Runtimes" table: per run, eager PyTorch and each runtime side by side
+(:mod:`frugalnn.report.runtimes`); their rows are the summary's ``runtimes`` and
+each run's ``runtimes`` entry in ``frontier.json``.
+
 Method-specific material goes in a run's ``extras/`` folder: every
 ``*.png`` there is copied next to the report and shown, every ``*.md`` is
 included as it is.
@@ -51,6 +56,7 @@ from frugalnn.evaluation import (
 )
 from frugalnn.report.document import Document
 from frugalnn.report.plots import flops_scale, plot_plane
+from frugalnn.report.runtimes import load_runtimes, runtime_table
 
 __all__ = ["RunView", "check_same_examples", "load_runs", "write_report", "write_run_report"]
 
@@ -111,6 +117,9 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[RunView]:
             name = f"{path.resolve().name}-{k}"
             k += 1
         used.add(name)
+        runtimes = load_runtimes(path)
+        if runtimes:  # the exports' timings (frugalnn export --time), beside the records'
+            summary = {**summary, "runtimes": runtimes}
         runs.append(RunView(path, name, summary, validation=_validation_of(path, summary)))
     references = {r.model: r for r in runs if r.is_baseline}
     for r in runs:
@@ -317,6 +326,26 @@ def _size_section(doc: Document, runs: list[RunView]) -> dict[str, Any]:
                        "baseline_model_bytes": ref_size}
     doc.table(header, rows)
     return out
+
+
+def _runtimes_section(doc: Document, runs: list[RunView]) -> None:
+    """Each run's exports timed beside its PyTorch model (``RUN/export/*/timing.json``)."""
+    timed = [(r.label, r.summary["runtimes"]) for r in runs if r.summary.get("runtimes")]
+    if not timed:
+        return
+    doc.heading("Runtimes")
+    doc.paragraph("Latency (median ms per batch) and peak memory of each run's model on "
+                  "eager PyTorch and on the runtimes it was exported to (`frugalnn export "
+                  "--time`), at the same batch and budget. Each export was timed in "
+                  "interleaved rounds with the eager model, on one thread; the ratio in "
+                  "brackets is the eager median of those rounds over the export's (> 1 is "
+                  "faster). Peak memory is measured differently per runtime (live tensor "
+                  "storage for torch, resident-set growth with a fresh session for ONNX "
+                  "Runtime): compare it across runtimes with that in mind.")
+    header, rows = runtime_table(timed)
+    doc.table(header, rows)
+    loads = sorted({str(row.get("loadavg")) for _, rs in timed for row in rs})
+    doc.paragraph("Load average when timed: " + "; ".join(loads) + ".")
 
 
 def _frontier_of(r: RunView) -> dict[str, Any]:
@@ -562,6 +591,10 @@ def write_report(
     sizes = _size_section(doc, runs)
     for name, size in sizes.items():
         frontier[name] = {**frontier[name], "model_size": size}
+    _runtimes_section(doc, runs)
+    for r in runs:
+        if r.summary.get("runtimes"):
+            frontier[r.name] = {**frontier.get(r.name, {}), "runtimes": r.summary["runtimes"]}
     for r in runs:
         _run_section(doc, r, out_dir)
     with atomic_writer(out_dir / "frontier.json") as fh:

@@ -32,6 +32,14 @@ from typing import Any
 from frugalnn import __version__
 from frugalnn.errors import UserError
 from frugalnn.runtime.graphs import DEFAULT_OPSET, RUNTIMES_OF, SUFFIX, check_format, graph_bytes
+from frugalnn.runtime.inputs import (
+    TENSOR_INPUT,
+    KeywordInputs,
+    describe_inputs,
+    dynamic_axes,
+    input_names,
+    ordered,
+)
 from frugalnn.runtime.package import (
     CHECK,
     FORMAT_TAG,
@@ -54,7 +62,8 @@ class ExportConfig:
     confidence sits within float error of a threshold may leave at a neighbouring exit.
     ``budgets``: the budget values checked (default: every value the model offers).
     ``layout``: how a method lays out an input-dependent model in graphs (``auto``: the
-    method's default for the format; MoE and ACM also take ``segments`` and ``one-graph``).
+    method's default for the format; MoE and ACM take ``in-graph``, ``segments`` and
+    ``one-graph``).
     ``int8``: quantise a static model's ONNX graph to ONNX Runtime's QDQ int8
     (:mod:`frugalnn.runtime.int8`), calibrated on ``calibration_size`` examples of
     ``calibration_data`` (a seeded random subset); its check passes when the top-1
@@ -105,15 +114,15 @@ class ExportResult:
 
 def check_batches(data: Any, limit: int | None, batch_size: int, seed: int) -> list[Any]:
     """Input batches to check with: a seeded random ``limit`` of a dataset (labels dropped),
-    or a tensor of inputs cut into batches."""
+    or inputs (a tensor, or a dict of tensors) cut into batches."""
     import torch
 
     from frugalnn.data.splits import random_subset, seeded_loader
-    from frugalnn.utils.batch import split_batch
+    from frugalnn.utils.batch import batch_len, slice_batch, split_batch
 
-    if isinstance(data, torch.Tensor):
-        rows = data[:limit] if limit else data
-        return [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    if isinstance(data, (torch.Tensor, dict)):
+        n = min(batch_len(data), limit or batch_len(data))
+        return [slice_batch(data, i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     loader = seeded_loader(random_subset(data, limit, seed), batch_size, seed, shuffle=False)
     return [split_batch(b)[0] for b in loader]
 
@@ -133,7 +142,7 @@ def check_export(model: Any, runner: Any, batches: list[Any], budgets: list[floa
     per budget: rows, rows within tolerance, argmax agreement, largest difference."""
     import torch
 
-    from frugalnn.utils.batch import logits_of
+    from frugalnn.utils.batch import call_model, logits_of
 
     full = model.full_budget() if budgets != [None] else None
     points = []
@@ -146,7 +155,7 @@ def check_export(model: Any, runner: Any, batches: list[Any], budgets: list[floa
                 rows = within = agree = 0
                 worst = 0.0
                 for x in batches:
-                    ref = logits_of(model(x)).float().cpu()
+                    ref = logits_of(call_model(model, x)).float().cpu()
                     got = logits_of(runner(x)).float().cpu()
                     if got.shape != ref.shape:
                         raise UserError(f"the export returns shape {tuple(got.shape)} where "
@@ -182,13 +191,42 @@ def _int8_graph(graph: bytes, data: Any, config: ExportConfig) -> tuple[bytes, d
 
 
 def _example(batches: list[Any], example_input: Any) -> Any:
+    """The input the model is exported on: ``example_input``, else the first two rows of
+    the checked data (a tensor or a dict of tensors, :mod:`frugalnn.runtime.inputs`)."""
+    from frugalnn.runtime.inputs import input_names
+    from frugalnn.utils.batch import batch_len, cat, take
+
     if example_input is not None:
+        input_names(example_input)  # a tensor or a dict of tensors, else one line
         return example_input
     if not batches:
         raise UserError("no data to check the export with; pass check_data")
     first = batches[0]
+    input_names(first)
     # torch.export and the tracer specialise a batch of 1: export with at least 2 rows.
-    return first[:2] if len(first) >= 2 else first.repeat(2, *([1] * (first.dim() - 1)))
+    return take(first, 2) if batch_len(first) >= 2 else cat([first, first])
+
+
+def _single_key_tensor(model: Any, example: dict[str, Any]) -> Any:
+    """The tensor of a one-key dict input when ``model`` gives the same output on it alone
+    (an input-dependent model is exported on that tensor); else a one-line refusal."""
+    import torch
+
+    from frugalnn.utils.batch import call_model, logits_of
+
+    if len(example) == 1:
+        (tensor,) = example.values()
+        try:
+            with torch.no_grad():
+                same = torch.equal(logits_of(call_model(model, example)),
+                                   logits_of(call_model(model, tensor)))
+        except Exception:  # noqa: BLE001 - the model does not take the bare tensor
+            same = False
+        if same:
+            return tensor
+    raise UserError(f"{type(model).__name__} is input-dependent and takes a dict input "
+                    f"({', '.join(example)}); its method's exporter takes one tensor, so only "
+                    "a static model (one graph) is exported on a dict of several tensors")
 
 
 def export(model: Any, out: str | os.PathLike, config: ExportConfig | None = None, *,
@@ -196,10 +234,15 @@ def export(model: Any, out: str | os.PathLike, config: ExportConfig | None = Non
            source: dict[str, Any] | None = None,
            calibration_data: Any = None) -> ExportResult:
     """Export ``model`` to the directory ``out``, checked on ``check_data`` (a dataset of
-    ``(x, y)`` or a tensor of inputs); see the module docstring. With ``config.int8``,
-    ``calibration_data`` (the training split, never the checked data) calibrates the
-    int8 graph."""
+    ``(x, y)`` pairs or Hugging Face dicts, or inputs: a tensor or a dict of tensors);
+    see the module docstring. A model that takes a dict (``{"input_ids",
+    "attention_mask"}``, ``{"pixel_values"}``) gets one graph input per key, named by
+    the key, with dynamic batch (and token sequence) axes (:mod:`frugalnn.runtime.inputs`).
+    With ``config.int8``, ``calibration_data`` (the training split, never the checked
+    data) calibrates the int8 graph."""
     import torch
+
+    from frugalnn.utils.batch import batch_len
 
     config = config or ExportConfig()
     config.validate()
@@ -220,6 +263,9 @@ def export(model: Any, out: str | os.PathLike, config: ExportConfig | None = Non
         raise UserError(f"int8 export is for static models; this {exporter.KIND} model is "
                         "input-dependent: export it in float, or quantise it with "
                         "`frugalnn quant` (int8 PyTorch kernels keep its knob)")
+    if config.int8 and isinstance(example, dict):
+        raise UserError("int8 export calibrates a graph of one tensor input; this model "
+                        f"takes a dict ({', '.join(example)}): export it in float")
     if config.int8 and calibration_data is None:
         raise UserError("int8 export calibrates on real data; pass calibration_data "
                         "(the training split)")
@@ -229,26 +275,39 @@ def export(model: Any, out: str | os.PathLike, config: ExportConfig | None = Non
     tmp.mkdir(parents=True)
     try:
         with torch.no_grad():
+            names = input_names(example)
             if exporter is None:
                 file = "model" + SUFFIX[config.format]
-                graph = graph_bytes(model, (example,), config.format, input_names=["input"],
-                                    output_names=["logits"], opset=config.opset)
+                module = model if names == [TENSOR_INPUT] else KeywordInputs(model, names)
+                graph = graph_bytes(module, ordered(example, names), config.format,
+                                    input_names=names, output_names=["logits"],
+                                    opset=config.opset, what=type(model).__name__,
+                                    dynamic_axes=dynamic_axes(example))
                 parts: dict[str, Any] = {"graphs": {"model": file}}
                 if config.int8:
                     graph, parts["int8"] = _int8_graph(graph, calibration_data, config)
                 write_bytes_atomic(tmp / file, graph)
                 kind = "static"
             else:
-                parts = exporter.export_parts(model, example, config.format, tmp, config.opset,
-                                              layout=config.layout)
+                parts = {}
+                if isinstance(example, dict):
+                    parts["input_key"] = names[0]
+                    example = _single_key_tensor(model, example)
+                    names = [TENSOR_INPUT]
+                parts.update(exporter.export_parts(model, example, config.format, tmp,
+                                                   config.opset, layout=config.layout))
                 kind = exporter.KIND
         # A static export is one graph at the model's current setting; an input-dependent
         # one keeps its knob and is checked at every value.
         budgets = [None] if exporter is None else _budgets(model, config)
+        inputs = describe_inputs(example)
+        if "input_key" in parts:
+            inputs[0]["name"] = parts["input_key"]
         manifest = {
             "format_tag": FORMAT_TAG, "frugalnn_version": __version__, "torch": torch.__version__,
             "format": config.format, "runtime": RUNTIMES_OF[config.format][0], "kind": kind,
-            "input_shape": list(example.shape[1:]), "input_dtype": str(example.dtype),
+            "input_shape": inputs[0]["example_shape"], "input_dtype": inputs[0]["dtype"],
+            "inputs": inputs,
             "budget_values": [b for b in budgets if b is not None],
             "source": source or {}, "config": asdict(config), **parts,
         }
@@ -257,7 +316,7 @@ def export(model: Any, out: str | os.PathLike, config: ExportConfig | None = Non
         check = check_export(model, runner, batches, budgets, atol=config.atol, rtol=config.rtol)
         needed = config.min_match if kind == "static" else config.dynamic_min_match
         check.update(passed=check["match"] >= needed, required_match=needed,
-                     examples=sum(len(b) for b in batches),
+                     examples=sum(batch_len(b) for b in batches),
                      data=getattr(check_data, "name", None) or type(check_data).__name__,
                      runtime=manifest["runtime"])
         if config.int8:

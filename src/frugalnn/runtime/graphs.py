@@ -78,18 +78,32 @@ def _quiet_stdout() -> Iterator[None]:
         os.close(saved)
 
 
+def _varargs_only(module: Any) -> bool:
+    """Whether ``module.forward`` takes its inputs as ``*args`` (then torch.export wants
+    the dynamic shapes of all of them as one entry)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return len(params) == 1 and params[0].kind is inspect.Parameter.VAR_POSITIONAL
+
+
 def _export_bytes(module: Any, inputs: tuple, fmt: str, input_names: Sequence[str],
                   output_names: Sequence[str], opset: int,
                   row_axes: dict[str, str] | None = None,
-                  custom_domains: Sequence[str] = ()) -> bytes:
+                  custom_domains: Sequence[str] = (),
+                  dynamic_axes: dict[str, dict[int, str]] | None = None) -> bytes:
     import torch
 
     buf = io.BytesIO()
+    more = dynamic_axes or {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporters' deprecation and tracer notes
         if fmt == "onnx":
             require("onnx", "ONNX export")
-            axes = {n: {0: (row_axes or {}).get(n, "batch")}
+            axes = {n: {0: (row_axes or {}).get(n, "batch"), **more.get(n, {})}
                     for n in [*input_names, *output_names]}
             with _quiet_stdout():
                 torch.onnx.export(module, inputs, buf, dynamo=False,
@@ -98,8 +112,11 @@ def _export_bytes(module: Any, inputs: tuple, fmt: str, input_names: Sequence[st
                                   opset_version=opset, do_constant_folding=True,
                                   custom_opsets={d: 1 for d in custom_domains})
         elif fmt == "exported-program":
-            batch = torch.export.Dim.DYNAMIC
-            shapes = tuple({0: batch} for _ in inputs)
+            dyn = torch.export.Dim.DYNAMIC
+            shapes: tuple = tuple({a: dyn for a in {0: "batch", **more.get(n, {})}}
+                                  for n, _ in zip(input_names, inputs))
+            if _varargs_only(module):
+                shapes = (shapes,)
             program = torch.export.export(module, inputs, dynamic_shapes=shapes, strict=False)
             torch.export.save(program, buf)
         else:
@@ -140,20 +157,26 @@ def _culprit(module: Any, inputs: tuple, fmt: str, opset: int) -> str | None:
     finally:
         for h in hooks:
             h.remove()
-    path, current = "", module
-    while True:
+
+    def search(path: str, current: Any) -> str | None:
+        """Depth first: a child that fails on its own is looked inside (else it is the
+        culprit); a child called with keywords only (a Hugging Face model's parts) cannot
+        be tried alone, so it is looked inside too."""
         for child_name, child in current.named_children():
             full = f"{path}.{child_name}" if path else child_name
             args = captured.get(full)
             if not args or not all(isinstance(a, torch.Tensor) for a in args):
+                found = search(full, child)
+                if found:
+                    return found
                 continue
             try:
                 _export_bytes(child, args, fmt, _names("input", len(args)), ["output"], opset)
             except Exception:  # noqa: BLE001 - this child fails: look inside it
-                path, current = full, child
-                break
-        else:
-            return path or None
+                return search(full, child) or full
+        return None
+
+    return search("", module)
 
 
 def graph_bytes(module: Any, inputs: Sequence[Any], fmt: str, *,
@@ -161,12 +184,15 @@ def graph_bytes(module: Any, inputs: Sequence[Any], fmt: str, *,
                 output_names: Sequence[str] | None = None, num_outputs: int = 1,
                 opset: int = DEFAULT_OPSET, what: str = "",
                 row_axes: dict[str, str] | None = None,
-                custom_domains: Sequence[str] = ()) -> bytes:
+                custom_domains: Sequence[str] = (),
+                dynamic_axes: dict[str, dict[int, str]] | None = None) -> bytes:
     """Export ``module`` called on ``inputs`` (batch-first tensors) to ``fmt``; the file's bytes.
 
     ``row_axes``: for ONNX, the name of the first (row) axis of an input or output
     (default ``batch`` for all: equal sizes); distinct names let inputs differ in rows.
     ``custom_domains``: ONNX operator domains of custom nodes the module emits.
+    ``dynamic_axes``: more dynamic axes per input name, ``{axis: name}`` (e.g. a token
+    sequence, :func:`frugalnn.runtime.inputs.dynamic_axes`); ONNX and exported programs.
 
     Raises one-line :class:`UserError` naming the operation and the layer that failed.
     """
@@ -181,11 +207,15 @@ def graph_bytes(module: Any, inputs: Sequence[Any], fmt: str, *,
     try:
         with torch.no_grad():
             return _export_bytes(module, inputs, fmt, input_names, output_names, opset, row_axes,
-                                 custom_domains)
+                                 custom_domains, dynamic_axes)
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - every exporter failure becomes one line
         layer = _culprit(module, inputs, fmt, opset)
+        from frugalnn.runtime.inputs import KeywordInputs
+
+        if layer and isinstance(module, KeywordInputs) and layer.startswith("model."):
+            layer = layer[len("model."):]  # the wrapped model's own path
         where = f" in layer {layer!r}" if layer else ""
         name = what or type(module).__name__
         raise UserError(f"cannot export {name} to {fmt}: {_reason(exc)}{where}") from None
@@ -241,8 +271,19 @@ class OrtGraph:
         return list(self.session.run_with_ort_values(self.output_names, feeds))
 
     def __call__(self, *inputs: Any) -> Any:
+        """Tensors in the order of the graph's inputs, or one dict fed by input name."""
         import torch
 
+        if len(inputs) == 1 and isinstance(inputs[0], dict):
+            given = inputs[0]
+            missing = [n for n in self.input_names if n not in given]
+            if missing:  # keys the graph does not read (an unused mask) are left out
+                raise UserError(f"this ONNX graph takes inputs {', '.join(self.input_names)}; "
+                                f"the dict given lacks {', '.join(missing)}")
+            inputs = tuple(given[n] for n in self.input_names)
+        if len(inputs) != len(self.input_names):
+            raise UserError(f"this ONNX graph takes {len(self.input_names)} input(s) "
+                            f"({', '.join(self.input_names)}); got {len(inputs)}")
         feeds = {n: t.detach().cpu().numpy() for n, t in zip(self.input_names, inputs)}
         outs = [torch.from_numpy(o) for o in self.session.run(None, feeds)]
         if self.device != "cpu":

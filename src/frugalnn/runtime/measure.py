@@ -29,7 +29,8 @@ from typing import Any
 
 from frugalnn.errors import UserError
 
-__all__ = ["RUNTIMES", "RuntimeMeasurement", "measure_on_runtime", "on_runtime", "rss_peak"]
+__all__ = ["RUNTIMES", "RuntimeMeasurement", "export_platform", "measure_on_runtime", "on_runtime",
+           "rss_peak", "time_budgets_on_runtimes"]
 
 RUNTIMES = ("eager", "compile", "onnxruntime", "torchscript")
 
@@ -84,6 +85,7 @@ def on_runtime(model: Any, runtime: str, example: Any, *, device: str = "cpu",
     if runtime not in RUNTIMES:
         raise UserError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     from frugalnn.runtime.package import load_exported
+    from frugalnn.utils.batch import call_model
 
     if isinstance(model, (str, Path)):
         return load_exported(model, runtime=runtime, device=device, threads=threads)
@@ -93,7 +95,7 @@ def on_runtime(model: Any, runtime: str, example: Any, *, device: str = "cpu",
         compiled = torch.compile(model, dynamic=True)
         try:  # compilation happens on the first call: fail here, in one line, not mid-timing
             with torch.inference_mode():
-                compiled(example)
+                call_model(compiled, example)
         except Exception as exc:  # noqa: BLE001 - one line for the user
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UserError(f"torch.compile fails on this model ({first}); time it on "
@@ -112,13 +114,25 @@ def on_runtime(model: Any, runtime: str, example: Any, *, device: str = "cpu",
 def measure_on_runtime(fn: Callable[..., Any], runtime: str, x: Any, *, warmup: int = 5,
                        repeats: int = 20, threads: int | None = None,
                        device: str = "cpu") -> RuntimeMeasurement:
-    """Time ``fn(x)`` (a callable from :func:`on_runtime`) and measure its peak memory."""
+    """Time ``fn(x)`` (a callable from :func:`on_runtime`) and measure its peak memory.
+
+    ``x`` is a tensor or a dict of tensors; a dict reaches a Hugging Face model as keyword
+    arguments and an exported model's graphs by input name."""
     import torch
 
     from frugalnn.cost.latency import measure_latency
+    from frugalnn.utils.batch import batch_len, call_model
 
+    if isinstance(x, dict):
+        model = fn
+
+        def by_name(inputs: Any) -> Any:
+            return call_model(model, inputs)
+
+        by_name.__dict__["runner"] = model  # its ONNX Runtime graphs stay findable
+        fn = by_name
     latency = measure_latency(fn, x, warmup=warmup, repeats=repeats, threads=threads,
-                              device=device)
+                              device=device, batch_size=batch_len(x))
     if str(device).startswith("cuda"):
         if runtime == "onnxruntime":
             return RuntimeMeasurement(runtime, latency, None, "not measured")
@@ -144,26 +158,38 @@ def measure_on_runtime(fn: Callable[..., Any], runtime: str, x: Any, *, warmup: 
     return RuntimeMeasurement(runtime, latency, record.peak_bytes, record.method)
 
 
-def _ort_graphs(fn: Any) -> list[Any]:
-    """The ONNX Runtime graphs of a runner (or the graph itself)."""
+def _ort_graphs(fn: Any, depth: int = 2) -> list[Any]:
+    """The ONNX Runtime graphs of a runner (or the graph itself), looking ``depth`` levels
+    into the ``runner`` a wrapper holds."""
     from frugalnn.runtime.graphs import OrtGraph
 
     if isinstance(fn, OrtGraph):
         return [fn]
     found = []
-    for value in getattr(fn, "__dict__", {}).values():
+    for name, value in getattr(fn, "__dict__", {}).items():
         if isinstance(value, OrtGraph):
             found.append(value)
         elif isinstance(value, dict):
             found += [g for g in value.values() if isinstance(g, OrtGraph)]
+        elif name == "runner" and depth > 0:
+            found += _ort_graphs(value, depth - 1)
     return found
+
+
+def export_platform(runtime: str) -> str:
+    """The platform an export timed on ``runtime`` is reported as: the runtime, except an
+    exported program run eagerly (``exported-program``), which is not the PyTorch model."""
+    return "exported-program" if runtime == "eager" else runtime
 
 
 def time_budgets_on_runtimes(model: Any, runner: Any, runtime: str, x: Any,
                              budgets: list[float | None], *, warmup: int = 3,
                              repeats: int = 10, threads: int | None = 1) -> list[dict[str, Any]]:
     """Per budget, the eager model and its export timed alike on the same batch ``x``,
-    interleaved (eager, then the export, at each budget): rows for ``timing.json``."""
+    interleaved (eager, then the export, at each budget): rows for ``timing.json``.
+
+    Each row names its ``platform``: ``eager`` (the PyTorch model) or the runtime the
+    export ran on (``exported-program`` for an exported program run eagerly)."""
     rows = []
     full = model.full_budget() if budgets != [None] else None
     try:
@@ -171,10 +197,11 @@ def time_budgets_on_runtimes(model: Any, runner: Any, runtime: str, x: Any,
             if b is not None:
                 model.set_budget(b)
                 runner.set_budget(b)
-            for name, fn in (("eager", model), (runtime, runner)):
+            for name, fn, platform in (("eager", model, "eager"),
+                                       (runtime, runner, export_platform(runtime))):
                 m = measure_on_runtime(fn, name, x, warmup=warmup, repeats=repeats,
                                        threads=threads)
-                rows.append({"budget": b, **m.to_dict()})
+                rows.append({"budget": b, "platform": platform, **m.to_dict()})
     finally:
         if full is not None:
             model.set_budget(full)

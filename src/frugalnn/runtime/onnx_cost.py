@@ -38,7 +38,7 @@ from frugalnn.cost.count import CostReport, ModuleCost, warn_unknown_ops
 from frugalnn.errors import UserError
 from frugalnn.runtime.deps import require
 
-__all__ = ["first_input", "is_graph_path", "measure_onnx"]
+__all__ = ["example_feeds", "first_input", "graph_inputs", "is_graph_path", "measure_onnx"]
 
 # ONNX TensorProto element types -> (precision label, bytes per element)
 _DTYPES = {1: ("fp32", 4), 2: ("int8", 1), 3: ("int8", 1), 6: ("int32", 4), 7: ("int64", 8),
@@ -79,26 +79,35 @@ def _shapes(graph: Any) -> dict[str, tuple[list[int] | None, int]]:
 def _fix_inputs(model: Any, batch_size: int, input_shapes: Mapping[str, Sequence[int]]) -> None:
     """Give every graph input a concrete shape: ``input_shapes[name]`` (without the batch)
     where given, else the batch for a symbolic first dimension."""
-    initializers = {i.name for i in model.graph.initializer}
-    for info in model.graph.input:
-        if info.name in initializers:
-            continue
-        dims = info.type.tensor_type.shape.dim
+    inputs = [i for i in model.graph.input
+              if i.name not in {init.name for init in model.graph.initializer}]
+    # A named symbolic dimension (``sequence``) shared by several inputs takes the size
+    # one given shape sets for it: one --input-shape serves input_ids and attention_mask.
+    named: dict[str, int] = {}
+    for info in inputs:
         given = input_shapes.get(info.name)
         if given is not None:
+            dims = info.type.tensor_type.shape.dim
             if len(given) + 1 != len(dims):
                 raise UserError(f"input {info.name} has {len(dims)} dimensions; "
                                 f"--input-shape gave {len(given)} (without the batch)")
+            for d, value in zip(list(dims)[1:], given):
+                if d.dim_param:
+                    named.setdefault(d.dim_param, int(value))
+    for info in inputs:
+        dims = info.type.tensor_type.shape.dim
+        given = input_shapes.get(info.name)
+        if given is not None:
             for d, value in zip(dims, [batch_size, *given]):
                 d.dim_value = int(value)
             continue
         for i, d in enumerate(dims):
             if not d.HasField("dim_value"):
-                if i:
+                if i and d.dim_param not in named:
                     raise UserError(
                         f"input {info.name} has a symbolic dimension {d.dim_param or i!s}; "
                         "give one example's shape with --input-shape (input_shapes=...)")
-                d.dim_value = batch_size
+                d.dim_value = named[d.dim_param] if i else batch_size
 
 
 def _attr(node: Any, name: str, default: Any) -> Any:
@@ -299,17 +308,85 @@ def is_graph_path(text: str | os.PathLike) -> bool:
     return (path.suffix == ".onnx" and path.is_file()) or (path / "manifest.json").is_file()
 
 
-def first_input(path: str | os.PathLike) -> tuple[str, list[int | None], str]:
-    """Name, shape (``None`` for a symbolic dimension) and dtype (``"float"`` or ``"long"``)
-    of the first input of an ONNX file or export directory's first graph."""
+def _raw_inputs(path: str | os.PathLike) -> list[tuple[str, list[int | str], str]]:
+    """Name, dims (a size, or the name of a symbolic dimension, ``""`` if unnamed) and
+    dtype of every input of an ONNX file or of an export directory's first graph."""
     onnx = require("onnx", "reading an ONNX graph")
     files, _ = _graph_files(Path(path))
     graph = onnx.load(str(next(iter(files.values())))).graph
     initializers = {i.name for i in graph.initializer}
-    info = next(i for i in graph.input if i.name not in initializers)
-    t = info.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-    return info.name, dims, "long" if t.elem_type in (6, 7) else "float"
+    out = []
+    for info in graph.input:
+        if info.name in initializers:
+            continue
+        t = info.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
+        out.append((info.name, dims, "long" if t.elem_type in (6, 7) else "float"))
+    return out
+
+
+def graph_inputs(path: str | os.PathLike) -> list[tuple[str, list[int | None], str]]:
+    """Name, shape and dtype (``"float"`` or ``"long"``) of every input of an ONNX file or
+    of an export directory's first graph. A symbolic dimension is ``None``, except in an
+    export directory, whose manifest records the size of the example it was exported on.
+    """
+    recorded = _recorded_shapes(Path(path))
+    out = []
+    for name, raw, dtype in _raw_inputs(path):
+        dims = [d if isinstance(d, int) else None for d in raw]
+        example = recorded.get(name)
+        if example is not None and len(example) + 1 == len(dims):
+            dims = [dims[0], *(d if d is not None else int(e)
+                               for d, e in zip(dims[1:], example))]
+        out.append((name, dims, dtype))
+    return out
+
+
+def _recorded_shapes(path: Path) -> dict[str, list[int]]:
+    """Per graph input, the example shape an export directory's manifest records."""
+    if not path.is_dir():
+        return {}
+    from frugalnn.runtime.package import read_manifest
+
+    return {str(i["name"]): list(i["example_shape"])
+            for i in read_manifest(path).get("inputs") or [] if "example_shape" in i}
+
+
+def first_input(path: str | os.PathLike) -> tuple[str, list[int | None], str]:
+    """Name, shape (``None`` for a symbolic dimension) and dtype (``"float"`` or ``"long"``)
+    of the first input of an ONNX file or export directory's first graph."""
+    return graph_inputs(path)[0]
+
+
+def example_feeds(path: str | os.PathLike, batch_size: int,
+                  input_shapes: Mapping[str, Sequence[int]] | None = None,
+                  device: str = "cpu") -> Any:
+    """A batch for every input of a graph (:func:`frugalnn.cost.profile.example_input`
+    values): a tensor for a graph of one input, else a dict fed by input name. Shapes:
+    ``input_shapes`` (one example's, by name); a named symbolic dimension (``sequence``)
+    takes the size a given input sets for it, else the size an export directory's
+    manifest records."""
+    from frugalnn.cost.profile import example_input
+
+    given = dict(input_shapes or {})
+    raw = _raw_inputs(path)
+    named: dict[str, int] = {}
+    for name, dims, _ in raw:
+        for d, value in zip(dims[1:], given.get(name, ())):
+            if isinstance(d, str) and d:
+                named.setdefault(d, int(value))
+    recorded = {name: dims for name, dims, _ in graph_inputs(path)}
+    feeds = {}
+    for name, dims, dtype in raw:
+        shape = given.get(name)
+        if shape is None:
+            shape = [d if isinstance(d, int) else named.get(d, recorded[name][i + 1])
+                     for i, d in enumerate(dims[1:])]
+            if any(d is None for d in shape):
+                raise UserError(f"input {name} of {path} has symbolic dimensions; give one "
+                                "example's shape with --input-shape")
+        feeds[name] = example_input(tuple(int(d) for d in shape), batch_size, dtype, device)
+    return next(iter(feeds.values())) if len(feeds) == 1 else feeds
 
 
 def measure_onnx(path: str | os.PathLike, batch_size: int = 1, *,

@@ -3,7 +3,10 @@
 Layout of an export directory::
 
     OUT/manifest.json   format, kind ("static" or a method's plugin name), graph files,
-                        input shape and dtype, the method's loop settings, budget values;
+                        input shape and dtype, ``inputs`` (each graph input's name,
+                        per-example shape, ``null`` on a dynamic axis, and dtype; the
+                        keys of a dict input, see :mod:`frugalnn.runtime.inputs`),
+                        the method's loop settings, budget values;
                         ``int8`` for a QDQ int8 graph (scheme, calibration, sizes;
                         see :mod:`frugalnn.runtime.int8`)
     OUT/<graph files>   model.onnx for a static model; segments/heads/experts for a method
@@ -34,13 +37,16 @@ from typing import Any
 
 from frugalnn.errors import UserError
 from frugalnn.plugins import PLUGINS, import_optional
-from frugalnn.runtime.graphs import RUNTIMES_OF, load_graph
+from frugalnn.runtime.graphs import RUNTIMES_OF, OrtGraph, load_graph
+from frugalnn.runtime.inputs import TENSOR_INPUT, ordered
 
 __all__ = [
     "CHECK",
     "MANIFEST",
+    "DictInputRunner",
     "StaticRunner",
     "exporter_for",
+    "input_names_of",
     "load_exported",
     "method_exporters",
     "read_manifest",
@@ -90,15 +96,25 @@ def _kind_module(kind: str) -> ModuleType:
 
 
 class StaticRunner:
-    """A static model's one graph, with the (trivial) budget knob of a static model."""
+    """A static model's one graph, with the (trivial) budget knob of a static model.
+
+    ``input_names``: the graph's inputs (:mod:`frugalnn.runtime.inputs`); a model exported
+    on a dict of tensors is called with such a dict, fed by name.
+    """
 
     budget_name = "none"
 
-    def __init__(self, graph: Callable[..., Any]) -> None:
+    def __init__(self, graph: Callable[..., Any], input_names: list[str] | None = None) -> None:
         self.graph = graph
+        self.input_names = list(input_names or [TENSOR_INPUT])
 
     def __call__(self, x: Any) -> Any:
-        return self.graph(x)
+        if not isinstance(x, dict) and self.input_names == [TENSOR_INPUT]:
+            return self.graph(x)
+        args = ordered(x, self.input_names)
+        if isinstance(self.graph, OrtGraph):  # by name: a graph may not read every input
+            return self.graph(dict(zip(self.input_names, args)))
+        return self.graph(*args)
 
     def budget_values(self) -> list[float]:
         return []
@@ -108,6 +124,28 @@ class StaticRunner:
 
     def set_budget(self, value: float) -> None:
         raise UserError("a static exported model has no budget knob")
+
+
+class DictInputRunner:
+    """An input-dependent export made on the one tensor of a single-key dict input
+    (``{"pixel_values": x}``): takes the dict or the tensor; the rest is the runner's."""
+
+    def __init__(self, runner: Any, key: str) -> None:
+        self.runner = runner
+        self.key = key
+
+    def __call__(self, x: Any) -> Any:
+        if isinstance(x, dict):
+            x = ordered(x, [self.key])[0]
+        return self.runner(x)
+
+    def __getattr__(self, name: str) -> Any:  # the knob and the runner's own state
+        return getattr(self.runner, name)
+
+
+def input_names_of(manifest: dict[str, Any]) -> list[str]:
+    """The graph input names a manifest records (``["input"]`` for older exports)."""
+    return [str(i["name"]) for i in manifest.get("inputs") or []] or [TENSOR_INPUT]
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -134,5 +172,7 @@ def load_exported(path: str | Path, *, runtime: str | None = None, device: str =
     graphs = {name: load_graph(path / file, runtime, device=device, threads=threads)
               for name, file in manifest["graphs"].items()}
     if manifest["kind"] == "static":
-        return StaticRunner(graphs["model"])
-    return _kind_module(manifest["kind"]).load_runner(manifest, graphs)
+        return StaticRunner(graphs["model"], input_names_of(manifest))
+    runner = _kind_module(manifest["kind"]).load_runner(manifest, graphs)
+    key = manifest.get("input_key")
+    return DictInputRunner(runner, str(key)) if key else runner

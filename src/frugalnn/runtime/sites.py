@@ -3,7 +3,8 @@
 A mixture-of-experts or ACM layer saves time by running each expert
 (learner) on exactly the tokens routed to it. Written as one ONNX graph
 (``nonzero`` / ``index_select`` / ``index_add`` per expert), that saving is
-lost on ONNX Runtime. This module exports such a model in *segments* instead:
+lost on ONNX Runtime. This module exports such a model in *segments* instead
+(and gives :mod:`frugalnn.runtime.ingraph` the pieces it joins into one graph):
 
 1. every input-dependent layer is replaced by a :class:`SiteMarker`, which
    flattens the tokens, computes the layer's small static scorer (MoE's
@@ -40,14 +41,18 @@ from frugalnn.runtime.knob import KnobSettings
 
 __all__ = [
     "LAYOUTS",
+    "ONNX_LAYOUTS",
     "SITE_DOMAIN",
     "SiteLoop",
     "SiteMarker",
     "choose_layout",
     "export_segments",
     "exporting_sites",
+    "mark_sites",
+    "marked_graph",
     "pack_parts",
     "partition",
+    "parts_graph",
     "run_parts",
 ]
 
@@ -113,21 +118,77 @@ def exporting_sites(markers: Sequence[SiteMarker]) -> Iterator[None]:
         _LAYERS.clear()
 
 
-LAYOUTS = ("segments", "one-graph")
+LAYOUTS = ("segments", "in-graph", "one-graph")
+#: Layouts made of ONNX-only parts (custom nodes cut out or replaced).
+ONNX_LAYOUTS = ("segments", "in-graph")
 
 
 def choose_layout(layout: str, fmt: str, what: str) -> str:
-    """The layout an input-dependent export of ``what`` uses: ``auto`` is ``segments`` for
-    ONNX and ``one-graph`` for the torch formats; anything else is checked."""
+    """The layout an input-dependent export of ``what`` uses: ``auto`` is ``in-graph``
+    (:mod:`frugalnn.runtime.ingraph`) for ONNX and ``one-graph`` for the torch formats;
+    anything else is checked (``segments`` and ``in-graph`` are ONNX only)."""
     if layout == "auto":
-        return "segments" if fmt == "onnx" else "one-graph"
+        return "in-graph" if fmt == "onnx" else "one-graph"
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r} for {what} export; use "
                         f"auto, {', '.join(LAYOUTS)}")
-    if layout == "segments" and fmt != "onnx":
-        raise UserError(f"the 'segments' layout is made for ONNX; use layout 'one-graph' for "
+    if layout in ONNX_LAYOUTS and fmt != "onnx":
+        raise UserError(f"the {layout!r} layout is made for ONNX; use layout 'one-graph' for "
                         f"{fmt}")
     return layout
+
+
+def mark_sites(model: nn.Module, is_site: Callable[[nn.Module], bool],
+               scorer: Callable[[Any], Callable[[torch.Tensor], torch.Tensor]]
+               ) -> tuple[nn.Module, list[SiteMarker]]:
+    """A copy of ``model`` (eval mode) with every submodule for which ``is_site`` holds
+    replaced by a :class:`SiteMarker` (``scorer(layer)``: what its choice is made from)."""
+    import copy
+
+    copied = copy.deepcopy(model).eval()
+    markers: list[SiteMarker] = []
+
+    def swap(module: nn.Module) -> None:
+        for name, child in module.named_children():
+            if is_site(child):
+                marker = SiteMarker(child, scorer(child), len(markers), int(child.out_dim))
+                markers.append(marker)
+                setattr(module, name, marker)
+            else:
+                swap(child)
+
+    swap(copied)
+    return copied, markers
+
+
+def marked_graph(model: nn.Module, markers: Sequence[SiteMarker], example: torch.Tensor,
+                 opset: int, what: str) -> bytes:
+    """The ONNX graph of a :func:`mark_sites` copy: one ``frugalnn.site::Site`` node per
+    site, input ``input``, output ``logits``."""
+    from frugalnn.runtime.graphs import graph_bytes
+
+    with exporting_sites(markers):
+        return graph_bytes(model, (example,), "onnx", input_names=["input"],
+                           output_names=["logits"], opset=opset, what=what,
+                           custom_domains=(SITE_DOMAIN,))
+
+
+def parts_graph(layer: nn.Module, parts: Callable[[Any], tuple[nn.Module, int, torch.Tensor]],
+                example: torch.Tensor, opset: int, *, always: int = 0,
+                combine: str = "chain", name: str = "") -> bytes:
+    """The :func:`pack_parts` graph of one site's layer (``parts(layer)``: the module of
+    its parts, their number and the output bias)."""
+    from frugalnn.runtime.graphs import graph_bytes
+
+    module, n, bias = parts(layer)
+    # Distinct row counts and row axes: each part gets its own number of rows.
+    xs = tuple(example.new_zeros(2 + i, layer.dim).normal_() for i in range(n))
+    names, outs = [f"x{i}" for i in range(n)], [f"y{i}" for i in range(n)]
+    axes = {v: f"rows{i}" for group in (names, outs) for i, v in enumerate(group)}
+    return pack_parts(graph_bytes(
+        module.eval(), xs, "onnx", input_names=names, output_names=outs, num_outputs=n,
+        opset=opset, what=f"parts of layer {getattr(layer, 'name', name)!r}", row_axes=axes),
+        bias, always=always, combine=combine)
 
 
 @torch.no_grad()
@@ -143,46 +204,19 @@ def export_segments(model: nn.Module, example: torch.Tensor, out_dir: Any, opset
     parts (one input and one output per part), their number and the output bias.
     Returns ``{"graphs": {name: file}, "plan": ...}`` (see :func:`partition`).
     """
-    import copy
-
-    from frugalnn.runtime.graphs import graph_bytes
     from frugalnn.utils.io import write_bytes_atomic
 
-    copied = copy.deepcopy(model).eval()
-    markers: list[SiteMarker] = []
-
-    def swap(module: nn.Module) -> None:
-        for name, child in module.named_children():
-            if is_site(child):
-                marker = SiteMarker(child, scorer(child), len(markers), int(child.out_dim))
-                markers.append(marker)
-                setattr(module, name, marker)
-            else:
-                swap(child)
-
-    swap(copied)
-    with exporting_sites(markers):
-        whole = graph_bytes(copied, (example,), "onnx", input_names=["input"],
-                            output_names=["logits"], opset=opset, what=what,
-                            custom_domains=(SITE_DOMAIN,))
-    segments, plan = partition(whole)
+    copied, markers = mark_sites(model, is_site, scorer)
+    segments, plan = partition(marked_graph(copied, markers, example, opset, what))
     graphs: dict[str, str] = {}
     for s, seg in enumerate(segments):
         if seg is not None:
             graphs[f"segment{s}"] = f"segment{s}.onnx"
             write_bytes_atomic(Path(out_dir) / graphs[f"segment{s}"], seg)
     for k, site in enumerate(plan["sites"]):
-        layer = markers[site["index"]].layer
-        module, n, bias = parts(layer)
-        # Distinct row counts and row axes: each part gets its own number of rows.
-        xs = tuple(example.new_zeros(2 + i, layer.dim).normal_() for i in range(n))
-        names, outs = [f"x{i}" for i in range(n)], [f"y{i}" for i in range(n)]
-        axes = {v: f"rows{i}" for group in (names, outs) for i, v in enumerate(group)}
         graphs[f"parts{k}"] = f"parts{k}.onnx"
-        write_bytes_atomic(Path(out_dir) / graphs[f"parts{k}"], pack_parts(graph_bytes(
-            module.eval(), xs, "onnx", input_names=names, output_names=outs, num_outputs=n,
-            opset=opset, what=f"parts of layer {getattr(layer, 'name', k)!r}", row_axes=axes),
-            bias, always=always))
+        write_bytes_atomic(Path(out_dir) / graphs[f"parts{k}"], parts_graph(
+            markers[site["index"]].layer, parts, example, opset, always=always, name=str(k)))
     return {"graphs": graphs, "plan": plan}
 
 
@@ -310,7 +344,8 @@ def _is_site_input(name: str, sites: list[dict[str, Any]], s: int) -> bool:
     return s < len(sites) and name in (sites[s]["tokens"], sites[s]["scores"])
 
 
-def pack_parts(model_bytes: bytes, bias: torch.Tensor, *, always: int = 0) -> bytes:
+def pack_parts(model_bytes: bytes, bias: torch.Tensor, *, always: int = 0,
+               combine: str = "chain") -> bytes:
     """A whole layer around an ONNX graph of parts: gather, parts, scatter in one graph.
 
     ``model_bytes`` has one input ``x<j>`` and one output ``y<j>`` per part, in
@@ -321,7 +356,15 @@ def pack_parts(model_bytes: bytes, bias: torch.Tensor, *, always: int = 0) -> by
     to its rows of the sum (``ScatterND`` with ``add``, which may work in place),
     which starts from ``bias`` broadcast to ``(N, out)``: one call per layer,
     whatever the number of parts.
+
+    ``combine``: ``chain`` adds the parts' outputs with one ``ScatterND`` each;
+    ``concat`` concatenates them (``tokens`` is already their row order) and adds
+    them with one ``ScatterND``. ONNX Runtime copies a ``ScatterND``'s whole
+    ``(N, out)`` input to its output on every call, so ``concat`` trades one copy
+    of the ``(N, out)`` sum per part for one copy of the gathered rows.
     """
+    if combine not in ("chain", "concat"):
+        raise ValueError(f"combine is 'chain' or 'concat', not {combine!r}")
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -361,7 +404,15 @@ def pack_parts(model_bytes: bytes, bias: torch.Tensor, *, always: int = 0) -> by
             mk("Expand", ["site_bias", "site_out_shape"], ["site_start"]),
         ]
         acc = "site_start"
-    for j in range(always, len(xs)):
+    if combine == "concat" and chosen:
+        after += [
+            mk("Unsqueeze", ["tokens", "site_one"], ["site_index"]),
+            mk("Concat", ys[always:], ["site_rows"], axis=0) if chosen > 1
+            else mk("Identity", ys[always:], ["site_rows"]),
+            mk("ScatterND", [acc, "site_index", "site_rows"], ["site_sum"], reduction="add"),
+        ]
+        acc = "site_sum"
+    for j in range(always, len(xs)) if combine == "chain" else ():
         after += [
             mk("Unsqueeze", [f"site_tok{j}", "site_one"], [f"site_index{j}"]),
             mk("ScatterND", [acc, f"site_index{j}", ys[j]], [f"site_sum{j}"], reduction="add"),

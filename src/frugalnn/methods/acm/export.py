@@ -2,15 +2,19 @@
 
 The eager :class:`ACMFFN` sorts tokens by how many learners they need and
 loops in Python over counts it reads back from the tensor, which the
-exporters refuse or freeze. Two export layouts:
+exporters refuse or freeze. Three export layouts:
 
-- ``segments`` (the default for ONNX): the model is cut at its ACM layers
+- ``segments`` (ONNX): the model is cut at its ACM layers
   (:mod:`frugalnn.runtime.sites`). ``segment<s>`` graphs hold the dense parts
   between layers and end with each layer's gate, ``parts<k>`` holds the
   learners of layer ``k`` (one input and output per learner, each its own
   number of rows). The runner picks each token's learner count from the gate
   and ``q`` in the loop, gathers the rows of each learner, runs ``parts<k>``
   once and adds the outputs back.
+- ``in-graph`` (the default for ONNX): the pieces of ``segments`` in one
+  graph; the choice from the gate and the knob (a graph input) is made in the
+  graph (:mod:`frugalnn.runtime.ingraph`), so one ONNX Runtime call runs a
+  batch.
 - ``one-graph`` (the only layout for the torch formats): per learner ``j``,
   the tokens that run it (``k > j``, found with ``nonzero``) are gathered, run
   and added back; ``q`` is a graph input with one value per row.
@@ -113,15 +117,40 @@ def _export_segments(model: nn.Module, example: torch.Tensor, out_dir: Path,
     return {"graphs": parts["graphs"], "loop": loop, "budget_name": "q"}
 
 
+def _choose_rows(logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """:meth:`ACMSiteRunner._choose` for learners 2.. with ``q`` a tensor: learner ``j``
+    runs where the cumulative softmax before it is below ``q`` (it never decreases, so
+    this is ``count > j``)."""
+    cum = logits.float().softmax(-1).cumsum(-1)
+    return (cum[..., :-1] < q) | (q >= 1.0)
+
+
+def _export_in_graph(model: nn.Module, example: torch.Tensor, out_dir: Path,
+                     opset: int) -> dict[str, Any]:
+    from frugalnn.runtime.ingraph import export_in_graph
+
+    parts = export_in_graph(
+        model, example, out_dir, opset, is_site=lambda m: isinstance(m, ACMFFN),
+        scorer=_gate_logits, choose=_choose_rows, knob="q",
+        parts=lambda layer: (_Learners(layer), layer.num_learners, torch.zeros(layer.out_dim)),
+        always=1, what="ACM model")
+    return {"graphs": parts["graphs"], "loop": _loop(model) | {"layout": "in-graph"},
+            "budget_name": "q"}
+
+
 @torch.no_grad()
 def export_parts(model: nn.Module, example: torch.Tensor, fmt: str, out_dir: Path,
                  opset: int, *, layout: str = "auto") -> dict[str, Any]:
-    """Write the graphs of ``layout`` (``auto``: ``segments`` for ONNX, else ``one-graph``)."""
+    """Write the graphs of ``layout`` (``auto``: ``in-graph`` for ONNX, the choice inside
+    one graph, :mod:`frugalnn.runtime.ingraph`; else ``one-graph``)."""
     layers = [m for m in model.modules() if isinstance(m, ACMFFN)]
     if any(m.mode != "infer" for m in layers):
         raise UserError("ACM export needs the layers in 'infer' mode (not a training mode)")
-    if choose_layout(layout, fmt, "an ACM") == "segments":
+    chosen = choose_layout(layout, fmt, "an ACM")
+    if chosen == "segments":
         return _export_segments(model, example, out_dir, opset)
+    if chosen == "in-graph":
+        return _export_in_graph(model, example, out_dir, opset)
     holder = KnobHolder()
     copied = copy.deepcopy(model).eval()
     _swap(copied, holder)

@@ -2,23 +2,26 @@
 
 The eager :class:`MoEFFN` branches in Python on how many tokens each expert
 got, which ``torch.export`` refuses (GuardOnDataDependentSymNode) and a
-tracer would freeze. Two export layouts:
+tracer would freeze. Three export layouts:
 
-- ``segments`` (the default for ONNX): the model is cut at its MoE layers
+- ``segments`` (ONNX): the model is cut at its MoE layers
   (:mod:`frugalnn.runtime.sites`). ``segment<s>`` graphs hold the dense parts
   between layers and end with each layer's router, ``parts<k>`` holds the
   experts of layer ``k`` (one input and output per expert, each its own
   number of rows). The runner picks each token's experts from the router
   scores and ``tau`` in the loop, gathers each expert's rows, runs
-  ``parts<k>`` once on exactly those rows and adds the outputs back. On ONNX
-  Runtime this keeps most of the eager saving, where the one-graph layout
-  loses all of it (benchmarks/results/runtime_dynamic.md).
+  ``parts<k>`` once on exactly those rows and adds the outputs back.
+- ``in-graph`` (the default for ONNX): the pieces of ``segments`` in one
+  graph; the choice from the router and the knob (a graph input) is made in
+  the graph (:mod:`frugalnn.runtime.ingraph`), so one ONNX Runtime call runs
+  a batch. On ONNX Runtime it keeps the most of the eager saving of the three
+  (benchmarks/results/runtime_dynamic.md).
 - ``one-graph`` (the only layout for the torch formats): a gather
   formulation in one graph: per expert, the tokens routed to it are found
   with ``nonzero``, gathered, run and added back (``index_select`` /
   ``index_add``); ``tau`` is a graph input with one value per row.
 
-In both, at ``tau = 1`` every expert runs on every token, as in the dense
+In all three, at ``tau = 1`` every expert runs on every token, as in the dense
 path. Routing mode ``topk`` is not exported.
 """
 
@@ -113,16 +116,39 @@ def _export_segments(model: nn.Module, example: torch.Tensor, out_dir: Path,
     return {"graphs": parts["graphs"], "loop": loop, "budget_name": "tau"}
 
 
+def _choose_rows(scores: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """:func:`select_dynamic_k` with ``tau`` a tensor of one value per row; ``tau >= 1``
+    selects every expert."""
+    return select_dynamic_k(scores, tau) | (tau >= 1.0)
+
+
+def _export_in_graph(model: nn.Module, example: torch.Tensor, out_dir: Path,
+                     opset: int) -> dict[str, Any]:
+    from frugalnn.runtime.ingraph import export_in_graph
+
+    parts = export_in_graph(
+        model, example, out_dir, opset, is_site=lambda m: isinstance(m, MoEFFN),
+        scorer=lambda layer: layer.scores, choose=_choose_rows, knob="tau",
+        parts=lambda layer: (_Experts(layer), layer.num_experts, layer.fc2_bias),
+        what="mixture-of-experts model")
+    return {"graphs": parts["graphs"], "loop": _loop(model) | {"layout": "in-graph"},
+            "budget_name": "tau"}
+
+
 @torch.no_grad()
 def export_parts(model: nn.Module, example: torch.Tensor, fmt: str, out_dir: Path,
                  opset: int, *, layout: str = "auto") -> dict[str, Any]:
-    """Write the graphs of ``layout`` (``auto``: ``segments`` for ONNX, else ``one-graph``)."""
+    """Write the graphs of ``layout`` (``auto``: ``in-graph`` for ONNX, routing inside one
+    graph, :mod:`frugalnn.runtime.ingraph`; else ``one-graph``)."""
     layers = [m for m in model.modules() if isinstance(m, MoEFFN)]
     if any(m.mode != "dynamic" for m in layers):
         raise UserError("MoE export supports routing mode 'dynamic' (knob tau); this model "
                         "routes top-k")
-    if choose_layout(layout, fmt, "a mixture-of-experts") == "segments":
+    chosen = choose_layout(layout, fmt, "a mixture-of-experts")
+    if chosen == "segments":
         return _export_segments(model, example, out_dir, opset)
+    if chosen == "in-graph":
+        return _export_in_graph(model, example, out_dir, opset)
     tau = KnobHolder()
     copied = copy.deepcopy(model).eval()
     _swap(copied, tau)
