@@ -15,11 +15,24 @@ the timing sample and the output path (:data:`IGNORED_FLAGS`) are pooled;
 anything else is a clear error. The pooled table is printed; with ``--out`` it
 is written (atomically) under a results header of its own (this command, the
 machine, the date).
+
+``--across-seeds`` pools runs that differ in ``--seed`` (validation carving,
+train and test subsets, fine-tuning, head initialisation) and in the flags
+that follow from it (:data:`SEED_FLAGS`: the augmentation seed and the
+per-seed weight caches) instead. It reads each file's machine-readable line
+(``<!-- early-exit numbers: {...} -->``) and reports, per seed and as mean ±
+sd: accuracy at 25 / 50 / 75 % of the FLOPs, the savings within 0.5 / 1 point
+with their test accuracy drop against the reference, the paired ZTW - SDN
+gaps, the speed-ups at each timed batch size and, when the runs made it, the
+test-half check (thresholds chosen on validation vs on half of the test
+subset, scored on the other half).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import re
 import statistics
 import sys
@@ -38,13 +51,21 @@ _SEED = re.compile(r"augmentation seed (\d+)")
 IGNORED_FLAGS = frozenset({"--head-augment-seed", "--out", "--latency-passes",
                            "--latency-examples", "--check-examples", "--batch-sizes"})
 
+# Flags that follow from ``--seed`` when whole runs are repeated over seeds (--across-seeds).
+SEED_FLAGS = frozenset({"--seed", "--head-augment-seed", "--backbone-cache", "--joint-cache",
+                        "--control-cache"})
+_NUMBERS = re.compile(r"^<!-- early-exit numbers: (\{.*\}) -->\s*$")
+_FRACTIONS = ("0.25", "0.5", "0.75")
+_DROPS = ("0.005", "0.01")
+
 
 class DrawError(ValueError):
     """A results file that cannot be pooled (missing table, different command)."""
 
 
-def model_flags(command: str) -> dict[str, tuple[str, ...]]:
-    """The command's flags and their values, without :data:`IGNORED_FLAGS`."""
+def model_flags(command: str, ignored: frozenset[str] = IGNORED_FLAGS
+                ) -> dict[str, tuple[str, ...]]:
+    """The command's flags and their values, without the ``ignored`` ones."""
     flags: dict[str, tuple[str, ...]] = {}
     current = None
     for token in command.split():
@@ -53,7 +74,7 @@ def model_flags(command: str) -> dict[str, tuple[str, ...]]:
             flags[current] = ()
         elif current is not None:
             flags[current] += (token,)
-    return {k: v for k, v in flags.items() if k not in IGNORED_FLAGS}
+    return {k: v for k, v in flags.items() if k not in ignored}
 
 
 def parse_run(text: str, name: str) -> dict:
@@ -143,26 +164,191 @@ def pool(runs: list[dict]) -> str:
     )
 
 
+def parse_seed_run(text: str, name: str) -> dict:
+    """Command and the machine-readable figures (first numbers line) of one results file."""
+    command = next((m.group(1) for line in text.splitlines()
+                    if (m := _COMMAND.match(line))), None)
+    if command is None:
+        raise DrawError(f"{name}: no 'Command: `...`' line; is it an early_exit_resnet56 result?")
+    numbers = next((m.group(1) for line in text.splitlines()
+                    if (m := _NUMBERS.match(line))), None)
+    if numbers is None:
+        raise DrawError(f"{name}: no '<!-- early-exit numbers: ... -->' line; it was written "
+                        "before the script recorded its figures")
+    return {"name": name, "command": command, "numbers": json.loads(numbers)}
+
+
+def _mean_sd(values: list[float], scale: float, digits: int, signed: bool = False) -> str:
+    """``mean ± sd`` of the finite values (scaled), with how many are missing."""
+    ok = [scale * v for v in values if v == v]
+    if not ok:
+        return "–"
+    sd = statistics.stdev(ok) if len(ok) > 1 else float("nan")
+    miss = f" ({len(values) - len(ok)} not reached)" if len(ok) < len(values) else ""
+    sign = "+" if signed else ""
+    return f"{statistics.fmean(ok):{sign}.{digits}f} ± {sd:.{digits}f}{miss}"
+
+
+def _pct(v: float, digits: int) -> str:
+    return "–" if v != v else f"{100 * v:.{digits}f} %"
+
+
+def _drop(v: float) -> str:
+    return "–" if v != v else f"{100 * v:+.2f} pt"
+
+
+def _seed_columns(m: dict) -> list[float]:
+    """accuracy at 25 / 50 / 75 %, saving and test drop within 0.5 / 1 pt of one method."""
+    cols = [m["accuracy_at_flops"][f]["accuracy"] for f in _FRACTIONS]
+    for d in _DROPS:
+        row = m["saving_within"][d]
+        cols += [row["flops_saving"], row["drop"]]
+    return cols
+
+
+_SEED_HEAD = ["acc @25 %", "acc @50 %", "acc @75 %", "saving within 0.5 pt", "test drop",
+              "saving within 1 pt", "test drop"]
+
+
+def _seed_cells(cols: list[float]) -> list[str]:
+    kinds = ["acc", "acc", "acc", "save", "drop", "save", "drop"]
+    return [_pct(v, 2) if k == "acc" else _pct(v, 1) if k == "save" else _drop(v)
+            for k, v in zip(kinds, cols, strict=True)]
+
+
+def _mean_cells(rows: list[list[float]]) -> list[str]:
+    kinds = ["acc", "acc", "acc", "save", "drop", "save", "drop"]
+    out = []
+    for i, k in enumerate(kinds):
+        vals = [r[i] for r in rows]
+        unit = " pt" if k == "drop" else " %"
+        out.append(_mean_sd(vals, 100, 2 if k != "save" else 1, signed=k == "drop") + unit)
+    return out
+
+
+def pool_seeds(runs: list[dict]) -> str:
+    """Markdown: per-seed rows, mean ± sd, paired gaps, speed-ups and the test-half check."""
+    if len(runs) < 2:
+        raise DrawError("pooling needs at least two results files")
+    ignored = IGNORED_FLAGS | SEED_FLAGS
+    base = model_flags(runs[0]["command"], ignored)
+    for run in runs[1:]:
+        flags = model_flags(run["command"], ignored)
+        if flags != base:
+            differ = sorted(k for k in base.keys() | flags.keys() if base.get(k) != flags.get(k))
+            raise DrawError(f"{run['name']} was run with other flags than {runs[0]['name']} "
+                            f"({', '.join(differ)}); only {', '.join(sorted(ignored))} may "
+                            "differ")
+    seeds = [r["numbers"]["seed"] for r in runs]
+    if len(set(seeds)) != len(seeds):
+        raise DrawError(f"two files have the same --seed ({seeds}); pool distinct seeds only")
+    nums = [r["numbers"] for r in runs]
+    methods = list(nums[0]["methods"])
+    lines = ["| seed | method | reference (test) | " + " | ".join(_SEED_HEAD) + " |",
+             "|---|---|---|" + "---|" * len(_SEED_HEAD)]
+    cols = {m: [_seed_columns(n["methods"][m]) for n in nums] for m in methods}
+    for n, seed in zip(nums, seeds, strict=True):
+        for m in methods:
+            lines.append(f"| {seed} | {m} | {_pct(n['reference_test'], 2)} | "
+                         + " | ".join(_seed_cells(_seed_columns(n["methods"][m]))) + " |")
+    for m in methods:
+        lines.append(f"| mean ± sd of {len(runs)} | {m} | "
+                     f"{_mean_sd([n['reference_test'] for n in nums], 100, 2)} % | "
+                     + " | ".join(_mean_cells(cols[m])) + " |")
+    if {"SDN", "ZTW"} <= set(methods):
+        gaps = []
+        for i in (0, 1, 2, 3, 5):
+            g = [z[i] - d[i] for z, d in zip(cols["ZTW"], cols["SDN"], strict=True)]
+            ok = [v for v in g if v == v]
+            mean = statistics.fmean(ok) if ok else float("nan")
+            sd = statistics.stdev(ok) if len(ok) > 1 else float("nan")
+            gaps.append(f"{100 * mean:+.2f} ± {100 * sd:.2f} pt ({sum(v >= 0 for v in ok)}/"
+                        f"{len(ok)} >= 0)")
+        lines.append(f"| ZTW - SDN (paired) | mean ± sd | | {gaps[0]} | {gaps[1]} | {gaps[2]} | "
+                     f"{gaps[3]} | | {gaps[4]} | |")
+    parts = [f"Pooled {len(runs)} seeds ({', '.join(map(str, seeds))}); thresholds chosen on "
+             "each seed's validation split, scored on its test subset; test drop = reference "
+             "accuracy - method accuracy on the test subset.", "", *lines, ""]
+    parts += _timing_lines(nums, seeds, methods)
+    parts += _half_check_lines(nums, seeds, methods)
+    tokens = runs[0]["command"].split()
+    program = tokens[: next(i for i, t in enumerate(tokens) if t.startswith("--"))]
+    command = " ".join([*program, *(" ".join((k, *v)) for k, v in base.items())])
+    return (f"Runs of `{command}` with their own {', '.join(sorted(SEED_FLAGS))} "
+            "(timing flags may differ).\n\n" + "\n".join(parts) + "\n")
+
+
+def _timing_lines(nums: list[dict], seeds: list[int], methods: list[str]) -> list[str]:
+    timed = [n.get("timing") for n in nums]
+    if not all(timed):
+        return []
+    keys = [k for k in timed[0]["speedup"] if all(k in t["speedup"] for t in timed)]
+    if not keys:
+        return []
+    t0 = timed[0]
+    lines = [f"Speed-up against the backbone ({t0['prepared'] or 'as trained'}), at the "
+             f"operating point within {100 * t0['drop']:.1f} pt, mean time per batch over "
+             f"{t0['examples']} test images, median of {t0['passes']} interleaved passes:", "",
+             "| seed | " + " | ".join(keys) + " | " + " | ".join(
+                 f"{m} FLOPs ratio" for m in methods) + " |",
+             "|---|" + "---|" * (len(keys) + len(methods))]
+    for t, seed in zip(timed, seeds, strict=True):
+        lines.append(f"| {seed} | " + " | ".join(f"{t['speedup'][k]:.2f}x" for k in keys)
+                     + " | " + " | ".join(f"{t['flops_ratio'].get(m, math.nan):.3f}"
+                                          for m in methods) + " |")
+    lines.append("| mean ± sd | " + " | ".join(
+        _mean_sd([t["speedup"][k] for t in timed], 1, 2) + "x" for k in keys) + " | "
+        + " | ".join(_mean_sd([t["flops_ratio"].get(m, math.nan) for t in timed], 1, 3)
+                     for m in methods) + " |")
+    return [*lines, ""]
+
+
+def _half_check_lines(nums: list[dict], seeds: list[int], methods: list[str]) -> list[str]:
+    if not all("half_check" in n for n in nums):
+        return []
+    sizes = nums[0]["half_check_sizes"]
+    lines = [f"Test-half check: thresholds chosen on validation or on test half A "
+             f"({sizes['choose']} images), both scored on the other half ({sizes['scored']}); "
+             "drop against the backbone on the scored half.", "",
+             "| seed | method | chosen on | " + " | ".join(_SEED_HEAD) + " |",
+             "|---|---|---|" + "---|" * len(_SEED_HEAD)]
+    pooled: dict[tuple[str, str], list[list[float]]] = {}
+    for n, seed in zip(nums, seeds, strict=True):
+        for m in methods:
+            for label, pts in n["half_check"][m].items():
+                row = _seed_columns(pts)
+                pooled.setdefault((m, label), []).append(row)
+                lines.append(f"| {seed} | {m} | {label} | " + " | ".join(_seed_cells(row)) + " |")
+    for (m, label), rows in pooled.items():
+        lines.append(f"| mean ± sd | {m} | {label} | " + " | ".join(_mean_cells(rows)) + " |")
+    return [*lines, ""]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("results", nargs="+", type=Path, help="results files of early_exit_resnet56.py")
     p.add_argument("--out", type=Path, default=None, help="write the table here (atomically)")
+    p.add_argument("--across-seeds", action="store_true",
+                   help="pool runs that differ in --seed (and the flags that follow from it) "
+                        "from their machine-readable figures")
     args = p.parse_args(argv)
+    parse, pooled = (parse_seed_run, pool_seeds) if args.across_seeds else (parse_run, pool)
     try:
         runs = []
         for path in args.results:
             if not path.is_file():
                 raise DrawError(f"{path}: no such results file")
-            runs.append(parse_run(path.read_text(), str(path)))
-        text = pool(runs)
+            runs.append(parse(path.read_text(), str(path)))
+        text = pooled(runs)
     except DrawError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.out is None:
         print(text)
     else:
-        write_results(args.out, results_header("Early exits: pooled augmentation draws") + "\n"
-                      + text)
+        title = "Early exits: pooled seeds" if args.across_seeds else \
+            "Early exits: pooled augmentation draws"
+        write_results(args.out, results_header(title) + "\n" + text)
     return 0
 
 

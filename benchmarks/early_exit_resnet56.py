@@ -15,9 +15,15 @@ Pipeline (one command, fixed seeds):
    backbone; the test subset only scores the chosen thresholds. (The
    pretrained ResNet-56 checkpoint saw every CIFAR-10 train image, so its
    validation confidences are optimistic; the results file says so.)
+   With ``--test-half-check`` the thresholds are also chosen on a seeded half
+   of the test subset, and both choices are scored on the other half: a
+   measure of how optimistic the train-carved validation split is;
 4. the real batched path is checked against the offline sweep (predictions,
    exits and per-example FLOPs) and timed at batch 1 and 64 against the
-   backbone in the same process, at the within-1-point operating point;
+   backbone in the same process (interleaved passes, under the shared timing
+   lock), at the operating point within ``--time-at-drop`` (1 point unless
+   told); the results file ends with the figures as one JSON comment line,
+   which ``early_exit_draws.py --across-seeds`` pools;
    With ``--final-ensemble`` both variants' last exit becomes a weighted
    geometric mean of every exit and the backbone, fitted on half of the
    validation split (the other half chooses the thresholds), never on test images;
@@ -35,13 +41,22 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from _common import add_split_flags, log, results_header, splits_from_args, write_results
+from _common import (
+    add_split_flags,
+    log,
+    results_header,
+    splits_from_args,
+    timing_lock,
+    write_results,
+)
 from torch.utils.data import DataLoader
 
 from frugalnn.cost.allocator import retain_freed_memory
@@ -51,6 +66,7 @@ from frugalnn.methods.early_exit import attach_heads
 from frugalnn.methods.early_exit.offline import (
     DROPS,
     FRACTIONS,
+    ExitTrace,
     operating_points,
     simulate,
     trace_from_features,
@@ -152,6 +168,70 @@ def frontier_rows(traces, val_traces, ref_val_acc):
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("| backbone | 100 % FLOPs | | | | |")
     return lines, numbers
+
+
+def trace_rows(trace: ExitTrace, rows: torch.Tensor) -> ExitTrace:
+    """The examples ``rows`` of a trace (every exit's outputs and costs)."""
+    plain = None if trace.backbone_logits is None else trace.backbone_logits[rows]
+    return ExitTrace(trace.logits[:, rows], trace.labels[rows], trace.exit_flops[:, rows],
+                     trace.backbone_flops[rows], plain)
+
+
+def test_halves(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint seeded halves of ``n`` test rows: ``(choose, score)``, each sorted."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[: n // 2].sort().values, perm[n // 2 :].sort().values
+
+
+def plain_accuracy(trace: ExitTrace) -> float:
+    """Accuracy of the backbone's own output (the full budget) on a trace."""
+    return float((trace.plain_logits.argmax(1) == trace.labels).double().mean())
+
+
+def half_check(traces, val_traces, ref_val, seed):
+    """Thresholds chosen on validation vs on a seeded half of the test subset, both scored
+    on the other half: how optimistic the train-carved validation split is.
+
+    Returns the table lines and ``{method: {chosen_on: operating points}}``.
+    """
+    choose, scored = test_halves(len(next(iter(traces.values())).labels), seed)
+    lines = ["| method | thresholds chosen on | acc @25 % FLOPs | acc @50 % | acc @75 % | "
+             "saving within 0.5 pt (drop on the scored half) | saving within 1 pt (drop) |",
+             "|---|---|---|---|---|---|---|"]
+    out: dict[str, dict[str, dict]] = {}
+    base_b = base_a = float("nan")
+    for name, tr in traces.items():
+        half_a, half_b = trace_rows(tr, choose), trace_rows(tr, scored)
+        base_a, base_b = plain_accuracy(half_a), plain_accuracy(half_b)
+        out[name] = {}
+        for label, chooser, ref in (("validation", val_traces[name], ref_val),
+                                    ("test half A", half_a, base_a)):
+            pts = operating_points(half_b, "maxprob", val_trace=chooser, reference_accuracy=ref)
+            at, sv = pts["accuracy_at_flops"], pts["saving_within"]
+            out[name][label] = {"accuracy_at_flops": {str(f): at[f] for f in FRACTIONS},
+                                "saving_within": {str(d): {**sv[d],
+                                                           "drop": base_b - sv[d]["accuracy"]}
+                                                  for d in DROPS}}
+            cells = [_at_cell(at[f]) for f in FRACTIONS]
+            cells += [_saving_cell(sv[d], base_b) for d in DROPS]
+            lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
+    lines.append(f"| backbone | | {100 * base_b:.2f} % on the scored half "
+                 f"({100 * base_a:.2f} % on half A) | | | | |")
+    return lines, out, {"choose": len(choose), "scored": len(scored), "backbone_a": base_a,
+                        "backbone_b": base_b}
+
+
+def _at_cell(row: dict) -> str:
+    if row["accuracy"] != row["accuracy"]:
+        return "– (below the first exit)"
+    return f"{100 * row['accuracy']:.2f} % ({100 * row['flops_ratio']:.0f} % FLOPs)"
+
+
+def _saving_cell(row: dict, reference: float) -> str:
+    if row["threshold"] != row["threshold"]:
+        return "not reached"
+    return (f"{100 * row['flops_saving']:.1f} % (acc {100 * row['accuracy']:.2f} %, drop "
+            f"{100 * (reference - row['accuracy']):+.2f} pt, t={row['threshold']:.4f})")
 
 
 def head_table(traces):
@@ -312,14 +392,48 @@ def run_case(title, backbone, train_plain, val_ds, test_ds, args, out_lines, pre
         *lines, "", "Accuracy of each exit alone (every example stopping there):", "",
         *head_table(traces), "",
     ]
-    # Real path: verify and time at the within-1-point operating points.
+    record = {"seed": args.seed, "reference": ref_name, "reference_test": ref_acc,
+              "reference_val": ref_val, "backbone_test": base_acc, "backbone_val": base_val,
+              "backbone_mflops": base_flops / 1e6, "val_examples": len(val_ds),
+              "test_examples": len(test_ds), "methods": {}}
+    for name, (at, sv) in numbers.items():
+        record["methods"][name] = {
+            "accuracy_at_flops": {str(f): at[f] for f in FRACTIONS},
+            "saving_within": {str(d): {**sv[d], "drop": ref_acc - sv[d]["accuracy"]}
+                              for d in DROPS},
+            "head_accuracy": traces[name].head_accuracy()}
+    drop_lines = [f"- {name} within {100 * d:.1f} pt (chosen on validation): test accuracy "
+                  f"{100 * sv[d]['accuracy']:.2f} %, {100 * (ref_acc - sv[d]['accuracy']):+.2f} "
+                  f"pt below the reference's {100 * ref_acc:.2f} % (validation: "
+                  f"{100 * (ref_val - sv[d]['val_accuracy']):+.2f} pt)"
+                  for name, (_, sv) in numbers.items() for d in DROPS
+                  if sv[d]["threshold"] == sv[d]["threshold"]]
+    out_lines += ["Test accuracy drop at the validation-chosen operating points:", "",
+                  *drop_lines, ""]
+    if args.test_half_check:
+        if ref_name != "this backbone's own final output":
+            out_lines += ["- test-half check skipped: the reference is an outside backbone "
+                          "whose per-image outputs are not kept", ""]
+        else:
+            check_lines, record["half_check"], sizes = half_check(traces, val_traces, ref_val,
+                                                                   args.seed)
+            record["half_check_sizes"] = sizes
+            out_lines += [
+                f"Check of the validation split's optimism: the {len(test_ds)} test images split "
+                f"into two seeded halves (seed {args.seed}); thresholds chosen on the "
+                f"{len(val_ds)} validation images (the headline protocol) or on test half A "
+                f"({sizes['choose']} images, against the backbone's accuracy there), both "
+                f"scored on the same other half ({sizes['scored']} images). Drops are against "
+                "the backbone on the scored half.", "", *check_lines, ""]
+    # Real path: verify and time at the operating points within --time-at-drop.
     test_x = stack(test_ds, args.latency_examples)
     flops_ratio = {"backbone": 1.0}
     timed = [("backbone", backbone.eval(), None)]
     for name, m in models.items():
-        thr = numbers[name][1][0.01]["threshold"]
-        if thr != thr:  # no operating point within 1 point of the reference
-            out_lines.append(f"- {name}: no threshold within 1 point of the reference; not timed")
+        thr = numbers[name][1][args.time_at_drop]["threshold"]
+        if thr != thr:  # no operating point within the drop of the reference
+            out_lines.append(f"- {name}: no threshold within {100 * args.time_at_drop:.1f} "
+                             "point of the reference; not timed")
             continue
         sim = simulate(traces[name], "maxprob", thr)
         timed_flops = sim.flops[: len(test_x)]
@@ -333,20 +447,31 @@ def run_case(title, backbone, train_plain, val_ds, test_ds, args, out_lines, pre
     intro = ("every model runs over all of the first "
              f"{len(test_x)} test examples at each batch size, {args.latency_passes} "
              "passes interleaved across the models; the figure is the mean time per "
-             "batch of the median pass. The FLOPs ratio is the mean over the same examples.")
+             "batch of the median pass. The FLOPs ratio is the mean over the same examples."
+             + (" Timed holding the shared timing lock (/tmp/frugalnn-timing.lock)."
+                if args.timing_lock else " Timed without the shared timing lock."))
     threads = torch.get_num_threads()
     if args.fold_bn or args.channels_last:  # the same operating points, as trained first
         log(f"{title}: timing as trained at batch sizes {args.batch_sizes}")
-        rows = time_models(timed, test_x, args.batch_sizes, args.latency_passes, args.warmup)
+        with timing_lock() if args.timing_lock else nullcontext():
+            rows = time_models(timed, test_x, args.batch_sizes, args.latency_passes, args.warmup)
         out_lines += ["", f"Wall clock as trained (real batched inference, no ledger, torch "
                       f"threads {threads}): {intro}", "", *latency_table(rows, flops_ratio), ""]
     prepared = prepare_for_timing(backbone, args)
     if args.channels_last:
         test_x = test_x.contiguous(memory_format=torch.channels_last)
-    if prepared and staged:
-        shares[f"as timed ({prepared})"] = stage_time_shares(backbone, test_x[:64])
     log(f"{title}: timing at batch sizes {args.batch_sizes}")
-    rows = time_models(timed, test_x, args.batch_sizes, args.latency_passes, args.warmup)
+    with timing_lock() if args.timing_lock else nullcontext():
+        if prepared and staged:
+            shares[f"as timed ({prepared})"] = stage_time_shares(backbone, test_x[:64])
+        rows = time_models(timed, test_x, args.batch_sizes, args.latency_passes, args.warmup)
+    base_ms = {bs: med for bs, name, med, *_ in rows if name == "backbone"}
+    record["timing"] = {
+        "prepared": prepared, "drop": args.time_at_drop, "examples": len(test_x),
+        "passes": args.latency_passes,
+        "speedup": {f"{name.split()[0]} b{bs}": base_ms[bs] / med
+                    for bs, name, med, *_ in rows if name != "backbone"},
+        "flops_ratio": {k.split()[0]: v for k, v in flops_ratio.items() if k != "backbone"}}
     how = f"; {prepared} for every timed model" if prepared else ""
     out_lines += ["", f"Wall clock (real batched inference, no ledger, torch threads "
                   f"{threads}{how}): {intro}", "", *latency_table(rows, flops_ratio), ""]
@@ -356,6 +481,8 @@ def run_case(title, backbone, train_plain, val_ds, test_ds, args, out_lines, pre
         out_lines += [f"- {k}: " + " / ".join(f"{100 * v:.0f} %" for v in vals)
                       for k, vals in shares.items()]
         out_lines.append("")
+    # One machine-readable line for benchmarks/early_exit_draws.py (pooling seeds).
+    out_lines += [f"<!-- early-exit numbers: {json.dumps(record, allow_nan=True)} -->", ""]
     return numbers
 
 
@@ -523,6 +650,16 @@ def main(argv=None) -> int:
                    "distillation still uses the fine-tuned backbone")
     p.add_argument("--control-init", help="start the control from these weights (the earlier "
                    "run's --control-cache), so that it gets as many epochs as the joint run")
+    p.add_argument("--test-half-check", action="store_true",
+                   help="also choose the thresholds on a seeded half of the test subset and "
+                        "score them, and the validation-chosen ones, on the other half (how "
+                        "optimistic the train-carved validation split is)")
+    p.add_argument("--time-at-drop", type=float, default=0.01, choices=DROPS,
+                   help="verify and time at the operating point within this accuracy drop "
+                        "(fraction: 0.01 = 1 point, the default; 0.005 = half a point)")
+    p.add_argument("--no-timing-lock", dest="timing_lock", action="store_false",
+                   help="time without waiting for the shared timing lock (smoke tests only: "
+                        "the figures are not a measurement)")
     p.add_argument("--positions", default="every:3")
     p.add_argument("--pool-size", type=int, default=4)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
@@ -537,8 +674,8 @@ def main(argv=None) -> int:
     p.add_argument("--head-augment-seed", type=int, default=100,
                    help="seed of the first augmented pass's crops and flips (pass k: seed + k)")
     p.add_argument("--final-ensemble", action="store_true",
-                   help="fit a final-exit ensemble (every exit + the backbone) on the test "
-                        "images outside the --test-limit subset")
+                   help="fit a final-exit ensemble (every exit + the backbone) on a seeded "
+                        "half of the validation split (the other half chooses the thresholds)")
     p.add_argument("--fold-bn", action="store_true",
                    help="time backbone and exit models with BatchNorm folded into the convolutions")
     p.add_argument("--channels-last", action="store_true",
