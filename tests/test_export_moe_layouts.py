@@ -167,3 +167,29 @@ def test_parts_graph_adds_the_same_sum_chained_or_concatenated(always):
         got, counts = run_parts(graph, x, mask, always)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
         assert counts == [rows] * always + mask[:, always:].sum(0).tolist()
+
+
+@needs_onnx
+def test_cli_exports_an_moe_run_in_graph_and_times_it(tmp_path, dense_and_moe, capsys):
+    """A MoE run directory through ``frugalnn export --layout in-graph --time``."""
+    import json
+
+    from frugalnn.cli import main
+    from frugalnn.train.checkpoint import save_checkpoint
+
+    _vit_model, moe = dense_and_moe
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run / "checkpoint", moe)
+    (run / "config.json").write_text(json.dumps({"data": "digits"}))
+    assert main(["export", str(run), "--format", "onnx", "--layout", "in-graph",
+                 "--check-limit", "16", "--time", "4", "--repeats", "2"]) == 0
+    out = run / "export" / "onnx"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["loop"]["layout"] == "in-graph"
+    check = json.loads((out / "check.json").read_text())
+    assert check["passed"] and check["examples"] == 16
+    timing = json.loads((out / "timing.json").read_text())
+    runtimes = {r["runtime"] for r in timing["rows"]}
+    assert {"eager", "onnxruntime"} <= runtimes
+    assert {r["budget"] for r in timing["rows"]} == set(moe.budget_values())
