@@ -326,6 +326,8 @@ def entry_markdown(entry: Entry, records: list[dict[str, Any]], *, quick: bool,
                          + f" | {mean_sd(values)} |")
         if len(rows) > MAX_POOLED:
             lines.append(f"\n({len(rows) - MAX_POOLED} more figures in the per-seed files.)")
+    elif entry.seeds == "each" and len(outputs) == len(records) == 1:
+        lines += ["", "One seed: nothing to pool; its figures are in the output file above."]
     elif entry.seeds == "each":
         lines += ["", "Not pooled: a run failed or wrote no machine-readable output; the "
                   "per-seed files are listed above."]

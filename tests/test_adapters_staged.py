@@ -451,13 +451,18 @@ def test_view_follows_dtype_and_device_moves() -> None:
     assert torch.equal(_staged_output(view, x), model(x))
 
 
-def test_dict_state_models_refuse_export(tmp_path: Path) -> None:
+def test_dict_state_models_export_their_state_by_key(tmp_path: Path) -> None:
+    """The view's dict state ({hidden, mask}) crosses the exported segments as named tensors
+    (numerical equality: tests/test_export_early_exit_dict.py)."""
+    pytest.importorskip("onnx")
     from frugalnn.methods.early_exit.export import export_parts
 
     x = text_batch(4)
     ee = attach_heads(hf_bert(), "every", example_input=x).eval()
-    with pytest.raises(UserError, match="PyTorch only"):
-        export_parts(ee, x, "onnx", tmp_path, 17)
+    part = export_parts(ee, x, "onnx", tmp_path, 17)
+    assert part["loop"]["state_keys"] == ["hidden", "mask"]
+    assert set(part["graphs"]) == {*(f"segment{h}" for h in range(len(ee.positions))),
+                                   "final", "backbone"}
 
 
 class _Odd(nn.Module):

@@ -159,16 +159,16 @@ def test_hf_vit_early_exits_export_as_segments(tmp_path, vit):
     assert int(runner.last_exits.max()) == 0
 
 
-def test_hf_text_early_exits_are_refused_in_one_line(tmp_path, bert):
+def test_hf_text_early_exits_export_by_input_name(tmp_path, bert):
     from frugalnn.methods.early_exit.model import attach_heads
 
     data = _tokens(8)
     ee = attach_heads(copy.deepcopy(bert), "every",
                       example_input={k: v[:1] for k, v in data.items()}).eval()
-    with pytest.raises(UserError) as err:
-        export(ee, tmp_path / "ee", ExportConfig(format="torchscript"), check_data=data)
-    assert "takes one tensor" in str(err.value) and "\n" not in str(err.value)
-    assert not (tmp_path / "ee").exists()
+    result = export(ee, tmp_path / "ee", ExportConfig(format="torchscript"), check_data=data)
+    assert result.check["passed"] and result.manifest["kind"] == "early_exit"
+    assert [i["name"] for i in result.manifest["inputs"]] == ["input_ids", "attention_mask"]
+    assert "input_key" not in result.manifest  # the whole dict, not one tensor of it
 
 
 @pytest.mark.parametrize("bad, needle", [

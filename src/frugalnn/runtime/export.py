@@ -290,7 +290,9 @@ def export(model: Any, out: str | os.PathLike, config: ExportConfig | None = Non
                 kind = "static"
             else:
                 parts = {}
-                if isinstance(example, dict):
+                # An exporter that declares DICT_INPUTS takes a dict of several tensors.
+                if isinstance(example, dict) and not (
+                        len(example) > 1 and getattr(exporter, "DICT_INPUTS", False)):
                     parts["input_key"] = names[0]
                     example = _single_key_tensor(model, example)
                     names = [TENSOR_INPUT]

@@ -25,6 +25,7 @@ name and never imports directly. Such a module provides::
     export_parts(model, example, fmt, out_dir, opset, *, layout="auto") -> dict
         # writes the graph files into out_dir; returns {"graphs": {name: file}, "loop": {...}}
     load_runner(manifest, graphs) -> runner        # graphs: {name: callable on a runtime}
+    DICT_INPUTS: bool (optional)                   # export_parts takes a dict of tensors
 """
 
 from __future__ import annotations
