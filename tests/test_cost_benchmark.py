@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "reference_models.py"
+from bench_scripts import load_benchmark
 
 
-def test_reference_models_writes_markdown_and_json(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH.parent))  # the script imports benchmarks/_common.py
-    spec = importlib.util.spec_from_file_location("reference_models", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_reference_models_writes_markdown_and_json(tmp_path):
+    module = load_benchmark("reference_models")
     out = tmp_path / "ref.md"
     argv = ["--models", "mlp", "--skip-accuracy", "--warmup", "0", "--repeats", "2",
             "--batch-size", "4", "--out", str(out)]

@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "early_exit_draws.py"
+from bench_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def draws():
-    sys.path.insert(0, str(BENCH.parent))  # the script imports benchmarks/_common.py
-    try:
-        spec = importlib.util.spec_from_file_location("early_exit_draws", BENCH)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH.parent))
-    return module
+    return load_benchmark("early_exit_draws")
 
 
 def _result(seed: int | None, sdn: str, ztw: str, extra: str = "") -> str:

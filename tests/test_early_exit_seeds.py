@@ -3,38 +3,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from bench_scripts import load_benchmark
 
 from frugalnn.methods.early_exit.offline import score as score_of
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str):
-    sys.path.insert(0, str(BENCHMARKS))  # the scripts import benchmarks/_common.py
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
 
 
 @pytest.fixture(scope="module")
 def draws():
-    return _load("early_exit_draws")
+    return load_benchmark("early_exit_draws")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return _load("early_exit_resnet56")
+    return load_benchmark("early_exit_resnet56")
 
 
 def _trace(bench, n: int, seed: int):

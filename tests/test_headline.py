@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shlex
@@ -12,21 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench_scripts import load_benchmark
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "headline.py"
 
 
 @pytest.fixture(scope="module")
 def headline():
-    sys.path.insert(0, str(BENCH.parent))  # the script imports benchmarks/_common.py
-    try:
-        spec = importlib.util.spec_from_file_location("headline", BENCH)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["headline"] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH.parent))
-    yield module
+    yield load_benchmark("headline")
     sys.modules.pop("headline", None)
 
 
