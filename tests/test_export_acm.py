@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from forward_hooks import per_call
 
 import frugalnn
 from frugalnn.errors import UserError
@@ -48,25 +49,13 @@ def _eager_rows(model, x):
     """Per ACM layer (in execution order), the rows each learner runs in the eager model."""
     from frugalnn.methods.acm.module import ACMFFN
 
-    rows, hooks = [], []
-
-    def hook(layer, args, _out):
-        x2 = args[0].reshape(-1, args[0].shape[-1])
+    def rows(layer, x2):
         n = layer.num_learners
         k = (torch.full((x2.shape[0],), n) if layer.q >= 1.0
              else layer.choose(layer.gate(x2)))
-        rows.append([int((k > j).sum()) for j in range(n)])
+        return [int((k > j).sum()) for j in range(n)]
 
-    for m in model.modules():
-        if isinstance(m, ACMFFN):
-            hooks.append(m.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return rows
+    return per_call(model, ACMFFN, x, rows)
 
 
 @needs_onnx

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from forward_hooks import per_call
 
 import frugalnn
 from frugalnn.errors import UserError
@@ -51,24 +52,12 @@ def _eager_rows(model, x):
     """Per MoE layer (in execution order), the rows each expert runs in the eager model."""
     from frugalnn.methods.moe.layer import MoEFFN
 
-    rows, hooks = [], []
-
-    def hook(layer, args, _out):
-        x2 = args[0].reshape(-1, args[0].shape[-1])
+    def rows(layer, x2):
         mask = (torch.ones(x2.shape[0], layer.num_experts, dtype=torch.bool) if layer.is_full()
                 else layer.select(layer.scores(x2)))
-        rows.append(mask.sum(0).tolist())
+        return mask.sum(0).tolist()
 
-    for m in model.modules():
-        if isinstance(m, MoEFFN):
-            hooks.append(m.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return rows
+    return per_call(model, MoEFFN, x, rows)
 
 
 @needs_onnx
