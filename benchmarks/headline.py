@@ -204,7 +204,7 @@ ENTRIES: tuple[Entry, ...] = (
         "minilm-svd", "lowrank_minilm.py", "MiniLM-L6 truncated SVD + output distillation",
         full=("--targets", "params=1.5,params=2", "--sentences", "1000",
               "--distill-epochs", "4", "--distill-sentences", "3000", "--distill-lr", "2e-4",
-              "--repeats", "20", "--threads", "1", "--seed", "{seed}",
+              "--repeats", "20", "--rounds", "5", "--threads", "1", "--seed", "{seed}",
               "--markdown", "{out}/{stem}.md", "--json", "{out}/{stem}.json"),
         quick=("--targets", "params=2", "--sentences", "32", "--max-len", "32",
                "--distill-epochs", "1", "--distill-sentences", "32", "--repeats", "2",
