@@ -83,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="module-name patterns left dense (e.g. stem.0, the 1-channel stem)")
     p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--finetune-lr", type=float, default=1e-3)
+    p.add_argument("--augment", action="store_true",
+                   help="augment the training images (MNIST: random shifts of up to 2 px; "
+                        "CIFAR-10: random crops and flips), new draws every epoch")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the timing")
     p.add_argument("--train-threads", type=int, help="torch threads while training")
     p.add_argument("--repeats", type=int, default=20)
@@ -176,11 +179,12 @@ def _latency(runs: list[dict[str, Any]], size: int) -> str:
 def markdown(args: argparse.Namespace, results: dict[str, Any], sizes: dict[str, int]) -> str:
     b = args.batch_size
     lines = [
-        results_header(f"Capsule networks on MNIST: dense vs low-rank {args.method} "
+        results_header(f"Capsule networks on {args.data}: dense vs low-rank {args.method} "
                        f"{args.target}"),
         f"Scale: {sizes['train']} training images, {sizes['val']} validation images (epochs "
         f"chosen on them, up to {args.max_epochs}), {sizes['test']} test images; seeds "
         f"{args.seeds}; Adam lr {args.lr} x {args.decay}/epoch, batch {args.batch_size}; "
+        f"{'augmented training images; ' if args.augment else ''}"
         f"compression fine-tuned {args.finetune_epochs} epoch(s) with distillation"
         f"{'; left dense: ' + ', '.join(args.exclude) if args.exclude else ''}; latency "
         f"median of {args.repeats} repeats ({args.threads} thread), dense and compressed "
@@ -215,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         print("set --data-dir or FRUGALNN_DATA", file=sys.stderr)
         return 2
     torch.set_num_threads(args.train_threads or args.threads)
-    splits = splits_from_args(args)
+    splits = splits_from_args(args, **({"augment": True} if args.augment else {}))
     sizes = {"train": len(splits.train), "test": len(splits.test),
              "val": len(splits.val) if splits.val is not None else 0}
     results = {name: run_model(name, args, splits) for name in args.models.split(",") if name}

@@ -240,3 +240,37 @@ def test_bad_arguments():
     ]:
         with pytest.raises(UserError, match=msg):
             fit(_mlp(), _digits(), progress=False, **kw)
+
+
+def test_augmenting_dataset_draws_new_augmentations_every_epoch():
+    """fit tells the dataset (through Subset wrappers) the epoch: an augmented image
+    differs between epochs, and is the same for the same (seed, epoch)."""
+    import numpy as np
+    from torch.utils.data import Subset
+
+    from frugalnn.data.base import ImageArrayDataset
+    from frugalnn.data.catalog import dataset_info
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(8, 1, 8, 8), dtype=np.uint8)
+    base = ImageArrayDataset(images, np.arange(8) % 2, dataset_info("digits"), mean=(0.5,),
+                             std=(0.25,), augment=True, pad=2, flip=False, seed=3)
+    seen: dict[int, list[torch.Tensor]] = {}
+
+    class Recorder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Linear(64, 2)
+            self.epoch_images: list[torch.Tensor] = []
+
+        def forward(self, x):
+            self.epoch_images.append(x.detach().clone())
+            return self.w(x.flatten(1))
+
+    for run in range(2):
+        net = Recorder()
+        loader = DataLoader(Subset(base, list(range(8))), batch_size=8, shuffle=False)
+        fit(net, loader, epochs=2, lr=1e-3, seed=0)
+        seen[run] = net.epoch_images
+    assert not torch.equal(seen[0][0], seen[0][1])  # epoch 0 vs epoch 1
+    assert torch.equal(seen[0][1], seen[1][1])  # same epoch, same draws

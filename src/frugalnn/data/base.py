@@ -254,3 +254,16 @@ def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
         h.update(name.encode())
         _hash_arrays(h, arrays[name])
     return h.hexdigest()
+
+
+def set_data_epoch(dataset: Any, epoch: int) -> None:
+    """Tell an augmenting dataset (maybe inside ``Subset`` wrappers) the epoch, so that
+    every epoch draws new augmentations, still a function of (seed, epoch, example).
+    Datasets without ``set_epoch`` are left alone."""
+    for _ in range(8):  # Subset of Subset of ...; a cycle cannot loop forever
+        if dataset is None:
+            return
+        if callable(getattr(dataset, "set_epoch", None)):
+            dataset.set_epoch(epoch)
+            return
+        dataset = getattr(dataset, "dataset", None)

@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from frugalnn.data.base import set_data_epoch
 from frugalnn.errors import UserError
 from frugalnn.train import distributed as dist_util
 from frugalnn.train.checkpoint import (
@@ -218,6 +219,7 @@ def _fit(*, model, train_loader, epochs, optimizer, lr, momentum, nesterov, weig
                 sampler.set_epoch(epoch)
                 sampler.set_offset(state.batch * (loader.batch_size or 1))
             _reseed(seed, env.rank, epoch, state.batch, generator)
+            set_data_epoch(loader.dataset, epoch)
             bar = tqdm(
                 total=steps_per_epoch,
                 initial=state.batch,

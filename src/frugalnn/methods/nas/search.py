@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from frugalnn.data.base import set_data_epoch
 from frugalnn.errors import UserError
 from frugalnn.methods.nas.latency import LatencyModel
 from frugalnn.methods.nas.supernet import Supernet
@@ -202,6 +203,7 @@ def run_search(
     for epoch in range(cfg.epochs):
         searching = epoch >= cfg.warmup_epochs
         phase = "search" if searching else "warm-up"
+        set_data_epoch(getattr(train_loader, "dataset", None), epoch)
         bar = tqdm(train_loader, desc=f"nas {phase} {epoch + 1}/{cfg.epochs}",
                    disable=not progress, leave=False)
         seen = correct = 0
