@@ -52,6 +52,7 @@ from _common import (
 )
 from torch.utils.data import DataLoader
 
+from frugalnn.cost.count import flops_per_example
 from frugalnn.cost.machine import describe_machine
 from frugalnn.errors import UserError
 from frugalnn.methods.lowrank.pipeline import accuracy
@@ -111,6 +112,25 @@ def train(name: str, args: argparse.Namespace, splits: Any, seed: int, epochs: i
     return model.eval(), result.history
 
 
+def budget_curve(model: torch.nn.Module, test_loader: Any,
+                 example: torch.Tensor) -> list[dict[str, float]]:
+    """Test accuracy and FLOPs per example at every value of the model's budget knob
+    (routing iterations of the dynamic-routing CapsNet); empty for a model without one."""
+    if not hasattr(model, "budget_values"):
+        return []
+    curve = []
+    try:
+        for value in model.budget_values():
+            model.set_budget(value)
+            curve.append({"budget": value, "accuracy": accuracy(model, test_loader),
+                          "flops": flops_per_example(model, example)})
+    finally:
+        model.set_budget(model.full_budget())
+    log("  budget curve: " + ", ".join(f"{c['budget']:g}: {100 * c['accuracy']:.2f} %"
+                                       for c in curve))
+    return curve
+
+
 def run_model(name: str, args: argparse.Namespace, splits: Any) -> dict[str, Any]:
     seeds = [int(s) for s in args.seeds.split(",") if s]
     test_loader = DataLoader(splits.test, batch_size=256)
@@ -130,6 +150,7 @@ def run_model(name: str, args: argparse.Namespace, splits: Any) -> dict[str, Any
             dense, _ = train(name, args, splits, seed, best, with_val=False)
         dense_acc = accuracy(dense, test_loader)
         log(f"  seed {seed}: dense test accuracy {100 * dense_acc:.2f} %")
+        curve = budget_curve(dense, test_loader, example)
         config = LowRankConfig(method=args.method, target=args.target,
                                exclude=args.exclude or None,
                                finetune_epochs=args.finetune_epochs, lr=args.finetune_lr,
@@ -142,7 +163,8 @@ def run_model(name: str, args: argparse.Namespace, splits: Any) -> dict[str, Any
                                          threads=args.train_threads or args.threads)
         except UserError as exc:
             log(f"  seed {seed}: not compressed: {exc}")
-            runs.append({"seed": seed, "dense_accuracy": dense_acc, "error": str(exc)})
+            runs.append({"seed": seed, "dense_accuracy": dense_acc, "error": str(exc),
+                         "budget_curve": curve})
             continue
         torch.set_num_threads(args.threads)
         with timing_lock():
@@ -151,7 +173,7 @@ def run_model(name: str, args: argparse.Namespace, splits: Any) -> dict[str, Any
                                label=f"{config.label} ({name})", threads=args.threads)
         torch.set_num_threads(args.train_threads or args.threads)
         cmp.update(seed=seed, dense_accuracy=dense_acc, plan=[r.to_dict() for r in plan],
-                   finetune_history=hist)
+                   finetune_history=hist, budget_curve=curve)
         c = cmp["models"]["compressed"]
         log(f"  seed {seed}: compressed params {cmp['params_ratio']:.2f}x fewer, FLOPs "
             f"{cmp['flops_ratio']:.2f}x, speed-up b{args.batch_size} "
@@ -210,6 +232,17 @@ def markdown(args: argparse.Namespace, results: dict[str, Any], sizes: dict[str,
             f"{o['params']:,} -> {c['params']:,} ({ok[0]['params_ratio']:.2f}x) | "
             f"{o['flops'] / 1e6:.1f}M -> {c['flops'] / 1e6:.1f}M ({ok[0]['flops_ratio']:.2f}x) | "
             f"{_latency(ok, 1)} | {_latency(ok, b)} | {c.get(f'loadavg_b{b}')} |")
+    for name, r in results.items():
+        curves = [x["budget_curve"] for x in r["runs"] if x.get("budget_curve")]
+        if not curves:
+            continue
+        lines += ["", f"{name}, budget knob (routing iterations), dense models, test accuracy "
+                  "mean ± sd over seeds:", "", "| iterations | test acc. % | FLOPs/example |",
+                  "|---|---|---|"]
+        for i, point in enumerate(curves[0]):
+            accs = [100 * c[i]["accuracy"] for c in curves]
+            lines.append(f"| {point['budget']:g} | {_mean_sd(accs)} | "
+                         f"{point['flops'] / 1e6:.1f}M |")
     return "\n".join(lines) + "\n"
 
 

@@ -62,3 +62,23 @@ def test_public_lowrank_fine_tunes_with_data_and_leaves_the_original_alone() -> 
 def test_config_validation_is_a_user_error(kwargs, match) -> None:
     with pytest.raises(frugalnn.UserError, match=match):
         frugalnn.LowRankConfig(**kwargs).validate()
+
+
+def test_distill_finetune_is_the_recipe_fine_tuning_and_serves_as_the_dense_control() -> None:
+    """The same function fine-tunes the low-rank copy and a dense same-training control:
+    the dense student moves, the teacher stays as it was (and trainable again after)."""
+    from torch.utils.data import DataLoader
+
+    from frugalnn.methods.lowrank.pipeline import distill_finetune
+
+    teacher = _low_rank_mlp(4)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = frugalnn.create_model("mlp", input_shape=(1, 8, 8), hidden=64, depth=2)
+    student.load_state_dict(teacher.state_dict())
+    data = TensorDataset(torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,)))
+    history = distill_finetune(student, teacher, DataLoader(data, batch_size=16), epochs=1,
+                               lr=0.05)
+    assert len(history) == 1
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert all(p.requires_grad for p in teacher.parameters())
+    assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())

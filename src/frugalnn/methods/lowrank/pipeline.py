@@ -64,9 +64,6 @@ def compress_and_finetune(
     ``{"steps": 200}``) first fits each factorised layer to its original on
     ``train_loader`` batches.
     """
-    from frugalnn.train import fit
-    from frugalnn.train.distill import DistillConfig
-
     teacher = teacher.to(device).eval()
     student = copy.deepcopy(teacher)
     student, plan = compress_model(student, method, target, to_device(example_input, device),
@@ -80,19 +77,37 @@ def compress_and_finetune(
         history["layerwise"] = distill_layers(teacher, student, train_loader, device=device,
                                               **layerwise)
     if finetune_epochs > 0 and train_loader is not None:
-        frozen = [p for p in teacher.parameters() if p.requires_grad]
-        for p in frozen:
-            p.requires_grad_(False)
-        try:
-            result = fit(student, train_loader, epochs=finetune_epochs, optimizer=optimizer,
-                         lr=lr, weight_decay=weight_decay, schedule="cosine", teacher=teacher,
-                         distill=DistillConfig(alpha=alpha, temperature=temperature),
-                         seed=seed, progress=progress, device=device, eval_loader=eval_loader)
-        finally:
-            for p in frozen:
-                p.requires_grad_(True)
-        history["finetune"] = result.history
+        history["finetune"] = distill_finetune(
+            student, teacher, train_loader, epochs=finetune_epochs, optimizer=optimizer, lr=lr,
+            weight_decay=weight_decay, alpha=alpha, temperature=temperature, seed=seed,
+            progress=progress, device=device, eval_loader=eval_loader)
     return student.eval(), plan, history
+
+
+def distill_finetune(
+    student: nn.Module, teacher: nn.Module, train_loader: Iterable[Any], *, epochs: int,
+    optimizer: str = "sgd", lr: float = 0.01, weight_decay: float = 5e-4, alpha: float = 0.5,
+    temperature: float = 2.0, seed: int = 0, progress: bool = False,
+    device: str | torch.device = "cpu", eval_loader: Iterable[Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Fine-tune ``student`` in place for ``epochs`` (cosine schedule) with distillation
+    from the frozen ``teacher``; the training history. The low-rank fine-tuning, and the
+    same-training control of a benchmark (the dense model given the same epochs)."""
+    from frugalnn.train import fit
+    from frugalnn.train.distill import DistillConfig
+
+    frozen = [p for p in teacher.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        result = fit(student, train_loader, epochs=epochs, optimizer=optimizer, lr=lr,
+                     weight_decay=weight_decay, schedule="cosine", teacher=teacher.eval(),
+                     distill=DistillConfig(alpha=alpha, temperature=temperature), seed=seed,
+                     progress=progress, device=device, eval_loader=eval_loader)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return result.history
 
 
 def _time(fn: nn.Module, x: torch.Tensor, warmup: int, repeats: int,

@@ -1,0 +1,251 @@
+"""ResNet-56 on CIFAR-10 (JPEG): low-rank + int8 against a dense model given the same training.
+
+The low-rank model is fine-tuned (distillation from the published ResNet-56);
+the dense baseline it is scored against gets exactly that training too (the
+same-training control: the published model fine-tuned by the same function,
+images, epochs, learning rate and seed), so the low-rank model's accuracy is
+not flattered by extra training on the JPEG images the published weights never
+saw. Per seed (``--seeds``, fixed before running; the seed sets the data order and the
+calibration images; the training and validation images, and their augmentation draws, are
+those of the split seed ``--seed``):
+
+1. control = published ResNet-56 + ``--epochs`` of distillation fine-tuning
+   (:func:`frugalnn.methods.lowrank.pipeline.distill_finetune`);
+2. low-rank = ``--method`` to ``--target`` (with ``--layer-target`` overrides)
+   by the low-rank recipe, fine-tuned by the same function;
+3. static int8 of both (per-channel weights, conv + BN + ReLU fused), the
+   activation observer chosen per seed on the validation split (carved from
+   train) among ``--observers``; the test split only scores.
+
+Accuracy: mean ± sd over seeds, per-seed table. Size: bytes of the state dict.
+Latency (unless ``--accuracy-only``): seed ``--seeds[0]``'s four models timed
+alternately at ``--batch-sizes``, ``--passes`` passes of ``--repeats`` calls,
+under the shared timing lock, on ``--threads`` thread(s); each model on the
+runtime it runs on (aten float kernels, the ``x86`` engine's int8 kernels).
+
+    python benchmarks/quant_stack_resnet56.py --data-dir $FRUGALNN_DATA --seeds 0,1,2 \\
+        --train-limit 10000 --epochs 2
+
+Writes ``--markdown`` (and ``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import (
+    add_split_flags,
+    log,
+    results_header,
+    splits_from_args,
+    timing_lock,
+    write_results,
+)
+
+from frugalnn.cost.count import format_bytes, measure
+from frugalnn.cost.latency import measure_latency
+from frugalnn.data.splits import seeded_loader
+from frugalnn.methods.lowrank.pipeline import distill_finetune
+from frugalnn.methods.lowrank.recipe import LowRankConfig, compress
+from frugalnn.methods.quant.recipe import QuantConfig, accuracy, quantize
+from frugalnn.models import create_model
+from frugalnn.utils.io import write_json_atomic
+
+MODELS = ("control", "control + int8", "low-rank", "low-rank + int8")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_split_flags(p, data="cifar10")
+    p.set_defaults(data_dir=os.environ.get("FRUGALNN_DATA"), train_limit=10000,
+                   val_limit=2000)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--epochs", type=int, default=1,
+                   help="fine-tuning epochs, the same for the control and the low-rank model")
+    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (cosine)")
+    p.add_argument("--augment", action="store_true", help="random crop + flip while training")
+    p.add_argument("--method", default="tucker")
+    p.add_argument("--target", default="flops=2")
+    p.add_argument("--layer-target", nargs="*", default=[], metavar="PATTERN:TARGET")
+    p.add_argument("--exclude", nargs="*", default=[])
+    p.add_argument("--rank-multiple", type=int, default=1)
+    p.add_argument("--observers", default="histogram,minmax",
+                   help="activation observers; the best on validation is used, per seed")
+    p.add_argument("--calibration-size", type=int, default=512)
+    p.add_argument("--batch-sizes", default="1,64")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--passes", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--train-threads", type=int, default=1)
+    p.add_argument("--accuracy-only", action="store_true", help="no timing")
+    p.add_argument("--json")
+    p.add_argument("--markdown", default="benchmarks/results/quant_stack.md")
+    a = p.parse_args(argv)
+    if a.epochs < 1:
+        p.error("--epochs must be >= 1 (the comparison is about equal training)")
+    return a
+
+
+def _mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
+
+
+def _int8(model: torch.nn.Module, splits: Any, a: argparse.Namespace,
+          seed: int) -> tuple[torch.nn.Module, str, dict[str, float]]:
+    """Static int8 of ``model`` with the observer that scores best on validation."""
+    best: tuple[float, str, torch.nn.Module] | None = None
+    val: dict[str, float] = {}
+    for observer in a.observers.split(","):
+        q = quantize(model, QuantConfig(mode="static", observer=observer,
+                                        calibration_size=a.calibration_size, seed=seed),
+                     calibration_data=splits.train)
+        val[observer] = accuracy(q, splits.val)
+        if best is None or val[observer] > best[0]:
+            best = (val[observer], observer, q)
+    assert best is not None
+    return best[2], best[1], val
+
+
+def run_seed(base: torch.nn.Module, splits: Any, a: argparse.Namespace,
+             seed: int) -> tuple[dict[str, Any], dict[str, torch.nn.Module]]:
+    train = splits.train
+    loader = seeded_loader(train, 64, seed, shuffle=True)
+    torch.manual_seed(seed)
+    control = copy.deepcopy(base)
+    hist_c = distill_finetune(control, base, loader, epochs=a.epochs, lr=a.lr, seed=seed)
+    config = LowRankConfig(method=a.method, target=a.target, exclude=a.exclude or None,
+                           layer_targets=a.layer_target or None,
+                           rank_multiple=a.rank_multiple, finetune_epochs=a.epochs, lr=a.lr,
+                           seed=seed)
+    low, plan, hist_l = compress(base, config, train_data=train,
+                                 example=splits.train[0][0][None], threads=a.train_threads)
+    models: dict[str, torch.nn.Module] = {"control": control.eval(), "low-rank": low.eval()}
+    observers = {}
+    for name in ("control", "low-rank"):
+        q, observer, val = _int8(models[name], splits, a, seed)
+        models[f"{name} + int8"] = q
+        observers[name] = {"chosen": observer, "val": val}
+    row: dict[str, Any] = {"seed": seed, "observers": observers,
+                           "history": {"control": hist_c, "low-rank": hist_l.get("finetune")}}
+    for name, model in models.items():
+        row[name] = {"val": accuracy(model, splits.val), "test": accuracy(model, splits.test)}
+        log(f"seed {seed} {name}: val {row[name]['val']:.2f}, test {row[name]['test']:.2f}")
+    return row, models
+
+
+def time_models(models: dict[str, torch.nn.Module], splits: Any,
+                a: argparse.Namespace) -> dict[int, dict[str, float]]:
+    out: dict[int, dict[str, float]] = {}
+    for b in [int(s) for s in a.batch_sizes.split(",") if s]:
+        x = torch.stack([splits.test[i][0] for i in range(b)])
+        times: dict[str, list[float]] = {k: [] for k in models}
+        for _ in range(a.passes):
+            for name, model in models.items():  # alternate, so load drifts hit all alike
+                rec = measure_latency(model, x, warmup=3, repeats=a.repeats, threads=a.threads)
+                times[name].append(rec.median_ms)
+        out[b] = {k: statistics.median(v) for k, v in times.items()}
+    return out
+
+
+def markdown(a: argparse.Namespace, rows: list[dict[str, Any]], sizes: dict[str, int],
+             costs: dict[str, dict[str, Any]], lat: dict[int, dict[str, float]],
+             published: dict[str, float]) -> str:
+    gaps = [r["low-rank + int8"]["test"] - r["control"]["test"] for r in rows]
+    lines = [
+        results_header("ResNet-56 on CIFAR-10 (JPEG): low-rank + int8 against a same-training "
+                       "control"),
+        f"Splits: {sizes['train']} training images (fine-tuning, calibration draws "
+        f"{a.calibration_size}), {sizes['val']} validation (carved from train; chooses the "
+        f"observer), {sizes['test']} test. Seeds {a.seeds}. Both the control and the "
+        f"low-rank model: {a.epochs} epoch(s) of distillation from the published ResNet-56, "
+        f"SGD lr {a.lr} cosine, batch 64{', random crop + flip' if a.augment else ''}. "
+        f"Low-rank: {a.method} {a.target}"
+        f"{' with ' + ', '.join(a.layer_target) if a.layer_target else ''}"
+        f"{'; left dense: ' + ', '.join(a.exclude) if a.exclude else ''}. Published weights "
+        f"without fine-tuning: validation {published['val']:.2f} %, test "
+        f"{published['test']:.2f} %.",
+        "",
+        "| model | test acc % (mean ± sd) | validation % | size (state dict) | "
+        "FLOPs/image by precision | "
+        + " | ".join(f"ms @ b{b} (speed-up vs control)" for b in lat) + " |",
+        "|---|---|---|---|---|" + "---|" * len(lat),
+    ]
+    base_bytes = costs["control"]["bytes"]
+    for name in MODELS:
+        test = [r[name]["test"] for r in rows]
+        val = [r[name]["val"] for r in rows]
+        c = costs[name]
+        speed = " | ".join(f"{lat[b][name]:.2f} ({lat[b]['control'] / lat[b][name]:.2f}x)"
+                           for b in lat)
+        lines.append(f"| {name} | {_mean_sd(test)} | {_mean_sd(val)} | "
+                     f"{format_bytes(c['bytes'])} ({base_bytes / c['bytes']:.2f}x smaller) | "
+                     f"{c['flops']} |" + (f" {speed} |" if lat else ""))
+    lines += [
+        "",
+        f"Low-rank + int8 minus the control, test: **{_mean_sd(gaps)} pt** (per seed "
+        + ", ".join(f"{g:+.2f}" for g in gaps) + ").",
+        "",
+        "| seed | " + " | ".join(f"{m} test %" for m in MODELS) + " | observers (control, "
+        "low-rank) |",
+        "|---|" + "---|" * len(MODELS) + "---|",
+    ]
+    for r in rows:
+        obs = f"{r['observers']['control']['chosen']}, {r['observers']['low-rank']['chosen']}"
+        lines.append(f"| {r['seed']} | " + " | ".join(f"{r[m]['test']:.2f}" for m in MODELS)
+                     + f" | {obs} |")
+    if lat:
+        lines += ["", f"Latency: seed {rows[0]['seed']}'s models, median of {a.repeats} calls "
+                  f"per pass, median of {a.passes} alternating passes, {a.threads} thread(s); "
+                  "the control has the published model's architecture (same speed)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    if not a.data_dir:
+        print("set --data-dir or FRUGALNN_DATA", file=sys.stderr)
+        return 2
+    torch.set_num_threads(a.train_threads)
+    splits = splits_from_args(a, **({"augment": True} if a.augment else {}))
+    sizes = {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)}
+    ckpt = next((Path(a.data_dir) / "pretrained" / "resnet-cifar10").glob("resnet56-*.th"))
+    base = create_model("resnet56", checkpoint=str(ckpt)).eval()
+    published = {"val": accuracy(base, splits.val), "test": accuracy(base, splits.test)}
+    rows, first = [], None
+    for seed in [int(s) for s in a.seeds.split(",") if s]:
+        row, models = run_seed(base, splits, a, seed)
+        rows.append(row)
+        first = first or models
+    assert first is not None
+    x1 = splits.test[0][0][None]
+    costs = {}
+    for name, model in first.items():
+        c = measure(model, x1, depth=0)
+        costs[name] = {"bytes": c.model_bytes, "flops": ", ".join(
+            f"{k} {v / 1e6:.1f} M" for k, v in c.flops_by_precision.items())}
+    lat: dict[int, dict[str, float]] = {}
+    if not a.accuracy_only:
+        torch.set_num_threads(a.threads)
+        with timing_lock():
+            lat = time_models(first, splits, a)
+    if a.json:
+        write_json_atomic(a.json, {"args": vars(a), "sizes": sizes, "published": published,
+                                   "rows": rows, "costs": costs,
+                                   "latency_ms": {str(b): v for b, v in lat.items()}})
+    write_results(a.markdown, markdown(a, rows, sizes, costs, lat, published))
+    log(json.dumps({"gap_pt": [r["low-rank + int8"]["test"] - r["control"]["test"]
+                               for r in rows]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
