@@ -25,7 +25,9 @@ from typing import Any
 
 __all__ = [
     "add_split_flags",
+    "alternating_latency_ms",
     "log",
+    "mean_sd",
     "results_header",
     "splits_from_args",
     "timing_lock",
@@ -132,4 +134,31 @@ def time_on_runtimes(models: dict[str, Any], runners: dict[str, Any], images: An
                                           threads=1, batch_size=n_img)
                     times.setdefault((name, runtime, bs), []).append(
                         rec.median_ms / len(units[bs]))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def mean_sd(values: Sequence[float], digits: int = 2) -> str:
+    """``"mean ± sd"`` of ``values`` (sd 0 for one value; ``"-"`` for none)."""
+    import statistics
+
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def alternating_latency_ms(models: dict[str, Any], x: Any, *, passes: int, repeats: int,
+                           threads: int | None) -> dict[str, float]:
+    """``{name: ms}``: the median over ``passes`` of each model's median of ``repeats``
+    calls on ``x``, the models alternating within every pass so that a drift in load
+    hits them all alike."""
+    import statistics
+
+    from frugalnn.cost.latency import measure_latency
+
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(passes):
+        for name, model in models.items():
+            rec = measure_latency(model, x, warmup=3, repeats=repeats, threads=threads)
+            times[name].append(rec.median_ms)
     return {k: statistics.median(v) for k, v in times.items()}

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import log, results_header, write_results
+from _common import log, mean_sd, results_header, write_results
 
 from frugalnn.cost.latency import measure_latency
 from frugalnn.data.splits import load_splits, seeded_loader
@@ -65,10 +65,6 @@ def _ms(rows: list[dict[str, Any]], key: str) -> str:
     return " / ".join(f"{statistics.median(r[key][b] for r in rows):.2f}" for b in ("b1", "b64"))
 
 
-def _mean_sd(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.2f}" if values else "-"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def main() -> None:
@@ -141,15 +137,15 @@ def main() -> None:
             continue
         float_acc = {r["seed"]: 100 * r["float_acc"] for r in rows}  # one baseline per seed
         lines.append(f"| {data} | float cnn_small {widths} | "
-                     f"{_mean_sd(list(float_acc.values()))} | - | "
+                     f"{mean_sd(list(float_acc.values()))} | - | "
                      f"{rows[0]['float_bytes']:,} | - | - | {_ms(rows, 'float_latency')} |")
         for variant in a.variants.split(","):
             vr = [r for r in rows if r["variant"] == variant]
             fl = statistics.median(r["layer_float_s"] for r in vr)
             bi = statistics.median(r["layer_binary_s"] for r in vr)
             lines.append(f"| {data} | binary {variant} | "
-                         f"{_mean_sd([100 * r['binary_acc'] for r in vr])} | "
-                         f"{_mean_sd([100 * r['val_acc'] for r in vr])} | "
+                         f"{mean_sd([100 * r['binary_acc'] for r in vr])} | "
+                         f"{mean_sd([100 * r['val_acc'] for r in vr])} | "
                          f"{vr[0]['binary_bytes']:,} | {fl * 1e3:.2f} -> {bi * 1e3:.2f} | "
                          f"{fl / bi:.2f}x | {_ms(vr, 'latency')} |")
     notes = (f"Seeds {seeds} (training; one split, seed 0): train {a.train_limit}, validation "

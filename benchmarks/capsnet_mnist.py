@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ import torch
 from _common import (
     add_split_flags,
     log,
+    mean_sd,
     results_header,
     splits_from_args,
     timing_lock,
@@ -183,11 +183,6 @@ def run_model(name: str, args: argparse.Namespace, splits: Any) -> dict[str, Any
             "runs": runs}
 
 
-def _mean_sd(values: list[float]) -> str:
-    if not values:
-        return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
 
 
 def _latency(runs: list[dict[str, Any]], size: int) -> str:
@@ -195,7 +190,7 @@ def _latency(runs: list[dict[str, Any]], size: int) -> str:
     o, c = runs[0]["models"]["original"], runs[0]["models"]["compressed"]
     speed = [x[f"speedup_b{size}"] for x in runs]
     return (f"{o[f'latency_ms_b{size}']:.2f} -> {c[f'latency_ms_b{size}']:.2f} "
-            f"({_mean_sd(speed)}x over seeds)")
+            f"({mean_sd(speed)}x over seeds)")
 
 
 def markdown(args: argparse.Namespace, results: dict[str, Any], sizes: dict[str, int]) -> str:
@@ -220,15 +215,15 @@ def markdown(args: argparse.Namespace, results: dict[str, Any], sizes: dict[str,
         dense = [100 * x["dense_accuracy"] for x in r["runs"]]
         comp = [100 * x["models"]["compressed"]["accuracy"] for x in ok]
         if not ok:
-            lines.append(f"| {name} | {r['epochs']} | {_mean_sd(dense)} | - | not compressed | "
+            lines.append(f"| {name} | {r['epochs']} | {mean_sd(dense)} | - | not compressed | "
                          "- | - | - | - | - |")
             continue
         o, c = ok[0]["models"]["original"], ok[0]["models"]["compressed"]
         val = [100 * x["finetune_history"]["finetune"][-1]["eval_acc"] for x in ok
                if x["finetune_history"].get("finetune")]
         lines.append(
-            f"| {name} | {r['epochs']} | {_mean_sd(dense)} | {_mean_sd(val)} | "
-            f"{_mean_sd(comp)} | "
+            f"| {name} | {r['epochs']} | {mean_sd(dense)} | {mean_sd(val)} | "
+            f"{mean_sd(comp)} | "
             f"{o['params']:,} -> {c['params']:,} ({ok[0]['params_ratio']:.2f}x) | "
             f"{o['flops'] / 1e6:.1f}M -> {c['flops'] / 1e6:.1f}M ({ok[0]['flops_ratio']:.2f}x) | "
             f"{_latency(ok, 1)} | {_latency(ok, b)} | {c.get(f'loadavg_b{b}')} |")
@@ -241,7 +236,7 @@ def markdown(args: argparse.Namespace, results: dict[str, Any], sizes: dict[str,
                   "|---|---|---|"]
         for i, point in enumerate(curves[0]):
             accs = [100 * c[i]["accuracy"] for c in curves]
-            lines.append(f"| {point['budget']:g} | {_mean_sd(accs)} | "
+            lines.append(f"| {point['budget']:g} | {mean_sd(accs)} | "
                          f"{point['flops'] / 1e6:.1f}M |")
     return "\n".join(lines) + "\n"
 

@@ -32,27 +32,20 @@ import time
 from pathlib import Path
 
 import torch
-from _common import add_split_flags, log, results_header, splits_from_args, write_results
+from _common import (
+    add_split_flags,
+    alternating_latency_ms,
+    log,
+    mean_sd,
+    results_header,
+    splits_from_args,
+    write_results,
+)
 
 from frugalnn.cost.count import format_bytes, measure
-from frugalnn.cost.latency import measure_latency
 from frugalnn.data.splits import random_subset
 from frugalnn.methods.quant.recipe import QuantConfig, accuracy, quantize
 from frugalnn.models import create_model
-
-
-def _mean_sd(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
-
-
-def _times(models: dict[str, torch.nn.Module], x: torch.Tensor, a: argparse.Namespace) -> dict:
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(a.passes):
-        for name, model in models.items():  # alternate, so load drifts hit all alike
-            rec = measure_latency(model, x, warmup=3, repeats=a.repeats, threads=a.threads)
-            times[name].append(rec.median_ms)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _ort_rows(base: torch.nn.Module, splits: object, a: argparse.Namespace, sizes: list[int],
@@ -186,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             calibration_data=splits.train)
     sizes = [int(s) for s in a.batch_sizes.split(",") if s]
     x1 = splits.test[0][0][None]
-    lat = {b: _times(timed, torch.stack([splits.test[i][0] for i in range(b)]), a)
+    lat = {b: alternating_latency_ms(timed, torch.stack([splits.test[i][0] for i in range(b)]),
+                                     passes=a.passes, repeats=a.repeats, threads=a.threads)
            for b in sizes}
     log("timed")
     engine_rows = []
@@ -197,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for b in sizes:
             x = torch.stack([splits.test[i][0] for i in range(b)])
-            ms = _times({"q": q}, x, a)["q"]
+            ms = alternating_latency_ms({"q": q}, x, passes=a.passes, repeats=a.repeats,
+                                        threads=a.threads)["q"]
             cells.append(f"{ms:.2f} ({lat[b]['float'] / ms:.2f}x)")
         engine_rows.append(f"| PyTorch `{engine}` | {accuracy(q, splits.test):.2f} | "
                            + " | ".join(cells) + " |")
@@ -214,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             acc_val, acc_test = f_val, f_test
         if name == "int8":
             tests, vals = [t for _, t in grid[chosen]], [v for v, _ in grid[chosen]]
-            acc = f"{_mean_sd(tests)} (val {_mean_sd(vals)})"
+            acc = f"{mean_sd(tests)} (val {mean_sd(vals)})"
         else:
             acc = f"{acc_test:.2f} (val {acc_val:.2f})"
         prec = ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in c.flops_by_precision.items())
@@ -222,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                            for b in sizes)
         rows.append(f"| {name} | {acc} | {format_bytes(c.model_bytes)} "
                     f"({fb.model_bytes / c.model_bytes:.2f}x smaller) | {prec} | {speed} |")
-    grid_rows = [f"| {o} | {_mean_sd([v for v, _ in r])} | {_mean_sd([t for _, t in r])} | "
+    grid_rows = [f"| {o} | {mean_sd([v for v, _ in r])} | {mean_sd([t for _, t in r])} | "
                  f"{'chosen (best validation mean)' if o == chosen else ''} |"
                  for o, r in grid.items()]
     title = "ResNet-56 on CIFAR-10 (JPEG): static int8, and low-rank + int8"

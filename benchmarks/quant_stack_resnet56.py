@@ -35,7 +35,6 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,9 @@ from typing import Any
 import torch
 from _common import (
     add_split_flags,
+    alternating_latency_ms,
     log,
+    mean_sd,
     results_header,
     splits_from_args,
     timing_lock,
@@ -51,7 +52,6 @@ from _common import (
 )
 
 from frugalnn.cost.count import format_bytes, measure
-from frugalnn.cost.latency import measure_latency
 from frugalnn.data.splits import seeded_loader
 from frugalnn.methods.lowrank.pipeline import distill_finetune
 from frugalnn.methods.lowrank.recipe import LowRankConfig, compress
@@ -94,9 +94,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
-def _mean_sd(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
 
 
 def _int8(model: torch.nn.Module, splits: Any, a: argparse.Namespace,
@@ -144,16 +141,9 @@ def run_seed(base: torch.nn.Module, splits: Any, a: argparse.Namespace,
 
 def time_models(models: dict[str, torch.nn.Module], splits: Any,
                 a: argparse.Namespace) -> dict[int, dict[str, float]]:
-    out: dict[int, dict[str, float]] = {}
-    for b in [int(s) for s in a.batch_sizes.split(",") if s]:
-        x = torch.stack([splits.test[i][0] for i in range(b)])
-        times: dict[str, list[float]] = {k: [] for k in models}
-        for _ in range(a.passes):
-            for name, model in models.items():  # alternate, so load drifts hit all alike
-                rec = measure_latency(model, x, warmup=3, repeats=a.repeats, threads=a.threads)
-                times[name].append(rec.median_ms)
-        out[b] = {k: statistics.median(v) for k, v in times.items()}
-    return out
+    return {b: alternating_latency_ms(models, torch.stack([splits.test[i][0] for i in range(b)]),
+                                      passes=a.passes, repeats=a.repeats, threads=a.threads)
+            for b in [int(s) for s in a.batch_sizes.split(",") if s]}
 
 
 def markdown(a: argparse.Namespace, rows: list[dict[str, Any]], sizes: dict[str, int],
@@ -186,12 +176,12 @@ def markdown(a: argparse.Namespace, rows: list[dict[str, Any]], sizes: dict[str,
         c = costs[name]
         speed = " | ".join(f"{lat[b][name]:.2f} ({lat[b]['control'] / lat[b][name]:.2f}x)"
                            for b in lat)
-        lines.append(f"| {name} | {_mean_sd(test)} | {_mean_sd(val)} | "
+        lines.append(f"| {name} | {mean_sd(test)} | {mean_sd(val)} | "
                      f"{format_bytes(c['bytes'])} ({base_bytes / c['bytes']:.2f}x smaller) | "
                      f"{c['flops']} |" + (f" {speed} |" if lat else ""))
     lines += [
         "",
-        f"Low-rank + int8 minus the control, test: **{_mean_sd(gaps)} pt** (per seed "
+        f"Low-rank + int8 minus the control, test: **{mean_sd(gaps)} pt** (per seed "
         + ", ".join(f"{g:+.2f}" for g in gaps) + ").",
         "",
         "| seed | " + " | ".join(f"{m} test %" for m in MODELS) + " | observers (control, "
