@@ -23,8 +23,8 @@ The timing (step 4) holds the shared timing lock ``/tmp/frugalnn-timing.lock``
 itself; training does not. Full scale::
 
     python benchmarks/capsnet_mnist.py --data-dir $FRUGALNN_DATA --train-limit 54000 \\
-        --val-limit 6000 --max-epochs 30 --finetune-epochs 5 --target params=8 \\
-        --exclude stem.0
+        --val-limit 6000 --max-epochs 15 --decay 0.8 --augment --finetune-epochs 2 \\
+        --target params=8 --exclude stem.0
 
 The defaults are a scaled-down run (``--train-limit 5000``); the results file
 states the scale used. Writes ``--markdown`` and ``--out`` (JSON).
@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -62,8 +63,8 @@ from frugalnn.train import fit
 from frugalnn.utils.io import write_json_atomic
 
 FULL_SCALE = ("python benchmarks/capsnet_mnist.py --data-dir $FRUGALNN_DATA --train-limit 54000 "
-              "--val-limit 6000 --max-epochs 30 --finetune-epochs 5 --target params=8 "
-              "--exclude stem.0")
+              "--val-limit 6000 --max-epochs 15 --decay 0.8 --augment --finetune-epochs 2 "
+              "--target params=8 --exclude stem.0")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,6 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--augment", action="store_true",
                    help="augment the training images (MNIST: random shifts of up to 2 px; "
                         "CIFAR-10: random crops and flips), new draws every epoch")
+    p.add_argument("--timing-only", action="store_true",
+                   help="no training: time the untrained model against its compressed copy "
+                        "(same shapes and ranks as a trained run; no accuracy)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="with --timing-only: alternating timing rounds (median speed-up)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the timing")
     p.add_argument("--train-threads", type=int, help="torch threads while training")
     p.add_argument("--repeats", type=int, default=20)
@@ -129,6 +135,72 @@ def budget_curve(model: torch.nn.Module, test_loader: Any,
     log("  budget curve: " + ", ".join(f"{c['budget']:g}: {100 * c['accuracy']:.2f} %"
                                        for c in curve))
     return curve
+
+
+def time_untrained(name: str, args: argparse.Namespace, splits: Any) -> dict[str, Any]:
+    """Latency of the untrained model against its compressed copy (no fine-tuning), in
+    ``--rounds`` rounds: speed depends on the shapes and ranks only, and a rank target
+    that counts parameters or FLOPs picks the same ranks whatever the weights."""
+    torch.manual_seed(0)
+    info = splits.info
+    dense = create_model(name, in_channels=info.input_shape[0], image_size=info.input_shape[1],
+                         num_classes=info.num_classes).eval()
+    example = torch.stack([splits.test[i][0] for i in range(2)])
+    config = LowRankConfig(method=args.method, target=args.target,
+                           exclude=args.exclude or None, finetune_epochs=0,
+                           latency_batch_sizes=(1, args.batch_size),
+                           latency_repeats=args.repeats)
+    small, plan, _ = compress(copy.deepcopy(dense), config, example=example,
+                              threads=args.threads)
+    torch.set_num_threads(args.threads)
+    rounds = []
+    with timing_lock():
+        for r in range(args.rounds):
+            cmp = compare_into(Path(args.work) / f"{name}_timing{r}", dense, small, plan,
+                               example, config, label=f"{config.label} ({name})",
+                               threads=args.threads)
+            rounds.append(cmp)
+    b = args.batch_size
+    return {"timing_only": True, "rounds": [
+        {"params": [c["models"]["original"]["params"], c["models"]["compressed"]["params"]],
+         "flops_ratio": c["flops_ratio"], "params_ratio": c["params_ratio"],
+         "ms_b1": [c["models"]["original"]["latency_ms_b1"],
+                   c["models"]["compressed"]["latency_ms_b1"]],
+         f"ms_b{b}": [c["models"]["original"][f"latency_ms_b{b}"],
+                      c["models"]["compressed"][f"latency_ms_b{b}"]],
+         "speedup_b1": c["speedup_b1"], f"speedup_b{b}": c[f"speedup_b{b}"],
+         "load": c["models"]["compressed"].get(f"loadavg_b{b}")} for c in rounds]}
+
+
+def timing_markdown(args: argparse.Namespace, results: dict[str, Any]) -> str:
+    b = args.batch_size
+    lines = [
+        results_header(f"Capsule networks ({args.data} shapes), untrained: dense vs low-rank "
+                       f"{args.method} {args.target}, latency only"),
+        f"Untrained weights (speed depends on shapes and ranks only); {args.rounds} rounds, "
+        f"each the median of {args.repeats} calls per model, dense and compressed "
+        f"alternating; {args.threads} thread(s); speed-up: median (min-max) over rounds.\n",
+        f"| model | params | FLOPs ratio | b1 ms dense -> compressed | speed-up b1 | "
+        f"b{b} ms dense -> compressed | speed-up b{b} | load |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        rs = r["rounds"]
+
+        def med(key: str, i: int | None = None, rs: list = rs) -> float:
+            return statistics.median(x[key] if i is None else x[key][i] for x in rs)
+
+        def spread(key: str, rs: list = rs) -> str:
+            vals = [x[key] for x in rs]
+            return f"{statistics.median(vals):.2f}x ({min(vals):.2f}-{max(vals):.2f})"
+
+        lines.append(
+            f"| {name} | {rs[0]['params'][0]:,} -> {rs[0]['params'][1]:,} "
+            f"({rs[0]['params_ratio']:.2f}x) | {rs[0]['flops_ratio']:.2f}x | "
+            f"{med('ms_b1', 0):.2f} -> {med('ms_b1', 1):.2f} | {spread('speedup_b1')} | "
+            f"{med(f'ms_b{b}', 0):.1f} -> {med(f'ms_b{b}', 1):.1f} | "
+            f"{spread(f'speedup_b{b}')} | {rs[-1]['load']} |")
+    return "\n".join(lines) + "\n"
 
 
 def run_model(name: str, args: argparse.Namespace, splits: Any) -> dict[str, Any]:
@@ -250,11 +322,13 @@ def main(argv: list[str] | None = None) -> int:
     splits = splits_from_args(args, **({"augment": True} if args.augment else {}))
     sizes = {"train": len(splits.train), "test": len(splits.test),
              "val": len(splits.val) if splits.val is not None else 0}
-    results = {name: run_model(name, args, splits) for name in args.models.split(",") if name}
+    run = time_untrained if args.timing_only else run_model
+    results = {name: run(name, args, splits) for name in args.models.split(",") if name}
     write_json_atomic(args.out, {"args": vars(args), "machine": describe_machine(),
                                  "sizes": sizes, "results": results})
     log(f"wrote {args.out}")
-    write_results(args.markdown, markdown(args, results, sizes))
+    write_results(args.markdown, timing_markdown(args, results) if args.timing_only
+                  else markdown(args, results, sizes))
     return 0
 
 

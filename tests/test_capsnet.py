@@ -71,6 +71,25 @@ def test_routing_one_iteration_is_uniform_coupling() -> None:
     assert torch.allclose(v, n2 / (1 + n2) * s / n2.sqrt(), atol=1e-6)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "permuted"])
+def test_routing_equals_procedure_1_of_the_paper(layout: str) -> None:
+    """Three iterations against a literal transcription of routing-by-agreement, on
+    predictions laid out either way in memory."""
+    torch.manual_seed(0)
+    u_hat = torch.randn(2, 7, 3, 4)
+    if layout == "permuted":  # same values, (B, J, I, O) memory
+        u_hat = u_hat.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
+    logits = torch.zeros(2, 7, 3)
+    for r in range(3):
+        c = torch.softmax(logits, dim=2)
+        s = (c.unsqueeze(-1) * u_hat).sum(1)
+        n2 = (s * s).sum(-1, keepdim=True)
+        v = n2 / (1 + n2) * s / (n2 + 1e-8).sqrt()
+        if r < 2:
+            logits = logits + (u_hat * v.unsqueeze(1)).sum(-1)
+    torch.testing.assert_close(dynamic_routing(u_hat, 3), v, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("iterations", [1, 2, 3])
 def test_flops_hand_count(iterations: int) -> None:
     """Convolutions + the transformation u_hat = W u + the routing's sums and agreements."""

@@ -123,13 +123,17 @@ def dynamic_routing(u_hat: torch.Tensor, iterations: int) -> torch.Tensor:
     ``v_j = squash(s_j)``; all but the last add the agreement
     ``u_hat_ij . v_j`` to the logits ``b``. Returns ``(B, J, O)``.
     """
-    b = u_hat.new_zeros(u_hat.shape[:3])
-    v = u_hat.new_zeros(u_hat.shape[0], *u_hat.shape[2:])
+    # One (B, J, I, O) copy up front (free when u_hat is already laid out so), then every
+    # iteration is two batched matrix products reading it in place; einsum on (B, I, J, O)
+    # re-copied the whole tensor on every sum and agreement (5 copies at 3 iterations).
+    u = u_hat.permute(0, 2, 1, 3).contiguous()
+    b = u.new_zeros(u.shape[:3])  # (B, J, I) logits
+    v = u.new_zeros(u.shape[0], u.shape[1], u.shape[3])
     for r in range(iterations):
-        c = torch.softmax(b, dim=2)
-        v = squash(torch.einsum("bij,bijo->bjo", c, u_hat))
+        c = torch.softmax(b, dim=1)
+        v = squash((c.unsqueeze(2) @ u).squeeze(2))  # (B, J, O)
         if r < iterations - 1:
-            b = b + torch.einsum("bijo,bjo->bij", u_hat, v)
+            b = b + (u @ v.unsqueeze(-1)).squeeze(-1)
     return v
 
 
