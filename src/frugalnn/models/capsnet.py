@@ -125,7 +125,7 @@ def dynamic_routing(u_hat: torch.Tensor, iterations: int) -> torch.Tensor:
     """
     # One (B, J, I, O) copy up front (free when u_hat is already laid out so), then every
     # iteration is two batched matrix products reading it in place; einsum on (B, I, J, O)
-    # re-copied the whole tensor on every sum and agreement (5 copies at 3 iterations).
+    # re-copies the whole tensor at every sum and agreement (5 copies at 3 iterations).
     u = u_hat.permute(0, 2, 1, 3).contiguous()
     b = u.new_zeros(u.shape[:3])  # (B, J, I) logits
     v = u.new_zeros(u.shape[0], u.shape[1], u.shape[3])
