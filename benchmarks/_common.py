@@ -100,8 +100,12 @@ def add_split_flags(p: argparse.ArgumentParser, *, data: str | None = None) -> N
 
 
 def splits_from_args(a: argparse.Namespace, **train_options: Any) -> Any:
-    """:func:`frugalnn.data.splits.load_splits` with the flags of :func:`add_split_flags`."""
+    """:func:`frugalnn.data.splits.load_splits` with the flags of :func:`add_split_flags`
+    (``augment=False`` is the same as leaving it out)."""
     from frugalnn.data.splits import load_splits
+
+    if train_options.get("augment") is False:
+        del train_options["augment"]
 
     return load_splits(a.data, a.data_dir, val_fraction=a.val_fraction,
                        train_limit=a.train_limit, val_limit=a.val_limit,

@@ -102,12 +102,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def build(name: str, splits: Any) -> torch.nn.Module:
+    """Registry model ``name`` shaped for the dataset of ``splits``."""
+    info = splits.info
+    return create_model(name, in_channels=info.input_shape[0], image_size=info.input_shape[1],
+                        num_classes=info.num_classes)
+
+
 def train(name: str, args: argparse.Namespace, splits: Any, seed: int, epochs: int,
           with_val: bool) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
     torch.manual_seed(seed)
-    info = splits.info
-    model = create_model(name, in_channels=info.input_shape[0], image_size=info.input_shape[1],
-                         num_classes=info.num_classes)
+    model = build(name, splits)
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(splits.train, batch_size=args.batch_size, shuffle=True, generator=gen)
     val = (DataLoader(splits.val, batch_size=256)
@@ -142,9 +147,7 @@ def time_untrained(name: str, args: argparse.Namespace, splits: Any) -> dict[str
     ``--rounds`` rounds: speed depends on the shapes and ranks only, and a rank target
     that counts parameters or FLOPs picks the same ranks whatever the weights."""
     torch.manual_seed(0)
-    info = splits.info
-    dense = create_model(name, in_channels=info.input_shape[0], image_size=info.input_shape[1],
-                         num_classes=info.num_classes).eval()
+    dense = build(name, splits).eval()
     example = torch.stack([splits.test[i][0] for i in range(2)])
     config = LowRankConfig(method=args.method, target=args.target,
                            exclude=args.exclude or None, finetune_epochs=0,
@@ -319,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         print("set --data-dir or FRUGALNN_DATA", file=sys.stderr)
         return 2
     torch.set_num_threads(args.train_threads or args.threads)
-    splits = splits_from_args(args, **({"augment": True} if args.augment else {}))
+    splits = splits_from_args(args, augment=args.augment)
     sizes = {"train": len(splits.train), "test": len(splits.test),
              "val": len(splits.val) if splits.val is not None else 0}
     run = time_untrained if args.timing_only else run_model

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         print("set --data-dir or FRUGALNN_DATA", file=sys.stderr)
         return 2
     torch.set_num_threads(a.train_threads)
-    splits = splits_from_args(a, **({"augment": True} if a.augment else {}))
+    splits = splits_from_args(a, augment=a.augment)
     sizes = {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)}
     ckpt = next((Path(a.data_dir) / "pretrained" / "resnet-cifar10").glob("resnet56-*.th"))
     base = create_model("resnet56", checkpoint=str(ckpt)).eval()
