@@ -8,6 +8,12 @@ in this run, interleaved). Also reports the latency model's error on
 held-out random architectures and the peak training memory of path
 binarisation vs all paths at once.
 
+The search may run on another machine than the one it is for: ``--deploy-table``
+takes a latency table measured on the deployment machine (``--table`` of a run
+there) and searches against it as it is, on ``--train-device`` (a GPU, say),
+without timing anything; ``--retime JSON`` then times that run's networks on the
+deployment machine and rewrites the figures (measured ms, speed-ups).
+
 Weight steps run on the training split, architecture steps on the validation
 split carved from it (``--val-fraction``, seeded: the same examples as
 ``frugalnn nas search`` with the same flags); the test split only scores the
@@ -22,6 +28,7 @@ Bounded run used for benchmarks/results/nas.md: see the command printed there.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -29,11 +36,23 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import add_split_flags, log, results_header, splits_from_args, write_results
+from _common import (
+    add_split_flags,
+    log,
+    results_header,
+    splits_from_args,
+    timing_lock,
+    write_results,
+)
 from torch.utils.data import DataLoader
 
 from frugalnn.cost.machine import describe_machine
-from frugalnn.methods.nas.latency import LatencyModel, measure_networks_ms, random_archs
+from frugalnn.methods.nas.latency import (
+    LatencyModel,
+    LatencyTable,
+    measure_networks_ms,
+    random_archs,
+)
 from frugalnn.methods.nas.net import baseline_arch
 from frugalnn.methods.nas.recipe import (
     NASConfig,
@@ -121,10 +140,18 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--table", default=None, help="latency table path (default: fresh file)")
+    ap.add_argument("--deploy-table", metavar="JSON",
+                    help="a latency table measured on the deployment machine: search against "
+                         "it as it is and time nothing here (then --retime there)")
+    ap.add_argument("--retime", metavar="JSON",
+                    help="time the networks of a --deploy-table run's --json here; rewrite "
+                         "its figures to --out / --json; trains nothing")
     ap.add_argument("--out", default="benchmarks/results/nas.md")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.retime:
+        return retime(args)
     torch.manual_seed(args.seed)
     t_start = time.time()
     machine = describe_machine(args.latency_device)
@@ -139,7 +166,12 @@ def main(argv=None) -> int:
                        latency_loss=args.loss, lam=args.lam, batch_size=args.batch_size,
                        table=str(table_path), threads=args.threads, repeats=args.repeats,
                        rounds=args.rounds, calibrate=args.calibrate, seed=args.seed)
-    table = latency_table(config, space, args.latency_device)
+    if args.deploy_table:
+        table = LatencyTable.load(args.deploy_table)
+        out["deploy_table"] = table.device
+        args.validate = 0  # held-out archs would be timed here, not on the deployment machine
+    else:
+        table = latency_table(config, space, args.latency_device)
     out["table_seconds"] = time.time() - t0
     lat = LatencyModel(space, table)
     if args.validate > 0:
@@ -213,24 +245,47 @@ def main(argv=None) -> int:
         row["params"] = sum(p.numel() for p in model.parameters())
         row["flops"] = count_flops(model.cpu().eval(), torch.zeros(1, 3, 32, 32))
         log(f"{name}: acc {row['accuracy']:.3f} in {row['retrain_seconds']:.0f} s")
+    out["nets"] = nets
+    if not args.deploy_table:
+        time_nets(out, space, args)
+    out["loadavg_end"] = os.getloadavg()
+    out["seconds"] = time.time() - t_start
+    write_markdown(out, Path(args.out))
+    if args.json:
+        write_json_atomic(args.json, out)
+    return 0
+
+
+def time_nets(out: dict, space: SearchSpace, args: argparse.Namespace) -> None:
+    """Measure every network of ``out["nets"]`` here (interleaved rounds) and key the
+    figures by target fraction, against the baseline measured in the same rounds."""
+    nets = out["nets"]
     names = list(nets)
     ms = measure_networks_ms([nets[n]["arch"]["ops"] for n in names], space,
                              device=args.latency_device, threads=args.threads,
                              repeats=args.repeats * 2, rounds=args.rounds * 2, progress=False)
     for n, m in zip(names, ms):
         nets[n]["measured_ms"] = m
-    out["nets"] = nets
-    # The same figures keyed by the target as a fraction of the baseline's predicted latency
-    # (the ms targets differ between seeds), against the baseline measured in this run.
-    ref, fracs = nets[names[0]], args.targets.split(",")
+    # Keyed by the target as a fraction of the baseline's predicted latency (the ms
+    # targets differ between seeds).
+    ref, fracs = nets[names[0]], out["args"]["targets"].split(",")
     if len(fracs) == len(names) - 1:  # two targets clamped to the same ms share one net
         out["by_target_fraction"] = {
             frac: {"accuracy": row["accuracy"], "measured_ms": row["measured_ms"],
                    "speedup_vs_baseline": ref["measured_ms"] / row["measured_ms"],
                    "accuracy_vs_baseline_pt": 100 * (row["accuracy"] - ref["accuracy"])}
             for frac, row in zip(fracs, [nets[n] for n in names[1:]])}
-    out["loadavg_end"] = os.getloadavg()
-    out["seconds"] = time.time() - t_start
+
+
+def retime(args: argparse.Namespace) -> int:
+    """``--retime``: time a ``--deploy-table`` run's networks on this machine."""
+    out = json.loads(Path(args.retime).read_text())
+    out["trained_on"] = out["machine"]
+    out["machine"] = describe_machine(args.latency_device)
+    out["args"].update(latency_device=args.latency_device, threads=args.threads,
+                       repeats=args.repeats, rounds=args.rounds)
+    with timing_lock():
+        time_nets(out, SearchSpace.from_dict(out["space"]), args)
     write_markdown(out, Path(args.out))
     if args.json:
         write_json_atomic(args.json, out)
@@ -254,7 +309,13 @@ def write_markdown(out: dict, path: Path) -> None:
         f"- training device: {a['train_device']}; latency device: {a['latency_device']} "
         f"(batch 1, {a['threads']} thread(s), min over {a['rounds']} interleaved rounds of "
         f"{a['repeats']} calls)",
-        f"- load average at end: {[round(v, 2) for v in out['loadavg_end']]}; "
+        *([f"- search and retraining ran on: {out['trained_on']['device']} (host CPU "
+            f"{out['trained_on']['cpu']}, torch {out['trained_on']['torch']}, "
+            f"{out['trained_on']['date']}); the measured ms are from this machine "
+            "(`--retime`)"] if "trained_on" in out else []),
+        *([f"- latency table: measured on the deployment machine ({out['deploy_table']})"]
+          if "deploy_table" in out else []),
+        f"- load average at end of training: {[round(v, 2) for v in out['loadavg_end']]}; "
         f"total wall time {out['seconds'] / 60:.1f} min",
         "",
         f"Scale: search space `{a['space']}` ({len(out['space']['stages'])} stages, "
@@ -265,8 +326,9 @@ def write_markdown(out: dict, path: Path) -> None:
         f"{a['retrain_epochs']} retraining epochs, {a['test_limit']} random test images; "
         f"latency loss `{a['loss']}`" + (f" (lambda {a['lam']})" if a["loss"] != "mul" else "")
         + ". "
-        "This is a scaled-down run; accuracies are far below converged CIFAR-10 numbers and "
-        "differences of ~1-2 points are within seed noise.",
+        + ("" if a["train_limit"] is None or a["train_limit"] >= 40000 and a["retrain_epochs"]
+           >= 30 else "This is a scaled-down run; accuracies are far below converged CIFAR-10 "
+           "numbers and differences of ~1-2 points are within seed noise."),
         "",
         "### Latency model on held-out architectures",
         "",
@@ -279,10 +341,14 @@ def write_markdown(out: dict, path: Path) -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, row in nets.items():
-        speed = base["measured_ms"] / row["measured_ms"]
+        if "measured_ms" in row:
+            measured = (f"{row['measured_ms']:.2f} | "
+                        f"{base['measured_ms'] / row['measured_ms']:.2f}x")
+        else:
+            measured = "not timed here (--retime on the deployment machine) | -"
         lines.append(
             f"| {name} | `{short_arch(row['arch']['ops'])}` | {100 * row['accuracy']:.1f} % | "
-            f"{row['predicted_ms']:.2f} | {row['measured_ms']:.2f} | {speed:.2f}x | "
+            f"{row['predicted_ms']:.2f} | {measured} | "
             f"{row['flops'] / 1e6:.1f} | {row['params'] / 1e3:.0f} k |")
     lines += ["", "Search time per target: " + ", ".join(
         f"{s['target_ms']:.2f} ms: {s['seconds'] / 60:.1f} min" for s in out["searches"]), ""]

@@ -18,13 +18,24 @@ those of the split seed ``--seed``):
    train) among ``--observers``; the test split only scores.
 
 Accuracy: mean ± sd over seeds, per-seed table. Size: bytes of the state dict.
-Latency (unless ``--accuracy-only``): seed ``--seeds[0]``'s four models timed
-alternately at ``--batch-sizes``, ``--passes`` passes of ``--repeats`` calls,
-under the shared timing lock, on ``--threads`` thread(s); each model on the
-runtime it runs on (aten float kernels, the ``x86`` engine's int8 kernels).
+Latency (unless ``--accuracy-only``): the four models timed alternately at
+``--batch-sizes``, ``--passes`` passes of ``--repeats`` calls, under the shared
+timing lock, on ``--threads`` thread(s); each model on the runtime it runs on
+(aten float kernels, the ``x86`` engine's int8 kernels).
+
+Training may run elsewhere: ``--device cuda`` fine-tunes (and scores the float
+models) on a GPU, int8 always runs on the CPU. ``--json`` is rewritten after
+every seed. ``--rows-from JSON`` trains nothing: it takes the per-seed accuracy
+rows of such a run and times models of the same shapes here (the control is the
+published network, the low-rank model its factorisation before fine-tuning,
+each with int8 calibrated the same way; speed depends on the shapes and ranks,
+not on the fine-tuned values), so that accuracy can come from a GPU and the
+timing from the CPU that the figures are about.
 
     python benchmarks/quant_stack_resnet56.py --data-dir $FRUGALNN_DATA --seeds 0,1,2 \\
         --train-limit 10000 --epochs 2
+    python benchmarks/quant_stack_resnet56.py ... --device cuda --accuracy-only --json acc.json
+    python benchmarks/quant_stack_resnet56.py ... --rows-from acc.json
 
 Writes ``--markdown`` (and ``--json``).
 """
@@ -52,6 +63,7 @@ from _common import (
 )
 
 from frugalnn.cost.count import format_bytes, measure
+from frugalnn.cost.machine import describe_machine
 from frugalnn.data.splits import seeded_loader
 from frugalnn.methods.lowrank.pipeline import distill_finetune
 from frugalnn.methods.lowrank.recipe import LowRankConfig, compress
@@ -86,6 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--train-threads", type=int, default=1)
     p.add_argument("--accuracy-only", action="store_true", help="no timing")
+    p.add_argument("--device", default="cpu",
+                   help="fine-tuning device (the float models are scored there too)")
+    p.add_argument("--rows-from", metavar="JSON",
+                   help="accuracy rows of an --accuracy-only run; train nothing, time here")
     p.add_argument("--json")
     p.add_argument("--markdown", default="benchmarks/results/quant_stack.md")
     a = p.parse_args(argv)
@@ -112,31 +128,69 @@ def _int8(model: torch.nn.Module, splits: Any, a: argparse.Namespace,
     return best[2], best[1], val
 
 
-def run_seed(base: torch.nn.Module, splits: Any, a: argparse.Namespace,
-             seed: int) -> tuple[dict[str, Any], dict[str, torch.nn.Module]]:
-    train = splits.train
-    loader = seeded_loader(train, 64, seed, shuffle=True)
-    torch.manual_seed(seed)
-    control = copy.deepcopy(base)
-    hist_c = distill_finetune(control, base, loader, epochs=a.epochs, lr=a.lr, seed=seed)
+def factorise(base: torch.nn.Module, splits: Any, a: argparse.Namespace,
+              seed: int) -> torch.nn.Module:
+    """The low-rank recipe's factorisation of ``base`` (on the CPU), not yet fine-tuned."""
     config = LowRankConfig(method=a.method, target=a.target, exclude=a.exclude or None,
                            layer_targets=a.layer_target or None,
-                           rank_multiple=a.rank_multiple, finetune_epochs=a.epochs, lr=a.lr,
-                           seed=seed)
-    low, plan, hist_l = compress(base, config, train_data=train,
-                                 example=splits.train[0][0][None], threads=a.train_threads)
+                           rank_multiple=a.rank_multiple, finetune_epochs=0, seed=seed)
+    low, _plan, _ = compress(base, config, example=splits.train[0][0][None],
+                             threads=a.train_threads)
+    return low
+
+
+def _score(model: torch.nn.Module, data: Any, device: str) -> float:
+    """Accuracy of a float model on ``device``; the model is back on the CPU after."""
+    try:
+        return accuracy(model.to(device), data)
+    finally:
+        model.cpu()
+
+
+def run_seed(base: torch.nn.Module, splits: Any, a: argparse.Namespace,
+             seed: int) -> tuple[dict[str, Any], dict[str, torch.nn.Module]]:
+    """Fine-tune the control and the low-rank model identically; int8 of both; score all four.
+
+    Both go through :func:`distill_finetune` with the same loader order, epochs,
+    learning rate and seed (the low-rank recipe's own fine-tuning step)."""
+    train = splits.train
+    torch.manual_seed(seed)
+    control = copy.deepcopy(base)
+    low = factorise(base, splits, a, seed)
+    history = {}
+    for name, student in (("control", control), ("low-rank", low)):
+        history[name] = distill_finetune(student, base, seeded_loader(train, 64, seed),
+                                         epochs=a.epochs, lr=a.lr, seed=seed, device=a.device)
+        student.cpu()
+        base.cpu()
     models: dict[str, torch.nn.Module] = {"control": control.eval(), "low-rank": low.eval()}
     observers = {}
     for name in ("control", "low-rank"):
         q, observer, val = _int8(models[name], splits, a, seed)
         models[f"{name} + int8"] = q
         observers[name] = {"chosen": observer, "val": val}
-    row: dict[str, Any] = {"seed": seed, "observers": observers,
-                           "history": {"control": hist_c, "low-rank": hist_l.get("finetune")}}
+    row: dict[str, Any] = {"seed": seed, "observers": observers, "history": history}
     for name, model in models.items():
-        row[name] = {"val": accuracy(model, splits.val), "test": accuracy(model, splits.test)}
+        device = a.device if name in ("control", "low-rank") else "cpu"
+        row[name] = {"val": _score(model, splits.val, device),
+                     "test": _score(model, splits.test, device)}
         log(f"seed {seed} {name}: val {row[name]['val']:.2f}, test {row[name]['test']:.2f}")
     return row, models
+
+
+def untrained_models(base: torch.nn.Module, splits: Any, a: argparse.Namespace,
+                     observers: dict[str, str]) -> dict[str, torch.nn.Module]:
+    """Models of the trained ones' shapes for timing: the published network as the control,
+    its factorisation before fine-tuning as the low-rank model, int8 of both with
+    ``observers`` (the ones seed ``--seeds[0]`` chose)."""
+    seed = int(a.seeds.split(",")[0])
+    models = {"control": copy.deepcopy(base).eval(), "low-rank": factorise(base, splits, a, seed)}
+    for name in ("control", "low-rank"):
+        models[f"{name} + int8"] = quantize(
+            models[name], QuantConfig(mode="static", observer=observers[name],
+                                      calibration_size=a.calibration_size, seed=seed),
+            calibration_data=splits.train)
+    return models
 
 
 def time_models(models: dict[str, torch.nn.Module], splits: Any,
@@ -148,7 +202,7 @@ def time_models(models: dict[str, torch.nn.Module], splits: Any,
 
 def markdown(a: argparse.Namespace, rows: list[dict[str, Any]], sizes: dict[str, int],
              costs: dict[str, dict[str, Any]], lat: dict[int, dict[str, float]],
-             published: dict[str, float]) -> str:
+             published: dict[str, float], trained_on: str | None = None) -> str:
     gaps = [r["low-rank + int8"]["test"] - r["control"]["test"] for r in rows]
     lines = [
         results_header("ResNet-56 on CIFAR-10 (JPEG): low-rank + int8 against a same-training "
@@ -162,7 +216,10 @@ def markdown(a: argparse.Namespace, rows: list[dict[str, Any]], sizes: dict[str,
         f"{' with ' + ', '.join(a.layer_target) if a.layer_target else ''}"
         f"{'; left dense: ' + ', '.join(a.exclude) if a.exclude else ''}. Published weights "
         f"without fine-tuning: validation {published['val']:.2f} %, test "
-        f"{published['test']:.2f} %.",
+        f"{published['test']:.2f} %."
+        + (f" Fine-tuning and accuracy: {trained_on} (int8 on its CPU); the latency "
+           "columns: this machine, models of the same shapes (published weights, "
+           "factorisation before fine-tuning)." if trained_on else ""),
         "",
         "| model | test acc % (mean ± sd) | validation % | size (state dict) | "
         "FLOPs/image by precision | "
@@ -193,10 +250,17 @@ def markdown(a: argparse.Namespace, rows: list[dict[str, Any]], sizes: dict[str,
         lines.append(f"| {r['seed']} | " + " | ".join(f"{r[m]['test']:.2f}" for m in MODELS)
                      + f" | {obs} |")
     if lat:
-        lines += ["", f"Latency: seed {rows[0]['seed']}'s models, median of {a.repeats} calls "
+        lines += ["", f"Latency: seed {rows[0]['seed']}'s models (shapes), median of "
+                  f"{a.repeats} calls "
                   f"per pass, median of {a.passes} alternating passes, {a.threads} thread(s); "
                   "the control has the published model's architecture (same speed)."]
     return "\n".join(lines) + "\n"
+
+
+def _device_name(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
+    return f"{describe_machine()['cpu']} (torch {torch.__version__})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,12 +273,26 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)}
     ckpt = next((Path(a.data_dir) / "pretrained" / "resnet-cifar10").glob("resnet56-*.th"))
     base = create_model("resnet56", checkpoint=str(ckpt)).eval()
-    published = {"val": accuracy(base, splits.val), "test": accuracy(base, splits.test)}
-    rows, first = [], None
-    for seed in [int(s) for s in a.seeds.split(",") if s]:
-        row, models = run_seed(base, splits, a, seed)
-        rows.append(row)
-        first = first or models
+    record: dict[str, Any]
+    if a.rows_from:
+        record = json.loads(Path(a.rows_from).read_text())
+        rows, published = record["rows"], record["published"]
+        trained_on: str | None = record.get("trained_on")
+        first = untrained_models(base, splits, a, {
+            name: rows[0]["observers"][name]["chosen"] for name in ("control", "low-rank")})
+    else:
+        published = {"val": _score(base, splits.val, a.device),
+                     "test": _score(base, splits.test, a.device)}
+        trained_on = _device_name(a.device)
+        record = {"args": vars(a), "sizes": sizes, "published": published,
+                  "trained_on": trained_on, "rows": []}
+        rows, first = record["rows"], None
+        for seed in [int(s) for s in a.seeds.split(",") if s]:
+            row, models = run_seed(base, splits, a, seed)
+            rows.append(row)
+            first = first or models
+            if a.json:
+                write_json_atomic(a.json, record)
     assert first is not None
     x1 = splits.test[0][0][None]
     costs = {}
@@ -228,10 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         with timing_lock():
             lat = time_models(first, splits, a)
     if a.json:
-        write_json_atomic(a.json, {"args": vars(a), "sizes": sizes, "published": published,
-                                   "rows": rows, "costs": costs,
-                                   "latency_ms": {str(b): v for b, v in lat.items()}})
-    write_results(a.markdown, markdown(a, rows, sizes, costs, lat, published))
+        record.update(costs=costs, latency_ms={str(b): v for b, v in lat.items()},
+                      timed_on=None if a.accuracy_only else _device_name("cpu"))
+        write_json_atomic(a.json, record)
+    write_results(a.markdown, markdown(a, rows, sizes, costs, lat, published,
+                                       trained_on if a.rows_from else None))
     log(json.dumps({"gap_pt": [r["low-rank + int8"]["test"] - r["control"]["test"]
                                for r in rows]}))
     return 0

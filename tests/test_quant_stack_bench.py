@@ -38,3 +38,43 @@ def test_zero_epochs_is_refused() -> None:
     bench = load_benchmark("quant_stack_resnet56")
     with pytest.raises(SystemExit):
         bench.parse_args(["--epochs", "0"])
+
+
+def test_table_says_where_training_ran_when_rows_come_from_elsewhere() -> None:
+    bench = load_benchmark("quant_stack_resnet56")
+    a = bench.parse_args(["--data-dir", "x"])
+    costs = {m: {"bytes": 1000, "flops": "fp32 1.0 M"} for m in bench.MODELS}
+    lat = {64: dict.fromkeys(bench.MODELS, 4.0)}
+    args = (a, _rows(), {"train": 10, "val": 5, "test": 5}, costs, lat,
+            {"val": 90.0, "test": 85.0})
+    here = bench.markdown(*args)
+    there = bench.markdown(*args, "NVIDIA H100 (torch 2.11.0)")
+    assert "Fine-tuning and accuracy" not in here
+    assert "Fine-tuning and accuracy: NVIDIA H100 (torch 2.11.0)" in there
+    assert "models of the same shapes" in there
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_accuracy_rows_then_timing_here_round_trip(data_dir, tmp_path) -> None:
+    """An --accuracy-only run's JSON feeds --rows-from, which trains nothing and times
+    models of the trained ones' shapes (the same costs)."""
+    import json
+
+    bench = load_benchmark("quant_stack_resnet56")
+    common = ["--data-dir", str(data_dir), "--train-limit", "128", "--val-limit", "64",
+              "--test-limit", "64", "--seeds", "0", "--calibration-size", "32",
+              "--method", "tt", "--target", "flops=2", "--exclude", "conv1"]
+    acc = tmp_path / "acc.json"
+    assert bench.main(common + ["--accuracy-only", "--json", str(acc),
+                                "--markdown", str(tmp_path / "acc.md")]) == 0
+    record = json.loads(acc.read_text())
+    assert [r["seed"] for r in record["rows"]] == [0] and record["latency_ms"] == {}
+    timed = tmp_path / "timed.json"
+    assert bench.main(common + ["--rows-from", str(acc), "--json", str(timed), "--repeats", "1",
+                                "--passes", "1", "--batch-sizes", "2",
+                                "--markdown", str(tmp_path / "timed.md")]) == 0
+    again = json.loads(timed.read_text())
+    assert again["rows"] == record["rows"] and again["costs"] == record["costs"]
+    assert set(again["latency_ms"]["2"]) == set(bench.MODELS)
+    assert "Fine-tuning and accuracy:" in (tmp_path / "timed.md").read_text()

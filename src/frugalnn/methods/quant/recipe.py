@@ -176,17 +176,20 @@ def calibrate(model: nn.Module, data: Any, *, batch_size: int = 64, limit: int |
 
 
 def accuracy(model: nn.Module, data: Any, batch_size: int = 256) -> float | None:
-    """Top-1 accuracy in percent of ``model`` on ``(x, y)`` data (``None`` when empty)."""
+    """Top-1 accuracy in percent of ``model`` on ``(x, y)`` data (``None`` when empty), on
+    the device of the model's parameters."""
     from frugalnn.utils.batch import logits_of, split_batch
 
     if data is None or len(data) == 0:
         return None
     correct = total = 0
     model.eval()
+    # A float model may sit on a GPU; an int8 one (no float parameters) runs on the CPU.
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with torch.no_grad():
         for batch in _loader(data, batch_size, 0, False, None):
             x, y = split_batch(batch)
-            pred = logits_of(model(x)).argmax(-1)
+            pred = logits_of(model(x.to(device))).argmax(-1).cpu()
             correct += int((pred == y).sum())
             total += int(y.numel())
     return 100.0 * correct / max(total, 1)
