@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from _common import log, results_header, write_results
 
 from frugalnn.cost.latency import measure_latency
 from frugalnn.data.splits import load_splits
+from frugalnn.errors import UserError
 from frugalnn.methods.prune.recipe import PruneConfig, run_prune
 from frugalnn.models import create_model
 from frugalnn.utils.io import write_json_atomic
@@ -56,7 +58,8 @@ def _latency(model: Any, x: torch.Tensor, sizes: list[int], repeats: int) -> dic
 def _train_and_evaluate(a: argparse.Namespace, seeds: list[int]) -> list[dict[str, Any]]:
     checkpoint = a.checkpoint or str(Path(a.data_dir or ".") / CHECKPOINT)
     splits = load_splits("cifar10", a.data_dir, train_limit=a.train_limit,
-                         val_limit=a.val_limit, test_limit=a.test_limit, seed=0)
+                         val_limit=a.val_limit, test_limit=a.test_limit, seed=0,
+                         **({"augment": True} if a.augment else {}))
     original = create_model("resnet56", checkpoint=checkpoint).eval()
     runs: list[dict[str, Any]] = []
     for seed, epochs in [(0, 0)] + [(s, a.epochs) for s in seeds]:
@@ -93,7 +96,60 @@ def _time_runs(a: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, f
     return base
 
 
-def main() -> None:
+#: Flags of a ``quant_stack_resnet56.py`` run that must match for ``--compare``.
+COMPARED = ("train_limit", "val_limit", "test_limit", "epochs", "lr", "augment")
+
+
+def compare_lines(a: argparse.Namespace, tuned: list[dict[str, Any]]) -> list[str]:
+    """Per seed: the fine-tuned pruned model beside the same-training control and the
+    low-rank model of ``quant_stack_resnet56.py --json`` runs of the same protocol (same
+    split seed, images, epochs, learning rate, augmentation, training seeds)."""
+    from _common import mean_sd
+
+    stack: dict[int, dict[str, Any]] = {}
+    for path in a.compare:
+        rec = json.loads(Path(path).read_text())
+        theirs = rec["args"]
+        for key in COMPARED:
+            if theirs.get(key) != getattr(a, key):
+                raise UserError(f"--compare: {path} was run with {key}={theirs.get(key)!r}, "
+                                f"this run with {getattr(a, key)!r}")
+        if theirs.get("seed", 0) != 0 or theirs.get("val_fraction", 0.1) != 0.1:
+            raise UserError(f"--compare: {path} used other splits (split seed "
+                            f"{theirs.get('seed')}, val fraction {theirs.get('val_fraction')})")
+        stack.update({r["seed"]: r for r in rec["rows"]})
+    missing = sorted({r["seed"] for r in tuned} - set(stack))
+    if missing:
+        raise UserError(f"--compare: no control for seed(s) {missing} in {a.compare}")
+    lines = ["", "Same plane, same training (per seed: the control is the pretrained "
+             "ResNet-56 fine-tuned by the same distillation, images, epochs and seed; "
+             "`quant_stack_resnet56.py`, whose low-rank model is the TT plan B):", "",
+             "| seed | control % | low-rank % | pruned % | low-rank - control | "
+             "pruned - control |", "|---|---|---|---|---|---|"]
+    gaps: dict[str, list[float]] = {"low-rank": [], "pruned": []}
+    for r in sorted(tuned, key=lambda r: r["seed"]):
+        q = stack[r["seed"]]
+        control, low, pruned = q["control"]["test"], q["low-rank"]["test"], 100 * r[
+            "pruned_accuracy"]
+        gaps["low-rank"].append(low - control)
+        gaps["pruned"].append(pruned - control)
+        lines.append(f"| {r['seed']} | {control:.2f} | {low:.2f} | {pruned:.2f} | "
+                     f"{low - control:+.2f} | {pruned - control:+.2f} |")
+    lines.append(f"| mean ± sd | | | | {mean_sd(gaps['low-rank'])} | "
+                 f"{mean_sd(gaps['pruned'])} |")
+    return lines
+
+
+def main() -> int:
+    try:
+        _main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=os.environ.get("FRUGALNN_DATA"))
     p.add_argument("--checkpoint", help=f"default: DATA_DIR/{CHECKPOINT}")
@@ -108,10 +164,15 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--augment", action="store_true",
+                   help="random crop + flip while fine-tuning (new draws every epoch)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--phase", default="all", choices=("all", "train", "time"),
                    help="train: prune, fine-tune, evaluate, save (no timing; needs no lock); "
                         "time: time the saved runs of --out (under the lock); all: both")
+    p.add_argument("--compare", nargs="+", metavar="JSON",
+                   help="quant_stack_resnet56.py --json runs of the same protocol: a per-seed "
+                        "table beside their same-training control and low-rank model")
     p.add_argument("--work", default="/tmp/prune_bench")
     p.add_argument("--markdown", default="/tmp/prune_resnet56.md")
     p.add_argument("--out", default="/tmp/prune_resnet56.json")
@@ -124,6 +185,8 @@ def main() -> None:
         runs = json.loads(Path(a.out).read_text())["runs"]
     if a.phase == "train":
         return
+    compared = (compare_lines(a, [r for r in runs if r["epochs"] == a.epochs and a.epochs > 0])
+                if a.compare else [])
     base_latency = _time_runs(a, runs)
     saved = json.loads(Path(a.out).read_text())
     write_json_atomic(a.out, {**saved, "original_latency": base_latency, "runs": runs})
@@ -162,11 +225,13 @@ def main() -> None:
                      f"{lat(rows)} | {speed} |")
     notes = (f"CIFAR-10 JPEG: train {a.train_limit}, validation {a.val_limit}, test "
              f"{a.test_limit} examples (split seed 0); pruned layers {a.include or 'all'}; "
-             f"fine-tuning seeds {seeds}, lr {a.lr}, batch {a.batch_size}; latency: median of "
+             f"fine-tuning seeds {seeds}, lr {a.lr}, batch {a.batch_size}"
+             f"{', random crop + flip' if a.augment else ''}; latency: median of "
              f"{a.repeats} calls on random inputs.")
+    lines += compared
     write_results(a.markdown, results_header("Channel-pruned ResNet-56 (torch-pruning)",
                                              notes=notes) + "\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

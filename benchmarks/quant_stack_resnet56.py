@@ -35,7 +35,7 @@ timing from the CPU that the figures are about.
     python benchmarks/quant_stack_resnet56.py --data-dir $FRUGALNN_DATA --seeds 0,1,2 \\
         --train-limit 10000 --epochs 2
     python benchmarks/quant_stack_resnet56.py ... --device cuda --accuracy-only --json acc.json
-    python benchmarks/quant_stack_resnet56.py ... --rows-from acc.json
+    python benchmarks/quant_stack_resnet56.py ... --rows-from acc.json [acc_seed2.json ...]
 
 Writes ``--markdown`` (and ``--json``).
 """
@@ -65,6 +65,7 @@ from _common import (
 from frugalnn.cost.count import format_bytes, measure
 from frugalnn.cost.machine import describe_machine
 from frugalnn.data.splits import seeded_loader
+from frugalnn.errors import UserError
 from frugalnn.methods.lowrank.pipeline import distill_finetune
 from frugalnn.methods.lowrank.recipe import LowRankConfig, compress
 from frugalnn.methods.quant.recipe import QuantConfig, accuracy, quantize
@@ -100,8 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--accuracy-only", action="store_true", help="no timing")
     p.add_argument("--device", default="cpu",
                    help="fine-tuning device (the float models are scored there too)")
-    p.add_argument("--rows-from", metavar="JSON",
-                   help="accuracy rows of an --accuracy-only run; train nothing, time here")
+    p.add_argument("--rows-from", metavar="JSON", nargs="+",
+                   help="accuracy rows of --accuracy-only runs (one per seed, say); train "
+                        "nothing, time here")
     p.add_argument("--json")
     p.add_argument("--markdown", default="benchmarks/results/quant_stack.md")
     a = p.parse_args(argv)
@@ -257,6 +259,30 @@ def markdown(a: argparse.Namespace, rows: list[dict[str, Any]], sizes: dict[str,
     return "\n".join(lines) + "\n"
 
 
+#: Flags that must agree between the --accuracy-only runs that --rows-from joins.
+SAME_PROTOCOL = ("train_limit", "val_limit", "test_limit", "val_fraction", "seed", "epochs",
+                 "lr", "augment", "method", "target", "layer_target", "exclude",
+                 "rank_multiple", "observers", "calibration_size")
+
+
+def read_rows(paths: list[str], a: argparse.Namespace) -> dict[str, Any]:
+    """The runs of ``paths`` as one record, their rows in seed order; refuses runs of
+    another protocol than this command's flags, or a seed given twice."""
+    records = [json.loads(Path(p).read_text()) for p in paths]
+    first = records[0]
+    for path, rec in zip(paths, records):
+        for key in SAME_PROTOCOL:
+            if rec["args"].get(key) != getattr(a, key):
+                raise UserError(f"--rows-from: {path} was run with {key}="
+                                 f"{rec['args'].get(key)!r}, this command has "
+                                 f"{getattr(a, key)!r}; give the same flags")
+    rows = sorted((r for rec in records for r in rec["rows"]), key=lambda r: r["seed"])
+    seeds = [r["seed"] for r in rows]
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--rows-from: seed given twice ({seeds})")
+    return {**first, "rows": rows, "sources": list(paths)}
+
+
 def _device_name(device: str) -> str:
     if torch.device(device).type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
@@ -264,19 +290,27 @@ def _device_name(device: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
-    if not a.data_dir:
-        print("set --data-dir or FRUGALNN_DATA", file=sys.stderr)
+    try:
+        return run(parse_args(argv))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def run(a: argparse.Namespace) -> int:
+    if not a.data_dir:
+        raise UserError("set --data-dir or FRUGALNN_DATA")
+    joined = read_rows(a.rows_from, a) if a.rows_from else None
     torch.set_num_threads(a.train_threads)
     splits = splits_from_args(a, augment=a.augment)
     sizes = {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)}
     ckpt = next((Path(a.data_dir) / "pretrained" / "resnet-cifar10").glob("resnet56-*.th"))
     base = create_model("resnet56", checkpoint=str(ckpt)).eval()
     record: dict[str, Any]
-    if a.rows_from:
-        record = json.loads(Path(a.rows_from).read_text())
+    if joined is not None:
+        record = joined
         rows, published = record["rows"], record["published"]
+        a.seeds = ",".join(str(r["seed"]) for r in rows)
         trained_on: str | None = record.get("trained_on")
         first = untrained_models(base, splits, a, {
             name: rows[0]["observers"][name]["chosen"] for name in ("control", "low-rank")})

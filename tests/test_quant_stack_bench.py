@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from bench_scripts import load_benchmark
 
+from frugalnn.errors import UserError
+
 
 def _rows() -> list[dict]:
     rows = []
@@ -78,3 +80,43 @@ def test_accuracy_rows_then_timing_here_round_trip(data_dir, tmp_path) -> None:
     assert again["rows"] == record["rows"] and again["costs"] == record["costs"]
     assert set(again["latency_ms"]["2"]) == set(bench.MODELS)
     assert "Fine-tuning and accuracy:" in (tmp_path / "timed.md").read_text()
+
+
+def _record(tmp_path, name: str, seed: int, **changed) -> str:
+    import json
+
+    bench = load_benchmark("quant_stack_resnet56")
+    args = vars(bench.parse_args(["--data-dir", "x"]))
+    args.update(changed)
+    row = _rows()[seed]
+    path = tmp_path / name
+    path.write_text(json.dumps({"args": args, "published": {"val": 1.0, "test": 1.0},
+                                "rows": [row]}))
+    return str(path)
+
+
+def test_rows_from_joins_per_seed_runs_in_seed_order(tmp_path) -> None:
+    bench = load_benchmark("quant_stack_resnet56")
+    a = bench.parse_args(["--data-dir", "x"])
+    paths = [_record(tmp_path, "s2.json", 2), _record(tmp_path, "s0.json", 0)]
+    record = bench.read_rows(paths, a)
+    assert [r["seed"] for r in record["rows"]] == [0, 2]
+    assert record["sources"] == paths
+
+
+def test_rows_from_refuses_another_protocol_or_a_repeated_seed(tmp_path) -> None:
+    bench = load_benchmark("quant_stack_resnet56")
+    a = bench.parse_args(["--data-dir", "x"])
+    other = _record(tmp_path, "e3.json", 1, epochs=3)
+    with pytest.raises(UserError, match="epochs=3, this command has 1"):
+        bench.read_rows([_record(tmp_path, "s0.json", 0), other], a)
+    with pytest.raises(UserError, match="seed given twice"):
+        bench.read_rows([_record(tmp_path, "a.json", 0), _record(tmp_path, "b.json", 0)], a)
+
+
+def test_rows_from_mismatch_is_one_line_exit_2(tmp_path, capsys) -> None:
+    bench = load_benchmark("quant_stack_resnet56")
+    other = _record(tmp_path, "e3.json", 1, epochs=3)
+    assert bench.main(["--data-dir", str(tmp_path), "--rows-from", other]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "epochs=3" in err
