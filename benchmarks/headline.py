@@ -91,6 +91,9 @@ class Entry:
 
 _PLAN_B = "flops=2;blocks.[0-8].*:flops=3;blocks.9.*:flops=3;blocks.1[0-7].*:flops=3"
 _TINY = ("--train-limit", "300", "--val-limit", "100", "--test-limit", "200")
+_PLAN_B_FLAGS = ("--exclude", "conv1", "--rank-multiple", "8", "--target", "flops=2",
+                 "--layer-target", "blocks.[0-8].*:flops=3", "blocks.9.*:flops=3",
+                 "blocks.1[0-7].*:flops=3")
 
 ENTRIES: tuple[Entry, ...] = (
     Entry(
@@ -147,20 +150,18 @@ ENTRIES: tuple[Entry, ...] = (
                "--seed", "{seed}", "--out", "{out}/{stem}.md", "--json", "{out}/{stem}.json"),
         results="benchmarks/results/acm.md", output="{out}/{stem}.json", uses_moe=True),
     Entry(
-        "lowrank", "lowrank_resnet56.py", "Low-rank ResNet-56, plan B (per-stage TT): accuracy",
-        full=("--methods", "tt", "--baseline-cache", "{work}/baseline.safetensors",
-              "--finetune-epochs", "4", "--lr", "0.01", "--augment", "--train-limit", "50000",
-              "--test-limit", "5000", "--batch-size", "64", "--repeats", "10", "--threads", "1",
-              "--train-threads", "1", "--exclude", "conv1", "--rank-multiple", "8",
-              "--target", "flops=2", "--layer-target", "blocks.[0-8].*:flops=3",
-              "blocks.9.*:flops=3", "blocks.1[0-7].*:flops=3", "--work", "{work}",
-              "--seed", "{seed}", "--out", "{out}/{stem}.json", "--markdown", "{out}/{stem}.md"),
-        quick=("--methods", "tt", "--baseline-epochs", "0", "--finetune-epochs", "1", *_TINY,
-               "--batch-size", "8", "--repeats", "2", "--threads", "1", "--exclude", "conv1",
-               "--rank-multiple", "8", "--target", "flops=2", "--work", "{work}",
-               "--seed", "{seed}", "--out", "{out}/{stem}.json", "--markdown", "{out}/{stem}.md"),
+        "lowrank", "quant_stack_resnet56.py",
+        "Low-rank ResNet-56, plan B (per-stage TT), and + int8, against a same-training control",
+        full=("--method", "tt", *_PLAN_B_FLAGS, "--epochs", "2", "--lr", "0.01", "--augment",
+              "--train-limit", "45000", "--val-limit", "5000", "--test-limit", "10000",
+              "--threads", "1", "--train-threads", "1", "--seeds", "{seed}",
+              "--json", "{out}/{stem}.json", "--markdown", "{out}/{stem}.md"),
+        quick=("--method", "tt", *_PLAN_B_FLAGS, "--epochs", "1", *_TINY,
+               "--calibration-size", "64", "--repeats", "2", "--passes", "1",
+               "--threads", "1", "--seeds", "{seed}",
+               "--json", "{out}/{stem}.json", "--markdown", "{out}/{stem}.md"),
         results="benchmarks/results/lowrank.md", output="{out}/{stem}.json",
-        pool=r"accuracy|_ratio$|speedup"),
+        pool=r"^accuracy\.|^gap_vs_control_pt\.|^latency_ms\."),
     Entry(
         "lowrank-speed", "lowrank_layout.py",
         "Low-rank ResNet-56, plan B: speed against dense (eager, TorchScript, ONNX Runtime)",

@@ -46,6 +46,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -340,7 +341,11 @@ def run(a: argparse.Namespace) -> int:
         with timing_lock():
             lat = time_models(first, splits, a)
     if a.json:
-        record.update(costs=costs, latency_ms={str(b): v for b, v in lat.items()},
+        record.update(accuracy={m: {k: statistics.mean(r[m][k] for r in rows)
+                                    for k in ("val", "test")} for m in MODELS},
+                      gap_vs_control_pt={m: statistics.mean(r[m]["test"] - r["control"]["test"]
+                                                            for r in rows) for m in MODELS[1:]},
+                      costs=costs, latency_ms={str(b): v for b, v in lat.items()},
                       timed_on=None if a.accuracy_only else _device_name("cpu"))
         write_json_atomic(a.json, record)
     write_results(a.markdown, markdown(a, rows, sizes, costs, lat, published,

@@ -40,6 +40,11 @@ def _flag(argv: list[str], flag: str) -> str:
     return argv[argv.index(flag) + 1]
 
 
+def _training_seed(argv: list[str]) -> str:
+    """``--seed N``, or ``--seeds N`` for a script whose ``--seed`` is the split seed."""
+    return _flag(argv, "--seed") if "--seed" in argv else _flag(argv, "--seeds")
+
+
 def test_dry_run_lists_every_entry_with_three_seeds(headline, capsys, tmp_path):
     commands = _dry_run(headline, capsys, "--out-dir", str(tmp_path), "--data-dir", "/data")
     assert list(commands) == [e.name for e in headline.ENTRIES]
@@ -52,7 +57,7 @@ def test_dry_run_lists_every_entry_with_three_seeds(headline, capsys, tmp_path):
             assert (BENCH.parent / entry.script).is_file()
             assert ("--data-dir" in argv) == entry.data_dir
         if entry.seeds == "each":  # one run per seed, each with its own output files
-            assert [_flag(a, "--seed") for a in runs] == ["0", "1", "2"]
+            assert [_training_seed(a) for a in runs] == ["0", "1", "2"]
             outs = [tuple(x for x in a if x.startswith(str(tmp_path))) for a in runs]
             assert len(set(outs)) == 3
         elif entry.seeds == "list":
@@ -69,7 +74,7 @@ def test_seeds_only_and_quick_arguments(headline, capsys, tmp_path):
     commands = _dry_run(headline, capsys, "--quick", "--only", "nmf,lowrank",
                         "--seeds", "4,5,6", "--out-dir", str(tmp_path))
     assert list(commands) == ["lowrank", "nmf"]  # table order, not the order asked
-    assert [_flag(a, "--seed") for a in commands["lowrank"]] == ["4", "5", "6"]
+    assert [_training_seed(a) for a in commands["lowrank"]] == ["4", "5", "6"]
     assert _flag(commands["nmf"][0], "--seeds") == "4,5,6"
     assert _flag(commands["lowrank"][0], "--train-limit") == "300"  # the quick arguments
 
