@@ -113,8 +113,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
-
-
 def _int8(model: torch.nn.Module, splits: Any, a: argparse.Namespace,
           seed: int) -> tuple[torch.nn.Module, str, dict[str, float]]:
     """Static int8 of ``model`` with the observer that scores best on validation."""
