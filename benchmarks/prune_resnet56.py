@@ -15,7 +15,8 @@ Pipeline (one command, seeds fixed before the run):
    validation splits; the pruned model without fine-tuning (data-free: beside
    the data-free low-rank ResNet-56 of ``results/lowrank.md``) once too;
 3. the unpruned model and every saved pruned checkpoint timed at batch 1 and
-   ``--batch-size`` (1 thread, median of ``--repeats``), in one process.
+   ``--batch-size`` (1 thread, median of ``--repeats`` calls), alternating within
+   each of ``--passes`` passes, in one process.
 
 Splits: :func:`frugalnn.data.splits.load_splits` (validation carved from train,
 split seed 0; the same examples for every training seed). The defaults are a
@@ -38,9 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import log, results_header, write_results
+from _common import alternating_latency_ms, log, results_header, write_results
 
-from frugalnn.cost.latency import measure_latency
 from frugalnn.data.splits import load_splits
 from frugalnn.errors import UserError
 from frugalnn.methods.prune.recipe import PruneConfig, run_prune
@@ -48,11 +48,6 @@ from frugalnn.models import create_model
 from frugalnn.utils.io import write_json_atomic
 
 CHECKPOINT = "pretrained/resnet-cifar10/resnet56-4bfd9763.th"
-
-
-def _latency(model: Any, x: torch.Tensor, sizes: list[int], repeats: int) -> dict[str, float]:
-    return {f"b{n}": measure_latency(model, x[:n], repeats=repeats, threads=1).median_ms
-            for n in sizes}
 
 
 def _train_and_evaluate(a: argparse.Namespace, seeds: list[int]) -> list[dict[str, Any]]:
@@ -80,19 +75,23 @@ def _train_and_evaluate(a: argparse.Namespace, seeds: list[int]) -> list[dict[st
 
 
 def _time_runs(a: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, float]:
-    """Time the unpruned model and every saved pruned checkpoint (1 thread)."""
+    """Time the unpruned model and every saved pruned checkpoint (1 thread), alternating
+    within each of ``--passes`` passes; each run's times go into ``row["latency"]``."""
+    from frugalnn.cost.allocator import retain_freed_memory
     from frugalnn.train.checkpoint import load_model
 
+    if a.retain_freed_memory and not retain_freed_memory():
+        raise UserError("--retain-freed-memory needs glibc (Linux)")
     checkpoint = a.checkpoint or str(Path(a.data_dir or ".") / CHECKPOINT)
     x = torch.randn(a.batch_size, 3, 32, 32)
-    sizes = [1, a.batch_size]
-    base = _latency(create_model("resnet56", checkpoint=checkpoint).eval(), x, sizes,
-                    a.repeats)
-    log(f"original: {base}")
+    models = {"original": create_model("resnet56", checkpoint=checkpoint).eval()}
+    models.update({row["run"]: load_model(Path(row["run"]) / "checkpoint") for row in runs})
+    ms = {n: alternating_latency_ms(models, x[:n], passes=a.passes, repeats=a.repeats,
+                                    threads=1) for n in (1, a.batch_size)}
     for row in runs:
-        row["latency"] = _latency(load_model(Path(row["run"]) / "checkpoint"), x, sizes,
-                                  a.repeats)
-        log(f"{row['run']}: {row['latency']}")
+        row["latency"] = {f"b{n}": ms[n][row["run"]] for n in ms}
+    base = {f"b{n}": ms[n]["original"] for n in ms}
+    log(f"original: {base}")
     return base
 
 
@@ -167,6 +166,10 @@ def _main() -> None:
     p.add_argument("--augment", action="store_true",
                    help="random crop + flip while fine-tuning (new draws every epoch)")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--retain-freed-memory", action="store_true",
+                   help="time with glibc keeping freed memory (no page faults per call)")
+    p.add_argument("--passes", type=int, default=3,
+                   help="timing passes; the models alternate within each")
     p.add_argument("--phase", default="all", choices=("all", "train", "time"),
                    help="train: prune, fine-tune, evaluate, save (no timing; needs no lock); "
                         "time: time the saved runs of --out (under the lock); all: both")
@@ -226,8 +229,11 @@ def _main() -> None:
     notes = (f"CIFAR-10 JPEG: train {a.train_limit}, validation {a.val_limit}, test "
              f"{a.test_limit} examples (split seed 0); pruned layers {a.include or 'all'}; "
              f"fine-tuning seeds {seeds}, lr {a.lr}, batch {a.batch_size}"
-             f"{', random crop + flip' if a.augment else ''}; latency: median of "
-             f"{a.repeats} calls on random inputs.")
+             f"{', random crop + flip' if a.augment else ''}; latency: median over "
+             f"{a.passes} alternating passes of each model's median of "
+             f"{a.repeats} calls on random inputs, "
+             + ("freed memory retained (glibc)." if a.retain_freed_memory
+                else "default allocator."))
     lines += compared
     write_results(a.markdown, results_header("Channel-pruned ResNet-56 (torch-pruning)",
                                              notes=notes) + "\n" + "\n".join(lines) + "\n")

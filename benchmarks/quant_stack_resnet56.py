@@ -63,6 +63,7 @@ from _common import (
     write_results,
 )
 
+from frugalnn.cost.allocator import retain_freed_memory
 from frugalnn.cost.count import format_bytes, measure
 from frugalnn.cost.machine import describe_machine
 from frugalnn.data.splits import seeded_loader
@@ -100,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--train-threads", type=int, default=1)
     p.add_argument("--accuracy-only", action="store_true", help="no timing")
+    p.add_argument("--retain-freed-memory", action="store_true",
+                   help="time with glibc keeping freed memory (no page faults per call); "
+                        "without it, timings depend on what the process allocated before")
     p.add_argument("--device", default="cpu",
                    help="fine-tuning device (the float models are scored there too)")
     p.add_argument("--rows-from", metavar="JSON", nargs="+",
@@ -253,8 +257,10 @@ def markdown(a: argparse.Namespace, rows: list[dict[str, Any]], sizes: dict[str,
     if lat:
         lines += ["", f"Latency: seed {rows[0]['seed']}'s models (shapes), median of "
                   f"{a.repeats} calls "
-                  f"per pass, median of {a.passes} alternating passes, {a.threads} thread(s); "
-                  "the control has the published model's architecture (same speed)."]
+                  f"per pass, median of {a.passes} alternating passes, {a.threads} thread(s), "
+                  + ("freed memory retained (glibc); " if a.retain_freed_memory
+                     else "default allocator; ")
+                  + "the control has the published model's architecture (same speed)."]
     return "\n".join(lines) + "\n"
 
 
@@ -336,6 +342,8 @@ def run(a: argparse.Namespace) -> int:
     lat: dict[int, dict[str, float]] = {}
     if not a.accuracy_only:
         torch.set_num_threads(a.threads)
+        if a.retain_freed_memory and not retain_freed_memory():
+            raise UserError("--retain-freed-memory needs glibc (Linux)")
         with timing_lock():
             lat = time_models(first, splits, a)
     if a.json:
