@@ -1,10 +1,13 @@
-"""ResNet-56 on eager PyTorch and on ONNX Runtime: dense, low-rank and early exits.
+"""Dense, low-rank and early exits on eager PyTorch and on ONNX Runtime (ResNet-56 or
+EfficientNet-Lite0).
 
 Each model is exported to ONNX with :func:`frugalnn.export` (checked against
 PyTorch on real CIFAR-10 test images first) and timed on both runtimes at
 batch 1 and 32, one thread, all configurations interleaved round by round
 (median of the rounds' medians), under the shared timing lock when run as
 the README says. Speed-ups are against the dense model run the same way.
+
+``--model resnet56`` (default):
 
 - dense: the pretrained ResNet-56 (``$FRUGALNN_DATA/pretrained``);
 - low-rank: ``frugalnn.lowrank`` (Tucker, ``flops=2``), **no fine-tuning**
@@ -13,6 +16,13 @@ the README says. Speed-ups are against the dense model run the same way.
   chosen on the validation images so that a fixed share of rows leaves at each
   head; what matters here is whether the exported loop keeps the eager
   saving at the same operating point on the same images.
+
+``--model efficientnet_lite0`` (``make efficientnet``; ImageNet weights, a model
+frugalnn did not define; CIFAR-10 JPEG images upsampled to 224): low-rank is SVD
+``flops=1.5`` without fine-tuning, early exits are pooled heads after ``_blocks.6``
+and ``_blocks.9`` (the positions ``real_efficientnet.py`` chooses), untrained, at a
+threshold set the same way. Speed only: the accuracy of either method on this
+model is in ``results/real_efficientnet*.md``.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -34,7 +45,7 @@ from _common import (
 )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_split_flags(p, data="cifar10")
     p.add_argument("--batch-sizes", default="1,32")
@@ -42,26 +53,40 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--exit-share", type=float, default=0.5,
                    help="share of validation rows that leave at the first head (0.5)")
+    p.add_argument("--model", choices=("resnet56", "efficientnet_lite0"), default="resnet56")
     p.add_argument("--out", default="benchmarks/results/runtime.md")
-    a = p.parse_args()
+    a = p.parse_args(argv)
 
     import torch
 
     import frugalnn
+    from frugalnn.data import resolve_data_dir
     from frugalnn.methods.early_exit.model import attach_heads
     from frugalnn.runtime.package import load_exported
 
     torch.set_num_threads(1)
-    splits = splits_from_args(a)
-    data_dir = Path(a.data_dir or __import__("os").environ.get("FRUGALNN_DATA", "shared/data"))
-    ckpt = next((data_dir / "pretrained" / "resnet-cifar10").glob("resnet56-*.th"))
-    dense = frugalnn.create_model("resnet56", checkpoint=str(ckpt)).eval()
-    example = torch.stack([splits.test[i][0] for i in range(2)])
-    low = frugalnn.lowrank(dense, frugalnn.LowRankConfig(method="tucker", target="flops=2",
-                                                         finetune_epochs=0),
-                           example_input=example).eval()
-    ee = attach_heads(dense, "8,17", example_input=example[:1]).eval()
-    val_x = torch.stack([splits.val[i][0] for i in range(min(256, len(splits.val)))])
+    if a.model == "resnet56":
+        val_data, test_data = _cifar_splits(a)
+        data_dir = resolve_data_dir(a.data_dir)
+        ckpt = next((data_dir / "pretrained" / "resnet-cifar10").glob("resnet56-*.th"))
+        dense = frugalnn.create_model("resnet56", checkpoint=str(ckpt)).eval()
+        low_config = frugalnn.LowRankConfig(method="tucker", target="flops=2",
+                                            finetune_epochs=0)
+        positions, head, title = "8,17", "auto", "ResNet-56"
+    else:
+        from frugalnn.data.pretrained_eval import cifar10_resized
+
+        data_dir = resolve_data_dir(a.data_dir)
+        val_data = cifar10_resized(data_dir, "train", limit=a.val_limit or 256)
+        test_data = cifar10_resized(data_dir, "test", limit=a.test_limit or 64)
+        dense = frugalnn.create_model("efficientnet_lite0").eval()
+        low_config = frugalnn.LowRankConfig(method="svd", target="flops=1.5", finetune_epochs=0)
+        positions, head, title = "6,9", "pool", "EfficientNet-Lite0"
+    example = torch.stack([test_data[i][0] for i in range(2)])
+    low = frugalnn.lowrank(dense, low_config, example_input=example).eval()
+    ee = attach_heads(dense, positions, head, pool_size=2,
+                      example_input=example[:1]).eval()
+    val_x = torch.stack([val_data[i][0] for i in range(min(256, len(val_data)))])
     with torch.no_grad():
         conf = torch.softmax(ee.exit_outputs(val_x)[0], 1).amax(1)
     threshold = float(torch.quantile(conf, 1 - a.exit_share))
@@ -76,7 +101,7 @@ def main() -> int:
                               frugalnn.ExportConfig(format="onnx", threads=1,
                                                     budgets=[threshold] if name == "early exits"
                                                     else None),
-                              check_data=splits.test)
+                              check_data=test_data)
         checks[name] = res.check
         runners[name] = load_exported(tmp / name.replace(" ", "_"), threads=1)
     ee.set_budget(threshold)
@@ -84,7 +109,7 @@ def main() -> int:
 
     sizes = [int(s) for s in a.batch_sizes.split(",")]
     n_img = max(sizes)
-    images = torch.stack([splits.test[i % len(splits.test)][0] for i in range(n_img)])
+    images = torch.stack([test_data[i % len(test_data)][0] for i in range(n_img)])
     med = time_on_runtimes(models, runners, images, sizes, rounds=a.rounds,
                            repeats=a.repeats)
     with torch.no_grad():
@@ -112,9 +137,10 @@ def main() -> int:
     for name, c in checks.items():
         check_lines.append(f"| {name} | {c['examples']} | {len(c['points'])} | "
                            f"{100 * c['match']:.1f} % | {c['max_abs_diff']:.2g} |")
-    text = results_header("ResNet-56 on eager PyTorch and ONNX Runtime", notes=(
-        "Low-rank: Tucker flops=2, no fine-tuning. Early exits: untrained heads after blocks "
-        f"8 and 17 at threshold {threshold:.4f} (chosen on validation images); of the "
+    text = results_header(f"{title} on eager PyTorch and ONNX Runtime", notes=(
+        f"Low-rank: {low_config.label}, no fine-tuning. Early exits: untrained heads after "
+        f"blocks {positions.replace(',', ' and ')} at threshold {threshold:.4f} (chosen on "
+        "validation images); of the "
         f"{n_img} timed images {share[0]:.0%} / {share[1]:.0%} / {share[2]:.0%} leave at head 0 / "
         f"head 1 / the end. Every batch size runs over the same {n_img} test images (ms per "
         "batch = time for all of them / number of batches). One thread, medians of "
@@ -128,6 +154,11 @@ def main() -> int:
              + "\n".join(check_lines) + "\n")
     write_results(a.out, text)
     return 0
+
+
+def _cifar_splits(a: argparse.Namespace) -> tuple[Any, Any]:
+    splits = splits_from_args(a)
+    return splits.val, splits.test
 
 
 if __name__ == "__main__":

@@ -208,3 +208,47 @@ def test_uint8_embeddings_with_dynamic_int8_shrink_a_language_model(tmp_path) ->
     assert torch.equal(load_model(tmp_path / "ck")(x), q(x))
     with pytest.raises(UserError, match="needs nn.Embedding"):
         frugalnn.quantize(_mlp(), config)
+
+
+def _close_and_counted(model: nn.Module, q: nn.Module, x: torch.Tensor, min_cos: float,
+                       precision: str, tmp_path) -> None:
+    """Outputs close to the float model's, int8 arithmetic counted, save/load exact."""
+    with torch.no_grad():
+        ref, out = model(x), q(x)
+    assert torch.nn.functional.cosine_similarity(ref, out).min() > min_cos
+    assert precision in measure(q, x).flops_by_precision
+    save_checkpoint(tmp_path / "ck", q)
+    torch.testing.assert_close(load_model(tmp_path / "ck")(x), out, rtol=0, atol=0)
+
+
+def test_nas_net_quantises_static(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = frugalnn.create_model("nas_net").eval()
+    q = frugalnn.quantize(model, frugalnn.QuantConfig(mode="static", observer="minmax",
+                                                      calibration_size=32),
+                          calibration_data=_images())
+    _close_and_counted(model, q, X, 0.9, "int8", tmp_path)
+    assert measure(q, X).flops_by_precision.keys() == {"int8"}  # the whole net is int8
+
+
+def test_pruned_model_quantises_static(tmp_path) -> None:
+    pytest.importorskip("torch_pruning")
+    small = frugalnn.prune(_resnet(), frugalnn.PruneConfig(target="flops=1.5", epochs=0),
+                           example_input=X[:1]).eval()
+    q = frugalnn.quantize(small, frugalnn.QuantConfig(mode="static", observer="minmax",
+                                                      calibration_size=32),
+                          calibration_data=_images())
+    _close_and_counted(small, q, X, 0.9, "int8", tmp_path)
+    f, c = measure(_resnet(), X), measure(q, X)
+    assert c.flops < f.flops and f.model_bytes / c.model_bytes > 1.5 * 3.5
+
+
+def test_nmf_token_mixing_model_quantises_dynamic(tmp_path) -> None:
+    from frugalnn.methods.lowrank.nmf import replace_attention
+
+    torch.manual_seed(0)
+    vit = replace_attention(frugalnn.create_model("vit_tiny"), rank=8).eval()
+    q = frugalnn.quantize(vit, frugalnn.QuantConfig(mode="dynamic"))
+    # the mixers' multiplicative updates stay float; the projections and MLPs go int8
+    _close_and_counted(vit, q, X, 0.98, "int8", tmp_path)
+    assert "fp32" in measure(q, X).flops_by_precision
