@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -154,7 +155,8 @@ def main(argv=None) -> int:
         return retime(args)
     torch.manual_seed(args.seed)
     t_start = time.time()
-    machine = describe_machine(args.latency_device)
+    # A --deploy-table run times nothing: its machine is the one that trains.
+    machine = describe_machine(args.train_device if args.deploy_table else args.latency_device)
     space = SearchSpace(**SPACES[args.space])
     out: dict = {"machine": machine, "args": vars(args), "space": space.to_dict()}
 
@@ -279,7 +281,15 @@ def time_nets(out: dict, space: SearchSpace, args: argparse.Namespace) -> None:
 
 def retime(args: argparse.Namespace) -> int:
     """``--retime``: time a ``--deploy-table`` run's networks on this machine."""
-    out = json.loads(Path(args.retime).read_text())
+    try:
+        out = json.loads(Path(args.retime).read_text())
+        missing = [k for k in ("nets", "space", "machine", "args") if k not in out]
+    except (OSError, ValueError, TypeError) as exc:
+        out, missing = None, [str(exc)]
+    if missing or not isinstance(out, dict):
+        print(f"error: --retime {args.retime}: not the --json of a nas_search.py run "
+              f"(missing: {', '.join(missing)})", file=sys.stderr)
+        return 2
     out["trained_on"] = out["machine"]
     out["machine"] = describe_machine(args.latency_device)
     out["args"].update(latency_device=args.latency_device, threads=args.threads,

@@ -44,3 +44,15 @@ def test_deploy_table_search_times_nothing_and_retime_fills_the_figures(data_dir
         assert again["nets"][name]["accuracy"] == net["accuracy"]
     text = (tmp_path / "c.md").read_text()
     assert "search and retraining ran on:" in text and "not timed here" not in text
+
+
+@pytest.mark.parametrize("content", [None, "not json", "5", '{"nets": {}}'])
+def test_retime_of_something_else_is_one_line_exit_2(tmp_path, capsys, content) -> None:
+    bench = load_benchmark("nas_search")
+    path = tmp_path / "run.json"
+    if content is not None:
+        path.write_text(content)
+    assert bench.main(["--retime", str(path), "--out", str(tmp_path / "x.md")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--retime" in err
+    assert not (tmp_path / "x.md").exists()
