@@ -54,12 +54,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exit-share", type=float, default=0.5,
                    help="share of validation rows that leave at the first head (0.5)")
     p.add_argument("--model", choices=("resnet56", "efficientnet_lite0"), default="resnet56")
+    p.add_argument("--channels-last", action="store_true",
+                   help="eager models and their inputs in channels-last layout (the input "
+                        "conversion is timed); ONNX Runtime takes NCHW as exported")
+    p.add_argument("--retain-freed-memory", action="store_true",
+                   help="glibc keeps freed memory (no page faults per call), for both runtimes")
     p.add_argument("--out", default="benchmarks/results/runtime.md")
     a = p.parse_args(argv)
 
     import torch
 
     import frugalnn
+    from frugalnn.cost.allocator import retain_freed_memory
     from frugalnn.data import resolve_data_dir
     from frugalnn.methods.early_exit.model import attach_heads
     from frugalnn.runtime.package import load_exported
@@ -107,10 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     ee.set_budget(threshold)
     runners["early exits"].set_budget(threshold)
 
+    eager = dict(models)
+    if a.channels_last:
+        eager = {name: _channels_last(model) for name, model in models.items()}
+    if a.retain_freed_memory and not retain_freed_memory():
+        raise SystemExit("--retain-freed-memory needs glibc (Linux)")
     sizes = [int(s) for s in a.batch_sizes.split(",")]
     n_img = max(sizes)
     images = torch.stack([test_data[i % len(test_data)][0] for i in range(n_img)])
-    med = time_on_runtimes(models, runners, images, sizes, rounds=a.rounds,
+    med = time_on_runtimes(eager, runners, images, sizes, rounds=a.rounds,
                            repeats=a.repeats)
     with torch.no_grad():
         runners["early exits"](images)
@@ -144,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{n_img} timed images {share[0]:.0%} / {share[1]:.0%} / {share[2]:.0%} leave at head 0 / "
         f"head 1 / the end. Every batch size runs over the same {n_img} test images (ms per "
         "batch = time for all of them / number of batches). One thread, medians of "
-        f"{a.rounds} interleaved rounds of {a.repeats} passes. ONNX Runtime "
+        f"{a.rounds} interleaved rounds of {a.repeats} passes. Eager: "
+        f"{'channels-last (input conversion timed)' if a.channels_last else 'NCHW'}; "
+        f"allocator: {'freed memory retained' if a.retain_freed_memory else 'default'}. "
+        "ONNX Runtime "
         f"{__import__('onnxruntime').__version__}, opset 17."))
     text += "\n## Latency\n\n" + "\n".join(lines) + "\n"
     text += ("\n## Early-exit saving kept on ONNX Runtime (target >= 0.8)\n\n"
@@ -154,6 +168,18 @@ def main(argv: list[str] | None = None) -> int:
              + "\n".join(check_lines) + "\n")
     write_results(a.out, text)
     return 0
+
+
+def _channels_last(model: Any) -> Any:
+    """``model`` in channels-last, called on its input converted to that layout."""
+    import torch
+
+    model = model.to(memory_format=torch.channels_last)
+
+    def run(x: Any) -> Any:
+        return model(x.contiguous(memory_format=torch.channels_last))
+
+    return run
 
 
 def _cifar_splits(a: argparse.Namespace) -> tuple[Any, Any]:
