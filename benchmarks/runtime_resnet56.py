@@ -71,27 +71,27 @@ def main(argv: list[str] | None = None) -> int:
     from frugalnn.runtime.package import load_exported
 
     torch.set_num_threads(1)
+    data_dir = resolve_data_dir(a.data_dir)
     if a.model == "resnet56":
-        val_data, test_data = _cifar_splits(a)
-        data_dir = resolve_data_dir(a.data_dir)
+        splits = splits_from_args(a)
+        val_data, test_data = splits.val, splits.test
         ckpt = next((data_dir / "pretrained" / "resnet-cifar10").glob("resnet56-*.th"))
         dense = frugalnn.create_model("resnet56", checkpoint=str(ckpt)).eval()
         low_config = frugalnn.LowRankConfig(method="tucker", target="flops=2",
                                             finetune_epochs=0)
-        positions, head, title = "8,17", "auto", "ResNet-56"
+        positions, heads, title = "8,17", {}, "ResNet-56"
     else:
         from frugalnn.data.pretrained_eval import cifar10_resized
 
-        data_dir = resolve_data_dir(a.data_dir)
         val_data = cifar10_resized(data_dir, "train", limit=a.val_limit or 256)
         test_data = cifar10_resized(data_dir, "test", limit=a.test_limit or 64)
         dense = frugalnn.create_model("efficientnet_lite0").eval()
         low_config = frugalnn.LowRankConfig(method="svd", target="flops=1.5", finetune_epochs=0)
-        positions, head, title = "6,9", "pool", "EfficientNet-Lite0"
+        # the heads real_efficientnet.py trains there: pooled to 2x2, one linear layer
+        positions, heads, title = "6,9", {"head": "pool", "pool_size": 2}, "EfficientNet-Lite0"
     example = torch.stack([test_data[i][0] for i in range(2)])
     low = frugalnn.lowrank(dense, low_config, example_input=example).eval()
-    ee = attach_heads(dense, positions, head, pool_size=2,
-                      example_input=example[:1]).eval()
+    ee = attach_heads(dense, positions, **heads, example_input=example[:1]).eval()
     val_x = torch.stack([val_data[i][0] for i in range(min(256, len(val_data)))])
     with torch.no_grad():
         conf = torch.softmax(ee.exit_outputs(val_x)[0], 1).amax(1)
@@ -113,9 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     ee.set_budget(threshold)
     runners["early exits"].set_budget(threshold)
 
-    eager = dict(models)
-    if a.channels_last:
-        eager = {name: _channels_last(model) for name, model in models.items()}
+    eager = ({name: _channels_last(model) for name, model in models.items()}
+             if a.channels_last else models)
     if a.retain_freed_memory and not retain_freed_memory():
         raise SystemExit("--retain-freed-memory needs glibc (Linux)")
     sizes = [int(s) for s in a.batch_sizes.split(",")]
@@ -180,11 +179,6 @@ def _channels_last(model: Any) -> Any:
         return model(x.contiguous(memory_format=torch.channels_last))
 
     return run
-
-
-def _cifar_splits(a: argparse.Namespace) -> tuple[Any, Any]:
-    splits = splits_from_args(a)
-    return splits.val, splits.test
 
 
 if __name__ == "__main__":
