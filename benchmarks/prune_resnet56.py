@@ -107,8 +107,12 @@ def compare_lines(a: argparse.Namespace, tuned: list[dict[str, Any]]) -> list[st
 
     stack: dict[int, dict[str, Any]] = {}
     for path in a.compare:
-        rec = json.loads(Path(path).read_text())
-        theirs = rec["args"]
+        try:
+            rec = json.loads(Path(path).read_text())
+            theirs, rows = rec["args"], rec["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"--compare: {path} is not the --json of a "
+                            f"quant_stack_resnet56.py run ({type(exc).__name__}: {exc})") from None
         for key in COMPARED:
             if theirs.get(key) != getattr(a, key):
                 raise UserError(f"--compare: {path} was run with {key}={theirs.get(key)!r}, "
@@ -116,7 +120,7 @@ def compare_lines(a: argparse.Namespace, tuned: list[dict[str, Any]]) -> list[st
         if theirs.get("seed", 0) != 0 or theirs.get("val_fraction", 0.1) != 0.1:
             raise UserError(f"--compare: {path} used other splits (split seed "
                             f"{theirs.get('seed')}, val fraction {theirs.get('val_fraction')})")
-        stack.update({r["seed"]: r for r in rec["rows"]})
+        stack.update({r["seed"]: r for r in rows})
     missing = sorted({r["seed"] for r in tuned} - set(stack))
     if missing:
         raise UserError(f"--compare: no control for seed(s) {missing} in {a.compare}")

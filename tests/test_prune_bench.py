@@ -56,3 +56,14 @@ def test_compare_refuses_a_seed_without_control(tmp_path) -> None:
     a = argparse.Namespace(**PROTOCOL, compare=[_stack(tmp_path, [0])])
     with pytest.raises(UserError, match=r"no control for seed\(s\) \[1\]"):
         bench.compare_lines(a, _tuned([0, 1]))
+
+
+@pytest.mark.parametrize("content", [None, "not json", "[]"])
+def test_compare_refuses_a_file_that_is_not_a_stack_run(tmp_path, content) -> None:
+    bench = load_benchmark("prune_resnet56")
+    path = tmp_path / "x.json"
+    if content is not None:
+        path.write_text(content)
+    a = argparse.Namespace(**PROTOCOL, compare=[str(path)])
+    with pytest.raises(UserError, match="not the --json of a quant_stack"):
+        bench.compare_lines(a, _tuned([0]))
