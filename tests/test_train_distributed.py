@@ -55,10 +55,15 @@ SCRIPT = textwrap.dedent(
         json.dump({"writes": writes, "history": result.history,
                    "world": torch.distributed.is_initialized()}, fh)
     # Leave the process group before exiting: exiting with gloo's threads alive can abort
-    # one rank ("terminate called without an active exception") on a loaded machine.
+    # one rank ("terminate called without an active exception") on a loaded machine, and
+    # did once more in interpreter teardown after destroy_process_group; everything this
+    # script reports is written and closed above, so it skips that teardown.
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
     """
 )
 
