@@ -79,6 +79,14 @@ def test_seeds_only_and_quick_arguments(headline, capsys, tmp_path):
     assert _flag(commands["lowrank"][0], "--train-limit") == "300"  # the quick arguments
 
 
+def test_nas_seeds_search_against_one_latency_table(headline, capsys, tmp_path):
+    """The first NAS seed measures the latency table; the others load it, so the three
+    searches aim at the same millisecond targets and none times ops under another's load."""
+    runs = _dry_run(headline, capsys, "--only", "nas", "--out-dir", str(tmp_path))["nas"]
+    tables = {_flag(a, "--table") for a in runs}
+    assert len(runs) == 3 and tables == {str(tmp_path / "work" / "nas" / "latency-table.json")}
+
+
 def test_refusals(headline, capsys, tmp_path):
     results = BENCH.parent / "results"
     assert headline.main(["--quick", "--dry-run", "--out-dir", str(results / "x")]) == 2

@@ -219,3 +219,17 @@ def test_a_failed_resume_removes_nothing(tmp_path, capsys):
     (out / "config.json").write_text('{"options": {}}')  # killed before its first checkpoint
     assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 2
     assert (out / "config.json").read_text() == '{"options": {}}'
+
+
+def test_a_recipe_checks_its_out_before_training_and_creates_nothing(tmp_path):
+    """``check_run_dir`` (the recipes' check before they train) refuses a folder holding
+    files unless forced, accepts a missing or empty one, and writes nothing either way."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="already exists; pass --force"):
+        rundir.check_run_dir(theirs, force=False)
+    assert rundir.check_run_dir(theirs, force=True) == theirs
+    assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
+    missing = tmp_path / "new" / "run"
+    assert rundir.check_run_dir(missing, force=False) == missing and not missing.parent.exists()

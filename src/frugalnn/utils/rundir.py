@@ -278,14 +278,21 @@ def active_runs() -> dict[Path, Any]:
 atexit.register(finish_all)
 
 
-def prepare_run_dir(out: str | os.PathLike[str], force: bool) -> Path:
-    """The directory a recipe writes its run into: created if missing; one that already
-    holds results is refused unless ``force`` (the CLI has opened and locked it with
-    :func:`open_run` before; a recipe called from Python gets the same refusal)."""
+def check_run_dir(out: str | os.PathLike[str], force: bool) -> Path:
+    """``out`` as a path, refused (unless ``force``) when it already holds results; creates
+    nothing, so a recipe can check before it trains and write only once it has a model."""
     path = Path(out)
     if path.exists() and has_results(path) and not force:
         raise UserError(f"{path} already exists; pass --force to overwrite it or choose "
                         "another --out")
+    return path
+
+
+def prepare_run_dir(out: str | os.PathLike[str], force: bool) -> Path:
+    """The directory a recipe writes its run into: created if missing; one that already
+    holds results is refused unless ``force`` (the CLI has opened and locked it with
+    :func:`open_run` before; a recipe called from Python gets the same refusal)."""
+    path = check_run_dir(out, force)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -26,6 +26,7 @@ from frugalnn.data.splits import seeded_loader
 from frugalnn.errors import UserError
 from frugalnn.methods.acm.convert import DEFAULT_QS, ACMModel
 from frugalnn.methods.acm.training import ACMTrainConfig
+from frugalnn.utils.rundir import check_run_dir
 
 __all__ = ["ACMConfig", "ACMRun", "acm", "run_acm"]
 
@@ -171,10 +172,7 @@ def run_acm(
     from frugalnn.train.checkpoint import data_signature, save_checkpoint
 
     cfg = config.validate()
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it or choose "
-                        "another --out")
+    out = check_run_dir(out, force)
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)

@@ -35,6 +35,7 @@ from frugalnn.errors import UserError
 from frugalnn.methods.early_exit.model import EarlyExitModel, attach_heads
 from frugalnn.methods.early_exit.policies import POLICIES
 from frugalnn.utils.batch import split_batch, to_device
+from frugalnn.utils.rundir import check_run_dir
 
 __all__ = ["MODES", "EarlyExitConfig", "EarlyExitRun", "augmented_view", "early_exit",
            "run_early_exit", "train_from_caches", "validation_parts"]
@@ -433,10 +434,7 @@ def run_early_exit(
     from frugalnn.utils.io import jsonable, write_json_atomic
 
     config = replace(config).validate()
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it or choose "
-                        "another --out")
+    out = check_run_dir(out, force)
     fit_ds, choose_ds = validation_parts(splits.val, config)
     ee, history = _convert_and_train(model, config, splits.train, fit_ds, device, progress)
     method = config.method_name()

@@ -24,6 +24,7 @@ from frugalnn.analysis.operating_point import choose_budget, operating_point
 from frugalnn.data.splits import seeded_loader
 from frugalnn.errors import UserError
 from frugalnn.methods.moe.convert import DEFAULT_TAUS, MoEModel
+from frugalnn.utils.rundir import check_run_dir
 
 __all__ = ["EXPERT_SPLITS", "MODES", "MoEConfig", "MoERun", "moe",
            "run_moe"]
@@ -205,10 +206,7 @@ def run_moe(
     from frugalnn.utils.io import write_json_atomic
 
     cfg = config.validate()
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it or choose "
-                        "another --out")
+    out = check_run_dir(out, force)
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)

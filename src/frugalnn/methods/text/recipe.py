@@ -34,6 +34,7 @@ from frugalnn.methods.text.data import (
 )
 from frugalnn.methods.text.features import token_group_names
 from frugalnn.methods.text.models import NgramNet
+from frugalnn.utils.rundir import check_run_dir
 
 __all__ = ["TASKS", "NgramConfig", "NgramRun", "TextModel", "ngram", "run_ngram",
            "token_records"]
@@ -401,10 +402,7 @@ def run_ngram(
     from frugalnn.utils.io import write_json_atomic
 
     cfg = copy.deepcopy(config).validate()
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it or choose "
-                        "another --out")
+    out = check_run_dir(out, force)
     if threads:
         torch.set_num_threads(threads)
     float_model = _train(splits.train, cfg, splits.val, progress)
