@@ -317,8 +317,9 @@ def write_markdown(out: dict, path: Path) -> None:
         results_header("Hardware-aware architecture search (frugalnn.methods.nas, "
                        "ProxylessNAS-style)", device=a["latency_device"]),
         f"- training device: {a['train_device']}; latency device: {a['latency_device']} "
-        f"(batch 1, {a['threads']} thread(s), min over {a['rounds']} interleaved rounds of "
-        f"{a['repeats']} calls)",
+        f"(batch 1, {a['threads']} thread(s); the networks below: min over "
+        f"{2 * a['rounds']} interleaved rounds of {2 * a['repeats']} calls; a table entry: "
+        f"{a['rounds']} rounds of {a['repeats']} calls)",
         *([f"- search and retraining ran on: {out['trained_on']['device']} (host CPU "
             f"{out['trained_on']['cpu']}, torch {out['trained_on']['torch']}, "
             f"{out['trained_on']['date']}); the measured ms are from this machine "
