@@ -18,6 +18,12 @@ Pipeline (cached under --work; re-running skips what exists):
         --baseline runs/bench/moe_vit_cifar/baseline/checkpoint \
         --compare runs/bench/moe_vit_cifar/moe-dynamic ...
 
+The converted layers are timed on every run, trained or cached, under the timing
+lock: seeds trained side by side (more processes than cores) are re-timed by running
+the same command again on a quiet machine, which trains nothing and rewrites the
+results with the new layer timings (the end-to-end latencies of the sweep stay the
+training run's).
+
 Writes ``benchmarks/results/acm.md`` (measured section; the findings are
 written by hand below it) and the figures under ``--work``.
 """
@@ -36,7 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import add_split_flags, log, splits_from_args
+from _common import add_split_flags, log, splits_from_args, timing_lock
 from torch.utils.data import DataLoader
 
 from frugalnn.analysis.operating_point import operating_point
@@ -280,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     converted = load_model(run / "checkpoint").eval()
     x = torch.stack([test[i][0] for i in range(a.batch_size)])
     log("timing the converted FFN layers against the dense FFNs")
-    lat = ffn_latency(converted, teacher, x, a.latency_repeats, a.threads)
+    with timing_lock():
+        lat = ffn_latency(converted, teacher, x, a.latency_repeats, a.threads)
 
     extra = [] if a.no_early_exit else [early_exit_run(a, work, teacher, train, test, val)]
     runs = [ref, run, *extra, *[Path(c) for c in a.compare]]

@@ -15,6 +15,12 @@ Pipeline (each stage cached under --work, so re-running skips what exists):
    within 1 point of dense; the tau closest to 50 % of the FFN FLOPs) are
    chosen on the validation split and scored on the test subset.
 
+4. ``time`` (only when asked for): the layer timings of a finished run re-measured
+   from its cached checkpoints, under the timing lock, and its results rewritten. Seeds
+   trained side by side (more processes than cores) time their layers under each
+   other's load; ``--stage time`` with the same flags, run afterwards on a quiet
+   machine, replaces those figures and records both loads.
+
 Splits come from :func:`frugalnn.data.splits.load_splits` (``--train-limit``,
 ``--val-limit``, ``--test-limit``, ``--seed``: the same examples as the CLI).
 
@@ -35,13 +41,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import add_split_flags, log, results_header, splits_from_args, write_results
+from _common import (
+    add_split_flags,
+    log,
+    results_header,
+    splits_from_args,
+    timing_lock,
+    write_results,
+)
 from torch.utils.data import DataLoader
 
 from frugalnn.analysis.sparsity import activation_sparsity
 from frugalnn.cost.latency import measure_latency
 from frugalnn.cost.machine import describe_machine
 from frugalnn.data.splits import random_subset
+from frugalnn.errors import UserError
 from frugalnn.evaluation import evaluate, evaluate_into, load_summary
 from frugalnn.methods.moe import enforce_sparsity, finetune_routed
 from frugalnn.methods.moe.recipe import MoEConfig, moe
@@ -60,7 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.set_defaults(train_limit=12000, val_limit=1000, test_limit=1000,
                    data_dir=os.environ.get("FRUGALNN_DATA"))
     p.add_argument("--work", default="runs/bench/moe_vit_cifar", help="cache of checkpoints/runs")
-    p.add_argument("--stage", default="all", choices=("train", "sparsify", "convert", "all"))
+    p.add_argument("--stage", default="all",
+                   choices=("train", "sparsify", "convert", "all", "time"),
+                   help="time: re-measure a finished run's layer timings (same flags, quiet "
+                        "machine) and rewrite its --out and JSON")
     p.add_argument("--dim", type=int, default=96)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--heads", type=int, default=3)
@@ -264,6 +281,48 @@ def stage_convert(a: argparse.Namespace, work: Path, train: Any, test: Any, val:
             "half": half, "half_timing": half_timing, "control": control, "reference": ref}
 
 
+# Flags that must match between a run and its --stage time: they decide which
+# checkpoints, images and operating points the timings belong to.
+SAME_RUN_FLAGS = ("work", "seed", "data", "train_limit", "val_limit", "test_limit", "epochs",
+                  "experts", "finetune_epochs", "batch_size", "threads", "latency_repeats")
+
+
+def stage_time(a: argparse.Namespace, work: Path, test: Any) -> dict:
+    """``--stage time``: the FFN-layer timings of the finished run behind ``--out`` measured
+    again from its checkpoints (same tau, same test batch), under the timing lock."""
+    path = Path(a.out).with_suffix(".json")
+    try:
+        res = json.loads(path.read_text())
+        ran = res.pop("args")
+        res.pop("machine")
+        res["point"]["budget"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"--stage time: {path} is not the JSON of a finished moe_vit_cifar.py "
+                        f"run ({exc.__class__.__name__}: {exc})") from None
+    differ = [f"--{k.replace('_', '-')} {ran.get(k)} (now {getattr(a, k)})"
+              for k in SAME_RUN_FLAGS if ran.get(k) != getattr(a, k)]
+    if differ:
+        raise UserError(f"--stage time: {path} was run with other flags: {', '.join(differ)}")
+    src = work / "sparse" / "checkpoint"
+    if not (src / "model.safetensors").exists():
+        src = work / "baseline" / "checkpoint"
+    moe_ckpt = work / ("moe-ft" if a.finetune_epochs > 0 else "moe") / "checkpoint"
+    for ckpt in (src, moe_ckpt):
+        if not (ckpt / "model.safetensors").exists():
+            raise UserError(f"--stage time: {ckpt} is missing; run the other stages first")
+    dense, moe_model = load_model(src).eval(), load_model(moe_ckpt).eval()
+    x_batch = next(iter(loader(test, a.batch_size, False, a.seed)))[0]
+    trained_load = res.get("retimed", {}).get("load_while_training", res.get("load"))
+    with timing_lock():
+        res["layer_timing"] = time_layers(moe_model, dense, x_batch,
+                                          float(res["point"]["budget"]), a.latency_repeats)
+        if res.get("half_timing"):
+            res["half_timing"] = time_layers(moe_model, dense, x_batch,
+                                             float(res["half"]["budget"]), a.latency_repeats)
+    res["retimed"] = {"date": describe_machine()["date"], "load_while_training": trained_load}
+    return res
+
+
 def _accuracy(model: Any, data: Any, batch_size: int) -> float:
     """Top-1 accuracy of a model at its current budget."""
     records = evaluate(model, DataLoader(data, batch_size=batch_size), budgets=[1.0],
@@ -314,7 +373,7 @@ def markdown(a: argparse.Namespace, res: dict, work: Path, sizes: dict[str, int]
                   f"of dense | latency ms (batch {a.batch_size}) | vs dense run (other process) |",
                   "|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
-            ms = r["latency_ms"].get(a.batch_size)
+            ms = r["latency_ms"].get(a.batch_size, r["latency_ms"].get(str(a.batch_size)))
             d = lat64.get(a.batch_size)
             lines.append(
                 f"| {r['budget']} | {100 * r['accuracy']:.2f} | {100 * r['ffn_fraction']:.1f} | "
@@ -353,31 +412,48 @@ def markdown(a: argparse.Namespace, res: dict, work: Path, sizes: dict[str, int]
             f"{lt['model_moe_ms']:.2f} | {lt['model_dense_ms'] / lt['model_moe_ms']:.2f}x | |",
             "",
         ]
+    timed = (f"Layer timings re-measured by `--stage time` on {res['retimed']['date']} at "
+             f"load {res.get('load', '?')} (the training run's own timings, at load "
+             f"{res['retimed']['load_while_training']}, are replaced)" if res.get("retimed")
+             else f"Load average during the run: {res.get('load', '?')}. Layer timings")
     lines += [
-        f"Load average during the run: {res.get('load', '?')}. Layer timings: the fastest of 3 "
-        f"interleaved rounds, each the median of {a.latency_repeats} repeats.",
+        f"{timed}: the fastest of 3 interleaved rounds, each the median of "
+        f"{a.latency_repeats} repeats. End-to-end latencies in the sweep tables are the "
+        "training run's.",
         "",
     ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
+    try:
+        return run(parse_args(argv))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(a: argparse.Namespace) -> int:
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     work = Path(a.work)
+    if a.stage == "time" and not work.is_dir():
+        raise UserError(f"--stage time: no work directory {work}; run the other stages first")
     work.mkdir(parents=True, exist_ok=True)
     log("loading CIFAR-10 JPEG")
     splits = splits_from_args(a)
     train, val, test = splits.train, splits.val, splits.test
     test_dl = loader(test, a.batch_size, False, a.seed)
-    stage_train(a, work, train)
-    if a.stage == "train":
-        return 0
-    stage_sparsify(a, work, train, test_dl)
-    if a.stage == "sparsify":
-        return 0
-    res = stage_convert(a, work, train, test, val)
+    if a.stage == "time":
+        res = stage_time(a, work, test)
+    else:
+        stage_train(a, work, train)
+        if a.stage == "train":
+            return 0
+        stage_sparsify(a, work, train, test_dl)
+        if a.stage == "sparsify":
+            return 0
+        res = stage_convert(a, work, train, test, val)
     res["load"] = [round(v, 2) for v in os.getloadavg()]
     sizes = {"train": len(train), "val": len(val) if val is not None else 0, "test": len(test)}
     md = markdown(a, res, work, sizes)
