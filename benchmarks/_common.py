@@ -18,7 +18,7 @@ import fcntl
 import shlex
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ __all__ = [
     "alternating_latency_ms",
     "log",
     "mean_sd",
+    "one_line_errors",
     "results_header",
     "splits_from_args",
     "timing_lock",
@@ -42,6 +43,18 @@ _STARTED = time.time()
 def log(msg: str) -> None:
     """One progress line with the minutes since the script started."""
     print(f"[{(time.time() - _STARTED) / 60:6.1f} min] {msg}", file=sys.stderr, flush=True)
+
+
+def one_line_errors(run: Callable[[], int | None]) -> int:
+    """``run()``'s exit status (0 for ``None``); a :class:`frugalnn.errors.UserError` (bad
+    flags, files that are not what they should be) becomes one ``error:`` line and status 2."""
+    from frugalnn.errors import UserError
+
+    try:
+        return run() or 0
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:

@@ -44,6 +44,7 @@ import torch
 from _common import (
     add_split_flags,
     log,
+    one_line_errors,
     results_header,
     splits_from_args,
     timing_lock,
@@ -426,11 +427,7 @@ def markdown(a: argparse.Namespace, res: dict, work: Path, sizes: dict[str, int]
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return run(parse_args(argv))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return one_line_errors(lambda: run(parse_args(argv)))
 
 
 def run(a: argparse.Namespace) -> int:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import alternating_latency_ms, log, results_header, write_results
+from _common import alternating_latency_ms, log, one_line_errors, results_header, write_results
 
 from frugalnn.data.splits import load_splits
 from frugalnn.errors import UserError
@@ -144,12 +144,7 @@ def compare_lines(a: argparse.Namespace, tuned: list[dict[str, Any]]) -> list[st
 
 
 def main() -> int:
-    try:
-        _main()
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return one_line_errors(_main)
 
 
 def _main() -> None:

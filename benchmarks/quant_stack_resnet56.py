@@ -57,6 +57,7 @@ from _common import (
     alternating_latency_ms,
     log,
     mean_sd,
+    one_line_errors,
     results_header,
     splits_from_args,
     timing_lock,
@@ -295,11 +296,7 @@ def _device_name(device: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return run(parse_args(argv))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return one_line_errors(lambda: run(parse_args(argv)))
 
 
 def run(a: argparse.Namespace) -> int:
