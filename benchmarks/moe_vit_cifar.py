@@ -294,9 +294,8 @@ def stage_time(a: argparse.Namespace, work: Path, test: Any) -> dict:
     path = Path(a.out).with_suffix(".json")
     try:
         res = json.loads(path.read_text())
-        ran = res.pop("args")
-        res.pop("machine")
-        res["point"]["budget"]
+        ran, machine = res.pop("args"), res.pop("machine")
+        float(res["point"]["budget"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"--stage time: {path} is not the JSON of a finished moe_vit_cifar.py "
                         f"run ({exc.__class__.__name__}: {exc})") from None
@@ -313,14 +312,16 @@ def stage_time(a: argparse.Namespace, work: Path, test: Any) -> dict:
             raise UserError(f"--stage time: {ckpt} is missing; run the other stages first")
     dense, moe_model = load_model(src).eval(), load_model(moe_ckpt).eval()
     x_batch = next(iter(loader(test, a.batch_size, False, a.seed)))[0]
-    trained_load = res.get("retimed", {}).get("load_while_training", res.get("load"))
+    before = res.get("retimed", {"load_while_training": res.get("load"), "trained_on": machine})
     with timing_lock():
         res["layer_timing"] = time_layers(moe_model, dense, x_batch,
                                           float(res["point"]["budget"]), a.latency_repeats)
         if res.get("half_timing"):
             res["half_timing"] = time_layers(moe_model, dense, x_batch,
                                              float(res["half"]["budget"]), a.latency_repeats)
-    res["retimed"] = {"date": describe_machine()["date"], "load_while_training": trained_load}
+    res["retimed"] = {"date": describe_machine()["date"],
+                      "load_while_training": before["load_while_training"],
+                      "trained_on": before["trained_on"]}
     return res
 
 

@@ -28,6 +28,7 @@ def test_stage_time_replaces_only_the_layer_timings(tmp_path, data_dir, capsys):
     assert bench.main([*flags, "--stage", "time"]) == 0
     again = json.loads(out.with_suffix(".json").read_text())
     assert again["retimed"]["load_while_training"] == first["load"]
+    assert again["retimed"]["trained_on"] == first["machine"]
     for key in ("dense", "runs", "point", "half", "control", "reference"):
         assert again[key] == first[key], key  # accuracy, FLOPs, operating points unchanged
     layers = again["layer_timing"]["layers"]

@@ -231,5 +231,8 @@ def test_a_recipe_checks_its_out_before_training_and_creates_nothing(tmp_path):
         rundir.check_run_dir(theirs, force=False)
     assert rundir.check_run_dir(theirs, force=True) == theirs
     assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert rundir.check_run_dir(empty, force=False) == empty and not any(empty.iterdir())
     missing = tmp_path / "new" / "run"
     assert rundir.check_run_dir(missing, force=False) == missing and not missing.parent.exists()
