@@ -154,14 +154,17 @@ def time_on_runtimes(models: dict[str, Any], runners: dict[str, Any], images: An
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def mean_sd(values: Sequence[float], digits: int = 2) -> str:
-    """``"mean ± sd"`` of ``values`` (sd 0 for one value; ``"-"`` for none)."""
+def mean_sd(values: Sequence[float], digits: int = 2, *, signed: bool = False) -> str:
+    """``"mean ± sd"`` of ``values`` (sd 0 for one value; ``"-"`` for none); ``signed``
+    writes the mean's sign (``+0.40``), and a mean that rounds to zero is never ``-0.00``."""
     import statistics
 
     if not values:
         return "-"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+    mean = statistics.mean(values)
+    mean = 0.0 if abs(mean) < 0.5 * 10.0**-digits else mean
+    return f"{mean:{'+' if signed else ''}.{digits}f} ± {sd:.{digits}f}"
 
 
 def alternating_latency_ms(models: dict[str, Any], x: Any, *, passes: int, repeats: int,
