@@ -24,8 +24,9 @@ the same command again on a quiet machine, which trains nothing and rewrites the
 results with the new layer timings (the end-to-end latencies of the sweep stay the
 training run's).
 
-Writes ``benchmarks/results/acm.md`` (measured section; the findings are
-written by hand below it) and the figures under ``--work``.
+Writes ``--out`` (the measured section, with anything below a ``<!-- findings -->`` line
+kept; ``benchmarks/results/acm.md`` is assembled by hand from such sections) and the
+figures under ``--work``.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="MoE model for experts-per-patch maps (skipped when missing)")
     p.add_argument("--rank-relative-cost", type=float, default=0.75,
                    help="rank --compare runs at the budget nearest this fraction of their cost")
-    p.add_argument("--out", default="benchmarks/results/acm.md")
+    p.add_argument("--out", default="runs/bench/results/acm_vit_cifar.md",
+                   help="results section (benchmarks/results/acm.md is written by hand from it)")
     p.add_argument("--json", help="also write the headline figures as JSON here")
     return p.parse_args(argv)
 

@@ -2,7 +2,8 @@
 mean ± sd for every headline figure, with the targets' met / not met.
 
 Reads the JSON that ``moe_vit_cifar.py`` writes beside its ``--out`` and the ``--json`` of
-``acm_vit_cifar.py`` (whose ``--work`` holds ``rankings/rankings.json``), one file per seed:
+``acm_vit_cifar.py`` (its rankings study: ``<stem>.rankings.json`` beside it, else
+``rankings/rankings.json`` under the run's ``--work``), one file per seed:
 
     python benchmarks/vit_seeds.py --moe runs/headline/moe_seed{0,1,2}.json \\
         --acm runs/headline/acm_seed{0,1,2}.json --out /tmp/vit_seeds.md
@@ -118,7 +119,11 @@ MOE_COLUMNS = [("tau", "tau (validation)", "{:g}"), ("dense", "dense %", "{:.2f}
 
 
 def moe_section(moe: dict[str, dict[str, Any]]) -> list[str]:
-    lines = ["## MoE (dynamic-k) on the ViT", ""]
+    mixes = sorted({str(r["args"].get("finetune_taus")) for r in moe.values()})
+    lines = ["## MoE (dynamic-k) on the ViT", "",
+             f"Routed fine-tuning at tau drawn from {{{' / '.join(mixes)}}}; the reference is the "
+             "better (on test) of the dense model and the dense model given the same training.",
+             ""]
     for key, timing, title in (("point", "layer_timing", "the cheapest tau within 1 point of "
                                 "the better of dense and its same-training control"),
                                ("half", "half_timing", "the tau closest to 50 % of the FFN "
@@ -185,9 +190,12 @@ def signal_key(sig: dict[str, Any]) -> str:
 def rankings_section(acm: dict[str, dict[str, Any]]) -> list[str]:
     studies = {}
     for seed, res in acm.items():
-        path = Path(res["args"]["work"]) / "rankings" / "rankings.json"
-        if not path.is_file():
-            raise UserError(f"{path}: missing (the rankings study of seed {seed})")
+        # kept beside the ACM JSON (<stem>.rankings.json), or in the run's work directory
+        paths = [Path(res["source"]).with_suffix(".rankings.json"),
+                 Path(res["args"]["work"]) / "rankings" / "rankings.json"]
+        path = next((q for q in paths if q.is_file()), None)
+        if path is None:
+            raise UserError(f"{paths[1]}: missing (the rankings study of seed {seed})")
         studies[seed] = json.loads(path.read_text())
     keys = None
     per_seed: dict[tuple[str, str], list[float]] = {}
@@ -204,17 +212,27 @@ def rankings_section(acm: dict[str, dict[str, Any]]) -> list[str]:
              "the script's relative cost).", "",
              "| signal A | signal B | " + " | ".join(f"seed {s}" for s in studies)
              + " | mean ± sd |", "|---|---|" + "---:|" * (len(studies) + 1)]
+    # A signal the same for every image (top-k's compute) correlates with nothing (null,
+    # also on its own diagonal).
+    constant = sorted({signal_key(sig) for study in studies.values()
+                       for i, sig in enumerate(study["signals"])
+                       if study["spearman"][i][i] is None})
     for (a, b), vals in per_seed.items():
+        if a in constant or b in constant:
+            continue
         if len(vals) == len(studies) and a in keys and b in keys:
-            lines.append(f"| {a} | {b} | " + " | ".join(f"{v:+.2f}" for v in vals)
-                         + f" | {mean_sd(vals, signed=True)} |")
+            pooled = "-" if None in vals else mean_sd(vals, signed=True)
+            lines.append(f"| {a} | {b} | " + " | ".join("-" if v is None else f"{v:+.2f}"
+                                                         for v in vals) + f" | {pooled} |")
+    if constant:
+        lines += ["", f"No correlation with {', '.join(constant)}: the same for every image."]
     return [*lines, ""]
 
 
 def by_seed(paths: list[str]) -> dict[int, dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
     for p in paths:
-        data = read_json(p)
+        data = read_json(p) | {"source": p}
         seed = int(data["args"]["seed"])
         if seed in out:
             raise UserError(f"{p}: seed {seed} given twice")

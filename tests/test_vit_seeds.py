@@ -64,8 +64,10 @@ def test_acm_and_rankings(bench, tmp_path):
             "examples": 100,
             "signals": [{"name": f"ACM: compute (q={0.4 + 0.1 * seed:g})",
                          "run": str(work / "acm")},
-                        {"name": "ViT baseline: entropy", "run": str(work / "reference")}],
-            "spearman": [[1.0, rho], [rho, 1.0]]}))
+                        {"name": "ViT baseline: entropy", "run": str(work / "reference")},
+                        {"name": "MoE: compute (k=4)", "run": str(work / "moe-ft-topk")}],
+            # top-k's compute is the same for every image: no correlation (null)
+            "spearman": [[1.0, rho, None], [rho, 1.0, None], [None, None, None]]}))
         f = tmp_path / f"acm{seed}.json"
         f.write_text(json.dumps({
             "args": {"seed": seed, "work": str(work)}, "machine": {"loadavg": [2, 2, 2]},
@@ -83,6 +85,8 @@ def test_acm_and_rankings(bench, tmp_path):
     assert "control): 2 of 3 seeds." in text  # -3, -1, +1 points
     # the budget in a signal's name differs per seed; the pair is still pooled
     assert "| acm: compute | reference: entropy | +0.50 | +0.60 | +0.70 | +0.60 ± 0.10 |" in text
+    assert "moe-ft-topk: compute |" not in text
+    assert "No correlation with moe-ft-topk: compute: the same for every image." in text
 
 
 def test_bad_input_is_refused(bench, tmp_path):
