@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import re
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -249,13 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     if not a.moe and not a.acm:
         raise UserError("give --moe and/or --acm files")
     moe, acm = by_seed(a.moe), by_seed(a.acm)
-    loads = [statistics.mean(r.get("load") or r["machine"]["loadavg"])
-             for r in [*moe.values(), *acm.values()]]
+    # 1-minute load average each run recorded with its figures (MoE: when it wrote them,
+    # after any --stage time; ACM: when its last run, the re-timing one, started)
+    loads = [(r.get("load") or r["machine"]["loadavg"])[0] for r in [*moe.values(), *acm.values()]]
     parts = [results_header(
         "ViT on CIFAR-10 (JPEG): MoE, ACM and difficulty rankings over seeds",
         argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
-        notes=f"Seeds: MoE {sorted(moe)}, ACM {sorted(acm)}; each run's machine, load "
-              f"(mean {min(loads):.1f}-{max(loads):.1f}) and command are in its own file.")]
+        notes=f"Seeds: MoE {sorted(moe)}, ACM {sorted(acm)}; 1-minute load average recorded "
+              f"with the runs' figures {min(loads):.1f}-{max(loads):.1f}; each run's machine "
+              "and command are in its JSON.")]
     if moe:
         parts.append("\n".join(moe_section(moe)))
     if acm:
