@@ -33,7 +33,6 @@ import copy
 import itertools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import log, results_header, write_results
+from _common import log, mean_sd, results_header, write_results
 
 from frugalnn.cost.allocator import retain_freed_memory
 from frugalnn.cost.count import count_flops
@@ -300,11 +299,6 @@ def single_table(res: dict[str, Any]) -> list[str]:
                         f"| {alloc} | {bs} | {t:.2f} | {ms[('dense', lay, bs, alloc)] / t:.2f}x "
                         f"| {best / t:.2f}x |")
     return lines
-
-
-def mean_sd(values: list[float], fmt: str = "{:.2f}") -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(sd)}"
 
 
 def pooled_tables(results: list[dict[str, Any]]) -> list[str]:
