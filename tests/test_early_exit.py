@@ -356,6 +356,38 @@ def test_saving_within_an_outside_reference_accuracy():
     assert unreachable[0.0]["flops_saving"] != unreachable[0.0]["flops_saving"]  # NaN
 
 
+def test_oracle_bound_hand_counted_and_never_beaten_by_a_threshold():
+    """Each example stops at the first exit that is right; no threshold does better."""
+    from frugalnn.methods.early_exit.offline import ExitTrace, oracle_bound, score
+
+    def onehot(classes: list[int]) -> torch.Tensor:
+        return F.one_hot(torch.tensor(classes), 3).float() * 5
+
+    labels = torch.tensor([0, 1, 2, 0])
+    # Exit 0 right on example 0, exit 1 on examples 0-1, the last exit on 0-2; example 3
+    # is wrong everywhere (stops at exit 0, cost 1).
+    logits = torch.stack([onehot([0, 0, 0, 1]), onehot([0, 1, 0, 1]), onehot([0, 1, 2, 1])])
+    exit_flops = torch.tensor([[1.0] * 4, [2.0] * 4, [4.0] * 4], dtype=torch.float64)
+    trace = ExitTrace(logits, labels, exit_flops, torch.full((4,), 3.5, dtype=torch.float64))
+    bound = oracle_bound(trace)
+    assert bound["accuracy"] == 0.75
+    assert bound["flops_ratio"] == pytest.approx((1 + 2 + 4 + 1) / 4 / 3.5)
+    # On a real trace, every threshold is at least as costly at its accuracy or lower.
+    backbone, shape = _backbone("cnn")
+    ee = attach_heads(backbone, "every").eval()
+    torch.manual_seed(5)
+    x = torch.randn(40, *shape)
+    _scramble_heads(ee, x)
+    real = collect_trace(ee, DataLoader(TensorDataset(x, torch.randint(0, 10, (40,))),
+                                        batch_size=16))
+    top = oracle_bound(real)
+    for t in (0.0, 0.3, 0.6, 0.9):
+        s = score(real, "maxprob", t)
+        assert s["accuracy"] <= top["accuracy"] + 1e-12
+        if s["accuracy"] == top["accuracy"]:
+            assert s["flops_ratio"] >= top["flops_ratio"] - 1e-12
+
+
 @pytest.mark.parametrize("rows", [1, 8, 16, 33])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_head_max_pooling_is_exact_at_every_batch_size(rows: int, channels_last: bool) -> None:

@@ -158,6 +158,10 @@ def _train(args: argparse.Namespace) -> int:
         print(f"within {100 * drop:.1f} pt of the backbone: {100 * row['flops_saving']:.1f} % "
               f"FLOPs saved on test (threshold {row['threshold']:.4g}, chosen on "
               f"{run.numbers['chosen_on']})")
+    oracle = run.numbers["oracle"]
+    print(f"oracle with these heads (each example stops at the first exit that is right): "
+          f"{100 * oracle['accuracy']:.1f} % accuracy at {100 * oracle['flops_ratio']:.1f} % "
+          "of the backbone's FLOPs on test (no exit policy reaches that accuracy for less)")
     print(f"checkpoint: {out / 'checkpoint'}")
     print(f"records:    {out / 'records.csv'}")
     return 0

@@ -277,6 +277,26 @@ def score(trace: ExitTrace, policy: str, threshold: float) -> dict[str, float]:
             "flops_ratio": float(r.flops.mean()) / float(trace.backbone_flops.mean())}
 
 
+def oracle_bound(trace: ExitTrace) -> dict[str, float]:
+    """The most any exit policy could save with these heads: every example stops at the
+    first exit whose prediction is its label (an example no exit gets right stops at the
+    first exit: it is wrong wherever it stops), at the cost :func:`simulate` charges
+    there (every earlier head evaluated).
+
+    Returns ``accuracy`` (examples some exit gets right: at least the backbone's) and
+    ``flops_ratio`` (mean cost as a fraction of the backbone's): no exit policy reaches
+    that accuracy for less (costs grow exit by exit, so the first right exit is the
+    cheapest right one).
+    """
+    correct = trace.logits.argmax(dim=2) == trace.labels
+    right = correct.any(dim=0)
+    first = torch.where(right, correct.double().argmax(dim=0), torch.zeros_like(trace.labels))
+    # The cost of stopping at each exit as :func:`simulate` charges it (heads on the way).
+    flops = trace.exit_flops[first, torch.arange(trace.labels.shape[0])]
+    return {"accuracy": float(right.double().mean()),
+            "flops_ratio": float(flops.mean()) / float(trace.backbone_flops.mean())}
+
+
 def operating_points(
     trace: ExitTrace,
     policy: str,
