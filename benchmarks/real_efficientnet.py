@@ -79,23 +79,28 @@ def lowrank_part(a: argparse.Namespace, dense: torch.nn.Module, dense_cost: Any,
     seeds = a.seeds if a.epochs > 0 else a.seeds[:1]  # without training: deterministic
     rows: list[dict[str, Any]] = []
     models: dict[str, torch.nn.Module] = {}
-    for target in a.targets:
+    runs = [(t, aware) for aware in a.variants.split(",") for t in a.targets]
+    for target, variant in runs:
+        aware = variant == "data-aware"
+        name = f"{target} data-aware" if aware else target
         vals, tests, flops = [], [], 0.0
         for seed in seeds:
             cfg = frugalnn.LowRankConfig(method="svd", target=target, exclude=["_conv_stem"],
                                          finetune_epochs=a.epochs, lr=a.lr,
-                                         batch_size=a.batch_size, seed=seed)
-            cheap = frugalnn.lowrank(dense, cfg, train_data=train if a.epochs else None,
+                                         batch_size=a.batch_size, seed=seed, data_aware=aware,
+                                         calibration_examples=len(train))
+            cheap = frugalnn.lowrank(dense, cfg,
+                                     train_data=train if a.epochs or aware else None,
                                      example_input=x1)
             cheap.eval()
             vals.append(agreement(cheap, val))
             tests.append(agreement(cheap, test))
             flops = frugalnn.measure(cheap, x1).flops
-            models.setdefault(target, cheap)
-            log(f"{target} seed {seed}: val {vals[-1]:.1%}, test {tests[-1]:.1%}, "
+            models.setdefault(name, cheap)
+            log(f"{name} seed {seed}: val {vals[-1]:.1%}, test {tests[-1]:.1%}, "
                 f"{dense_cost.flops / flops:.2f}x fewer FLOPs")
-        rows.append({"target": target, "val": vals, "test": tests, "flops": flops,
-                     "photos": agreement(models[target], photos)})
+        rows.append({"target": name, "val": vals, "test": tests, "flops": flops,
+                     "photos": agreement(models[name], photos)})
 
     ok = [r for r in rows if statistics.mean(r["val"]) >= a.min_agreement]
     chosen = min(ok, key=lambda r: r["flops"]) if ok else max(rows, key=lambda r: statistics.mean(
@@ -114,7 +119,10 @@ def lowrank_part(a: argparse.Namespace, dense: torch.nn.Module, dense_cost: Any,
                             f"labels = dense top-1 (agreement); target chosen on {len(val)} "
                             f"train images; distillation on {len(train)} other train images, "
                             f"{a.epochs} epoch(s), SGD lr {a.lr}, batch {a.batch_size}, seeds "
-                            f"{seeds} (mean ± sd). FLOPs = 2 x MACs, batch 1."),
+                            f"{seeds} (mean ± sd); `data-aware` rows calibrate the SVD on "
+                            f"those {len(train)} images (frugalnn.methods.lowrank.calibrate). "
+                            "`flops=X`: every layer X times cheaper; `model-flops=X`: the model, "
+                            "ranks allocated across layers. FLOPs = 2 x MACs, batch 1."),
              "| model | params (M) | GFLOPs | FLOPs ratio | val agreement % | test agreement % "
              "| foolbox photos |", "|---|---|---|---|---|---|---|",
              f"| dense | {dense_cost.params / 1e6:.2f} | {dense_cost.flops / 1e9:.3f} | 1.00x | "
@@ -338,6 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--test-images", type=int, default=1000, help="CIFAR-10 test images")
     p.add_argument("--epochs", type=int, default=1, help="lowrank: distillation epochs")
     p.add_argument("--lr", type=float, default=0.01, help="lowrank: distillation lr")
+    p.add_argument("--variants", default="plain",
+                   help="lowrank: plain (weight SVD) and/or data-aware, comma-separated")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--min-agreement", type=float, default=0.95)

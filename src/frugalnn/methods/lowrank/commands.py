@@ -51,8 +51,9 @@ def _targeting(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, choices=("cp", "tucker", "tt", "svd",
                                                           "tucker-nl", "tt-nl", "svd-nl"))
     p.add_argument("--target", default="flops=2",
-                   help="rank=R | flops=X | params=X | energy=E | vbmf | latency=F "
-                        "(default flops=2)")
+                   help="rank=R | flops=X | params=X (per layer) | model-flops=X | model-params=X "
+                        "(whole model, ranks allocated across layers) | energy=E | vbmf | "
+                        "latency=F (default flops=2)")
     p.add_argument("--depthwise", default="separable", choices=("separable", "kxk"),
                    help="CP middle: Kx1 + 1xK depthwise (default) or one KxK depthwise")
     p.add_argument("--include", action="append", help="only layers matching this pattern")
@@ -100,6 +101,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation loss")
     c.add_argument("--latency-batch", type=int, default=1,
                    help="batch size of the latency table for --target latency=F (default 1)")
+    c.add_argument("--data-aware", action="store_true",
+                   help="--method svd: ranks and factors from the layers' outputs on training "
+                        "examples, not from the weights alone")
+    c.add_argument("--calibration-examples", type=int, default=512,
+                   help="training examples --data-aware calibrates on (default 512)")
     c.add_argument("--retain-freed-memory", action="store_true",
                    help="time (original, compressed, latency table) with glibc keeping freed "
                         "memory: no page faults for re-allocated activations (docs/cost.md)")
@@ -178,7 +184,9 @@ def compress_config(args: argparse.Namespace) -> Any:
         layerwise_steps=args.layerwise_steps,
         optimizer=args.optimizer, alpha=args.alpha, batch_size=args.batch_size,
         latency_batch=args.latency_batch, latency_batch_sizes=_sizes(args),
-        latency_repeats=args.latency_repeats, seed=args.seed)
+        latency_repeats=args.latency_repeats, seed=args.seed,
+        data_aware=getattr(args, "data_aware", False),
+        calibration_examples=getattr(args, "calibration_examples", 512))
     config.validate()
     return config
 
@@ -226,7 +234,9 @@ def _nmf(args: argparse.Namespace) -> int:
     config = NMFConfig(rank=args.rank, steps=args.steps, eval_steps=args.eval_steps,
                        heads=args.heads, variant=args.variant, epochs=args.epochs, lr=args.lr,
                        batch_size=args.batch_size, latency_batch_sizes=_sizes(args),
-                       latency_repeats=args.latency_repeats, seed=args.seed)
+                       latency_repeats=args.latency_repeats, seed=args.seed,
+        data_aware=getattr(args, "data_aware", False),
+        calibration_examples=getattr(args, "calibration_examples", 512))
     config.validate()
     model, splits, out = _prepare(args, args.model)
     run_nmf(model, config, splits, out, device=args.device, threads=args.threads,

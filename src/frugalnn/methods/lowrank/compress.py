@@ -43,7 +43,13 @@ from frugalnn.methods.lowrank import capsule
 from frugalnn.methods.lowrank import layers as L
 from frugalnn.methods.lowrank import nonlinear as NL
 from frugalnn.methods.lowrank.geometry import ConvSpec, linear_spec
-from frugalnn.methods.lowrank.rank import Criterion, chain_cost, dense_cost, select_ranks
+from frugalnn.methods.lowrank.rank import (
+    MODEL_KINDS,
+    Criterion,
+    chain_cost,
+    dense_cost,
+    select_ranks,
+)
 from frugalnn.transforms import record_transform, register_transform
 from frugalnn.utils.batch import call_model
 
@@ -170,7 +176,8 @@ def find_layers(model: nn.Module, method: str, example_input: Any,
 
 
 def parse_layer_targets(texts: list[str] | None) -> list[tuple[str, Criterion]]:
-    """``["PATTERN:SPEC", ...]`` as (pattern, criterion) pairs; latency is whole-model only."""
+    """``["PATTERN:SPEC", ...]`` as (pattern, criterion) pairs; latency and model-* targets
+    are whole-model only."""
     out = []
     for text in texts or []:
         pattern, sep, spec = str(text).rpartition(":")
@@ -179,8 +186,8 @@ def parse_layer_targets(texts: list[str] | None) -> list[tuple[str, Criterion]]:
                 f"bad layer target {text!r}; use PATTERN:TARGET, e.g. 'blocks.2*:flops=3'"
             )
         crit = Criterion.parse(spec)
-        if crit.kind == "latency":
-            raise UserError(f"layer target {text!r}: a latency target is whole-model; "
+        if crit.kind == "latency" or crit.kind in MODEL_KINDS:
+            raise UserError(f"layer target {text!r}: a {crit.kind} target is whole-model; "
                             "give it as --target")
         out.append((pattern, crit))
     return out
@@ -201,8 +208,10 @@ def _spec(m: nn.Module, name: str) -> ConvSpec | capsule.CapsuleSpec:
 
 
 def _build(target: LayerTarget, method: str, ranks: tuple[int, ...], depthwise: str,
-           from_weights: bool) -> nn.Module:
-    opts = {"depthwise": depthwise} if method == "cp" else {}
+           from_weights: bool, whiten: Any = None) -> nn.Module:
+    opts: dict[str, Any] = {"depthwise": depthwise} if method == "cp" else {}
+    if whiten is not None:
+        opts["whiten"] = whiten
     m = target.module
     if isinstance(target.spec, capsule.CapsuleSpec):
         return capsule.factorise(m, NL.linear_method(method), ranks, from_weights)
@@ -210,7 +219,7 @@ def _build(target: LayerTarget, method: str, ranks: tuple[int, ...], depthwise: 
         return NL.build(m, method, ranks, from_weights)
     if isinstance(m, nn.Linear):
         if from_weights:
-            return L.SVDLinear.from_linear(m, ranks[0])
+            return L.SVDLinear.from_linear(m, ranks[0], whiten)
         layer = L.SVDLinear(m.in_features, m.out_features, ranks[0], m.bias is not None)
         return layer.to(m.weight.device, m.weight.dtype)
     if from_weights:
@@ -241,6 +250,33 @@ def plan_row(target: LayerTarget, method: str, ranks: tuple[int, ...] | None, re
     )
 
 
+def _allocated(model: nn.Module, targets: list[LayerTarget], method: str, crit: Criterion,
+               example_input: Any, depthwise: str, multiple: int,
+               weights: dict[str, torch.Tensor]) -> dict[str, tuple[Any, str, dict[str, Any]]]:
+    """Ranks of a ``model-flops`` / ``model-params`` target (:mod:`.allocate`)."""
+    from frugalnn.methods.lowrank.allocate import allocate
+
+    caps = [t.name for t in targets if t.kind == "capsule"]
+    if caps:
+        raise UserError(f"a {crit.kind} target allocates convolution and linear ranks only; "
+                        f"leave capsule layer {caps[0]!r} out (--exclude)")
+    measure = crit.kind.removeprefix("model-")
+    if measure == "params":
+        total = float(sum(p.numel() for p in model.parameters()))
+    else:
+        from frugalnn.cost.count import flops_per_example
+
+        was = model.training
+        model.eval()  # as find_layers runs it: no BatchNorm statistics move
+        try:
+            with torch.no_grad():
+                total = float(flops_per_example(model, _first_example(example_input)))
+        finally:
+            model.train(was)
+    return allocate(targets, method, crit.value, total, measure=measure, depthwise=depthwise,
+                    multiple=multiple, weights=weights)
+
+
 def compress_model(
     model: nn.Module,
     method: str,
@@ -253,8 +289,13 @@ def compress_model(
     latency: dict[str, Any] | None = None,
     layer_targets: list[str] | None = None,
     rank_multiple: int = 1,
+    calibration: Any = None,
 ) -> tuple[nn.Module, list[LayerPlan]]:
     """Factorise the eligible layers of ``model`` in place; return it and the plan.
+
+    ``calibration`` (batches of inputs, e.g. a loader of training examples) makes the
+    SVD data-aware (:mod:`frugalnn.methods.lowrank.calibrate`): ranks and factors
+    from the layers' outputs on those inputs rather than from their weights alone.
 
     ``layer_targets`` (``"PATTERN:SPEC"``) override ``target`` for matching
     layers; ``rank_multiple`` aligns the ranks of ``flops``/``params`` targets
@@ -270,6 +311,12 @@ def compress_model(
     if crit.kind == "latency" and (overrides or rank_multiple > 1):
         raise UserError("a latency target chooses every rank itself; drop --layer-target and "
                         "--rank-multiple, or use a flops/params target")
+    if calibration is not None and (method != "svd" or crit.kind == "latency"):
+        raise UserError("data-aware compression (--data-aware) works with --method svd and a "
+                        "rank, flops, params, model-*, energy or vbmf target")
+    if crit.kind in MODEL_KINDS and overrides:
+        raise UserError(f"a {crit.kind} target allocates every layer's rank itself; drop "
+                        "--layer-target, or use a per-layer flops/params target")
     targets = find_layers(model, method, example_input, include, exclude)
     lin = NL.linear_method(method)  # ranks of a nonlinear chain are its linear chain's
     if not targets:
@@ -283,6 +330,14 @@ def compress_model(
     if unused:
         raise UserError(f"layer target pattern(s) {', '.join(map(repr, unused))} match no "
                         f"eligible layer (e.g. {targets[0].name!r}); check the module names")
+    whiten: dict[str, Any] = {}
+    weights: dict[str, torch.Tensor] = {}  # the matrices whose spectra set the ranks
+    if calibration is not None:
+        from frugalnn.methods.lowrank.calibrate import effective_weight, input_whitening
+
+        whiten = input_whitening(model, {t.name: t.module for t in targets}, calibration)
+        weights = {n: effective_weight(dict(model.named_modules())[n], w)
+                   for n, w in whiten.items()}
     if crit.kind == "latency":
         from frugalnn.methods.lowrank.latency_select import choose_ranks
 
@@ -293,6 +348,9 @@ def compress_model(
 
         chosen = choose_ranks(model, targets, lin, crit.value, example_input,
                               depthwise=depthwise, **(latency or {}))
+    elif crit.kind in MODEL_KINDS:
+        chosen = _allocated(model, targets, lin, crit, example_input, depthwise, rank_multiple,
+                            weights)
     else:
         chosen = {}
         for t in targets:
@@ -301,8 +359,8 @@ def compress_model(
                 ranks = capsule.select_ranks(lin, t.spec, t.module.weight, layer_crit,
                                              rank_multiple)
             else:
-                ranks = select_ranks(lin, t.spec, t.module.weight, t.hw, layer_crit,
-                                     depthwise, rank_multiple)
+                ranks = select_ranks(lin, t.spec, weights.get(t.name, t.module.weight), t.hw,
+                                     layer_crit, depthwise, rank_multiple)
             aligned = rank_multiple > 1 and layer_crit.kind in ("flops", "params")
             label = f"{layer_crit}" + (f", multiple of {rank_multiple}" if aligned else "")
             chosen[t.name] = (ranks, label if ranks else f"not cheaper under {layer_crit}", {})
@@ -319,7 +377,8 @@ def compress_model(
         if row.ranks is not None:
             # the chain takes the replaced layer's mode, so an eval-mode model stays
             # eval throughout (BatchNorm folding refuses training-mode convolutions)
-            layer = _build(t, method, row.ranks, depthwise, True).train(t.module.training)
+            layer = _build(t, method, row.ranks, depthwise, True,
+                           whiten.get(t.name)).train(t.module.training)
             model.set_submodule(t.name, layer)
     layers = {p.name: list(p.ranks) for p in plan if p.ranks is not None}
     record_transform(model, TRANSFORM, {"method": method, "depthwise": depthwise,

@@ -56,14 +56,28 @@ class SVDFactors:
     singular_values: np.ndarray
 
 
-def svd_factors(weight: torch.Tensor, rank: int) -> SVDFactors:
-    """Truncated SVD of a matrix; singular values split evenly between the two factors."""
+def svd_factors(weight: torch.Tensor, rank: int,
+                whiten: np.ndarray | None = None) -> SVDFactors:
+    """Truncated SVD of a matrix; singular values split evenly between the two factors.
+
+    ``whiten``: a lower-triangular ``L`` with ``L L^T`` the second moment of the
+    layer's inputs (:func:`frugalnn.methods.lowrank.calibrate.input_whitening`).
+    Then ``W L`` is truncated and its right factor mapped back through ``L^-1``:
+    the rank-``r`` factors whose *outputs* on those inputs are closest to the
+    layer's (least squares), instead of the closest weights. ``singular_values``
+    are then those of ``W L``.
+    """
     w = _np(weight)
     rank = check_rank(rank, min(w.shape), f"a {w.shape[0]}x{w.shape[1]} matrix")
     with threadpool_limits(1):
-        u, s, vt = np.linalg.svd(w, full_matrices=False)
+        u, s, vt = np.linalg.svd(w if whiten is None else w @ whiten, full_matrices=False)
     root = np.sqrt(s[:rank])
-    return SVDFactors(u[:, :rank] * root, root[:, None] * vt[:rank], s)
+    right = root[:, None] * vt[:rank]
+    if whiten is not None:
+        from scipy.linalg import solve_triangular
+
+        right = solve_triangular(whiten, right.T, lower=True, trans="T").T  # right @ L^-1
+    return SVDFactors(u[:, :rank] * root, right, s)
 
 
 @dataclass

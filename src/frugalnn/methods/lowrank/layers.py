@@ -129,12 +129,14 @@ class SVDLinear(FactorizedLayer):
         return self.second
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, rank: int) -> SVDLinear:
+    def from_linear(cls, linear: nn.Linear, rank: int,
+                    whiten: np.ndarray | None = None) -> SVDLinear:
+        """``whiten``: data-aware truncation (see :func:`.decompose.svd_factors`)."""
         if not isinstance(linear, nn.Linear):
             raise UserError(f"SVD expects an nn.Linear, got {type(linear).__name__}")
         layer = cls(linear.in_features, linear.out_features, rank, linear.bias is not None)
         layer.to(linear.weight.device, linear.weight.dtype)
-        f = dec.svd_factors(linear.weight, rank)
+        f = dec.svd_factors(linear.weight, rank, whiten)
         with torch.no_grad():
             layer.first.weight.copy_(_as_weight(f.right, layer.first.weight))
             layer.second.weight.copy_(_as_weight(f.left, layer.second.weight))
@@ -228,9 +230,12 @@ class SVDConv1x1(_ConvChain):
         return self.second
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, rank: int) -> SVDConv1x1:
+    def from_conv(cls, conv: nn.Conv2d, rank: int,
+                  whiten: np.ndarray | None = None) -> SVDConv1x1:
+        """``whiten``: data-aware truncation (see :func:`.decompose.svd_factors`)."""
         layer = cls._from(conv, rank)
-        f = dec.svd_factors(conv.weight.reshape(conv.out_channels, conv.in_channels), rank)
+        f = dec.svd_factors(conv.weight.reshape(conv.out_channels, conv.in_channels), rank,
+                            whiten)
         with torch.no_grad():
             layer.first.weight.copy_(_as_weight(f.right, layer.first.weight))
             layer.second.weight.copy_(_as_weight(f.left, layer.second.weight))
@@ -426,7 +431,7 @@ def from_conv(conv: nn.Conv2d, method: str, rank: Any, **options: Any) -> _ConvC
     """Factorise a trained convolution with ``method`` (``svd`` only for 1x1 kernels)."""
     ranks = normalize_ranks(method, rank)
     if method == "svd":
-        return SVDConv1x1.from_conv(conv, ranks[0])
+        return SVDConv1x1.from_conv(conv, ranks[0], options.get("whiten"))
     if method == "cp":
         return CPConv2d.from_conv(conv, ranks[0], **options)
     if method == "tucker":

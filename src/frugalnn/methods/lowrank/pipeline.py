@@ -55,6 +55,7 @@ def compress_and_finetune(
     layer_targets: list[str] | None = None, rank_multiple: int = 1,
     device: str | torch.device = "cpu", seed: int = 0, progress: bool = True,
     eval_loader: Iterable[Any] | None = None, layerwise: dict[str, Any] | None = None,
+    calibration: Iterable[Any] | None = None,
 ) -> tuple[nn.Module, list[LayerPlan], dict[str, Any]]:
     """A factorised, fine-tuned copy of ``teacher`` with its plan and training history.
 
@@ -62,14 +63,15 @@ def compress_and_finetune(
     is scored after every fine-tuning epoch into the history. ``layerwise``
     (options of :func:`frugalnn.methods.lowrank.nonlinear.distill_layers`, e.g.
     ``{"steps": 200}``) first fits each factorised layer to its original on
-    ``train_loader`` batches.
+    ``train_loader`` batches. ``calibration`` (batches of inputs) makes the SVD
+    data-aware (:mod:`frugalnn.methods.lowrank.calibrate`).
     """
     teacher = teacher.to(device).eval()
     student = copy.deepcopy(teacher)
     student, plan = compress_model(student, method, target, to_device(example_input, device),
                                    include=include, exclude=exclude, depthwise=depthwise,
                                    latency=latency, layer_targets=layer_targets,
-                                   rank_multiple=rank_multiple)
+                                   rank_multiple=rank_multiple, calibration=calibration)
     history: dict[str, Any] = {}
     if layerwise and layerwise.get("steps", 1) > 0 and train_loader is not None:
         from frugalnn.methods.lowrank.nonlinear import distill_layers

@@ -9,12 +9,15 @@ A *criterion* is parsed from the ``--target`` string of the CLI:
 ``energy=E``       the smallest ranks keeping a fraction E of the squared
                    singular values of the relevant unfoldings
 ``vbmf``           ranks estimated by EVBMF on the unfoldings (Kim et al. 2016)
+``model-flops=X``  whole-model target: the model at most 1/X of its FLOPs
+                   (``model-params=X``: parameters), ranks allocated across the
+                   layers by spectral energy (see :mod:`frugalnn.methods.lowrank.allocate`)
 ``latency=F``      whole-model target: F x the dense model's measured latency
                    (see :mod:`frugalnn.methods.lowrank.latency_select`)
 =================  ===========================================================
 
 ``rank_multiple=M`` (``--rank-multiple``) restricts the ``flops``/``params``
-ladder to ranks that are multiples of M: the climbing rank is rounded *down*
+(and ``model-*``) ladder to ranks that are multiples of M: the climbing rank is rounded *down*
 (so the layer still meets its target), and a layer whose budget is below M
 keeps its unaligned rank. Kernels work on blocks of channels (GPU tensor cores
 want multiples of 8), so a rank just past a block boundary costs nearly a
@@ -44,7 +47,9 @@ from frugalnn.methods.lowrank.decompose import singular_values
 from frugalnn.methods.lowrank.geometry import ConvSpec
 from frugalnn.methods.lowrank.vbmf import evbmf
 
-KINDS = ("rank", "flops", "params", "energy", "vbmf", "latency")
+KINDS = ("rank", "flops", "params", "model-flops", "model-params", "energy", "vbmf", "latency")
+#: Targets on the whole model's cost, allocated across layers (:mod:`.allocate`).
+MODEL_KINDS = ("model-flops", "model-params")
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,8 @@ class Criterion:
         kind, sep, raw = text.partition("=")
         if not sep or kind not in KINDS:
             raise UserError(
-                f"bad target {text!r}; use rank=R, flops=X, params=X, energy=E, vbmf or latency=F"
+                f"bad target {text!r}; use rank=R, flops=X, params=X, model-flops=X, "
+                "model-params=X, energy=E, vbmf or latency=F"
             )
         try:
             if kind == "rank":
@@ -72,7 +78,7 @@ class Criterion:
             value = float(raw)
         except ValueError:
             raise UserError(f"bad number in target {text!r}") from None
-        if kind in ("flops", "params") and value <= 1.0:
+        if kind in ("flops", "params", *MODEL_KINDS) and value <= 1.0:
             raise UserError(f"compression target {text!r} must be > 1 (e.g. flops=2 for 2x fewer)")
         if kind in ("energy", "latency") and not 0.0 < value <= 1.0:
             raise UserError(f"target {text!r} must be a fraction in (0, 1]")
@@ -216,8 +222,9 @@ def select_ranks(method: str, spec: ConvSpec, weight: torch.Tensor, hw: tuple[in
     classes validate it); a criterion that only makes the layer more expensive
     leaves it dense.
     """
-    if criterion.kind == "latency":
-        raise ValueError("latency targets are whole-model; use latency_select.choose_ranks")
+    if criterion.kind == "latency" or criterion.kind in MODEL_KINDS:
+        raise ValueError(f"{criterion.kind} targets are whole-model; use "
+                         "latency_select.choose_ranks or allocate.allocate")
     measure = "params" if criterion.kind == "params" else "flops"
     if criterion.kind in ("flops", "params"):
         return ranks_for_ratio(method, spec, hw, measure, criterion.value, depthwise, multiple)

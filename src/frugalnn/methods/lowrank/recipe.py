@@ -70,8 +70,9 @@ class LowRankConfig:
     ``method``: ``svd`` (Linear and 1x1 conv), ``cp``, ``tucker``, ``tt`` (KxK
     convs); ``svd-nl``, ``tucker-nl``, ``tt-nl``: the same chains with a learnable
     nonlinearity between factors (:mod:`frugalnn.methods.lowrank.nonlinear`).
-    ``target``: ``rank=R``, ``flops=X``, ``params=X``, ``energy=E``,
-    ``vbmf`` or ``latency=F`` (see :mod:`frugalnn.methods.lowrank.rank`).
+    ``target``: ``rank=R``, ``flops=X``, ``params=X``, ``model-flops=X``,
+    ``model-params=X``, ``energy=E``, ``vbmf`` or ``latency=F`` (see
+    :mod:`frugalnn.methods.lowrank.rank`).
     ``layer_targets``: ``"PATTERN:TARGET"`` overrides (first match wins).
     ``lr=None`` means 0.001 for ``cp`` (whose factors diverged at 0.01) and 0.01
     otherwise. ``latency_batch`` is the batch size of the layer timing table of
@@ -79,7 +80,9 @@ class LowRankConfig:
     those of the run's evaluation and comparison tables. ``layerwise_steps``:
     Adam steps (at ``layerwise_lr``) fitting each factorised layer to its original
     on training batches before fine-tuning; ``None`` means 200 for the nonlinear
-    methods and 0 for the linear ones.
+    methods and 0 for the linear ones. ``data_aware`` (``svd`` only): ranks and factors
+    from the layers' outputs on the first ``calibration_examples`` training examples
+    (:mod:`frugalnn.methods.lowrank.calibrate`) instead of from the weights alone.
     """
 
     method: str = "tucker"
@@ -101,6 +104,8 @@ class LowRankConfig:
     latency_batch: int = 1
     latency_batch_sizes: tuple[int, ...] = (1, 64)
     latency_repeats: int = 20
+    data_aware: bool = False
+    calibration_examples: int = 512
     seed: int = 0
 
     def validate(self) -> None:
@@ -125,7 +130,10 @@ class LowRankConfig:
             raise UserError(f"--layerwise-lr must be positive, got {self.layerwise_lr}")
         if not 0.0 <= self.alpha <= 1.0:
             raise UserError(f"--alpha must be in [0, 1], got {self.alpha}")
-        for value, name in ((self.rank_multiple, "--rank-multiple"),
+        if self.data_aware and self.method != "svd":
+            raise UserError(f"--data-aware works with --method svd, not {self.method!r}")
+        for value, name in ((self.calibration_examples, "--calibration-examples"),
+                            (self.rank_multiple, "--rank-multiple"),
                             (self.batch_size, "--batch-size"),
                             (self.latency_batch, "--latency-batch"),
                             (self.latency_repeats, "--latency-repeats")):
@@ -170,6 +178,8 @@ class NMFConfig:
     batch_size: int = 64
     latency_batch_sizes: tuple[int, ...] = (1, 64)
     latency_repeats: int = 20
+    data_aware: bool = False
+    calibration_examples: int = 512
     seed: int = 0
 
     def validate(self) -> None:
@@ -242,6 +252,16 @@ def compress(
                     if train_data is not None and (tune or config.layerwise) else None)
     val_loader = (seeded_loader(val_data, config.batch_size, config.seed, shuffle=False)
                   if tune and val_data is not None else None)
+    calibration = None
+    if config.data_aware:
+        if train_data is None:
+            raise UserError("--data-aware needs training data to calibrate on (pass --data / "
+                            "train_data=)")
+        from torch.utils.data import Subset
+
+        n = min(config.calibration_examples, len(train_data))
+        calibration = seeded_loader(Subset(train_data, range(n)), config.batch_size,
+                                    config.seed, shuffle=False)
     torch.manual_seed(config.seed)
     return compress_and_finetune(
         model.eval(), config.method, config.target, example, train_loader,
@@ -253,6 +273,7 @@ def compress(
         layer_targets=config.layer_targets, rank_multiple=config.rank_multiple,
         device=device, seed=config.seed, progress=progress, eval_loader=val_loader,
         layerwise={"steps": config.layerwise, "lr": config.layerwise_lr},
+        calibration=calibration,
     )
 
 

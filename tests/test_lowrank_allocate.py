@@ -1,0 +1,77 @@
+"""Whole-model targets (``model-flops=X`` / ``model-params=X``): the model meets the target,
+the cut goes where the spectrum is cheap to lose, bad targets are one clear error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from frugalnn.cost.count import count_flops
+from frugalnn.errors import UserError
+from frugalnn.methods.lowrank.compress import compress_model, find_layers, plan_totals
+from frugalnn.methods.lowrank.rank import Criterion
+from frugalnn.models import create_model
+
+
+def test_model_flops_target_is_met_on_the_whole_model_and_counted() -> None:
+    model, x = create_model("resnet20").eval(), torch.randn(2, 3, 32, 32)
+    dense = count_flops(model, x[:1])
+    model, plan = compress_model(model, "tucker", "model-flops=2", x)
+    counted = count_flops(model, x[:1])
+    assert 2.0 <= dense / counted < 2.1  # met, and not overshot by much
+    totals = plan_totals(plan)
+    assert dense - counted == totals["dense_flops"] - totals["flops"]
+    assert all(row.reason.startswith(("model-flops=2", "kept dense")) for row in plan)
+
+
+def _two_layers(low_rank: int = 4) -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    with torch.no_grad():  # the first layer's weight has rank 4: losing rank 5+ costs nothing
+        model[0].weight.copy_(torch.randn(64, low_rank) @ torch.randn(low_rank, 64))
+    return model.eval()
+
+
+def test_the_cut_goes_to_the_layer_whose_spectrum_it_costs_least() -> None:
+    model, x = _two_layers(), torch.randn(3, 64)
+    # Per example: each layer 2*64*64 = 8192 FLOPs (+ the ReLU, uncounted). The rank-4 layer
+    # at rank 4 costs 2*4*128 = 1024: 1.78x for the model at no loss of energy.
+    model, plan = compress_model(model, "svd", "model-flops=1.5", x)
+    rows = {row.name: row for row in plan}
+    assert rows["2"].ranks is None
+    assert rows["0"].ranks is not None and rows["0"].ranks[0] >= 4
+    assert rows["0"].extra["energy_lost"] < 1e-9
+    assert count_flops(model, x[:1]) <= 2 * 8192 / 1.5
+
+
+def test_model_params_target_and_uniform_target_differ_where_spectra_differ() -> None:
+    x = torch.randn(3, 64)
+    by_model, _ = compress_model(_two_layers(), "svd", "model-params=1.5", x)
+    params = sum(p.numel() for p in by_model.parameters())
+    assert params <= (2 * 64 * 64 + 2 * 64) / 1.5
+    # The per-layer target cuts both layers alike, so it drops energy of the full-rank one.
+    _, uniform = compress_model(_two_layers(), "svd", "params=1.5", x)
+    assert all(row.ranks is not None for row in uniform)
+
+
+def test_out_of_reach_and_misplaced_model_targets_are_user_errors() -> None:
+    with pytest.raises(UserError, match="out of reach"):
+        compress_model(_two_layers(), "svd", "model-flops=50", torch.randn(3, 64))
+    with pytest.raises(UserError, match="whole-model"):
+        compress_model(_two_layers(), "svd", "flops=2", torch.randn(3, 64),
+                       layer_targets=["0:model-flops=2"])
+    with pytest.raises(UserError, match="must be > 1"):
+        Criterion.parse("model-flops=1")
+
+
+def test_ladder_costs_are_cheaper_than_dense_and_sorted() -> None:
+    from frugalnn.methods.lowrank.allocate import ladder
+
+    model, x = create_model("resnet20").eval(), torch.randn(1, 3, 32, 32)
+    target = find_layers(model, "tt", x)[3]
+    steps = ladder("tt", target, "flops")
+    dense = target.spec.dense_flops(*target.hw)
+    assert steps and all(s.cost < dense for s in steps)
+    assert [s.cost for s in steps] == sorted(s.cost for s in steps)
+    assert all(0.0 <= s.error <= 1.0 for s in steps)
