@@ -108,3 +108,10 @@ def test_recipe_flag_and_refusals() -> None:
         frugalnn.LowRankConfig(method="tucker", data_aware=True).validate()
     with pytest.raises(UserError, match="--method svd"):
         compress_model(_mlp(), "svd", "latency=0.5", x[:2], calibration=[(x, None)])
+
+
+def test_the_plan_says_which_layers_are_data_aware() -> None:
+    x = _skewed_inputs()
+    _, plan = compress_model(_mlp(), "svd", "rank=4", x[:2], include=["0"],
+                             calibration=[(x, None)])
+    assert plan[0].ranks == (4,) and plan[0].reason.endswith("data-aware")

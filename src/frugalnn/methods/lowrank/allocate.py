@@ -26,17 +26,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from frugalnn.errors import UserError
-from frugalnn.methods.lowrank.decompose import singular_values
 from frugalnn.methods.lowrank.layers import max_ranks
 from frugalnn.methods.lowrank.rank import (
     chain_cost,
     dense_cost,
+    discarded_energy_fn,
     rank_ladder_size,
     scaled_ranks,
-    unfoldings,
 )
 
 __all__ = ["Candidate", "allocate", "ladder"]
@@ -51,23 +48,6 @@ class Candidate:
     error: float
 
 
-def _energy_lost(method: str, weight: Any) -> Any:
-    """``ranks -> mean fraction of spectral energy dropped`` (spectra computed once)."""
-    tails = []
-    for mat in unfoldings(method, weight):
-        p = singular_values(mat) ** 2
-        total = max(float(p.sum()), 1e-30)
-        # tail[r] = energy beyond the first r singular values, as a fraction.
-        tails.append(np.concatenate([total - np.cumsum(np.concatenate([[0.0], p]))[:-1], [0.0]])
-                     / total)
-
-    def lost(ranks: tuple[int, ...]) -> float:
-        rs = list(ranks) * len(tails) if method == "cp" else list(ranks)
-        return float(np.mean([t[min(r, len(t) - 1)] for t, r in zip(tails, rs)]))
-
-    return lost
-
-
 def ladder(method: str, target: Any, measure: str, depthwise: str = "separable",
            multiple: int = 1, weight: Any = None) -> list[Candidate]:
     """The rank steps of ``target`` (a :class:`~frugalnn.methods.lowrank.compress.LayerTarget`)
@@ -76,7 +56,7 @@ def ladder(method: str, target: Any, measure: str, depthwise: str = "separable",
     layer's own weight by default; ``W L`` for data-aware SVD)."""
     spec, hw = target.spec, target.hw
     dense = dense_cost(spec, hw, measure)
-    lost = _energy_lost(method, target.module.weight if weight is None else weight)
+    lost = discarded_energy_fn(method, target.module.weight if weight is None else weight)
     seen: set[tuple[int, ...]] = set()
     out = []
     for t in range(1, rank_ladder_size(method, spec) + 1):

@@ -335,6 +335,11 @@ def compress_model(
     if calibration is not None:
         from frugalnn.methods.lowrank.calibrate import effective_weight, input_whitening
 
+        caps = [t.name for t in targets if t.kind == "capsule"]
+        if caps:
+            raise UserError(f"--data-aware calibrates linear and 1x1 convolution layers; leave "
+                            f"capsule layer {caps[0]!r} out (--exclude)")
+
         whiten = input_whitening(model, {t.name: t.module for t in targets}, calibration)
         weights = {n: effective_weight(dict(model.named_modules())[n], w)
                    for n, w in whiten.items()}
@@ -364,6 +369,9 @@ def compress_model(
             aligned = rank_multiple > 1 and layer_crit.kind in ("flops", "params")
             label = f"{layer_crit}" + (f", multiple of {rank_multiple}" if aligned else "")
             chosen[t.name] = (ranks, label if ranks else f"not cheaper under {layer_crit}", {})
+    if whiten:
+        chosen = {n: (r, f"{why}, data-aware" if r else why, extra)
+                  for n, (r, why, extra) in chosen.items()}
     plan = [plan_row(t, method, *chosen[t.name][:2], depthwise) for t in targets]
     for row, t in zip(plan, targets):
         row.extra.update(chosen[t.name][2])

@@ -25,15 +25,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from frugalnn.cost.latency import measure_latency
 from frugalnn.errors import UserError
 from frugalnn.methods.lowrank import layers as L
-from frugalnn.methods.lowrank.decompose import singular_values
-from frugalnn.methods.lowrank.rank import ranks_for_ratio, unfoldings
+from frugalnn.methods.lowrank.rank import discarded_energy_fn, ranks_for_ratio
 
 RATIOS = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 
@@ -48,13 +46,7 @@ def _input_for(target: Any, batch_size: int, device: torch.device,
 
 def discarded_energy(method: str, weight: torch.Tensor, ranks: tuple[int, ...]) -> float:
     """Mean fraction of spectral energy the ranks drop on the method's unfoldings."""
-    mats = unfoldings(method, weight)
-    rs = list(ranks) * len(mats) if method == "cp" else list(ranks)
-    lost = []
-    for mat, r in zip(mats, rs):
-        p = singular_values(mat) ** 2
-        lost.append(float(p[r:].sum() / max(p.sum(), 1e-30)))
-    return float(np.mean(lost))
+    return discarded_energy_fn(method, weight)(ranks)
 
 
 def latency_table(targets: list[Any], method: str, *, batch_size: int = 1,

@@ -36,6 +36,7 @@ dense layer (by the measure being targeted, FLOPs otherwise) is left dense.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,6 +105,23 @@ def unfoldings(method: str, weight: torch.Tensor) -> list[np.ndarray]:
         return [mode1, mode0]
     p = w.transpose(1, 2, 3, 0)  # (in, kh, kw, out)
     return [p.reshape(i, -1), p.reshape(i * kh, -1), p.reshape(i * kh * kw, -1)]
+
+
+def discarded_energy_fn(method: str, weight: torch.Tensor) -> Callable[[tuple[int, ...]], float]:
+    """``ranks -> mean fraction of spectral energy the ranks drop on the method's unfoldings``
+    (the spectra computed once, so that a whole ladder of ranks is cheap to score)."""
+    tails = []
+    for mat in unfoldings(method, weight):
+        p = singular_values(mat) ** 2
+        total = max(float(p.sum()), 1e-30)
+        kept = np.concatenate([[0.0], np.cumsum(p)])  # kept[r]: energy of the first r values
+        tails.append(np.clip((total - kept) / total, 0.0, 1.0))
+
+    def lost(ranks: tuple[int, ...]) -> float:
+        rs = list(ranks) * len(tails) if method == "cp" else list(ranks)
+        return float(np.mean([t[min(r, len(t) - 1)] for t, r in zip(tails, rs)]))
+
+    return lost
 
 
 def energy_rank(singular_values: np.ndarray, energy: float) -> int:
