@@ -88,7 +88,8 @@ def lowrank_part(a: argparse.Namespace, dense: torch.nn.Module, dense_cost: Any,
             cfg = frugalnn.LowRankConfig(method="svd", target=target, exclude=["_conv_stem"],
                                          finetune_epochs=a.epochs, lr=a.lr,
                                          batch_size=a.batch_size, seed=seed, data_aware=aware,
-                                         calibration_examples=len(train))
+                                         calibration_examples=min(a.calibration_images,
+                                                                  len(train)))
             cheap = frugalnn.lowrank(dense, cfg,
                                      train_data=train if a.epochs or aware else None,
                                      example_input=x1)
@@ -120,7 +121,8 @@ def lowrank_part(a: argparse.Namespace, dense: torch.nn.Module, dense_cost: Any,
                             f"train images; distillation on {len(train)} other train images, "
                             f"{a.epochs} epoch(s), SGD lr {a.lr}, batch {a.batch_size}, seeds "
                             f"{seeds} (mean ± sd); `data-aware` rows calibrate the SVD on "
-                            f"those {len(train)} images (frugalnn.methods.lowrank.calibrate). "
+                            f"the first {min(a.calibration_images, len(train))} of those "
+                            "images (frugalnn.methods.lowrank.calibrate). "
                             "`flops=X`: every layer X times cheaper; `model-flops=X`: the model, "
                             "ranks allocated across layers. FLOPs = 2 x MACs, batch 1."),
              "| model | params (M) | GFLOPs | FLOPs ratio | val agreement % | test agreement % "
@@ -348,6 +350,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=0.01, help="lowrank: distillation lr")
     p.add_argument("--variants", default="plain",
                    help="lowrank: plain (weight SVD) and/or data-aware, comma-separated")
+    p.add_argument("--calibration-images", type=int, default=256,
+                   help="lowrank, data-aware: the first N train images calibrate (256)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--min-agreement", type=float, default=0.95)
