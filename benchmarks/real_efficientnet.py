@@ -79,7 +79,7 @@ def lowrank_part(a: argparse.Namespace, dense: torch.nn.Module, dense_cost: Any,
     seeds = a.seeds if a.epochs > 0 else a.seeds[:1]  # without training: deterministic
     rows: list[dict[str, Any]] = []
     models: dict[str, torch.nn.Module] = {}
-    runs = [(t, aware) for aware in a.variants.split(",") for t in a.targets]
+    runs = [(t, variant) for variant in a.variants.split(",") for t in a.targets]
     for target, variant in runs:
         aware = variant == "data-aware"
         name = f"{target} data-aware" if aware else target
@@ -361,6 +361,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", help="results file (default: benchmarks/results/"
                    "real_efficientnet.md; _lowrank.md for --method lowrank)")
     a = p.parse_args(argv)
+    if set(a.variants.split(",")) - {"plain", "data-aware"}:
+        p.error(f"--variants takes plain and/or data-aware, not {a.variants!r}")
     ee = a.method == "early-exit"
     a.train_images = a.train_images if a.train_images is not None else (1500 if ee else 800)
     a.val_images = a.val_images if a.val_images is not None else (400 if ee else 200)
