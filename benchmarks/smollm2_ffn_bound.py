@@ -35,12 +35,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from _common import log, results_header, write_results
+from real_smollm2 import scored
 from torch import nn
 from torch.utils.data import Subset
 
@@ -120,22 +119,6 @@ def swap_in(model: nn.Module, wrap: Callable[[nn.Module], nn.Module | None]) -> 
     return n
 
 
-@torch.no_grad()
-def perplexity(model: nn.Module, windows: Any, batch_size: int) -> float:
-    """exp(mean next-token NLL) over ``windows`` (pairs of input and target ids)."""
-    nll, count = 0.0, 0
-    for i in range(0, len(windows), batch_size):
-        rows = [windows[j] for j in range(i, min(i + batch_size, len(windows)))]
-        x = torch.stack([r[0] for r in rows])
-        y = torch.stack([r[1] for r in rows])
-        out = model(x)
-        logits = getattr(out, "logits", out)
-        nll += float(torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"))
-        count += y.numel()
-    return math.exp(nll / count)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", help="data directory (default: $FRUGALNN_DATA)")
@@ -156,9 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     val = wikitext2_subwords(data_dir, "valid", smollm2_tokenizer(), a.context,
                              limit=a.val_windows)
     half = len(val) // 2
-    fit, scored = Subset(val, range(half)), Subset(val, range(half, len(val)))
-    base = perplexity(dense, scored, a.batch_size)
-    log(f"dense ppl {base:.2f} on {len(scored)} windows")
+    fit, scored_windows = Subset(val, range(half)), Subset(val, range(half, len(val)))
+    base = scored(dense, scored_windows, a.batch_size)[0]["ppl"]
+    log(f"dense ppl {base:.2f} on {len(scored_windows)} windows")
 
     models: list[tuple[str, float, nn.Module]] = []  # (parts, FLOPs removed per skip, model)
     for name, score, removed in (
@@ -183,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         for pooled in (False, True):
             for s in a.skips:
                 SKIP.update(s=s, pooled=pooled)
-                ppl = perplexity(model, scored, a.batch_size)
+                ppl = scored(model, scored_windows, a.batch_size)[0]["ppl"]
                 log(f"{name} {'pooled' if pooled else 'token'} skip {s}: ppl {ppl:.2f}")
                 rows.append(f"| {name} | {'batch (pooled)' if pooled else 'token'} | "
                             f"{s:.0%} | {removed * s:.0%} | {ppl:.2f} | "
@@ -193,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
         "SmolLM2-135M: how much FFN compute an oracle router could skip",
         notes=f"WikiText-2 validation (tokenised release, SmolLM2's tokenizer), windows of "
         f"{a.context} tokens: the MoE partitions see windows 1-{half}, perplexity is "
-        f"scored on windows {half + 1}-{len(val)} ({len(scored) * a.context} tokens); test "
+        f"scored on windows {half + 1}-{len(val)} ({len(scored_windows) * a.context} tokens); "
+        "test "
         f"is not read. Dense perplexity on them: {base:.2f}. Every FFN runs in full and only "
         "the kept parts are added: an oracle, the best any router could choose before "
         "fine-tuning. `kept per token`: the top parts of every token; `batch (pooled)`: "

@@ -72,11 +72,6 @@ def ladder(method: str, target: Any, measure: str, depthwise: str = "separable",
     return sorted(out, key=lambda c: c.cost)
 
 
-def _pick(options: list[tuple[Candidate | None, float, float]], lam: float) -> int:
-    """Index of the option (candidate, cost, error) with the least ``error + lam * cost``."""
-    return min(range(len(options)), key=lambda k: options[k][2] + lam * options[k][1])
-
-
 def allocate(targets: list[Any], method: str, ratio: float, model_cost: float, *,
              measure: str = "flops", depthwise: str = "separable", multiple: int = 1,
              weights: dict[str, Any] | None = None,
@@ -89,34 +84,31 @@ def allocate(targets: list[Any], method: str, ratio: float, model_cost: float, *
     the target, naming the ratio that can be reached.
     """
     budget = model_cost / ratio
+    # Per layer: (target, dense cost, options); an option is (candidate or None, cost, error).
     table = []
     for t in targets:
         dense = float(dense_cost(t.spec, t.hw, measure))
         cands = ladder(method, t, measure, depthwise, multiple, (weights or {}).get(t.name))
-        # Costs as fractions of the model's, so that lam is a plain number.
-        table.append((t, dense, [(None, dense / model_cost, 0.0)]
-                      + [(c, c.cost / model_cost, c.error) for c in cands]))
+        table.append((t, dense, [(None, dense, 0.0)] + [(c, c.cost, c.error) for c in cands]))
 
     def total(choice: list[int]) -> float:
-        saved = 0.0
-        for (_t, dense, options), k in zip(table, choice):
-            saved += dense - options[k][1] * model_cost
-        return model_cost - saved
+        return model_cost - sum(dense - options[k][1]
+                                for (_t, dense, options), k in zip(table, choice))
 
     def choose(lam: float) -> list[int]:
-        return [_pick(options, lam) for _t, _d, options in table]
+        # Costs as fractions of the model's, so that lam is a plain number.
+        return [min(range(len(o)), key=lambda k: o[k][2] + lam * o[k][1] / model_cost)
+                for _t, _d, o in table]
 
-    cheapest = [min(range(len(o)), key=lambda k: o[k][1]) for _t, _d, o in table]
+    cheapest = [min(range(len(o)), key=lambda k: (o[k][1], o[k][2])) for _t, _d, o in table]
     if total(cheapest) > budget * (1 + 1e-9):
         reach = model_cost / total(cheapest)
         raise UserError(f"model-{measure}={ratio:g} is out of reach with --method {method}: "
                         f"factorising every eligible layer at its lowest rank gives "
                         f"{reach:.2f}x; ask for at most that, or add layers (--include)")
     lo, hi = 0.0, 1.0
-    while total(choose(hi)) > budget:
+    while hi < 1e12 and total(choose(hi)) > budget:
         hi *= 4.0
-        if hi > 1e12:  # cannot happen after the check above; kept finite for safety
-            break
     for _ in range(60):  # the least price that meets the budget: the least error lost
         mid = math.sqrt(lo * hi) if lo > 0 else hi / 1024.0
         if total(choose(mid)) <= budget:
@@ -124,6 +116,8 @@ def allocate(targets: list[Any], method: str, ratio: float, model_cost: float, *
         else:
             lo = mid
     choice = choose(hi)
+    if total(choice) > budget * (1 + 1e-9):  # no price separated the steps: take the cheapest
+        choice = cheapest
     out: dict[str, tuple[tuple[int, ...] | None, str, dict[str, Any]]] = {}
     for (t, dense, options), k in zip(table, choice):
         cand = options[k][0]

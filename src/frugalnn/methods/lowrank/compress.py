@@ -341,8 +341,7 @@ def compress_model(
                             f"capsule layer {caps[0]!r} out (--exclude)")
 
         whiten = input_whitening(model, {t.name: t.module for t in targets}, calibration)
-        weights = {n: effective_weight(dict(model.named_modules())[n], w)
-                   for n, w in whiten.items()}
+        weights = {t.name: effective_weight(t.module, whiten[t.name]) for t in targets}
     if crit.kind == "latency":
         from frugalnn.methods.lowrank.latency_select import choose_ranks
 
