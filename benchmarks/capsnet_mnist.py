@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader
 from frugalnn.cost.count import flops_per_example
 from frugalnn.cost.machine import describe_machine
 from frugalnn.errors import UserError
-from frugalnn.methods.lowrank.pipeline import accuracy
+from frugalnn.evaluation.loop import loader_accuracy
 from frugalnn.methods.lowrank.recipe import LowRankConfig, compare_into, compress
 from frugalnn.models import create_model
 from frugalnn.train import fit
@@ -133,7 +133,7 @@ def budget_curve(model: torch.nn.Module, test_loader: Any,
     try:
         for value in model.budget_values():
             model.set_budget(value)
-            curve.append({"budget": value, "accuracy": accuracy(model, test_loader),
+            curve.append({"budget": value, "accuracy": loader_accuracy(model, test_loader),
                           "flops": flops_per_example(model, example)})
     finally:
         model.set_budget(model.full_budget())
@@ -223,7 +223,7 @@ def run_model(name: str, args: argparse.Namespace, splits: Any) -> dict[str, Any
             dense = first
         else:
             dense, _ = train(name, args, splits, seed, best, with_val=False)
-        dense_acc = accuracy(dense, test_loader)
+        dense_acc = loader_accuracy(dense, test_loader)
         log(f"  seed {seed}: dense test accuracy {100 * dense_acc:.2f} %")
         curve = budget_curve(dense, test_loader, example)
         config = LowRankConfig(method=args.method, target=args.target,

@@ -21,8 +21,8 @@ from _common import add_split_flags, log, results_header, splits_from_args, writ
 from torch.utils.data import DataLoader
 
 from frugalnn.errors import UserError
+from frugalnn.evaluation.loop import loader_accuracy
 from frugalnn.methods.lowrank.compress import plan_totals
-from frugalnn.methods.lowrank.pipeline import accuracy
 from frugalnn.methods.lowrank.recipe import LowRankConfig, compress
 from frugalnn.models import create_model
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     pretrained = Path(args.data_dir) / "pretrained" / "resnet-cifar10"
     ckpt = next(pretrained.glob(f"resnet{args.depth}-*.th"))
     base = create_model(f"resnet{args.depth}", checkpoint=str(ckpt)).eval()
-    base_acc = accuracy(base, loader)
+    base_acc = loader_accuracy(base, loader)
     x = torch.stack([test[0][0], test[1][0]])
     rows = []
     for cfg in args.configs.split(","):
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t = plan_totals(plan)
         rows.append(f"| {method} | {target} | {t['layers_factorised']}/{t['layers_eligible']} | "
-                    f"{t['flops_ratio']:.2f}x | {100 * accuracy(model, loader):.2f} |")
+                    f"{t['flops_ratio']:.2f}x | {100 * loader_accuracy(model, loader):.2f} |")
         log(rows[-1])
     text = "\n".join([
         results_header(f"Data-free low-rank ResNet-{args.depth} (no fine-tuning)"), "",

@@ -14,7 +14,10 @@ agreement of nearest-neighbour retrieval among the sentences, on *test* lines.
 With ``--distill-epochs N`` each compressed model is then fine-tuned to
 reproduce the original's embeddings (no labels: output-matching distillation,
 ``frugalnn.train.distill.output_matching_loss``) on *validation* lines, and
-fidelity is measured again on the same test lines. Parameters, FLOPs and
+fidelity is measured again on the same test lines. With ``--data-aware`` the
+SVD is data-aware (:mod:`frugalnn.methods.lowrank.calibrate`: each layer's
+factors fit its outputs on the inputs it sees), calibrated on the first
+``--calibration-sentences`` *validation* lines. Parameters, FLOPs and
 latency (batch 8 x 128 tokens) are measured against the original in the same
 process.
 
@@ -102,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distill-lr", type=float, default=1e-4, help="AdamW learning rate")
     p.add_argument("--distill-batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="seed of the distillation (0)")
+    p.add_argument("--data-aware", action="store_true",
+                   help="data-aware SVD, calibrated on WikiText-2 validation lines")
+    p.add_argument("--calibration-sentences", type=int, default=512,
+                   help="validation lines the data-aware SVD calibrates on (512)")
     p.add_argument("--markdown", default="benchmarks/results/lowrank_minilm.md")
     p.add_argument("--json", help="also write the figures as JSON here")
     args = p.parse_args(argv)
@@ -111,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     lines = wikitext_lines(args.data_dir, "test", args.sentences)
     x = encode_texts(lines, max_len=args.max_len)
-    train_x = None
+    train_x = calibration = None
+    if args.data_aware:
+        calibration = torch.utils.data.TensorDataset(encode_texts(
+            wikitext_lines(args.data_dir, "valid", args.calibration_sentences),
+            max_len=args.max_len))
     if args.distill_epochs > 0:
         train_lines = wikitext_lines(args.data_dir, "valid", args.distill_sentences)
         train_x = encode_texts(train_lines, max_len=args.max_len)
@@ -128,9 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     base_ms = time_ms(base)
     rows = []
     for target in args.targets.split(","):
-        config = LowRankConfig(method="svd", target=target, finetune_epochs=0, seed=args.seed)
+        config = LowRankConfig(method="svd", target=target, finetune_epochs=0, seed=args.seed,
+                               data_aware=args.data_aware,
+                               calibration_examples=args.calibration_sentences)
         try:
-            model, plan, _ = compress(base, config, example=x[:2])
+            model, plan, _ = compress(base, config, train_data=calibration, example=x[:2])
         except UserError as exc:
             rows.append((target, str(exc)))
             continue
@@ -158,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
              f"{len(train_x)} WikiText-2 validation lines (AdamW lr {args.distill_lr}, batch "
              f"{args.distill_batch}, cosine schedule); fidelity on held-out test lines"
              if train_x is not None else "no fine-tuning")
+    if calibration is not None:
+        tuned = (f"data-aware SVD calibrated on {len(calibration)} WikiText-2 validation lines, "
+                 + tuned)
     lines_md = [
         results_header(f"MiniLM-L6: truncated SVD of the linear layers ({tuned})"),
         f"Fidelity on {len(lines)} WikiText-2 test lines, {args.max_len} tokens; latency batch "

@@ -54,7 +54,7 @@ from lowrank_resnet56 import baseline
 from torch.utils.data import DataLoader
 
 from frugalnn.cost.machine import describe_machine
-from frugalnn.methods.lowrank.pipeline import accuracy
+from frugalnn.evaluation.loop import loader_accuracy
 from frugalnn.methods.lowrank.recipe import LowRankConfig, compare_into, compress
 from frugalnn.utils.io import write_json_atomic
 
@@ -122,7 +122,8 @@ def run_one(name: str, lr: float, seed: int, base: torch.nn.Module, splits: Any,
                                  example=example, threads=args.threads)
     torch.set_num_threads(args.threads)
     row = {"method": name, "lr": lr, "seed": seed, "seconds": time.time() - t0,
-           "val": accuracy(model, loaders["val"]), "test": accuracy(model, loaders["test"]),
+           "val": loader_accuracy(model, loaders["val"]),
+           "test": loader_accuracy(model, loaders["test"]),
            "params": sum(p.numel() for p in model.parameters()),
            "layerwise": hist.get("layerwise"),
            "epoch_seconds": [r.get("epoch_seconds") for r in hist.get("finetune", [])]}
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     loaders = {"val": DataLoader(splits.val, batch_size=256),
                "test": DataLoader(splits.test, batch_size=256)}
     base = baseline(args, splits.train, loaders["test"])
-    base_acc = {k: accuracy(base, v) for k, v in loaders.items()}
+    base_acc = {k: loader_accuracy(base, v) for k, v in loaders.items()}
     example = torch.stack([splits.test[i][0] for i in range(2)])
     results: dict[str, dict[str, Any]] = {}
     for name in args.methods:

@@ -51,8 +51,8 @@ from torch.utils.data import DataLoader
 
 from frugalnn.cost.machine import describe_machine
 from frugalnn.errors import UserError
+from frugalnn.evaluation.loop import loader_accuracy
 from frugalnn.methods.lowrank.compress import plan_markdown
-from frugalnn.methods.lowrank.pipeline import accuracy
 from frugalnn.methods.lowrank.recipe import LowRankConfig, compare_into, compress
 from frugalnn.models import create_model
 from frugalnn.train import fit
@@ -98,7 +98,8 @@ def baseline(args: argparse.Namespace, train: Any, test_loader: DataLoader) -> t
     """The pretrained ResNet-56, fine-tuned on the JPEG training subset (or from the cache)."""
     ckpt = next((Path(args.data_dir) / "pretrained" / "resnet-cifar10").glob("resnet56-*.th"))
     base = create_model("resnet56", checkpoint=str(ckpt))
-    log(f"pretrained ResNet-56 on JPEG test subset: {100 * accuracy(base, test_loader):.2f} %")
+    base_acc = loader_accuracy(base, test_loader)
+    log(f"pretrained ResNet-56 on JPEG test subset: {100 * base_acc:.2f} %")
     cache = Path(args.baseline_cache) if args.baseline_cache else None
     if cache is not None and cache.is_file():
         from safetensors.torch import load_file

@@ -12,6 +12,7 @@ give the same outputs; FFN methods on the ResNet, which has no FFN, are one line
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -286,6 +287,10 @@ def test_lowrank_at_the_weights_rank_is_the_original(cases, name, tmp_path) -> N
                      "padding", "kernel_size"):
             assert getattr(new, attr, None) == getattr(old, attr, None), attr
     _reloads(small, x, tmp_path / "lowrank")
+    if method == "svd":  # data-aware SVD calibrates on the model's own batches (BERT: dicts)
+        aware = frugalnn.lowrank(model, dataclasses.replace(
+            config, data_aware=True, calibration_examples=8), train_data=case.data())
+        torch.testing.assert_close(_out(aware, x), want, rtol=1e-4, atol=1e-4)
     # One epoch of fine-tuning with distillation runs on the model's own batches.
     tuned = frugalnn.lowrank(model, frugalnn.LowRankConfig(
         method=method, target=f"rank={rank}", include=[pattern], finetune_epochs=1, lr=1e-3,

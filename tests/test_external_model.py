@@ -382,6 +382,10 @@ def test_hf_directory_builds_its_architecture_and_round_trips(hf_bert: Path,
     assert torch.allclose(model(**batch).logits, expected, atol=1e-6)
     ckpt = save_checkpoint(tmp_path / "ckpt", model)
     assert torch.allclose(load_model(ckpt)(**batch).logits, expected, atol=1e-6)
+    from frugalnn.models.registry import comes_trained
+
+    assert comes_trained(f"hf:{hf_bert}")  # the directory brings its weights
+    assert not comes_trained(f"hf:{tmp_path}") and not comes_trained("cnn_small")
     with pytest.raises(UserError, match="has no config.json"):
         create_model(f"hf:{tmp_path}")
     with pytest.raises(UserError, match=r"a Hugging Face model directory is given as hf:"):
@@ -469,6 +473,27 @@ def test_cli_evaluates_hf_model_on_your_csv(hf_bert: Path, tmp_path: Path, capsy
                  *common[4:], "--out", str(tmp_path / "two")])
     assert "has 3 labels but the dataset given has 2 classes" in _one_line_error(capsys, code)
     assert not (tmp_path / "two").exists()
+
+
+def test_cli_lowrank_compresses_hf_model_on_your_csv(hf_bert: Path, tmp_path: Path) -> None:
+    """``lowrank compress hf:DIR --data textfile``: dict batches through the data-aware
+    calibration, the accuracy and latency comparison, and a reload in this process."""
+    csv_file, _ = _write_reviews(tmp_path)
+    run = tmp_path / "lowrank"
+    assert main(["lowrank", "compress", f"hf:{hf_bert}", "--method", "svd", "--target",
+                 "rank=4", "--include", "bert.encoder.*", "--data-aware",
+                 "--calibration-examples", "4", "--data", "textfile", "--data-dir",
+                 str(csv_file), "--val-fraction", "0", "--finetune-epochs", "0",
+                 "--latency-batch-sizes", "1", "--latency-repeats", "2", "--no-progress",
+                 "--threads", "1", "--out", str(run)]) == 0
+    compressed = load_model(run / "checkpoint").eval()
+    layer = compressed.get_submodule("bert.encoder.layer.0.intermediate.dense")
+    assert type(layer).__name__ == "SVDLinear"
+    assert "data-aware" in (run / "extras" / "lowrank_layers.md").read_text()
+    assert "accuracy (%)" in (run / "extras" / "lowrank_model.md").read_text()
+    batch = {"input_ids": torch.tensor([[2, 5, 6, 7, 8, 3]]),
+             "attention_mask": torch.ones(1, 6, dtype=torch.long)}
+    assert torch.isfinite(compressed(**batch).logits).all()
 
 
 # ------------------------------------------------------------------ imagefolder

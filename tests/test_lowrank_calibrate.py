@@ -115,3 +115,39 @@ def test_the_plan_says_which_layers_are_data_aware() -> None:
     _, plan = compress_model(_mlp(), "svd", "rank=4", x[:2], include=["0"],
                              calibration=[(x, None)])
     assert plan[0].ranks == (4,) and plan[0].reason.endswith("data-aware")
+
+
+def test_calibration_takes_unlabelled_data() -> None:
+    """Calibration needs inputs only: a ``TensorDataset`` of inputs alone, dicts without
+    ``labels`` and labelled pairs all give the same factors."""
+    x = _skewed_inputs()
+
+    class _Dicts(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(x)
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            return {"input": x[i]}
+
+    class _Keyword(nn.Module):  # a model called with keyword inputs, as Hugging Face's are
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _mlp()
+
+        def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
+            return self.net(input)
+
+    cfg = frugalnn.LowRankConfig(method="svd", target="rank=4", finetune_epochs=0,
+                                 data_aware=True, calibration_examples=256)
+    outs = []
+    for model, data in ((_mlp(), TensorDataset(x, torch.zeros(len(x)))),
+                        (_mlp(), TensorDataset(x)), (_Keyword(), _Dicts())):
+        small = frugalnn.lowrank(model, cfg, train_data=data,
+                                 example_input=x[:2] if isinstance(model, nn.Sequential)
+                                 else {"input": x[:2]}).eval()
+        with torch.no_grad():
+            outs.append(small(x) if isinstance(model, nn.Sequential) else small(input=x))
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)
+    torch.testing.assert_close(outs[2], outs[0], rtol=1e-6, atol=1e-6)
+    with pytest.raises(UserError, match="inputs or \\(inputs, labels\\) pairs; got list of 3"):
+        frugalnn.lowrank(_mlp(), cfg, train_data=TensorDataset(x, x, x), example_input=x[:2])

@@ -213,3 +213,26 @@ def test_smollm2_acm_convert_and_sparsity(tmp_path: Path) -> None:
     assert main(["sparsity", "smollm2_135m", "--data", LM_DATA, "--data-dir", data_dir,
                  "--eval-limit", "2", "--batch-size", "2", "--out", str(sp)]) == 0
     assert "silu" in (sp / "sparsity.md").read_text()  # the SwiGLU gates' activations
+
+
+@pytest.mark.slow
+@needs_smollm
+def test_smollm2_lowrank_data_aware_compress_then_evaluate_its_run(tmp_path: Path) -> None:
+    """Data-aware SVD of a Llama decoder from the CLI (dict-free token batches, causal-LM
+    outputs): the run's checkpoint evaluates again to the same losses."""
+    data_dir = str(_wikitext_dir())
+    run = tmp_path / "lowrank"
+    assert main(["lowrank", "compress", "smollm2_135m", "--method", "svd", "--target",
+                 "params=1.5", "--include", "model.layers.0.*", "--data-aware",
+                 "--calibration-examples", "4", "--data", LM_DATA, "--data-dir", data_dir,
+                 "--train-limit", "4", "--val-limit", "2", "--eval-limit", "2",
+                 "--batch-size", "2", "--finetune-epochs", "0", "--latency-batch-sizes", "1",
+                 "--latency-repeats", "1", "--out", str(run), "--no-progress"]) == 0
+    assert "data-aware" in (run / "extras" / "lowrank_layers.md").read_text()
+    rows = next(iter(_records(run).values()))
+    again = tmp_path / "again"
+    assert main(["evaluate", str(run), "--data", LM_DATA, "--data-dir", data_dir, "--limit",
+                 "2", "--batch-size", "2", "--latency-batch-sizes", "1", "--latency-repeats",
+                 "1", "--out", str(again), "--no-progress"]) == 0
+    assert _mean_loss(next(iter(_records(again).values()))) == pytest.approx(
+        _mean_loss(rows), rel=1e-5)

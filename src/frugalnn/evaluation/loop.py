@@ -54,6 +54,7 @@ from frugalnn.evaluation.records import (
 from frugalnn.utils.batch import (
     batch_len,
     call_model,
+    inputs_of,
     logits_of,
     split_batch,
     take,
@@ -152,7 +153,7 @@ def _static_flops(model: nn.Module, example: Any) -> float:
 
 def _first_inputs(loader: Iterable[Any], n: int) -> Any:
     for batch in loader:
-        x, _ = split_batch(batch)
+        x = inputs_of(batch)
         return take(x, n)
     raise UserError("the data loader is empty; check the dataset split and --limit")
 
@@ -328,16 +329,29 @@ def _machine(device: torch.device) -> dict[str, Any]:
 
 
 @torch.no_grad()
+def loader_accuracy(model: nn.Module, loader: Iterable[Any],
+                    device: str | torch.device = "cpu") -> float:
+    """Share of labels whose top logit is right over ``loader``'s ``(inputs, labels)``
+    batches, in eval mode (restored after): one label per example for a classifier, one
+    per position for a language model (next-token accuracy); inputs may be dicts."""
+    was = model.training
+    model.eval()
+    correct = total = 0
+    try:
+        for batch in loader:
+            x, y = split_batch(batch)
+            pred = logits_of(call_model(model, to_device(x, device))).argmax(-1).cpu()
+            correct += int((pred == y).sum())
+            total += int(y.numel())
+    finally:
+        model.train(was)
+    return correct / max(1, total)
+
+
 def top1_accuracy(model: nn.Module, data: Any, *, batch_size: int = 256,
                   device: str | torch.device = "cpu") -> float:
     """Share of examples of ``data`` (a dataset, in order) whose top logit is the label:
     a quick score for choosing on validation data (no ledger, no records)."""
     from frugalnn.data.splits import seeded_loader
 
-    correct = total = 0
-    for batch in seeded_loader(data, batch_size, 0, shuffle=False):
-        x, y = split_batch(batch)
-        pred = logits_of(model(to_device(x, device))).argmax(-1).cpu()
-        correct += int((pred == y).sum())
-        total += len(y)
-    return correct / max(1, total)
+    return loader_accuracy(model, seeded_loader(data, batch_size, 0, shuffle=False), device)

@@ -18,8 +18,8 @@ from frugalnn.utils.batch import (
     batch_len,
     call_model,
     cat,
+    inputs_of,
     slice_batch,
-    split_batch,
     take,
     to_device,
 )
@@ -45,7 +45,7 @@ def _real_batches(source: Any, batch_size: int, count: int) -> list[Any]:
     pending: list[Any] = []
     have = 0
     for batch in source:
-        x, _ = split_batch(batch)
+        x = inputs_of(batch)
         pending.append(x)
         have += batch_len(x)
         while have >= batch_size:

@@ -7,6 +7,7 @@ from frugalnn.models.base import FeedForward, FFNSite, StagedModel, WrappedModel
 from frugalnn.models.registry import (
     ModelInfo,
     create_model,
+    example_batch,
     list_models,
     model_info,
     register_model,
@@ -19,6 +20,7 @@ __all__ = [
     "StagedModel",
     "WrappedModel",
     "create_model",
+    "example_batch",
     "list_models",
     "model_info",
     "register_model",

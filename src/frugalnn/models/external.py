@@ -37,6 +37,7 @@ __all__ = [
     "build_external",
     "canonical_spec",
     "external_input",
+    "hf_dir_has_weights",
     "is_external",
     "load_factory",
     "load_state_file",
@@ -71,6 +72,15 @@ def _split(spec: str) -> tuple[str, str, str]:
     if not attr.isidentifier():
         raise UserError(f"model {spec!r}: {attr!r} is not a Python name; use {_FORMS}")
     return ("file" if is_file else "module"), target, attr
+
+
+def hf_dir_has_weights(spec: str) -> bool:
+    """Whether ``spec`` is ``hf:DIR`` with a weights file (or a sharded index) in DIR."""
+    if not str(spec).startswith(HF_PREFIX):
+        return False
+    folder = Path(str(spec)[len(HF_PREFIX):]).expanduser()
+    return any((folder / name).is_file() for name in DIR_WEIGHTS) or any(
+        folder.glob("*.safetensors.index.json")) or any(folder.glob("*.bin.index.json"))
 
 
 def canonical_spec(spec: str) -> str:

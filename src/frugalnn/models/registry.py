@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from frugalnn.errors import UserError
@@ -106,9 +107,35 @@ def model_info(name: str) -> ModelInfo:
         ) from None
 
 
+def example_batch(model: Any, *datasets: Any) -> Any:
+    """One input batch for tracing ``model``: the first example of the first non-empty
+    dataset given (a dict of tensors for Hugging Face style examples), else a random
+    input of the registry model's shape and dtype."""
+    from frugalnn.utils.batch import example_inputs
+
+    for data in datasets:
+        if data is not None and len(data) > 0:
+            return example_inputs(data)
+    spec = getattr(model, "frugalnn_spec", None) or {}
+    shape = (spec.get("kwargs") or {}).get("input_shape")
+    info = model_info(spec["name"]) if spec.get("name") else None
+    if shape is None and info is not None:
+        shape = info.input_shape
+    if shape is None:
+        raise UserError("cannot tell the model's input shape; pass example_input= or data")
+    if info is not None and info.input_dtype == "long":
+        return torch.zeros(1, *shape, dtype=torch.long)
+    return torch.randn(1, *shape)
+
+
 def comes_trained(name: str) -> bool:
-    """Whether registry model ``name`` is built with trained weights (a published model);
-    ``False`` for unknown names and model specs (the caller decides about those)."""
+    """Whether model ``name`` is built with trained weights: a published registry model,
+    or a Hugging Face directory (``hf:DIR``) holding a weights file; ``False`` for unknown
+    names and factory specs (the caller decides about those)."""
+    from frugalnn.models.external import hf_dir_has_weights
+
+    if hf_dir_has_weights(str(name)):
+        return True
     _ensure_loaded()
     info = _REGISTRY.get(str(name))
     return bool(info and info.pretrained)

@@ -16,8 +16,8 @@ import torch
 from frugalnn.errors import UserError
 
 __all__ = [
-    "batch_len", "call_model", "cat", "example_inputs", "logits_of", "slice_batch",
-    "split_batch", "take", "to_device",
+    "batch_len", "call_model", "cat", "example_inputs", "expand_batch", "inputs_of", "logits_of",
+    "slice_batch", "split_batch", "take", "to_device",
 ]
 
 
@@ -51,6 +51,17 @@ def take(x: Any, n: int) -> Any:
     return x
 
 
+def expand_batch(x: Any, n: int) -> Any:
+    """A batch of ``n`` copies of the first example of ``x`` (tensors, dicts, lists)."""
+    if isinstance(x, torch.Tensor):
+        return x[:1].expand(n, *x.shape[1:]).contiguous()
+    if isinstance(x, dict):
+        return {k: expand_batch(v, n) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(expand_batch(v, n) for v in x)
+    return x
+
+
 def cat(parts: list[Any]) -> Any:
     first = parts[0]
     if isinstance(first, torch.Tensor):
@@ -72,6 +83,22 @@ def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
         "the data loader must yield (inputs, labels) pairs; got "
         f"{type(batch).__name__}"
     )
+
+
+def inputs_of(batch: Any) -> Any:
+    """The model inputs of one batch, for steps that need no labels (calibration,
+    timing): an ``(inputs, labels)`` pair, a one-element ``(inputs,)`` (a
+    ``TensorDataset`` of inputs alone), a dict of inputs (``labels`` dropped) or a
+    bare tensor."""
+    if isinstance(batch, (list, tuple)) and len(batch) in (1, 2):
+        return batch[0]
+    if isinstance(batch, dict):
+        return {k: v for k, v in batch.items() if k != "labels"}
+    if isinstance(batch, torch.Tensor):
+        return batch
+    size = f" of {len(batch)}" if isinstance(batch, (list, tuple)) else ""
+    raise UserError("the data loader must yield inputs or (inputs, labels) pairs; got "
+                    f"{type(batch).__name__}{size}")
 
 
 def logits_of(out: Any) -> torch.Tensor:

@@ -23,7 +23,7 @@ from torch import nn
 from frugalnn.errors import UserError
 from frugalnn.methods.binary.layers import BinaryConv2d, BinaryLayer, BinaryLinear
 from frugalnn.transforms import record_transform, register_transform
-from frugalnn.utils.batch import call_model, split_batch, to_device
+from frugalnn.utils.batch import call_model, inputs_of, to_device
 
 __all__ = ["TRANSFORM", "binary_layers", "binarize_layers", "calibrate_thresholds",
            "eligible_layers", "pack_model"]
@@ -118,7 +118,7 @@ def calibrate_thresholds(model: nn.Module, batch: Any, device: str | torch.devic
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()
                if m.threshold is not None]
-    x, _ = split_batch(batch)
+    x = inputs_of(batch)
     was_training = model.training
     try:
         model.eval()

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from frugalnn.errors import UserError
-from frugalnn.utils.batch import call_model, split_batch
+from frugalnn.utils.batch import call_model, inputs_of
 
 __all__ = ["effective_weight", "input_whitening"]
 
@@ -56,7 +56,7 @@ def input_whitening(model: nn.Module, layers: dict[str, nn.Module], loader: Iter
     model.eval()
     try:
         for batch in loader:
-            x, _ = split_batch(batch)
+            x = inputs_of(batch)
             call_model(model, x)
     finally:
         model.train(was)

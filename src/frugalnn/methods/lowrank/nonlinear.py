@@ -50,7 +50,7 @@ from frugalnn.errors import UserError
 from frugalnn.methods.lowrank import layers as L
 from frugalnn.methods.lowrank.costs import chain_flops
 from frugalnn.methods.lowrank.geometry import ConvSpec
-from frugalnn.utils.batch import call_model, split_batch, to_device
+from frugalnn.utils.batch import call_model, inputs_of, to_device
 
 SUFFIX = "-nl"
 METHODS = ("svd-nl", "tucker-nl", "tt-nl")
@@ -275,7 +275,7 @@ def distill_layers(teacher: nn.Module, student: nn.Module, batches: Iterable[Any
             for batch in batches:
                 if len(losses) >= steps:
                     break
-                x, _ = split_batch(batch)
+                x = inputs_of(batch)
                 seen.clear()
                 with torch.no_grad():
                     call_model(teacher, to_device(x, device))

@@ -19,31 +19,19 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from frugalnn.cost.count import count_flops
+from frugalnn.cost.count import flops_per_example
 from frugalnn.cost.latency import measure_latency
 from frugalnn.cost.memory import peak_memory
+from frugalnn.evaluation.loop import loader_accuracy
 from frugalnn.methods.lowrank.compress import LayerPlan, compress_model, plan_markdown, plan_totals
-from frugalnn.utils.batch import to_device
-
-
-def accuracy(model: nn.Module, loader: Iterable[Any], device: str | torch.device = "cpu") -> float:
-    """Top-1 accuracy of ``model`` on ``(x, y)`` batches (eval mode, no gradients)."""
-    was = model.training
-    model.eval()
-    correct = total = 0
-    with torch.inference_mode():
-        for x, y in loader:
-            pred = model(x.to(device)).argmax(-1).cpu()
-            correct += int((pred == y).sum())
-            total += int(y.numel())
-    model.train(was)
-    return correct / max(total, 1)
+from frugalnn.utils.batch import call_model, expand_batch, take, to_device
 
 
 def compress_and_finetune(
@@ -140,34 +128,35 @@ def layer_latencies(original: nn.Module, compressed: nn.Module, plan: list[Layer
 
 
 def compare(original: nn.Module, compressed: nn.Module, plan: list[LayerPlan],
-            example: torch.Tensor, *, batch_sizes: Sequence[int] = (1, 64),
+            example: Any, *, batch_sizes: Sequence[int] = (1, 64),
             device: str | torch.device = "cpu", warmup: int = 3, repeats: int = 20,
             threads: int | None = None, eval_loader: Iterable[Any] | None = None,
             layer_batch: int | None = None) -> dict[str, Any]:
     """Whole-model (and per-layer) cost, time, memory and accuracy: original vs compressed."""
     original.to(device).eval()
     compressed.to(device).eval()
-    one = example[:1].to(device)
+    one = to_device(take(example, 1), device)
     out: dict[str, Any] = {"models": {}}
     for tag, model in (("original", original), ("compressed", compressed)):
         row: dict[str, Any] = {
             "params": sum(p.numel() for p in model.parameters()),
-            "flops": count_flops(model, one),
+            "flops": round(flops_per_example(model, one)),  # batch 1; dict inputs as keywords
         }
         for b in batch_sizes:
-            xb = one.expand(b, *one.shape[1:]).contiguous()
-            row[f"peak_bytes_b{b}"] = peak_memory(model, xb, device=device).peak_bytes
+            row[f"peak_bytes_b{b}"] = peak_memory(partial(call_model, model),
+                                                  expand_batch(one, b), device=device).peak_bytes
         if eval_loader is not None:
-            row["accuracy"] = accuracy(model, eval_loader, device)
+            row["accuracy"] = loader_accuracy(model, eval_loader, device)
         out["models"][tag] = row
     # Time the two models alternately, twice each, and keep each one's better
     # median: a shared, loaded CPU otherwise favours whichever ran second.
     for b in batch_sizes:
-        xb = one.expand(b, *one.shape[1:]).contiguous()
+        xb = expand_batch(one, b)
         for _round in range(2):
             for tag, model in (("original", original), ("compressed", compressed)):
-                rec = measure_latency(model, xb, warmup=warmup, repeats=repeats,
-                                      threads=threads, device=device)
+                rec = measure_latency(partial(call_model, model), xb, warmup=warmup,
+                                      repeats=repeats, threads=threads, device=device,
+                                      batch_size=b)
                 row = out["models"][tag]
                 if rec.median_ms < row.get(f"latency_ms_b{b}", float("inf")):
                     row[f"latency_ms_b{b}"] = rec.median_ms

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 
 from frugalnn.data.splits import seeded_loader
 from frugalnn.errors import UserError
+from frugalnn.models.registry import example_batch
 from frugalnn.utils.rundir import prepare_run_dir, run_record
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "NMFConfig",
     "compare_into",
     "compress",
-    "example_input",
     "lowrank",
     "run_lowrank",
     "run_nmf",
@@ -215,26 +215,6 @@ class LowRankRun:
 # -- the steps ----------------------------------------------------------------------------
 
 
-def example_input(model: nn.Module, *datasets: Any) -> Any:
-    """One input batch for tracing ``model``: the first example of the first dataset
-    given (a dict of tensors for Hugging Face style examples), else a random input of
-    the registry model's shape."""
-    from frugalnn.utils.batch import example_inputs
-
-    for data in datasets:
-        if data is not None and len(data) > 0:
-            return example_inputs(data)
-    spec = getattr(model, "frugalnn_spec", None) or {}
-    shape = (spec.get("kwargs") or {}).get("input_shape")
-    if shape is None and spec.get("name"):
-        from frugalnn.models import model_info
-
-        shape = model_info(spec["name"]).input_shape
-    if shape is None:
-        raise UserError("cannot tell the model's input shape; pass example_input= or data")
-    return torch.randn(1, *shape)
-
-
 def compress(
     model: nn.Module, config: LowRankConfig, *, train_data: Dataset | None = None,
     val_data: Dataset | None = None, example: Any = None,
@@ -246,7 +226,7 @@ def compress(
 
     config.validate()
     if example is None:
-        example = example_input(model, train_data, val_data)
+        example = example_batch(model, train_data, val_data)
     tune = config.finetune_epochs > 0 and train_data is not None
     train_loader = (seeded_loader(train_data, config.batch_size, config.seed, shuffle=True)
                     if train_data is not None and (tune or config.layerwise) else None)
@@ -343,9 +323,10 @@ def run_lowrank(
     """
     from frugalnn.cost.count import flops_per_example
     from frugalnn.evaluation import evaluate_into
-    from frugalnn.methods.lowrank.pipeline import accuracy
+    from frugalnn.evaluation.loop import top1_accuracy
     from frugalnn.report import write_run_report
     from frugalnn.train.checkpoint import data_signature, save_checkpoint
+    from frugalnn.utils.batch import to_device
     from frugalnn.utils.io import write_json_atomic
 
     config.validate()
@@ -354,14 +335,13 @@ def run_lowrank(
     record = run_record(config, splits, run_config, **({"weights": weights} if weights else {}))
     write_json_atomic(out / "config.json", record)
     original = model.to(device).eval()
-    example = example_input(original, splits.train)
+    example = example_batch(original, splits.train)
     student, plan, history = compress(original, config, train_data=splits.train,
                                       val_data=splits.val, example=example, device=device,
                                       threads=threads, progress=progress)
     method = config.label + (" (RANDOM WEIGHTS)" if random_init else "")
-    test_loader = seeded_loader(splits.test, 256, config.seed, shuffle=False)
-    x = example.to(device)
-    base_acc = accuracy(original, test_loader, device)
+    x = to_device(example, device)
+    base_acc = top1_accuracy(original, splits.test, device=device)
     base_flops = flops_per_example(original, x)
     meta_data = {"data": data_signature(splits.info)}
     save_checkpoint(out / "checkpoint", student, {**meta_data, "method": method, "history": history,

@@ -31,7 +31,8 @@ from torch.utils.data import Dataset
 from frugalnn.data.splits import seeded_loader
 from frugalnn.errors import UserError
 from frugalnn.evaluation.loop import top1_accuracy
-from frugalnn.utils.batch import example_inputs, take, to_device
+from frugalnn.models.registry import example_batch
+from frugalnn.utils.batch import take, to_device
 
 __all__ = ["PruneConfig", "PruneRun", "parse_target", "prune", "prune_with_plan", "run_prune"]
 
@@ -121,20 +122,6 @@ class PruneRun:
     history: dict[str, Any] = field(default_factory=dict)
 
 
-def _example(model: nn.Module, *datasets: Any) -> Any:
-    for data in datasets:
-        if data is not None and len(data) > 0:
-            return example_inputs(data)
-    spec = getattr(model, "frugalnn_spec", None) or {}
-    if spec.get("name"):
-        from frugalnn.models import model_info
-
-        shape = ((spec.get("kwargs") or {}).get("input_shape")
-                 or model_info(spec["name"]).input_shape)
-        return torch.randn(1, *shape)
-    raise UserError("cannot tell the model's input shape; pass example_input= or data")
-
-
 def prune_with_plan(
     model: nn.Module, config: PruneConfig, *, train_data: Dataset | None = None,
     val_data: Dataset | None = None, example_input: Any = None,
@@ -149,7 +136,7 @@ def prune_with_plan(
     kind, value = parse_target(config.target)
     teacher = model.to(device).eval()
     example = to_device(example_input if example_input is not None
-                        else _example(model, train_data, val_data), device)
+                        else example_batch(model, train_data, val_data), device)
     torch.manual_seed(config.seed)
     student = copy.deepcopy(teacher)
     plan = prune_channels(student, take(example, 1), importance=config.importance,
@@ -233,7 +220,7 @@ def run_prune(
     record = run_record(config, splits, run_config)
     write_json_atomic(out / "config.json", record)
     original = model.to(device).eval()
-    example = to_device(_example(original, splits.train, splits.test), device)
+    example = to_device(example_batch(original, splits.train, splits.test), device)
     student, plan, history = prune_with_plan(original, config, train_data=splits.train,
                                              val_data=splits.val, example_input=example,
                                              device=device, progress=progress)

@@ -88,6 +88,7 @@ def quant_config(args: argparse.Namespace) -> Any:
 
 def _quant(args: argparse.Namespace) -> int:
     from frugalnn.methods.quant.recipe import run_quant
+    from frugalnn.models.registry import comes_trained
 
     check_positive((getattr(args, flag, None), f"--{flag.replace('_', '-')}")
                    for flag in ("batch_size", "train_limit", "val_limit", "eval_limit",
@@ -95,7 +96,8 @@ def _quant(args: argparse.Namespace) -> int:
     if args.device != "cpu":
         raise UserError(f"int8 models run on the CPU quantised kernels; got --device "
                         f"{args.device} (pass --device cpu)")
-    if args.checkpoint is None and getattr(args.model, "weights", None) is None:
+    if (args.checkpoint is None and getattr(args.model, "weights", None) is None
+            and not comes_trained(str(args.model))):
         raise UserError("quant needs the trained model: pass --checkpoint or --weights")
     config = quant_config(args)
     out = start_run(args)

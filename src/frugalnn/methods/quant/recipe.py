@@ -155,7 +155,7 @@ def calibrate(model: nn.Module, data: Any, *, batch_size: int = 64, limit: int |
               seed: int = 0) -> int:
     """Run up to ``limit`` examples of ``data`` (a seeded random subset) through the
     observers of a prepared ``model``; return how many. No data: one clear line."""
-    from frugalnn.utils.batch import batch_len, split_batch
+    from frugalnn.utils.batch import batch_len, inputs_of
 
     if data is None or (hasattr(data, "__len__") and len(data) == 0):
         raise UserError("static int8 quantisation needs calibration data; pass a non-empty "
@@ -164,7 +164,7 @@ def calibrate(model: nn.Module, data: Any, *, batch_size: int = 64, limit: int |
     model.eval()
     with torch.no_grad():
         for batch in _loader(data, batch_size, seed, False, limit):
-            x, _ = split_batch(batch)
+            x = inputs_of(batch)
             model(x)
             seen += batch_len(x)
             if limit is not None and seen >= limit:
@@ -178,21 +178,13 @@ def calibrate(model: nn.Module, data: Any, *, batch_size: int = 64, limit: int |
 def accuracy(model: nn.Module, data: Any, batch_size: int = 256) -> float | None:
     """Top-1 accuracy in percent of ``model`` on ``(x, y)`` data (``None`` when empty), on
     the device of the model's parameters."""
-    from frugalnn.utils.batch import logits_of, split_batch
+    from frugalnn.evaluation.loop import top1_accuracy
 
     if data is None or len(data) == 0:
         return None
-    correct = total = 0
-    model.eval()
     # A float model may sit on a GPU; an int8 one (no float parameters) runs on the CPU.
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    with torch.no_grad():
-        for batch in _loader(data, batch_size, 0, False, None):
-            x, y = split_batch(batch)
-            pred = logits_of(model(x.to(device))).argmax(-1).cpu()
-            correct += int((pred == y).sum())
-            total += int(y.numel())
-    return 100.0 * correct / max(total, 1)
+    return 100.0 * top1_accuracy(model, data, batch_size=batch_size, device=device)
 
 
 def _qat(prepared: nn.Module, teacher: nn.Module, data: Any, config: QuantConfig,

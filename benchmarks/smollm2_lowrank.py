@@ -1,0 +1,148 @@
+"""SmolLM2-135M: SVD of the decoder's linear layers, plain vs data-aware, perplexity vs FLOPs.
+
+The model is ``frugalnn.create_model("smollm2_135m")`` (transformers'
+``LlamaForCausalLM``, float32 from the package's Q4_1 GGUF file). ``frugalnn.lowrank``
+factorises every ``nn.Linear`` under ``model.layers.*`` (attention projections
+``q/k/v/o_proj`` and the SwiGLU ``gate/up/down_proj``; the tied embedding / LM
+head stays dense) by truncated SVD to whole-model targets (``model-flops=X``:
+ranks allocated across the layers by discarded spectral energy), no fine-tuning.
+``data-aware`` fits each layer's outputs on its inputs
+(:mod:`frugalnn.methods.lowrank.calibrate`), calibrated on the first half of the
+validation windows; plain SVD reads the weights alone.
+
+Data: WikiText-2 (tokenised release) cut by SmolLM2's own tokenizer into
+non-overlapping windows of ``--context`` tokens, as in ``real_smollm2.py``. The
+operating point of each variant is chosen on the second half of the validation
+windows (the cheapest target within ``--max-ppl-increase`` of dense); test
+perplexity (the first ``--test-windows`` test windows) is printed for every
+target, as the curve, and never used to choose. Tokens/s: each model
+interleaved with dense (``frugalnn.time_budgets``) under the timing lock.
+
+    make smollm
+    python benchmarks/smollm2_lowrank.py --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from _common import log, results_header, write_results
+from real_smollm2 import scored, tokens_per_s
+from torch.utils.data import Subset
+
+import frugalnn
+from frugalnn.data.base import resolve_data_dir
+from frugalnn.data.pretrained_eval import wikitext2_subwords
+from frugalnn.errors import UserError
+from frugalnn.models.published import smollm2_tokenizer
+
+VARIANTS = ("plain", "data-aware")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", help="data directory (default: $FRUGALNN_DATA)")
+    p.add_argument("--context", type=int, default=256, help="tokens per window (256)")
+    p.add_argument("--test-windows", type=int, default=8, help="first N test windows (8)")
+    p.add_argument("--val-windows", type=int, default=32,
+                   help="first N validation windows: half calibrate, half choose (32)")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per batch (4)")
+    p.add_argument("--targets", default="model-flops=1.05,model-flops=1.1,model-flops=1.2",
+                   help="comma-separated low-rank targets")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="plain, data-aware")
+    p.add_argument("--max-ppl-increase", type=float, default=0.05)
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per setting")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds")
+    p.add_argument("--threads", type=int, default=2, help="torch threads while timing")
+    p.add_argument("--no-timing", action="store_true", help="skip tokens/s")
+    p.add_argument("--out", default="benchmarks/results/real_smollm2_lowrank.md")
+    a = p.parse_args(argv)
+    variants = a.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        p.error(f"unknown --variants {unknown[0]!r}; use {', '.join(VARIANTS)}")
+    data_dir = resolve_data_dir(a.data_dir)
+    torch.manual_seed(0)
+
+    dense = frugalnn.create_model("smollm2_135m").eval()
+    tok = smollm2_tokenizer()
+    test = wikitext2_subwords(data_dir, "test", tok, a.context, limit=a.test_windows)
+    val = wikitext2_subwords(data_dir, "valid", tok, a.context, limit=a.val_windows)
+    calibrate = Subset(val, range(len(val) // 2))
+    choose = Subset(val, range(len(val) // 2, len(val)))
+    d_val = scored(dense, choose, a.batch_size)[0]
+    d_test = scored(dense, test, a.batch_size)[0]
+    batch = torch.stack([test[i][0] for i in range(a.batch_size)])
+    log(f"dense: val ppl {d_val['ppl']:.2f}, test ppl {d_test['ppl']:.2f}, "
+        f"{d_test['flops_per_token'] / 1e6:.1f} MFLOPs/token")
+    rows = []
+    for variant in variants:
+        for target in a.targets.split(","):
+            cfg = frugalnn.LowRankConfig(
+                method="svd", target=target, include=["model.layers.*"], finetune_epochs=0,
+                data_aware=variant == "data-aware", calibration_examples=len(calibrate))
+            t0 = time.perf_counter()
+            try:
+                small = frugalnn.lowrank(dense, cfg, train_data=calibrate).eval()
+            except UserError as exc:
+                rows.append({"variant": variant, "target": target, "refused": str(exc)})
+                log(f"{variant} {target}: refused: {exc}")
+                continue
+            seconds = time.perf_counter() - t0
+            v = scored(small, choose, a.batch_size)[0]
+            t = scored(small, test, a.batch_size)[0]
+            tps = dense_tps = float("nan")
+            if not a.no_timing:
+                tps, dense_tps = tokens_per_s(small, dense, batch, a)
+            rows.append({"variant": variant, "target": target, "val": v["ppl"],
+                         "test": t["ppl"], "flops": t["flops_per_token"], "tps": tps,
+                         "dense_tps": dense_tps, "seconds": seconds})
+            log(f"{variant} {target}: {rows[-1]}")
+            del small
+
+    limit = d_val["ppl"] * (1 + a.max_ppl_increase)
+    chosen = {}
+    for variant in variants:
+        ok = [r for r in rows if r["variant"] == variant and "val" in r and r["val"] <= limit]
+        chosen[variant] = min(ok, key=lambda r: r["flops"])["target"] if ok else None
+    lines = [results_header(
+        "SmolLM2-135M: truncated SVD of the decoder's linear layers, plain vs data-aware",
+        notes=f"WikiText-2 (tokenised release) with SmolLM2's tokenizer, windows of "
+        f"{a.context} tokens, no overlap: calibration = first {len(calibrate)} validation "
+        f"windows (data-aware only), choice = next {len(choose)}, test = first {len(test)} "
+        f"test windows ({len(test) * a.context} tokens). Every nn.Linear under "
+        "model.layers.* factorised by the low-rank recipe (svd, whole-model FLOP targets, "
+        "no fine-tuning); embedding / LM head dense. FLOPs per token from frugalnn.evaluate "
+        f"(attention and LM head included). Tokens/s: batch {a.batch_size} x {a.context} "
+        f"tokens, {a.threads} thread(s), {a.rounds} interleaved rounds with dense, median "
+        f"of {a.repeats} calls. Operating point per variant: the cheapest target whose "
+        f"validation perplexity is within +{a.max_ppl_increase:.0%} of dense.")]
+    lines += [
+        "| variant | target | val ppl (vs dense) | test ppl (vs dense) | MFLOPs/token "
+        "(fewer) | tokens/s | dense tokens/s (same rounds) | chosen on validation |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| dense | - | {d_val['ppl']:.2f} | {d_test['ppl']:.2f} | "
+        f"{d_test['flops_per_token'] / 1e6:.1f} | - | - | - |"]
+    for r in rows:
+        if "refused" in r:
+            lines.append(f"| {r['variant']} | {r['target']} | refused: {r['refused']} "
+                         "| | | | | |")
+            continue
+        lines.append(
+            f"| {r['variant']} | {r['target']} | {r['val']:.2f} "
+            f"({r['val'] / d_val['ppl'] - 1:+.1%}) | {r['test']:.2f} "
+            f"({r['test'] / d_test['ppl'] - 1:+.1%}) | {r['flops'] / 1e6:.1f} "
+            f"({d_test['flops_per_token'] / r['flops']:.2f}x) | {r['tps']:.0f} | "
+            f"{r['dense_tps']:.0f} | {'yes' if chosen[r['variant']] == r['target'] else ''} |")
+    for variant in variants:
+        if chosen[variant] is None:
+            lines.append(f"\n{variant}: no target within +{a.max_ppl_increase:.0%} of dense "
+                         "on validation.")
+    write_results(Path(a.out), "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
