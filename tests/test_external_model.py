@@ -496,6 +496,33 @@ def test_cli_lowrank_compresses_hf_model_on_your_csv(hf_bert: Path, tmp_path: Pa
     assert torch.isfinite(compressed(**batch).logits).all()
 
 
+@pytest.mark.parametrize("command", [
+    ["quant", "--mode", "dynamic", "--latency-batch-sizes", "1"],
+    ["binary", "--word-bits", "32", "--latency-batch-sizes", "1"],
+    ["acm", "convert", "--distill-epochs", "1", "--gate-epochs", "1"],
+    ["early-exit", "train", "--epochs", "1", "--latency-batch-sizes", "1"],
+])
+def test_cli_methods_run_on_hf_model_and_your_csv(command: list[str], hf_bert: Path,
+                                                  tmp_path: Path) -> None:
+    """Each method's command on ``hf:DIR`` with ``--data textfile``: token-dict batches
+    through its comparison, calibration and report steps, one checkpoint written."""
+    csv_file, _ = _write_reviews(tmp_path)
+    out = tmp_path / "run"
+    model = (["--model", f"hf:{hf_bert}"] if command[0] == "early-exit"
+             else [f"hf:{hf_bert}"])
+    assert main([*command, *model, "--data", "textfile", "--data-dir", str(csv_file),
+                 "--no-progress", "--threads", "1", "--out", str(out)]) == 0
+    assert (out / "checkpoint").is_dir() and (out / "records.csv").is_file()
+
+
+def test_cli_sparsity_tokenises_your_csv_for_hf_model(hf_bert: Path, tmp_path: Path) -> None:
+    csv_file, _ = _write_reviews(tmp_path)
+    out = tmp_path / "sparsity"
+    assert main(["sparsity", f"hf:{hf_bert}", "--data", "textfile", "--data-dir",
+                 str(csv_file), "--out", str(out)]) == 0
+    assert "gelu" in (out / "sparsity.md").read_text()
+
+
 # ------------------------------------------------------------------ imagefolder
 
 

@@ -35,15 +35,17 @@ def save_acm_compute_maps(
     device: str | torch.device = "cpu",
 ) -> list[Path]:
     """Write one compute-map PNG per budget in ``qs`` for the first ``images`` examples."""
+    from torch.utils.data import default_collate
+
     from frugalnn.report.compute_maps import save_compute_maps
+    from frugalnn.utils.batch import split_batch
 
     n = min(images, len(dataset))
     if n == 0:
         return []
-    xs, ys = zip(*(dataset[i] for i in range(n)))
-    x = torch.stack([torch.as_tensor(v) for v in xs])
-    if x.dim() != 4:
-        return []  # not images: no maps
+    x, ys = split_batch(default_collate([dataset[i] for i in range(n)]))
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        return []  # not images (token dicts, sequences): no maps
     titles = [f"#{i} label {int(y)}" for i, y in enumerate(ys)]
     written = []
     model.eval()

@@ -21,6 +21,7 @@ from torch import nn
 
 from frugalnn.methods.binary.convert import binary_layers
 from frugalnn.methods.binary.layers import BinaryConv2d, BinaryLayer
+from frugalnn.utils.batch import call_model
 
 __all__ = ["layer_table", "model_bytes", "time_call", "write_extras"]
 
@@ -43,14 +44,14 @@ def time_call(fn: Any, repeats: int, warmup: int = 3) -> tuple[float, float]:
     return statistics.median(times), max(times) - min(times)
 
 
-def _capture_inputs(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, Any]:
+def _capture_inputs(model: nn.Module, names: list[str], x: Any) -> dict[str, Any]:
     seen: dict[str, torch.Tensor] = {}
     modules = dict(model.named_modules())
     handles = [modules[n].register_forward_pre_hook(
         lambda _m, inputs, n=n: seen.__setitem__(n, inputs[0].detach())) for n in names]
     try:
         with torch.no_grad():
-            model(x)
+            call_model(model, x)
     finally:
         for h in handles:
             h.remove()
@@ -64,7 +65,7 @@ def _out_positions(layer: BinaryLayer, x: torch.Tensor) -> int:
     return max(1, x[:1].numel() // layer.width)
 
 
-def layer_table(original: nn.Module, binary: nn.Module, x: torch.Tensor, *,
+def layer_table(original: nn.Module, binary: nn.Module, x: Any, *,
                 repeats: int = 0, threads: int | None = 1) -> list[dict[str, Any]]:
     """One row per binary layer of ``binary`` (``original``: the float model it came from).
 

@@ -160,11 +160,6 @@ def binarize(
     return student.eval()
 
 
-def _batch(data: Dataset, n: int) -> torch.Tensor:
-    n = min(n, len(data))
-    return torch.stack([torch.as_tensor(data[i][0]) for i in range(n)])
-
-
 def run_binarize(
     model: nn.Module, config: BinaryConfig, splits: Any, out: str | Path, *,
     device: str = "cpu", threads: int | None = None, progress: bool = True,
@@ -183,6 +178,7 @@ def run_binarize(
     from frugalnn.methods.binary.measure import layer_table, model_bytes, write_extras
     from frugalnn.report import write_run_report
     from frugalnn.train.checkpoint import data_signature, save_checkpoint
+    from frugalnn.utils.batch import batch_len, example_inputs, take, to_device
     from frugalnn.utils.io import write_json_atomic
     from frugalnn.utils.rundir import prepare_run_dir, run_record
 
@@ -196,8 +192,8 @@ def run_binarize(
     meta_data = {"data": data_signature(splits.info)}
     save_checkpoint(out / "checkpoint", student, {**meta_data,
                                                   "method": config.label, "config": record})
-    x = _batch(splits.test, config.layer_batch).to(device)
-    base_flops = flops_per_example(original, x[:1])
+    x = to_device(example_inputs(splits.test, config.layer_batch), device)
+    base_flops = flops_per_example(original, take(x, 1))
     base_acc = top1_accuracy(original, splits.test, batch_size=config.batch_size, device=device)
     records = evaluate_into(
         student, splits.test, out, val_dataset=splits.val, reference_model=original,
@@ -215,7 +211,8 @@ def run_binarize(
         "bops": sum(r["bops"] for r in rows), "float_accuracy": base_acc,
         "binary_accuracy": float(records.summary()["budgets"][0]["accuracy"]),
         "kernel": resolve_kernel(config.kernel, config.word_bits),
-        "repeats": config.layer_repeats, "threads": config.layer_threads, "batch": len(x),
+        "repeats": config.layer_repeats, "threads": config.layer_threads,
+        "batch": batch_len(x),
     }
     write_extras(out, rows, totals, config.label)
     write_json_atomic(out / "extras" / "binary_model.json", {"totals": totals, "layers": rows})

@@ -28,6 +28,7 @@ from frugalnn.cli.common import (
     positive,
     print_budget_summary,
     start_run,
+    tokenizer_of_model,
 )
 from frugalnn.errors import UserError
 
@@ -119,6 +120,7 @@ def _sparsity(args: argparse.Namespace) -> int:
     check_out(out, args.force)
     model = load_base_model(args.model, args.checkpoint, parse_model_args(args.model_arg),
                             args.device).eval()
+    tokenizer_of_model(args)  # --data textfile on hf:DIR: the directory's tokenizer
     # The same random examples as the test split of every other command with this seed.
     data = load_splits(args.data, args.data_dir, val_fraction=0.0, test_limit=args.eval_limit,
                        test_split=args.eval_split, seed=args.seed).test

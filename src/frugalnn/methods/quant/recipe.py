@@ -309,17 +309,26 @@ def quantize(
 # -- measuring float against int8 ---------------------------------------------------------
 
 
-def _batch_of(data: Any, size: int) -> torch.Tensor:
-    """``size`` inputs of ``data`` stacked into one batch (repeating it if it is smaller)."""
+def _batch_of(data: Any, size: int) -> Any:
+    """``size`` inputs of ``data`` collated into one batch (repeating it if it is smaller):
+    a tensor, or a dict of tensors for Hugging Face style examples."""
+    from torch.utils.data import default_collate
+
+    from frugalnn.utils.batch import inputs_of
+
     if data is None or len(data) == 0:
         raise UserError("no examples to measure the models on")
-    return torch.stack([torch.as_tensor(data[i % len(data)][0]) for i in range(size)])
+    return inputs_of(default_collate([data[i % len(data)] for i in range(size)]))
 
 
-def _latency(model: nn.Module, x: torch.Tensor, repeats: int, threads: int | None) -> Any:
+def _latency(model: nn.Module, x: Any, repeats: int, threads: int | None) -> Any:
+    from functools import partial
+
     from frugalnn.cost.latency import measure_latency
+    from frugalnn.utils.batch import batch_len, call_model
 
-    return measure_latency(model, x, warmup=3, repeats=repeats, threads=threads)
+    return measure_latency(partial(call_model, model), x, warmup=3, repeats=repeats,
+                           threads=threads, device="cpu", batch_size=batch_len(x))
 
 
 def compare_into(
