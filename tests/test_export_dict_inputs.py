@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from frugalnn.errors import UserError
 from frugalnn.runtime.deps import available
 from frugalnn.runtime.export import ExportConfig, export
 from frugalnn.runtime.package import CHECK, MANIFEST, load_exported
+from frugalnn.utils.batch import call_model, logits_of
 
 transformers = pytest.importorskip("transformers")
 
@@ -259,3 +261,50 @@ def test_cli_bad_export_requests_are_one_line(hf_run, capsys, argv, needle):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0]
     assert not (hf_run / "bad").exists()
+
+
+def _routed(kind: str, bert: torch.nn.Module, data: dict[str, torch.Tensor]) -> Any:
+    import frugalnn
+
+    class Labelled(torch.utils.data.Dataset):  # Hugging Face examples: dicts with labels
+        def __len__(self) -> int:
+            return len(data["input_ids"])
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            return {**{k: v[i] for k, v in data.items()}, "labels": torch.tensor(i % 3)}
+
+    labelled = Labelled()
+    if kind == "moe":
+        return frugalnn.moe(copy.deepcopy(bert), frugalnn.MoEConfig(
+            experts=4, router_epochs=1, batch_size=8), train_data=labelled).eval()
+    return frugalnn.acm(copy.deepcopy(bert), frugalnn.ACMConfig(
+        learners=4, distill_epochs=1, gate_epochs=1, batch_size=8), train_data=labelled).eval()
+
+
+@needs_onnx
+@pytest.mark.parametrize("kind", ["moe", "acm"])
+def test_hf_text_moe_and_acm_export_in_graph_by_input_name(tmp_path, bert, kind):
+    """Routing on a dict input: one ONNX graph taking ``input_ids`` and ``attention_mask``
+    by name plus the knob; equal to PyTorch at every budget, also on another batch size
+    and sequence length than the export's; the other layouts are refused in one line."""
+    data = _tokens(24)
+    model = _routed(kind, bert, data)
+    result = export(model, tmp_path / kind, ExportConfig(format="onnx"), check_data=data)
+    assert result.check["passed"] and result.manifest["loop"]["layout"] == "in-graph"
+    assert [i["name"] for i in result.manifest["inputs"]] == ["input_ids", "attention_mask"]
+    runner = load_exported(tmp_path / kind)
+    other = {k: v[:5, :7] for k, v in _tokens(12, 7).items()}
+    lowest = min(model.budget_values())
+    for budget in (lowest, model.full_budget()):
+        model.set_budget(budget)
+        runner.set_budget(budget)
+        with torch.no_grad():
+            want = logits_of(call_model(model, other))
+        torch.testing.assert_close(runner({"attention_mask": other["attention_mask"],
+                                           "input_ids": other["input_ids"]}), want,
+                                   atol=1e-4, rtol=1e-4)
+    for layout in ("segments", "one-graph"):
+        with pytest.raises(UserError, match="exported in the 'in-graph' layout to ONNX only"):
+            export(model, tmp_path / layout, ExportConfig(format="onnx", layout=layout),
+                   check_data=data)
+        assert not (tmp_path / layout).exists()

@@ -153,7 +153,7 @@ def inline_sites(model_bytes: bytes, sites: dict[int, tuple[bytes, bytes]], *,
 
 
 @torch.no_grad()
-def export_in_graph(model: nn.Module, example: torch.Tensor, out_dir: Any, opset: int, *,
+def export_in_graph(model: nn.Module, example: Any, out_dir: Any, opset: int, *,
                     is_site: Callable[[nn.Module], bool],
                     scorer: Callable[[Any], Callable[[torch.Tensor], torch.Tensor]],
                     parts: Callable[[Any], tuple[nn.Module, int, torch.Tensor]],
@@ -168,7 +168,9 @@ def export_in_graph(model: nn.Module, example: torch.Tensor, out_dir: Any, opset
     ``knob`` ``(batch, 1, 1)`` -> ``(batch, tokens, parts - always)`` booleans, which
     of the parts after the first ``always`` runs on which token; ``knob`` names the graph
     input that carries the knob (one value per example, as
-    :class:`~frugalnn.runtime.knob.KnobRunner` feeds it). Returns
+    :class:`~frugalnn.runtime.knob.KnobRunner` feeds it). ``example``: a tensor, or a
+    dict of tensors (a Hugging Face model's ``input_ids``, ``attention_mask``, ...), each
+    key a graph input before the knob. Returns
     ``{"graphs": {"model": "model.onnx"}}``.
     """
     from frugalnn.utils.io import write_bytes_atomic
@@ -177,10 +179,11 @@ def export_in_graph(model: nn.Module, example: torch.Tensor, out_dir: Any, opset
     whole = marked_graph(copied, markers, example, opset, what)
     sites = {}
     for m in markers:
-        probe = example.new_zeros(3, m.layer.dim).normal_()
+        weight = next(p for p in m.layer.parameters() if p.is_floating_point())
+        probe = weight.new_zeros(3, m.layer.dim).normal_()
         sites[m.index] = (
             _chooser_graph(choose, m.scorer(probe), opset, what),
-            parts_graph(m.layer, parts, example, opset, always=always, combine=combine,
+            parts_graph(m.layer, parts, probe, opset, always=always, combine=combine,
                         name=str(m.index)))
     write_bytes_atomic(Path(out_dir) / "model.onnx",
                        inline_sites(whole, sites, knob=knob))

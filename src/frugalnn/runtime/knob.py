@@ -90,5 +90,10 @@ class KnobRunner(KnobSettings):
         super().__init__(manifest["loop"])
         self.graph = graphs["model"]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.graph(x, torch.full((x.shape[0],), self.value))
+    def __call__(self, x: Any) -> torch.Tensor:
+        from frugalnn.utils.batch import batch_len
+
+        knob = torch.full((batch_len(x),), self.value)
+        if isinstance(x, dict):  # a dict input (in-graph layout): fed by name, knob last
+            return self.graph({**x, self.graph.input_names[-1]: knob})
+        return self.graph(x, knob)

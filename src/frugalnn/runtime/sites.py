@@ -123,19 +123,25 @@ LAYOUTS = ("segments", "in-graph", "one-graph")
 ONNX_LAYOUTS = ("segments", "in-graph")
 
 
-def choose_layout(layout: str, fmt: str, what: str) -> str:
+def choose_layout(layout: str, fmt: str, what: str, example: Any = None) -> str:
     """The layout an input-dependent export of ``what`` uses: ``auto`` is ``in-graph``
     (:mod:`frugalnn.runtime.ingraph`) for ONNX and ``one-graph`` for the torch formats;
-    anything else is checked (``segments`` and ``in-graph`` are ONNX only)."""
+    anything else is checked (``segments`` and ``in-graph`` are ONNX only; an
+    ``example`` that is a dict of several tensors, ``in-graph`` only)."""
+    chosen = layout
     if layout == "auto":
-        return "in-graph" if fmt == "onnx" else "one-graph"
-    if layout not in LAYOUTS:
+        chosen = "in-graph" if fmt == "onnx" else "one-graph"
+    elif layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r} for {what} export; use "
                         f"auto, {', '.join(LAYOUTS)}")
-    if layout in ONNX_LAYOUTS and fmt != "onnx":
+    elif layout in ONNX_LAYOUTS and fmt != "onnx":
         raise UserError(f"the {layout!r} layout is made for ONNX; use layout 'one-graph' for "
                         f"{fmt}")
-    return layout
+    if isinstance(example, dict) and chosen != "in-graph":
+        raise UserError(f"{what} model that takes a dict input ({', '.join(example)}) is "
+                        f"exported in the 'in-graph' layout to ONNX only, not {chosen!r} "
+                        f"to {fmt}")
+    return chosen
 
 
 def mark_sites(model: nn.Module, is_site: Callable[[nn.Module], bool],
@@ -161,28 +167,33 @@ def mark_sites(model: nn.Module, is_site: Callable[[nn.Module], bool],
     return copied, markers
 
 
-def marked_graph(model: nn.Module, markers: Sequence[SiteMarker], example: torch.Tensor,
+def marked_graph(model: nn.Module, markers: Sequence[SiteMarker], example: Any,
                  opset: int, what: str) -> bytes:
     """The ONNX graph of a :func:`mark_sites` copy: one ``frugalnn.site::Site`` node per
-    site, input ``input``, output ``logits``."""
+    site, output ``logits``; input ``input`` for a tensor example, one input per key for
+    a dict of tensors (:mod:`frugalnn.runtime.inputs`, token axes dynamic)."""
     from frugalnn.runtime.graphs import graph_bytes
+    from frugalnn.runtime.inputs import KeywordInputs, dynamic_axes, input_names, ordered
 
+    names = input_names(example)
+    module = model if isinstance(example, torch.Tensor) else KeywordInputs(model, names)
     with exporting_sites(markers):
-        return graph_bytes(model, (example,), "onnx", input_names=["input"],
+        return graph_bytes(module, ordered(example, names), "onnx", input_names=names,
                            output_names=["logits"], opset=opset, what=what,
-                           custom_domains=(SITE_DOMAIN,))
+                           custom_domains=(SITE_DOMAIN,), dynamic_axes=dynamic_axes(example))
 
 
 def parts_graph(layer: nn.Module, parts: Callable[[Any], tuple[nn.Module, int, torch.Tensor]],
-                example: torch.Tensor, opset: int, *, always: int = 0,
+                like: torch.Tensor, opset: int, *, always: int = 0,
                 combine: str = "chain", name: str = "") -> bytes:
     """The :func:`pack_parts` graph of one site's layer (``parts(layer)``: the module of
-    its parts, their number and the output bias)."""
+    its parts, their number and the output bias); ``like``: a tensor of the rows' dtype
+    and device."""
     from frugalnn.runtime.graphs import graph_bytes
 
     module, n, bias = parts(layer)
     # Distinct row counts and row axes: each part gets its own number of rows.
-    xs = tuple(example.new_zeros(2 + i, layer.dim).normal_() for i in range(n))
+    xs = tuple(like.new_zeros(2 + i, layer.dim).normal_() for i in range(n))
     names, outs = [f"x{i}" for i in range(n)], [f"y{i}" for i in range(n)]
     axes = {v: f"rows{i}" for group in (names, outs) for i, v in enumerate(group)}
     return pack_parts(graph_bytes(

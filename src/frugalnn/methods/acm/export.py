@@ -40,7 +40,12 @@ from frugalnn.runtime.knob import KnobHolder, KnobRunner, WithKnob, knob_of_rows
 from frugalnn.runtime.sites import LAYOUTS, SiteLoop, choose_layout, export_segments
 from frugalnn.utils.io import write_bytes_atomic
 
-__all__ = ["ACMSiteRunner", "KIND", "LAYOUTS", "claims", "export_parts", "load_runner"]
+__all__ = ["ACMSiteRunner", "DICT_INPUTS", "KIND", "LAYOUTS", "claims", "export_parts",
+           "load_runner"]
+
+#: ``export_parts`` takes a dict of several tensors (a Hugging Face model's inputs) in
+#: the ``in-graph`` layout.
+DICT_INPUTS = True
 
 KIND = "acm"
 
@@ -125,7 +130,7 @@ def _choose_rows(logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (cum[..., :-1] < q) | (q >= 1.0)
 
 
-def _export_in_graph(model: nn.Module, example: torch.Tensor, out_dir: Path,
+def _export_in_graph(model: nn.Module, example: Any, out_dir: Path,
                      opset: int) -> dict[str, Any]:
     from frugalnn.runtime.ingraph import export_in_graph
 
@@ -139,14 +144,14 @@ def _export_in_graph(model: nn.Module, example: torch.Tensor, out_dir: Path,
 
 
 @torch.no_grad()
-def export_parts(model: nn.Module, example: torch.Tensor, fmt: str, out_dir: Path,
+def export_parts(model: nn.Module, example: Any, fmt: str, out_dir: Path,
                  opset: int, *, layout: str = "auto") -> dict[str, Any]:
     """Write the graphs of ``layout`` (``auto``: ``in-graph`` for ONNX, the choice inside
     one graph, :mod:`frugalnn.runtime.ingraph`; else ``one-graph``)."""
     layers = [m for m in model.modules() if isinstance(m, ACMFFN)]
     if any(m.mode != "infer" for m in layers):
         raise UserError("ACM export needs the layers in 'infer' mode (not a training mode)")
-    chosen = choose_layout(layout, fmt, "an ACM")
+    chosen = choose_layout(layout, fmt, "an ACM", example)
     if chosen == "segments":
         return _export_segments(model, example, out_dir, opset)
     if chosen == "in-graph":

@@ -252,6 +252,8 @@ def train_acm(
             cfg.history["finetune"] = list(res.history)
     finally:
         model.set_mode("infer")
+        for layer in layers.values():  # the last training step's graph: not model state
+            layer.last_compute = layer.last_probs = None
         for p in model.parameters():
             p.requires_grad_(True)
         model.eval()

@@ -43,7 +43,12 @@ from frugalnn.runtime.knob import KnobHolder, KnobRunner, WithKnob, knob_of_rows
 from frugalnn.runtime.sites import LAYOUTS, SiteLoop, choose_layout, export_segments
 from frugalnn.utils.io import write_bytes_atomic
 
-__all__ = ["KIND", "LAYOUTS", "MoESiteRunner", "claims", "export_parts", "load_runner"]
+__all__ = ["DICT_INPUTS", "KIND", "LAYOUTS", "MoESiteRunner", "claims", "export_parts",
+           "load_runner"]
+
+#: ``export_parts`` takes a dict of several tensors (a Hugging Face model's inputs) in
+#: the ``in-graph`` layout.
+DICT_INPUTS = True
 
 KIND = "moe"
 
@@ -122,7 +127,7 @@ def _choose_rows(scores: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
     return select_dynamic_k(scores, tau) | (tau >= 1.0)
 
 
-def _export_in_graph(model: nn.Module, example: torch.Tensor, out_dir: Path,
+def _export_in_graph(model: nn.Module, example: Any, out_dir: Path,
                      opset: int) -> dict[str, Any]:
     from frugalnn.runtime.ingraph import export_in_graph
 
@@ -136,7 +141,7 @@ def _export_in_graph(model: nn.Module, example: torch.Tensor, out_dir: Path,
 
 
 @torch.no_grad()
-def export_parts(model: nn.Module, example: torch.Tensor, fmt: str, out_dir: Path,
+def export_parts(model: nn.Module, example: Any, fmt: str, out_dir: Path,
                  opset: int, *, layout: str = "auto") -> dict[str, Any]:
     """Write the graphs of ``layout`` (``auto``: ``in-graph`` for ONNX, routing inside one
     graph, :mod:`frugalnn.runtime.ingraph`; else ``one-graph``)."""
@@ -144,7 +149,7 @@ def export_parts(model: nn.Module, example: torch.Tensor, fmt: str, out_dir: Pat
     if any(m.mode != "dynamic" for m in layers):
         raise UserError("MoE export supports routing mode 'dynamic' (knob tau); this model "
                         "routes top-k")
-    chosen = choose_layout(layout, fmt, "a mixture-of-experts")
+    chosen = choose_layout(layout, fmt, "a mixture-of-experts", example)
     if chosen == "segments":
         return _export_segments(model, example, out_dir, opset)
     if chosen == "in-graph":
