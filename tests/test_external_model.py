@@ -501,6 +501,8 @@ def test_cli_lowrank_compresses_hf_model_on_your_csv(hf_bert: Path, tmp_path: Pa
     ["binary", "--word-bits", "32", "--latency-batch-sizes", "1"],
     ["acm", "convert", "--distill-epochs", "1", "--gate-epochs", "1"],
     ["early-exit", "train", "--epochs", "1", "--latency-batch-sizes", "1"],
+    ["moe", "convert", "--experts", "4", "--router-epochs", "1"],
+    ["prune", "--target", "flops=1.5", "--epochs", "0", "--latency-batch-sizes", "1"],
 ])
 def test_cli_methods_run_on_hf_model_and_your_csv(command: list[str], hf_bert: Path,
                                                   tmp_path: Path) -> None:

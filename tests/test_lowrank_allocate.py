@@ -3,6 +3,8 @@ the cut goes where the spectrum is cheap to lose, bad targets are one clear erro
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -75,3 +77,54 @@ def test_ladder_costs_are_cheaper_than_dense_and_sorted() -> None:
     assert steps and all(s.cost < dense for s in steps)
     assert [s.cost for s in steps] == sorted(s.cost for s in steps)
     assert all(0.0 <= s.error <= 1.0 for s in steps)
+
+
+class _Branches(nn.Module):
+    """Two equal linear layers whose outputs reach the model's output with weights
+    ``big`` and ``small``: their spectra are alike, their effect on the output is not."""
+
+    def __init__(self, big: float = 10.0, small: float = 0.1) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(32, 32), nn.Linear(32, 32)
+        with torch.no_grad():
+            self.b.weight.copy_(self.a.weight)
+            self.b.bias.copy_(self.a.bias)
+        self.big, self.small = big, small
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.big * self.a(x) + self.small * self.b(x)
+
+
+def test_output_gain_is_the_measured_change_per_unit_of_dropped_energy() -> None:
+    from frugalnn.methods.lowrank.sensitivity import output_sensitivity
+
+    model, x = _Branches().eval(), torch.randn(16, 32)
+    original_b = model.b
+    torch.manual_seed(1)
+    probe = nn.Linear(32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        by_hand = float((0.1 * (probe(x) - model.b(x))).double().pow(2).sum()
+                        / ref.double().pow(2).sum()) / 0.25
+    gains = output_sensitivity(model, {"a": (copy.deepcopy(model.a), 0.5),
+                                       "b": (probe, 0.25)}, x)
+    assert gains["a"] == 0.0  # an identical probe changes nothing
+    assert gains["b"] == pytest.approx(by_hand, rel=1e-6)
+    assert model.b is original_b  # every layer put back
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, rtol=0, atol=0)
+
+
+def test_data_aware_allocation_cuts_the_layer_the_output_feels_least() -> None:
+    """Equal spectra and costs: without gains the allocation cannot tell the layers apart;
+    with calibration data it measures that ``b`` reaches the output 100x weaker than
+    ``a`` and cuts ``b`` deeper."""
+    x = torch.randn(256, 32)
+    calibration = [(x, None)]
+    _, plan = compress_model(_Branches().eval(), "svd", "model-flops=1.5", x[:2],
+                             calibration=calibration)
+    rows = {row.name: row for row in plan}
+    assert rows["a"].extra["output_gain"] > 100 * rows["b"].extra["output_gain"]
+    rank = {n: (r.ranks[0] if r.ranks else 32) for n, r in rows.items()}
+    assert rank["b"] < rank["a"]

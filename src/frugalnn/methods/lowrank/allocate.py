@@ -74,11 +74,14 @@ def ladder(method: str, target: Any, measure: str, depthwise: str = "separable",
 
 def allocate(targets: list[Any], method: str, ratio: float, model_cost: float, *,
              measure: str = "flops", depthwise: str = "separable", multiple: int = 1,
-             weights: dict[str, Any] | None = None,
+             weights: dict[str, Any] | None = None, gains: dict[str, float] | None = None,
              ) -> dict[str, tuple[tuple[int, ...] | None, str, dict[str, Any]]]:
     """Ranks per layer name so that the whole model costs at most ``model_cost / ratio``.
 
     ``weights``: per layer name, the matrix whose spectrum sets its error (data-aware SVD).
+    ``gains``: per layer name, how much a unit of its dropped energy changes the model's
+    output (:mod:`frugalnn.methods.lowrank.sensitivity`); every candidate's error is
+    weighed by it (1 where absent).
     Returns ``{name: (ranks or None, reason, extra)}`` as the other selectors do.
     Raises :class:`UserError` when even the cheapest steps of every layer cannot reach
     the target, naming the ratio that can be reached.
@@ -89,7 +92,9 @@ def allocate(targets: list[Any], method: str, ratio: float, model_cost: float, *
     for t in targets:
         dense = float(dense_cost(t.spec, t.hw, measure))
         cands = ladder(method, t, measure, depthwise, multiple, (weights or {}).get(t.name))
-        table.append((t, dense, [(None, dense, 0.0)] + [(c, c.cost, c.error) for c in cands]))
+        gain = (gains or {}).get(t.name, 1.0)
+        table.append((t, dense, [(None, dense, 0.0)]
+                      + [(c, c.cost, gain * c.error) for c in cands]))
 
     def total(choice: list[int]) -> float:
         return model_cost - sum(dense - options[k][1]
@@ -122,6 +127,8 @@ def allocate(targets: list[Any], method: str, ratio: float, model_cost: float, *
     for (t, dense, options), k in zip(table, choice):
         cand = options[k][0]
         extra = {"allocation": f"model-{measure}={ratio:g}", "dense_cost": dense}
+        if gains and t.name in gains:
+            extra["output_gain"] = gains[t.name]
         if cand is None:
             out[t.name] = (None, f"kept dense under model-{measure}={ratio:g}", extra)
         else:

@@ -54,6 +54,8 @@ from frugalnn.transforms import record_transform, register_transform
 from frugalnn.utils.batch import call_model
 
 TRANSFORM = "lowrank"
+#: Calibration examples the whole-model allocation measures each layer's output gain on.
+GAIN_EXAMPLES = 32
 BUDGET_VALUES = (0.25, 0.5, 0.75, 1.0)
 
 
@@ -250,10 +252,28 @@ def plan_row(target: LayerTarget, method: str, ranks: tuple[int, ...] | None, re
     )
 
 
+def _gains(model: nn.Module, targets: list[LayerTarget], method: str, crit: Criterion,
+           measure: str, depthwise: str, multiple: int, whiten: dict[str, Any],
+           weights: dict[str, torch.Tensor], batch: Any) -> dict[str, float]:
+    """Each layer's output gain on a calibration ``batch`` (:mod:`.sensitivity`)."""
+    from frugalnn.methods.lowrank.allocate import ladder
+    from frugalnn.methods.lowrank.rank import dense_cost
+    from frugalnn.methods.lowrank.sensitivity import output_sensitivity, probe_modules
+
+    ladders = {t.name: (t, float(dense_cost(t.spec, t.hw, measure)),
+                        ladder(method, t, measure, depthwise, multiple, weights.get(t.name)))
+               for t in targets}
+    probes = probe_modules(ladders, crit.value, lambda t, ranks: _build(
+        t, method, ranks, depthwise, True, whiten.get(t.name)).train(t.module.training))
+    return output_sensitivity(model, probes, batch)
+
+
 def _allocated(model: nn.Module, targets: list[LayerTarget], method: str, crit: Criterion,
                example_input: Any, depthwise: str, multiple: int,
-               weights: dict[str, torch.Tensor]) -> dict[str, tuple[Any, str, dict[str, Any]]]:
-    """Ranks of a ``model-flops`` / ``model-params`` target (:mod:`.allocate`)."""
+               weights: dict[str, torch.Tensor], whiten: dict[str, Any] | None = None,
+               gain_batch: Any = None) -> dict[str, tuple[Any, str, dict[str, Any]]]:
+    """Ranks of a ``model-flops`` / ``model-params`` target (:mod:`.allocate`); with a
+    calibration ``gain_batch``, each layer's energy weighed by its measured output gain."""
     from frugalnn.methods.lowrank.allocate import allocate
 
     caps = [t.name for t in targets if t.kind == "capsule"]
@@ -273,8 +293,12 @@ def _allocated(model: nn.Module, targets: list[LayerTarget], method: str, crit: 
                 total = float(flops_per_example(model, _first_example(example_input)))
         finally:
             model.train(was)
+    gains = None
+    if gain_batch is not None:
+        gains = _gains(model, targets, method, crit, measure, depthwise, multiple,
+                       whiten or {}, weights, gain_batch)
     return allocate(targets, method, crit.value, total, measure=measure, depthwise=depthwise,
-                    multiple=multiple, weights=weights)
+                    multiple=multiple, weights=weights, gains=gains)
 
 
 def compress_model(
@@ -353,8 +377,13 @@ def compress_model(
         chosen = choose_ranks(model, targets, lin, crit.value, example_input,
                               depthwise=depthwise, **(latency or {}))
     elif crit.kind in MODEL_KINDS:
+        gain_batch = None
+        if calibration is not None:  # measured output gains weigh the allocation
+            from frugalnn.utils.batch import inputs_of, take
+
+            gain_batch = take(inputs_of(next(iter(calibration))), GAIN_EXAMPLES)
         chosen = _allocated(model, targets, lin, crit, example_input, depthwise, rank_multiple,
-                            weights)
+                            weights, whiten, gain_batch)
     else:
         chosen = {}
         for t in targets:
