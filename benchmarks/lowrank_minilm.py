@@ -17,7 +17,10 @@ reproduce the original's embeddings (no labels: output-matching distillation,
 fidelity is measured again on the same test lines. With ``--data-aware`` the
 SVD is data-aware (:mod:`frugalnn.methods.lowrank.calibrate`: each layer's
 factors fit its outputs on the inputs it sees), calibrated on the first
-``--calibration-sentences`` *validation* lines. Parameters, FLOPs and
+``--calibration-sentences`` *validation* lines; a whole-model target
+(``model-flops=X``) then allocates the ranks by each layer's output gain measured
+on ``--gain-examples`` of them (:mod:`frugalnn.methods.lowrank.sensitivity`).
+Parameters, FLOPs and
 latency (batch 8 x 128 tokens) are measured against the original in the same
 process.
 
@@ -109,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="data-aware SVD, calibrated on WikiText-2 validation lines")
     p.add_argument("--calibration-sentences", type=int, default=512,
                    help="validation lines the data-aware SVD calibrates on (512)")
+    p.add_argument("--gain-examples", type=int, default=32,
+                   help="data-aware, model-* targets: lines each layer's output gain is "
+                        "measured on (32; 0: allocation by spectral energy alone)")
     p.add_argument("--markdown", default="benchmarks/results/lowrank_minilm.md")
     p.add_argument("--json", help="also write the figures as JSON here")
     args = p.parse_args(argv)
@@ -141,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     for target in args.targets.split(","):
         config = LowRankConfig(method="svd", target=target, finetune_epochs=0, seed=args.seed,
                                data_aware=args.data_aware,
-                               calibration_examples=args.calibration_sentences)
+                               calibration_examples=args.calibration_sentences,
+                               gain_examples=args.gain_examples)
         try:
             model, plan, _ = compress(base, config, train_data=calibration, example=x[:2])
         except UserError as exc:

@@ -8,7 +8,9 @@ head stays dense) by truncated SVD to whole-model targets (``model-flops=X``:
 ranks allocated across the layers by discarded spectral energy), no fine-tuning.
 ``data-aware`` fits each layer's outputs on its inputs
 (:mod:`frugalnn.methods.lowrank.calibrate`), calibrated on the first half of the
-validation windows; plain SVD reads the weights alone.
+validation windows, and allocates the ranks by each layer's measured output gain
+(:mod:`frugalnn.methods.lowrank.sensitivity`, on ``--gain-examples`` of those
+windows); plain SVD reads the weights alone.
 
 Data: WikiText-2 (tokenised release) cut by SmolLM2's own tokenizer into
 non-overlapping windows of ``--context`` tokens, as in ``real_smollm2.py``. The
@@ -53,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--targets", default="model-flops=1.05,model-flops=1.1,model-flops=1.2",
                    help="comma-separated low-rank targets")
     p.add_argument("--variants", default=",".join(VARIANTS), help="plain, data-aware")
+    p.add_argument("--gain-examples", type=int, default=2,
+                   help="data-aware: calibration windows each layer's output gain is "
+                        "measured on (one forward per layer, 210 layers; 2)")
     p.add_argument("--max-ppl-increase", type=float, default=0.05)
     p.add_argument("--repeats", type=int, default=3, help="timed calls per setting")
     p.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds")
@@ -83,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
         for target in a.targets.split(","):
             cfg = frugalnn.LowRankConfig(
                 method="svd", target=target, include=["model.layers.*"], finetune_epochs=0,
-                data_aware=variant == "data-aware", calibration_examples=len(calibrate))
+                data_aware=variant == "data-aware", calibration_examples=len(calibrate),
+                gain_examples=a.gain_examples)
             t0 = time.perf_counter()
             try:
                 small = frugalnn.lowrank(dense, cfg, train_data=calibrate).eval()
@@ -92,8 +98,9 @@ def main(argv: list[str] | None = None) -> None:
                 log(f"{variant} {target}: refused: {exc}")
                 continue
             seconds = time.perf_counter() - t0
-            v = scored(small, choose, a.batch_size)[0]
-            t = scored(small, test, a.batch_size)[0]
+            full = [small.full_budget()]  # the factorised ranks (its knob can cut them further)
+            v = scored(small, choose, a.batch_size, full)[0]
+            t = scored(small, test, a.batch_size, full)[0]
             tps = dense_tps = float("nan")
             if not a.no_timing:
                 tps, dense_tps = tokens_per_s(small, dense, batch, a)

@@ -54,7 +54,8 @@ from frugalnn.transforms import record_transform, register_transform
 from frugalnn.utils.batch import call_model
 
 TRANSFORM = "lowrank"
-#: Calibration examples the whole-model allocation measures each layer's output gain on.
+#: Calibration examples the whole-model allocation measures each layer's output gain on
+#: (by default; ``gain_examples=``).
 GAIN_EXAMPLES = 32
 BUDGET_VALUES = (0.25, 0.5, 0.75, 1.0)
 
@@ -314,12 +315,15 @@ def compress_model(
     layer_targets: list[str] | None = None,
     rank_multiple: int = 1,
     calibration: Any = None,
+    gain_examples: int = GAIN_EXAMPLES,
 ) -> tuple[nn.Module, list[LayerPlan]]:
     """Factorise the eligible layers of ``model`` in place; return it and the plan.
 
     ``calibration`` (batches of inputs, e.g. a loader of training examples) makes the
     SVD data-aware (:mod:`frugalnn.methods.lowrank.calibrate`): ranks and factors
-    from the layers' outputs on those inputs rather than from their weights alone.
+    from the layers' outputs on those inputs rather than from their weights alone;
+    for a ``model-*`` target, each layer's output gain is measured on the first
+    ``gain_examples`` of its first batch (:mod:`.sensitivity`; 0: not measured).
 
     ``layer_targets`` (``"PATTERN:SPEC"``) override ``target`` for matching
     layers; ``rank_multiple`` aligns the ranks of ``flops``/``params`` targets
@@ -378,10 +382,10 @@ def compress_model(
                               depthwise=depthwise, **(latency or {}))
     elif crit.kind in MODEL_KINDS:
         gain_batch = None
-        if calibration is not None:  # measured output gains weigh the allocation
+        if calibration is not None and gain_examples > 0:  # measured output gains
             from frugalnn.utils.batch import inputs_of, take
 
-            gain_batch = take(inputs_of(next(iter(calibration))), GAIN_EXAMPLES)
+            gain_batch = take(inputs_of(next(iter(calibration))), gain_examples)
         chosen = _allocated(model, targets, lin, crit, example_input, depthwise, rank_multiple,
                             weights, whiten, gain_batch)
     else:

@@ -82,7 +82,10 @@ class LowRankConfig:
     on training batches before fine-tuning; ``None`` means 200 for the nonlinear
     methods and 0 for the linear ones. ``data_aware`` (``svd`` only): ranks and factors
     from the layers' outputs on the first ``calibration_examples`` training examples
-    (:mod:`frugalnn.methods.lowrank.calibrate`) instead of from the weights alone.
+    (:mod:`frugalnn.methods.lowrank.calibrate`) instead of from the weights alone;
+    with a ``model-*`` target the allocation then weighs each layer by its output gain
+    measured on the first ``gain_examples`` of them (0: not measured,
+    :mod:`frugalnn.methods.lowrank.sensitivity`).
     """
 
     method: str = "tucker"
@@ -106,6 +109,7 @@ class LowRankConfig:
     latency_repeats: int = 20
     data_aware: bool = False
     calibration_examples: int = 512
+    gain_examples: int = 32
     seed: int = 0
 
     def validate(self) -> None:
@@ -132,6 +136,8 @@ class LowRankConfig:
             raise UserError(f"--alpha must be in [0, 1], got {self.alpha}")
         if self.data_aware and self.method != "svd":
             raise UserError(f"--data-aware works with --method svd, not {self.method!r}")
+        if self.gain_examples < 0:
+            raise UserError(f"--gain-examples must be >= 0, got {self.gain_examples}")
         for value, name in ((self.calibration_examples, "--calibration-examples"),
                             (self.rank_multiple, "--rank-multiple"),
                             (self.batch_size, "--batch-size"),
@@ -253,7 +259,7 @@ def compress(
         layer_targets=config.layer_targets, rank_multiple=config.rank_multiple,
         device=device, seed=config.seed, progress=progress, eval_loader=val_loader,
         layerwise={"steps": config.layerwise, "lr": config.layerwise_lr},
-        calibration=calibration,
+        calibration=calibration, gain_examples=config.gain_examples,
     )
 
 
