@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from frugalnn.errors import UserError
-from frugalnn.utils.batch import call_model, inputs_of
+from frugalnn.utils.batch import call_model, inputs_of, to_device
 
 __all__ = ["effective_weight", "input_whitening"]
 
@@ -54,10 +54,10 @@ def input_whitening(model: nn.Module, layers: dict[str, nn.Module], loader: Iter
     handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
     was = model.training
     model.eval()
+    device = next(model.parameters()).device
     try:
         for batch in loader:
-            x = inputs_of(batch)
-            call_model(model, x)
+            call_model(model, to_device(inputs_of(batch), device))
     finally:
         model.train(was)
         for h in handles:

@@ -383,9 +383,11 @@ def compress_model(
     elif crit.kind in MODEL_KINDS:
         gain_batch = None
         if calibration is not None and gain_examples > 0:  # measured output gains
-            from frugalnn.utils.batch import inputs_of, take
+            from frugalnn.utils.batch import inputs_of, take, to_device
 
-            gain_batch = take(inputs_of(next(iter(calibration))), gain_examples)
+            device = next(model.parameters()).device
+            gain_batch = to_device(take(inputs_of(next(iter(calibration))), gain_examples),
+                                   device)
         chosen = _allocated(model, targets, lin, crit, example_input, depthwise, rank_multiple,
                             weights, whiten, gain_batch)
     else:
