@@ -18,8 +18,8 @@ fidelity is measured again on the same test lines. With ``--data-aware`` the
 SVD is data-aware (:mod:`frugalnn.methods.lowrank.calibrate`: each layer's
 factors fit its outputs on the inputs it sees), calibrated on the first
 ``--calibration-sentences`` *validation* lines; a whole-model target
-(``model-flops=X``) then allocates the ranks by each layer's output gain measured
-on ``--gain-examples`` of them (:mod:`frugalnn.methods.lowrank.sensitivity`).
+(``model-flops=X``) with ``--gain-examples N`` allocates the ranks by each layer's
+output gain measured on N of them (:mod:`frugalnn.methods.lowrank.sensitivity`).
 Parameters, FLOPs and
 latency (batch 8 x 128 tokens) are measured against the original in the same
 process.
@@ -112,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="data-aware SVD, calibrated on WikiText-2 validation lines")
     p.add_argument("--calibration-sentences", type=int, default=512,
                    help="validation lines the data-aware SVD calibrates on (512)")
-    p.add_argument("--gain-examples", type=int, default=32,
+    p.add_argument("--gain-examples", type=int, default=0,
                    help="data-aware, model-* targets: lines each layer's output gain is "
-                        "measured on (32; 0: allocation by spectral energy alone)")
+                        "measured on (0: allocation by spectral energy alone)")
     p.add_argument("--markdown", default="benchmarks/results/lowrank_minilm.md")
     p.add_argument("--json", help="also write the figures as JSON here")
     args = p.parse_args(argv)

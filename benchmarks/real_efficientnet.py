@@ -89,7 +89,8 @@ def lowrank_part(a: argparse.Namespace, dense: torch.nn.Module, dense_cost: Any,
                                          finetune_epochs=a.epochs, lr=a.lr,
                                          batch_size=a.batch_size, seed=seed, data_aware=aware,
                                          calibration_examples=min(a.calibration_images,
-                                                                  len(train)))
+                                                                  len(train)),
+                                         gain_examples=a.gain_examples)
             cheap = frugalnn.lowrank(dense, cfg,
                                      train_data=train if a.epochs or aware else None,
                                      example_input=x1)
@@ -350,6 +351,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=0.01, help="lowrank: distillation lr")
     p.add_argument("--variants", default="plain",
                    help="lowrank: plain (weight SVD) and/or data-aware, comma-separated")
+    p.add_argument("--gain-examples", type=int, default=0,
+                   help="data-aware model-* targets: weigh the allocation by each layer's "
+                        "output gain measured on N calibration images (0: off)")
     p.add_argument("--calibration-images", type=int, default=256,
                    help="lowrank, data-aware: the first N train images calibrate (256)")
     p.add_argument("--batch-size", type=int, default=32)

@@ -123,7 +123,10 @@ def test_data_aware_allocation_cuts_the_layer_the_output_feels_least() -> None:
     x = torch.randn(256, 32)
     calibration = [(x, None)]
     _, plan = compress_model(_Branches().eval(), "svd", "model-flops=1.5", x[:2],
-                             calibration=calibration)
+                             calibration=calibration, gain_examples=32)
+    _, blind = compress_model(_Branches().eval(), "svd", "model-flops=1.5", x[:2],
+                              calibration=calibration)  # gains off by default
+    assert "output_gain" not in blind[0].extra
     rows = {row.name: row for row in plan}
     assert rows["a"].extra["output_gain"] > 100 * rows["b"].extra["output_gain"]
     rank = {n: (r.ranks[0] if r.ranks else 32) for n, r in rows.items()}

@@ -106,10 +106,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "examples, not from the weights alone")
     c.add_argument("--calibration-examples", type=int, default=512,
                    help="training examples --data-aware calibrates on (default 512)")
-    c.add_argument("--gain-examples", type=int, default=32,
-                   help="--data-aware with a model-* target: calibration examples each "
-                        "layer's output gain is measured on, one forward pass per layer "
-                        "(default 32; 0: allocate by spectral energy alone)")
+    c.add_argument("--gain-examples", type=int, default=0,
+                   help="--data-aware with a model-* target: weigh the allocation by each "
+                        "layer's output gain measured on N calibration examples, one forward "
+                        "pass per layer (default 0: by spectral energy alone)")
     c.add_argument("--retain-freed-memory", action="store_true",
                    help="time (original, compressed, latency table) with glibc keeping freed "
                         "memory: no page faults for re-allocated activations (docs/cost.md)")
@@ -191,7 +191,7 @@ def compress_config(args: argparse.Namespace) -> Any:
         latency_repeats=args.latency_repeats, seed=args.seed,
         data_aware=getattr(args, "data_aware", False),
         calibration_examples=getattr(args, "calibration_examples", 512),
-        gain_examples=getattr(args, "gain_examples", 32))
+        gain_examples=getattr(args, "gain_examples", 0))
     config.validate()
     return config
 

@@ -54,9 +54,6 @@ from frugalnn.transforms import record_transform, register_transform
 from frugalnn.utils.batch import call_model
 
 TRANSFORM = "lowrank"
-#: Calibration examples the whole-model allocation measures each layer's output gain on
-#: (by default; ``gain_examples=``).
-GAIN_EXAMPLES = 32
 BUDGET_VALUES = (0.25, 0.5, 0.75, 1.0)
 
 
@@ -315,15 +312,16 @@ def compress_model(
     layer_targets: list[str] | None = None,
     rank_multiple: int = 1,
     calibration: Any = None,
-    gain_examples: int = GAIN_EXAMPLES,
+    gain_examples: int = 0,
 ) -> tuple[nn.Module, list[LayerPlan]]:
     """Factorise the eligible layers of ``model`` in place; return it and the plan.
 
     ``calibration`` (batches of inputs, e.g. a loader of training examples) makes the
     SVD data-aware (:mod:`frugalnn.methods.lowrank.calibrate`): ranks and factors
     from the layers' outputs on those inputs rather than from their weights alone;
-    for a ``model-*`` target, each layer's output gain is measured on the first
-    ``gain_examples`` of its first batch (:mod:`.sensitivity`; 0: not measured).
+    for a ``model-*`` target with ``gain_examples`` > 0, each layer's output gain is
+    measured on that many examples of its first batch and weighs the allocation
+    (:mod:`.sensitivity`).
 
     ``layer_targets`` (``"PATTERN:SPEC"``) override ``target`` for matching
     layers; ``rank_multiple`` aligns the ranks of ``flops``/``params`` targets

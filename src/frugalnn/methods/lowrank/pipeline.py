@@ -43,7 +43,7 @@ def compress_and_finetune(
     layer_targets: list[str] | None = None, rank_multiple: int = 1,
     device: str | torch.device = "cpu", seed: int = 0, progress: bool = True,
     eval_loader: Iterable[Any] | None = None, layerwise: dict[str, Any] | None = None,
-    calibration: Iterable[Any] | None = None, gain_examples: int = 32,
+    calibration: Iterable[Any] | None = None, gain_examples: int = 0,
 ) -> tuple[nn.Module, list[LayerPlan], dict[str, Any]]:
     """A factorised, fine-tuned copy of ``teacher`` with its plan and training history.
 

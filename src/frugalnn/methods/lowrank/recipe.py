@@ -83,9 +83,10 @@ class LowRankConfig:
     methods and 0 for the linear ones. ``data_aware`` (``svd`` only): ranks and factors
     from the layers' outputs on the first ``calibration_examples`` training examples
     (:mod:`frugalnn.methods.lowrank.calibrate`) instead of from the weights alone;
-    with a ``model-*`` target the allocation then weighs each layer by its output gain
-    measured on the first ``gain_examples`` of them (0: not measured,
-    :mod:`frugalnn.methods.lowrank.sensitivity`).
+    with a ``model-*`` target and ``gain_examples`` > 0 the allocation then weighs each
+    layer by its output gain measured on that many of them
+    (:mod:`frugalnn.methods.lowrank.sensitivity`; opt-in: it helped MiniLM and hurt
+    EfficientNet-Lite0, ``docs/lowrank.md``).
     """
 
     method: str = "tucker"
@@ -109,7 +110,7 @@ class LowRankConfig:
     latency_repeats: int = 20
     data_aware: bool = False
     calibration_examples: int = 512
-    gain_examples: int = 32
+    gain_examples: int = 0
     seed: int = 0
 
     def validate(self) -> None:
