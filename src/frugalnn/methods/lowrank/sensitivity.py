@@ -11,7 +11,10 @@ the model target's ratio), the model runs on a calibration batch, and the
 relative change of its output divided by the energy the probe drops is the
 layer's *sensitivity*. The allocation then weighs every candidate's energy by
 it (a first-order model: output error proportional to the energy dropped, with
-a gain per layer). One forward pass per layer.
+a gain per layer). One forward pass per layer. Opt-in (``gain_examples``): one
+probe per layer can mislead on a fragile network, where a probe that breaks
+the model saturates the output change (EfficientNet-Lite0: worse than energy
+alone; MiniLM: much better; ``docs/lowrank.md``).
 """
 
 from __future__ import annotations
