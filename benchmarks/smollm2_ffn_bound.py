@@ -14,6 +14,12 @@ Parts (``--parts``):
 - ``neuron-gate``: single neurons scored by ``|act(gate)|`` alone: the gate
   projection runs in full, so only ``up`` and ``down`` are skipped
   (``2 s / 3`` of the FFN FLOPs). A real chooser, not a bound.
+- ``neuron-predicted``: single neurons ranked by a rank-``r`` linear predictor
+  fitted on the partition windows (``--predictor-ranks``): ``gate`` and ``up``
+  each projected onto the top ``r`` principal directions of their outputs on
+  those windows, the score ``|act(gate~) * up~|``. The predictor costs
+  ``2 r (d + h)`` multiply-adds per token against ``3 d h`` for the FFN, so the
+  FLOPs removed are the skipped fraction less that share: a real router.
 - ``experts``: frugalnn's MoE conversion (``frugalnn.moe``, ``--experts`` per
   FFN, partition ``--splits``, no router training), its experts scored by the
   norm of their true output: the bound for that partition.
@@ -88,6 +94,61 @@ class NeuronOracle(nn.Module):
         return m.down_proj(h * mask)
 
 
+def output_subspace(x: torch.Tensor, layer: nn.Linear, rank: int) -> torch.Tensor:
+    """The top ``rank`` principal directions ``(out, rank)`` of ``layer``'s outputs on the
+    rows ``x``: projecting onto them is the rank-``rank`` map closest to ``layer`` on
+    these inputs in squared error."""
+    y = layer(x).double()
+    return torch.linalg.eigh(y.T @ y).eigenvectors[:, -rank:].float()
+
+
+class NeuronPredicted(nn.Module):
+    """A gated FFN that adds only the neurons whose predicted contribution
+    ``|act(gate~) * up~|`` is kept, ``gate~`` / ``up~`` being rank-``rank`` maps fitted
+    on the inputs ``x`` the FFN saw. The FFN still runs in full (the perplexity of a
+    router that skips the rest)."""
+
+    def __init__(self, mlp: nn.Module, x: torch.Tensor, rank: int) -> None:
+        super().__init__()
+        self.mlp = mlp
+        with torch.no_grad():
+            maps = []
+            for proj in (mlp.gate_proj, mlp.up_proj):
+                v = output_subspace(x, proj, rank)
+                maps.append((proj.weight.T @ v, (proj.bias @ v) if proj.bias is not None
+                             else torch.zeros(rank), v.T.contiguous()))
+        (self.g_in, self.g_bias, self.g_out), (self.u_in, self.u_bias, self.u_out) = maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.mlp
+        g_hat = m.act_fn((x @ self.g_in + self.g_bias) @ self.g_out)
+        u_hat = (x @ self.u_in + self.u_bias) @ self.u_out
+        h = m.act_fn(m.gate_proj(x)) * m.up_proj(x)
+        s = (g_hat * u_hat).abs().reshape(-1, h.shape[-1])
+        mask = keep_mask(s, SKIP["s"], SKIP["pooled"]).reshape(h.shape)
+        return m.down_proj(h * mask)
+
+
+def ffn_inputs(model: nn.Module, data: Subset, batch_size: int) -> dict[nn.Module, torch.Tensor]:
+    """Every gated FFN's input rows ``(tokens, d)`` on ``data``."""
+    seen: dict[nn.Module, list[torch.Tensor]] = {}
+    hooks = [m.register_forward_pre_hook(
+        lambda mod, args: seen.setdefault(mod, []).append(args[0].reshape(-1, args[0].shape[-1])))
+        for m in model.modules() if is_gated_ffn(m)]
+    try:
+        with torch.no_grad():
+            for i in range(0, len(data), batch_size):
+                model(torch.stack([data[j][0] for j in range(i, min(i + batch_size, len(data)))]))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {m: torch.cat(v) for m, v in seen.items()}
+
+
+def is_gated_ffn(m: nn.Module) -> bool:
+    return all(hasattr(m, k) for k in ("gate_proj", "up_proj", "down_proj"))
+
+
 class ExpertOracle(nn.Module):
     """A :class:`MoEFFN` whose experts are kept by the norm of their true output."""
 
@@ -129,6 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skips", type=float, nargs="+", default=[0.25, 0.4, 0.5, 0.6])
     p.add_argument("--experts", type=int, nargs="+", default=[8, 32])
     p.add_argument("--splits", nargs="+", default=["kmeans", "coactivation"])
+    p.add_argument("--predictor-ranks", type=int, nargs="*", default=[32, 64],
+                   help="ranks of the neuron predictor (none: skip it)")
+    p.add_argument("--no-oracles", action="store_true",
+                   help="only the predicted neurons (a quick look; the oracles are the bound)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results/real_smollm2_bound.md")
     a = p.parse_args(argv)
@@ -143,22 +208,33 @@ def main(argv: list[str] | None = None) -> None:
     base = scored(dense, scored_windows, a.batch_size)[0]["ppl"]
     log(f"dense ppl {base:.2f} on {len(scored_windows)} windows")
 
-    models: list[tuple[str, float, nn.Module]] = []  # (parts, FLOPs removed per skip, model)
-    for name, score, removed in (
-            ("neuron-h (oracle)", lambda g, h: h.abs(), 1.0),
-            ("neuron-gate (chooser)", lambda g, h: g.abs(), 2 / 3)):
+    # (parts, FFN FLOPs removed as a function of the skipped fraction, model)
+    models: list[tuple[str, Callable[[float], float], nn.Module]] = []
+    oracles = [] if a.no_oracles else [
+        ("neuron-h (oracle)", lambda g, h: h.abs(), lambda s: s),
+        ("neuron-gate (chooser)", lambda g, h: g.abs(), lambda s: 2 * s / 3)]
+    for name, score, removed in oracles:
         model = copy.deepcopy(dense)
-        swap_in(model, lambda c, s=score: NeuronOracle(c, s)
-                if all(hasattr(c, k) for k in ("gate_proj", "up_proj", "down_proj")) else None)
+        swap_in(model, lambda c, s=score: NeuronOracle(c, s) if is_gated_ffn(c) else None)
         models.append((name, removed, model))
-    for split in a.splits:
+    inputs = ffn_inputs(dense, fit, a.batch_size) if a.predictor_ranks else {}
+    d, h = dense.config.hidden_size, dense.config.intermediate_size
+    for rank in a.predictor_ranks:
+        model = copy.deepcopy(dense)
+        pairs = dict(zip(dense.modules(), model.modules(), strict=True))
+        x_of = {pairs[m]: x for m, x in inputs.items()}
+        swap_in(model, lambda c, r=rank, x_of=x_of: NeuronPredicted(c, x_of[c], r)
+                if is_gated_ffn(c) else None)
+        share = 2 * rank * (d + h) / (3 * d * h)  # the predictor's cost / the FFN's
+        models.append((f"neuron-predicted (rank {rank})", lambda s, c=share: s - c, model))
+    for split in [] if a.no_oracles else a.splits:
         for experts in a.experts:
             log(f"MoE conversion: {experts} experts, split {split}")
             cfg = frugalnn.MoEConfig(experts=experts, expert_split=split, router_epochs=0,
                                      batch_size=a.batch_size, seed=0, latency_repeats=1)
             moe = frugalnn.moe(copy.deepcopy(dense), cfg, train_data=fit)
             swap_in(moe, lambda c: ExpertOracle(c) if isinstance(c, MoEFFN) else None)
-            models.append((f"{experts} experts, {split} (oracle)", 1.0, moe))
+            models.append((f"{experts} experts, {split} (oracle)", lambda s: s, moe))
 
     rows = ["| parts | kept per | skipped | FFN FLOPs removed | ppl | vs dense |",
             "|---|---|---:|---:|---:|---:|"]
@@ -169,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
                 ppl = scored(model, scored_windows, a.batch_size)[0]["ppl"]
                 log(f"{name} {'pooled' if pooled else 'token'} skip {s}: ppl {ppl:.2f}")
                 rows.append(f"| {name} | {'batch (pooled)' if pooled else 'token'} | "
-                            f"{s:.0%} | {removed * s:.0%} | {ppl:.2f} | "
+                            f"{s:.0%} | {removed(s):.0%} | {ppl:.2f} | "
                             f"{100 * (ppl / base - 1):+.1f} % |")
     SKIP.update(s=0.0, pooled=False)
     text = results_header(
@@ -184,7 +260,8 @@ def main(argv: list[str] | None = None) -> None:
         f"the top parts of all {a.batch_size * a.context} tokens of a batch together, each "
         "part scored relative to its token's total (so a token may keep more or fewer). FFN "
         "FLOPs removed: the fraction a router with free scores would save (neuron-gate "
-        "computes the gate in full: 2/3 of the skipped fraction).")
+        "computes the gate in full: 2/3 of the skipped fraction; neuron-predicted: the "
+        "skipped fraction less the predictor's 2r(d+h) / 3dh share of the FFN).")
     write_results(a.out, text + "\n" + "\n".join(rows) + "\n")
 
 

@@ -82,3 +82,47 @@ def test_swap_in_replaces_nested_matches():
     assert n == 2
     assert isinstance(model[0], bound.NeuronOracle)
     assert isinstance(model[1][1], bound.NeuronOracle)
+
+
+def test_output_subspace_is_the_best_rank_r_map_on_the_inputs():
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 8, bias=False)
+    x = torch.randn(50, 6)
+    v = bound.output_subspace(x, layer, 3)
+    y = layer(x)
+    err = (y - y @ v @ v.T).pow(2).sum()
+    # Eckart-Young: the error is the energy beyond the top 3 singular values of y.
+    sv = torch.linalg.svdvals(y)
+    torch.testing.assert_close(err, sv[3:].pow(2).sum(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(v.T @ v, torch.eye(3), rtol=1e-5, atol=1e-5)
+
+
+def test_neuron_predictor_at_full_rank_keeps_the_oracle_neurons():
+    torch.manual_seed(0)
+    mlp = GatedMLP(dim=6, hidden=8)
+    fit, x = torch.randn(100, 6), torch.randn(2, 5, 6)
+    predicted = bound.NeuronPredicted(mlp, fit, rank=8)  # the whole output space: exact
+    oracle = bound.NeuronOracle(mlp, lambda g, h: h.abs())
+    torch.testing.assert_close(predicted(x), mlp(x))
+    bound.SKIP.update(s=0.5)
+    torch.testing.assert_close(predicted(x), oracle(x), rtol=1e-4, atol=1e-5)
+    low = bound.NeuronPredicted(mlp, fit, rank=1)  # a rank-1 guess keeps other neurons
+    assert not torch.allclose(low(x), oracle(x))
+
+
+def test_ffn_inputs_records_what_each_gated_ffn_saw():
+    torch.manual_seed(0)
+
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(10, 6)
+            self.mlp = GatedMLP()
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.mlp(self.emb(ids))
+
+    model = Tiny()
+    data = torch.utils.data.TensorDataset(torch.randint(0, 10, (5, 4)), torch.zeros(5, 4))
+    seen = bound.ffn_inputs(model, torch.utils.data.Subset(data, range(5)), batch_size=2)
+    torch.testing.assert_close(seen[model.mlp], model.emb(data.tensors[0]).reshape(-1, 6))
