@@ -131,3 +131,27 @@ def test_data_aware_allocation_cuts_the_layer_the_output_feels_least() -> None:
     assert rows["a"].extra["output_gain"] > 100 * rows["b"].extra["output_gain"]
     rank = {n: (r.ranks[0] if r.ranks else 32) for n, r in rows.items()}
     assert rank["b"] < rank["a"]
+
+
+def test_every_probe_drops_about_the_same_small_share_and_never_nothing() -> None:
+    """A probe chosen by cost can drop no energy on a short (calibrated) spectrum, and a
+    zero change over zero energy read as a gain of zero: the layer looked free to cut.
+    Probes are the steps closest to PROBE_ENERGY among those that drop something."""
+    from frugalnn.methods.lowrank.allocate import Candidate
+    from frugalnn.methods.lowrank.sensitivity import PROBE_ENERGY, probe_modules
+
+    steps = [Candidate((r,), float(r), e) for r, e in
+             ((1, 0.6), (4, 0.03), (8, 0.012), (16, 0.0), (24, 0.0))]
+    built: list[tuple[str, tuple[int, ...]]] = []
+
+    def build(target: str, ranks: tuple[int, ...]) -> nn.Module:
+        built.append((target, ranks))
+        return nn.Identity()
+
+    probes = probe_modules({"short": ("short", steps), "lossless": ("lossless", steps[3:]),
+                            "none": ("none", [])}, build)
+    assert PROBE_ENERGY == 0.01
+    assert built == [("short", (8,))] and probes["short"][1] == 0.012
+    assert set(probes) == {"short"}  # no lossy step: no probe, no gain (weighs 1)
+    probes = probe_modules({"short": ("short", steps)}, build, energy=0.5)
+    assert probes["short"][1] == 0.6

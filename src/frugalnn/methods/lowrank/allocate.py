@@ -75,13 +75,15 @@ def ladder(method: str, target: Any, measure: str, depthwise: str = "separable",
 def allocate(targets: list[Any], method: str, ratio: float, model_cost: float, *,
              measure: str = "flops", depthwise: str = "separable", multiple: int = 1,
              weights: dict[str, Any] | None = None, gains: dict[str, float] | None = None,
+             ladders: dict[str, list[Candidate]] | None = None,
              ) -> dict[str, tuple[tuple[int, ...] | None, str, dict[str, Any]]]:
     """Ranks per layer name so that the whole model costs at most ``model_cost / ratio``.
 
     ``weights``: per layer name, the matrix whose spectrum sets its error (data-aware SVD).
     ``gains``: per layer name, how much a unit of its dropped energy changes the model's
     output (:mod:`frugalnn.methods.lowrank.sensitivity`); every candidate's error is
-    weighed by it (1 where absent).
+    weighed by it (1 where absent). ``ladders``: per layer name, its :func:`ladder`
+    when the caller has built it already (the same arguments).
     Returns ``{name: (ranks or None, reason, extra)}`` as the other selectors do.
     Raises :class:`UserError` when even the cheapest steps of every layer cannot reach
     the target, naming the ratio that can be reached.
@@ -91,7 +93,8 @@ def allocate(targets: list[Any], method: str, ratio: float, model_cost: float, *
     table = []
     for t in targets:
         dense = float(dense_cost(t.spec, t.hw, measure))
-        cands = ladder(method, t, measure, depthwise, multiple, (weights or {}).get(t.name))
+        cands = (ladders[t.name] if ladders is not None else
+                 ladder(method, t, measure, depthwise, multiple, (weights or {}).get(t.name)))
         gain = (gains or {}).get(t.name, 1.0)
         table.append((t, dense, [(None, dense, 0.0)]
                       + [(c, c.cost, gain * c.error) for c in cands]))

@@ -250,19 +250,16 @@ def plan_row(target: LayerTarget, method: str, ranks: tuple[int, ...] | None, re
     )
 
 
-def _gains(model: nn.Module, targets: list[LayerTarget], method: str, crit: Criterion,
-           measure: str, depthwise: str, multiple: int, whiten: dict[str, Any],
-           weights: dict[str, torch.Tensor], batch: Any) -> dict[str, float]:
-    """Each layer's output gain on a calibration ``batch`` (:mod:`.sensitivity`)."""
-    from frugalnn.methods.lowrank.allocate import ladder
-    from frugalnn.methods.lowrank.rank import dense_cost
+def _gains(model: nn.Module, targets: list[LayerTarget], method: str,
+           ladders: dict[str, list[Any]], depthwise: str, whiten: dict[str, Any],
+           batch: Any) -> dict[str, float]:
+    """Each layer's output gain on a calibration ``batch`` (:mod:`.sensitivity`), probed
+    at a step of its ladder (``ladders[name]``)."""
     from frugalnn.methods.lowrank.sensitivity import output_sensitivity, probe_modules
 
-    ladders = {t.name: (t, float(dense_cost(t.spec, t.hw, measure)),
-                        ladder(method, t, measure, depthwise, multiple, weights.get(t.name)))
-               for t in targets}
-    probes = probe_modules(ladders, crit.value, lambda t, ranks: _build(
-        t, method, ranks, depthwise, True, whiten.get(t.name)).train(t.module.training))
+    probes = probe_modules({t.name: (t, ladders[t.name]) for t in targets},
+                           lambda t, ranks: _build(t, method, ranks, depthwise, True,
+                                                   whiten.get(t.name)).train(t.module.training))
     return output_sensitivity(model, probes, batch)
 
 
@@ -272,7 +269,7 @@ def _allocated(model: nn.Module, targets: list[LayerTarget], method: str, crit: 
                gain_batch: Any = None) -> dict[str, tuple[Any, str, dict[str, Any]]]:
     """Ranks of a ``model-flops`` / ``model-params`` target (:mod:`.allocate`); with a
     calibration ``gain_batch``, each layer's energy weighed by its measured output gain."""
-    from frugalnn.methods.lowrank.allocate import allocate
+    from frugalnn.methods.lowrank.allocate import allocate, ladder
 
     caps = [t.name for t in targets if t.kind == "capsule"]
     if caps:
@@ -291,12 +288,13 @@ def _allocated(model: nn.Module, targets: list[LayerTarget], method: str, crit: 
                 total = float(flops_per_example(model, _first_example(example_input)))
         finally:
             model.train(was)
+    ladders = {t.name: ladder(method, t, measure, depthwise, multiple, weights.get(t.name))
+               for t in targets}
     gains = None
     if gain_batch is not None:
-        gains = _gains(model, targets, method, crit, measure, depthwise, multiple,
-                       whiten or {}, weights, gain_batch)
+        gains = _gains(model, targets, method, ladders, depthwise, whiten or {}, gain_batch)
     return allocate(targets, method, crit.value, total, measure=measure, depthwise=depthwise,
-                    multiple=multiple, weights=weights, gains=gains)
+                    multiple=multiple, weights=weights, gains=gains, ladders=ladders)
 
 
 def compress_model(

@@ -85,8 +85,8 @@ class LowRankConfig:
     (:mod:`frugalnn.methods.lowrank.calibrate`) instead of from the weights alone;
     with a ``model-*`` target and ``gain_examples`` > 0 the allocation then weighs each
     layer by its output gain measured on that many of them
-    (:mod:`frugalnn.methods.lowrank.sensitivity`; opt-in: it helped MiniLM and hurt
-    EfficientNet-Lite0, ``docs/lowrank.md``).
+    (:mod:`frugalnn.methods.lowrank.sensitivity`; opt-in, as it costs one forward pass
+    per layer; ``docs/lowrank.md`` has what it gains on MiniLM and EfficientNet-Lite0).
     """
 
     method: str = "tucker"

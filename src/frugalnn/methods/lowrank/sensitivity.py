@@ -6,15 +6,20 @@ energy dropped anywhere hurt the model alike. It does not: an error in a layer
 whose output a normalisation rescales, or whose output feeds the attention
 pattern, travels differently from one in a residual branch. With calibration
 data the gain can be measured: each layer in turn is replaced by its
-factorisation at a probe rank (the step of its ladder whose cost is closest to
-the model target's ratio), the model runs on a calibration batch, and the
+factorisation at a probe rank, the model runs on a calibration batch, and the
 relative change of its output divided by the energy the probe drops is the
 layer's *sensitivity*. The allocation then weighs every candidate's energy by
 it (a first-order model: output error proportional to the energy dropped, with
-a gain per layer). One forward pass per layer. Opt-in (``gain_examples``): one
-probe per layer can mislead on a fragile network, where a probe that breaks
-the model saturates the output change (EfficientNet-Lite0: worse than energy
-alone; MiniLM: much better; ``docs/lowrank.md``).
+a gain per layer). One forward pass per layer. Opt-in (``gain_examples``).
+
+The probe of every layer drops the same small share of its energy
+(:data:`PROBE_ENERGY`, the step of its ladder closest to it), so that every gain
+is measured at the same small cut, where the first-order model holds. A probe
+chosen by cost instead (the step a uniform target would take) can drop almost
+nothing on a layer whose calibrated spectrum is short, and a change of zero
+over an energy of zero reads as a gain of zero: the layer looks free to cut.
+On EfficientNet-Lite0 that was its classifier, and the model collapsed to one
+class (``docs/lowrank.md``).
 """
 
 from __future__ import annotations
@@ -27,7 +32,12 @@ from torch import nn
 
 from frugalnn.utils.batch import call_model, logits_of
 
-__all__ = ["output_sensitivity", "probe_modules"]
+__all__ = ["PROBE_ENERGY", "output_sensitivity", "probe_modules"]
+
+#: The share of its (calibrated) spectral energy each layer's probe drops.
+PROBE_ENERGY = 0.01
+#: Steps dropping less than this share are never probes: their change is noise.
+_MIN_PROBE_ENERGY = 1e-6
 
 
 def _relative_change(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -60,17 +70,17 @@ def output_sensitivity(model: nn.Module, probes: dict[str, tuple[nn.Module, floa
     return out
 
 
-def probe_modules(ladders: dict[str, tuple[Any, float, list[Any]]], ratio: float,
+def probe_modules(ladders: dict[str, tuple[Any, list[Any]]],
                   build: Callable[[Any, tuple[int, ...]], nn.Module],
-                  ) -> dict[str, tuple[nn.Module, float]]:
-    """Per layer name (``ladders[name]``: its target, dense cost and rank steps, as
+                  energy: float = PROBE_ENERGY) -> dict[str, tuple[nn.Module, float]]:
+    """Per layer name (``ladders[name]``: its target and rank steps, as
     :func:`frugalnn.methods.lowrank.allocate.ladder` gives them): the factorisation at the
-    step whose cost is closest to ``dense / ratio`` (what a uniform target of that ratio
-    would take) and the energy that step drops. Layers without a cheaper step are left
-    out."""
+    step whose dropped share of energy is closest to ``energy``, and that share. Layers
+    without a step that drops any energy are left out."""
     probes = {}
-    for name, (target, dense, steps) in ladders.items():
-        if steps:
-            step = min(steps, key=lambda s: abs(s.cost - dense / ratio))
+    for name, (target, steps) in ladders.items():
+        lossy = [s for s in steps if s.error > _MIN_PROBE_ENERGY]
+        if lossy:
+            step = min(lossy, key=lambda s: abs(s.error - energy))
             probes[name] = (build(target, step.ranks), float(step.error))
     return probes
