@@ -145,12 +145,9 @@ def call_model(model: Any, x: Any) -> Any:
 
 
 def example_inputs(data: Any, n: int = 1) -> Any:
-    """The inputs of the first ``n`` examples of a dataset as one batch (labels dropped):
-    a tensor, or a dict of tensors for Hugging Face style examples."""
+    """The inputs of the first ``n`` examples of a dataset as one batch (labels dropped,
+    as :func:`inputs_of` drops them): a tensor, or a dict of tensors for Hugging Face
+    style examples."""
     from torch.utils.data import default_collate
 
-    batch = default_collate([data[i] for i in range(min(n, len(data)))])
-    if (isinstance(batch, (list, tuple)) and len(batch) == 2) or (
-            isinstance(batch, dict) and "labels" in batch):
-        return split_batch(batch)[0]
-    return batch
+    return inputs_of(default_collate([data[i] for i in range(min(n, len(data)))]))
