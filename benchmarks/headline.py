@@ -233,6 +233,22 @@ ENTRIES: tuple[Entry, ...] = (
                "--markdown", "{out}/{stem}.md", "--json", "{out}/{stem}.json"),
         results="benchmarks/results/lowrank.md", output="{out}/{stem}.json",
         pool=r"cos_mean|nn_agree|_ratio$|speedup"),
+    Entry(
+        "minilm-svd-gains", "lowrank_minilm.py",
+        "MiniLM-L6 data-aware SVD, whole-model targets weighed by measured output gains, "
+        "+ output distillation",
+        full=("--targets", "model-flops=1.47,model-flops=1.91", "--sentences", "1000",
+              "--data-aware", "--calibration-sentences", "512", "--gain-examples", "32",
+              "--distill-epochs", "4", "--distill-sentences", "3000", "--distill-lr", "2e-4",
+              "--repeats", "20", "--rounds", "5", "--threads", "1", "--seed", "{seed}",
+              "--markdown", "{out}/{stem}.md", "--json", "{out}/{stem}.json"),
+        quick=("--targets", "model-flops=1.5", "--sentences", "32", "--max-len", "32",
+               "--data-aware", "--calibration-sentences", "16", "--gain-examples", "4",
+               "--distill-epochs", "1", "--distill-sentences", "32", "--repeats", "2",
+               "--threads", "1", "--seed", "{seed}",
+               "--markdown", "{out}/{stem}.md", "--json", "{out}/{stem}.json"),
+        results="benchmarks/results/lowrank.md", output="{out}/{stem}.json",
+        pool=r"cos_mean|nn_agree|_ratio$|speedup"),
 )
 
 
