@@ -17,9 +17,9 @@ The probe of every layer drops the same small share of its energy
 is measured at the same small cut, where the first-order model holds. A probe
 chosen by cost instead (the step a uniform target would take) can drop almost
 nothing on a layer whose calibrated spectrum is short, and a change of zero
-over an energy of zero reads as a gain of zero: the layer looks free to cut.
-On EfficientNet-Lite0 that was its classifier, and the model collapsed to one
-class (``docs/lowrank.md``).
+over an energy of zero reads as a gain of zero: the layer looks free to cut
+(on EfficientNet-Lite0, such a probe makes the classifier look free and the cut
+model predicts one class; ``docs/lowrank.md``).
 """
 
 from __future__ import annotations
