@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     for variant in variants:
         if chosen[variant] is None:
             lines.append(f"\n{variant}: no target within +{a.max_ppl_increase:.0%} of dense "
-                         "on validation.")
+                         + ("(or of its fine-tuned control) " if control else "")
+                         + "on validation.")
     if control:
         for r in rows:
             if "val" in r:
