@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         config = LowRankConfig(method="svd", target=target, finetune_epochs=0, seed=args.seed,
                                data_aware=args.data_aware,
                                calibration_examples=args.calibration_sentences,
-                               gain_examples=args.gain_examples)
+                               gain_examples=args.gain_examples if args.data_aware
+                               and target.startswith("model-") else 0)
         try:
             model, plan, _ = compress(base, config, train_data=calibration, example=x[:2])
         except UserError as exc:

@@ -90,7 +90,8 @@ def lowrank_part(a: argparse.Namespace, dense: torch.nn.Module, dense_cost: Any,
                                          batch_size=a.batch_size, seed=seed, data_aware=aware,
                                          calibration_examples=min(a.calibration_images,
                                                                   len(train)),
-                                         gain_examples=a.gain_examples)
+                                         gain_examples=a.gain_examples if aware and
+                                         target.startswith("model-") else 0)
             cheap = frugalnn.lowrank(dense, cfg,
                                      train_data=train if a.epochs or aware else None,
                                      example_input=x1)

@@ -6,7 +6,7 @@ only the parts an *oracle* keeps are added up. No router can pick better
 parts from less information, so a perplexity here is the best any router
 reaches on this model without training it further.
 
-Parts (``--parts``):
+Parts:
 
 - ``neuron-h``: single neurons, scored by ``|act(gate) * up|`` (the exact
   contribution size of the hidden unit). Skipping them would remove a
@@ -129,6 +129,10 @@ class NeuronPredicted(nn.Module):
         return m.down_proj(h * mask)
 
 
+def is_gated_ffn(m: nn.Module) -> bool:
+    return all(hasattr(m, k) for k in ("gate_proj", "up_proj", "down_proj"))
+
+
 def ffn_inputs(model: nn.Module, data: Subset, batch_size: int) -> dict[nn.Module, torch.Tensor]:
     """Every gated FFN's input rows ``(tokens, d)`` on ``data``."""
     seen: dict[nn.Module, list[torch.Tensor]] = {}
@@ -143,10 +147,6 @@ def ffn_inputs(model: nn.Module, data: Subset, batch_size: int) -> dict[nn.Modul
         for h in hooks:
             h.remove()
     return {m: torch.cat(v) for m, v in seen.items()}
-
-
-def is_gated_ffn(m: nn.Module) -> bool:
-    return all(hasattr(m, k) for k in ("gate_proj", "up_proj", "down_proj"))
 
 
 class ExpertOracle(nn.Module):

@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
                 finetune_epochs=a.finetune_epochs, lr=a.finetune_lr, batch_size=a.batch_size,
                 seed=a.seed, **FINETUNE,
                 data_aware=variant == "data-aware", calibration_examples=len(calibrate),
-                gain_examples=a.gain_examples)
+                gain_examples=a.gain_examples if variant == "data-aware"
+                and target.startswith("model-") else 0)
             t0 = time.perf_counter()
             try:
                 small = frugalnn.lowrank(dense, cfg, train_data=train if tune else calibrate)

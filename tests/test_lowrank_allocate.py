@@ -155,3 +155,12 @@ def test_every_probe_drops_about_the_same_small_share_and_never_nothing() -> Non
     assert set(probes) == {"short"}  # no lossy step: no probe, no gain (weighs 1)
     probes = probe_modules({"short": ("short", steps)}, build, energy=0.5)
     assert probes["short"][1] == 0.6
+
+
+@pytest.mark.parametrize("target, aware", [("flops=1.5", True), ("model-flops=1.5", False)])
+def test_gain_examples_without_a_data_aware_whole_model_target_is_one_clear_error(
+        target: str, aware: bool) -> None:
+    x = torch.randn(64, 32)
+    with pytest.raises(UserError, match="--gain-examples weighs a whole-model allocation"):
+        compress_model(_Branches().eval(), "svd", target, x[:2],
+                       calibration=[(x, None)] if aware else None, gain_examples=8)

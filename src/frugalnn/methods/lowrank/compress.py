@@ -338,6 +338,9 @@ def compress_model(
     if calibration is not None and (method != "svd" or crit.kind == "latency"):
         raise UserError("data-aware compression (--data-aware) works with --method svd and a "
                         "rank, flops, params, model-*, energy or vbmf target")
+    if gain_examples > 0 and (calibration is None or crit.kind not in MODEL_KINDS):
+        raise UserError("--gain-examples weighs a whole-model allocation: it needs --data-aware "
+                        "and a model-flops / model-params target")
     if crit.kind in MODEL_KINDS and overrides:
         raise UserError(f"a {crit.kind} target allocates every layer's rank itself; drop "
                         "--layer-target, or use a per-layer flops/params target")
