@@ -30,9 +30,17 @@ images) and the cheapest one with mean agreement >= ``--min-agreement`` is
 chosen there, then reported on test. Latency of dense vs chosen at batch 1 and
 32 is measured interleaved (``frugalnn.time_budgets``) under the timing lock.
 
+Input resolution (``--method resolution``): a baseline, not a frugalnn method. The
+dense model itself at a lower input size (the CIFAR-10 pictures resized straight to
+each of ``--resolutions``), scored against its own top-1 at 224; the cheapest size
+whose validation agreement reaches ``--min-agreement`` is chosen there and timed
+against the dense model at 224 (alternating rounds, the same images). A method that
+lands below this line on the plane costs more than simply shrinking the input.
+
     make efficientnet
     python benchmarks/real_efficientnet.py --data-dir ../shared/data
     python benchmarks/real_efficientnet.py --method lowrank --targets flops=1.6
+    python benchmarks/real_efficientnet.py --method resolution --resolutions 200 184 160
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ from frugalnn.data.pretrained_eval import (
     imagenet_photos,
     predicted_labels,
 )
+from frugalnn.utils.batch import logits_of
 
 
 def agreement(model: torch.nn.Module, data: ResizedImages) -> float:
@@ -69,6 +78,33 @@ def mean_sd(values: list[float]) -> str:
     if len(values) == 1:
         return f"{100 * values[0]:.1f}"
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def choose_on_val(rows: list[dict[str, Any]], bar: float) -> tuple[dict[str, Any], str]:
+    """The cheapest row whose mean validation agreement reaches ``bar`` (else the best on
+    validation) and the mark its table line gets."""
+    ok = [r for r in rows if statistics.mean(r["val"]) >= bar]
+    if ok:
+        return min(ok, key=lambda r: r["flops"]), " (chosen)"
+    return (max(rows, key=lambda r: statistics.mean(r["val"])),
+            " (best on val; none reached the bar)")
+
+
+def agreement_table(rows: list[dict[str, Any]], chosen: dict[str, Any], chosen_mark: str,
+                    dense_name: str, dense_flops: float, photos: ResizedImages,
+                    photo_acc: float) -> list[str]:
+    """Markdown lines: the dense model, then each row's FLOPs and agreement."""
+    n = len(photos)
+    lines = ["| model | GFLOPs | FLOPs ratio | val agreement % | test agreement % "
+             "| foolbox photos |", "|---|---|---|---|---|---|",
+             f"| {dense_name} | {dense_flops / 1e9:.3f} | 1.00x | 100 | 100 | "
+             f"{photo_acc * n:.0f}/{n} |"]
+    for r in rows:
+        mark = chosen_mark if r is chosen else ""
+        lines.append(f"| {r['name']}{mark} | {r['flops'] / 1e9:.3f} | "
+                     f"{dense_flops / r['flops']:.2f}x | {mean_sd(r['val'])} | "
+                     f"{mean_sd(r['test'])} | {r['photos'] * n:.0f}/{n} |")
+    return lines
 
 
 def lowrank_part(a: argparse.Namespace, dense: torch.nn.Module, dense_cost: Any,
@@ -102,12 +138,10 @@ def lowrank_part(a: argparse.Namespace, dense: torch.nn.Module, dense_cost: Any,
             models.setdefault(name, cheap)
             log(f"{name} seed {seed}: val {vals[-1]:.1%}, test {tests[-1]:.1%}, "
                 f"{dense_cost.flops / flops:.2f}x fewer FLOPs")
-        rows.append({"target": name, "val": vals, "test": tests, "flops": flops,
-                     "photos": agreement(models[name], photos)})
+        rows.append({"name": f"svd {name}", "target": name, "val": vals, "test": tests,
+                     "flops": flops, "photos": agreement(models[name], photos)})
 
-    ok = [r for r in rows if statistics.mean(r["val"]) >= a.min_agreement]
-    chosen = min(ok, key=lambda r: r["flops"]) if ok else max(rows, key=lambda r: statistics.mean(
-        r["val"]))
+    chosen, chosen_mark = choose_on_val(rows, a.min_agreement)
     log(f"chosen on validation: {chosen['target']}; timing dense vs chosen")
     batch = torch.stack([test[i][0] for i in range(32)])
     with timing_lock():
@@ -127,17 +161,8 @@ def lowrank_part(a: argparse.Namespace, dense: torch.nn.Module, dense_cost: Any,
                             "images (frugalnn.methods.lowrank.calibrate). "
                             "`flops=X`: every layer X times cheaper; `model-flops=X`: the model, "
                             "ranks allocated across layers. FLOPs = 2 x MACs, batch 1."),
-             "| model | params (M) | GFLOPs | FLOPs ratio | val agreement % | test agreement % "
-             "| foolbox photos |", "|---|---|---|---|---|---|---|",
-             f"| dense | {dense_cost.params / 1e6:.2f} | {dense_cost.flops / 1e9:.3f} | 1.00x | "
-             f"100 | 100 | {photo_acc * len(photos):.0f}/{len(photos)} |"]
-    for r in rows:
-        mark = ""
-        if r is chosen:
-            mark = " (chosen)" if ok else " (best on val; none reached the bar)"
-        lines.append(f"| svd {r['target']}{mark} | - | {r['flops'] / 1e9:.3f} | "
-                     f"{dense_cost.flops / r['flops']:.2f}x | {mean_sd(r['val'])} | "
-                     f"{mean_sd(r['test'])} | {r['photos'] * len(photos):.0f}/{len(photos)} |")
+             *agreement_table(rows, chosen, chosen_mark, f"dense ({dense_cost.params / 1e6:.2f} "
+                              "M params)", dense_cost.flops, photos, photo_acc)]
     lines += ["", f"Latency ({a.threads} thread(s), {a.rounds} interleaved rounds, median of "
               f"{a.repeats} calls, on CIFAR-10 test images):", "",
               "| batch | dense ms | low-rank ms | speed-up |", "|---|---|---|---|"]
@@ -145,6 +170,93 @@ def lowrank_part(a: argparse.Namespace, dense: torch.nn.Module, dense_cost: Any,
         inter = t["interleaved"]
         lines.append(f"| {t['batch_size']} | {min(inter['reference_ms']):.1f} | "
                      f"{min(inter['model_ms']):.1f} | {inter['speedup']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def resized(data: ResizedImages, size: int) -> ResizedImages:
+    """The same pictures and labels, resized from their stored pixels to ``size``."""
+    return ResizedImages(data.images, data.labels, size, mean=data.mean, std=data.std,
+                         description=f"{data.info.description} at {size}x{size}")
+
+
+def at_input_size(dense: torch.nn.Module, size: int) -> torch.nn.Module:
+    """The upstream EfficientNet-Lite0 built for ``size`` x ``size`` inputs, with ``dense``'s
+    weights: its TF-style "same" paddings are fixed when it is built, for one input size,
+    so the model built for 224 pads some stride-2 layers wrongly at other sizes."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name("efficientnet-lite0", image_size=size)
+    model.load_state_dict(dense.state_dict())
+    return model.eval()
+
+
+@torch.inference_mode()
+def top1_probability(model: torch.nn.Module, data: ResizedImages) -> torch.Tensor:
+    """``model``'s softmax probability of its own top-1 class on every example of ``data``."""
+    return torch.cat([logits_of(model(data.prepare(data.images[i : i + 64]))).softmax(1)
+                      .amax(1) for i in range(0, len(data), 64)])
+
+
+def resolution_part(a: argparse.Namespace, dense: torch.nn.Module, dense_cost: Any,
+                    photos: ResizedImages, photo_acc: float, test: ResizedImages,
+                    val: ResizedImages, train: ResizedImages) -> str:
+    """The dense model at each input size of ``--resolutions``, chosen on validation."""
+    from frugalnn.cost.latency import measure_latency
+
+    del train  # nothing is trained: the baseline is the dense model itself
+    dense_prob = top1_probability(dense, test)
+    sure = dense_prob >= 0.5  # the images the dense model is sure of
+    rows, models = [], {}
+    for size in sorted(set(a.resolutions), reverse=True):
+        model = models[size] = at_input_size(dense, size)
+        flops = frugalnn.measure(model, torch.zeros(1, 3, size, size)).flops
+        hits = predicted_labels(model, resized(test, size)) == test.labels
+        rows.append({"name": f"{size}x{size}", "size": size, "flops": flops,
+                     "val": [agreement(model, resized(val, size))],
+                     "test": [float(hits.float().mean())],
+                     "test_sure": float(hits[sure].float().mean()) if sure.any() else 0.0,
+                     "photos": agreement(model, imagenet_photos(size))})
+        log(f"{size}x{size}: {dense_cost.flops / flops:.2f}x fewer FLOPs, val "
+            f"{rows[-1]['val'][0]:.1%}, test {rows[-1]['test'][0]:.1%}")
+    chosen, chosen_mark = choose_on_val(rows, a.min_agreement)
+    log(f"chosen on validation: {chosen['size']}x{chosen['size']}; timing against 224")
+    small = models[chosen["size"]]
+    timing = []
+    with timing_lock():
+        for batch_size in (1, 32):
+            images = test.images[:batch_size]
+            x_dense, x_small = test.prepare(images), resized(test, chosen["size"]).prepare(images)
+            dense_ms = small_ms = float("inf")
+            for _ in range(a.rounds):  # dense and small alternate: same conditions
+                dense_ms = min(dense_ms, measure_latency(dense, x_dense, warmup=2,
+                                                         repeats=a.repeats,
+                                                         threads=a.threads).median_ms)
+                small_ms = min(small_ms, measure_latency(small, x_small, warmup=2,
+                                                         repeats=a.repeats,
+                                                         threads=a.threads).median_ms)
+            timing.append((batch_size, dense_ms, small_ms))
+
+    lines = [results_header("EfficientNet-Lite0 (ImageNet): the dense model at lower input "
+                            "resolution (a baseline)",
+                            notes=f"Images: {len(test)} CIFAR-10 JPEG test images, labels = the "
+                            "dense model's top-1 at 224x224 (agreement); each size resizes the "
+                            "stored 32x32 pixels straight to it (bilinear) and runs the "
+                            "upstream model built for it (`EfficientNet.from_name(..., "
+                            "image_size=size)`, the same weights); the size is chosen "
+                            f"on {len(val)} train images (the cheapest with agreement >= "
+                            f"{a.min_agreement:.0%}). FLOPs = 2 x MACs, batch 1. Deterministic: "
+                            "nothing is trained or drawn."),
+             *agreement_table(rows, chosen, chosen_mark, "224x224 (dense)", dense_cost.flops,
+                              photos, photo_acc)]
+    lines += ["", f"On the {int(sure.sum())} of {len(test)} test images to whose top-1 the "
+              "dense model gives a probability of at least 0.5 (median over all test images: "
+              f"{float(dense_prob.median()):.2f}), test agreement: "
+              + ", ".join(f"{r['name']} {100 * r['test_sure']:.1f} %" for r in rows) + "."]
+    lines += ["", f"Latency ({a.threads} thread(s), {a.rounds} alternating rounds, the fastest "
+              f"round's median of {a.repeats} calls, the first test images):", "",
+              f"| batch | 224x224 ms | {chosen['size']}x{chosen['size']} ms | speed-up |",
+              "|---|---|---|---|"]
+    lines += [f"| {b} | {d:.1f} | {s:.1f} | {d / s:.2f}x |" for b, d, s in timing]
     return "\n".join(lines) + "\n"
 
 
@@ -328,7 +440,10 @@ def early_exit_part(a: argparse.Namespace, dense: torch.nn.Module, dense_cost: A
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", help="data directory (default: $FRUGALNN_DATA)")
-    p.add_argument("--method", choices=("early-exit", "lowrank"), default="early-exit")
+    p.add_argument("--method", choices=("early-exit", "lowrank", "resolution"),
+                   default="early-exit")
+    p.add_argument("--resolutions", type=int, nargs="+", default=[208, 192, 184, 176, 160],
+                   help="resolution: input sizes to try (the dense model is 224)")
     p.add_argument("--targets", nargs="+", default=["flops=1.6", "flops=1.8"],
                    help="lowrank: FLOPs targets of the factorised layers")
     p.add_argument("--positions", nargs="+", default=["6,9", "8,11"],
@@ -344,9 +459,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--check-images", type=int, default=300,
                    help="early-exit: test images re-scored by real batched inference")
     p.add_argument("--train-images", type=int, default=None,
-                   help="distillation / head training images (800 lowrank, 1500 early-exit)")
+                   help="distillation / head training images (800 lowrank, 1500 early-exit, "
+                   "0 resolution)")
     p.add_argument("--val-images", type=int, default=None,
-                   help="images choosing the target (200 lowrank, 400 early-exit)")
+                   help="images choosing the target (200 lowrank and resolution, "
+                   "400 early-exit)")
     p.add_argument("--test-images", type=int, default=1000, help="CIFAR-10 test images")
     p.add_argument("--epochs", type=int, default=1, help="lowrank: distillation epochs")
     p.add_argument("--lr", type=float, default=0.01, help="lowrank: distillation lr")
@@ -364,15 +481,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     p.add_argument("--threads", type=int, default=1, help="torch threads while timing")
     p.add_argument("--out", help="results file (default: benchmarks/results/"
-                   "real_efficientnet.md; _lowrank.md for --method lowrank)")
+                   "real_efficientnet.md; _lowrank.md / _resolution.md for those methods)")
     a = p.parse_args(argv)
     if set(a.variants.split(",")) - {"plain", "data-aware"}:
         p.error(f"--variants takes plain and/or data-aware, not {a.variants!r}")
     ee = a.method == "early-exit"
-    a.train_images = a.train_images if a.train_images is not None else (1500 if ee else 800)
+    default_train = {"early-exit": 1500, "lowrank": 800, "resolution": 0}[a.method]
+    a.train_images = a.train_images if a.train_images is not None else default_train
     a.val_images = a.val_images if a.val_images is not None else (400 if ee else 200)
+    if a.method == "resolution" and any(not 32 <= r <= 224 for r in a.resolutions):
+        p.error(f"--resolutions takes sizes from 32 to 224, not {a.resolutions}")
     a.out = a.out or ("benchmarks/results/real_efficientnet.md" if ee
-                      else "benchmarks/results/real_efficientnet_lowrank.md")
+                      else f"benchmarks/results/real_efficientnet_{a.method}.md")
     data_dir = resolve_data_dir(a.data_dir)
     torch.manual_seed(0)
 
@@ -391,7 +511,8 @@ def main(argv: list[str] | None = None) -> None:
         test, pool = agreement_split(dense, test), agreement_split(dense, pool)
     order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))
     val, train = take(pool, order[: a.val_images]), take(pool, order[a.val_images:])
-    part = early_exit_part if ee else lowrank_part
+    part = {"early-exit": early_exit_part, "lowrank": lowrank_part,
+            "resolution": resolution_part}[a.method]
     write_results(Path(a.out), part(a, dense, dense_cost, photos, photo_acc, test, val, train))
 
 
