@@ -8,6 +8,11 @@ the low-rank recipe (:func:`frugalnn.methods.lowrank.recipe.compress`, zero
 fine-tuning epochs); accuracy, FLOP ratio and the number of layers factorised
 (a layer whose chain would not be cheaper stays dense). Full scale:
 ``--test-limit 10000``.
+
+A config ``METHOD:model-flops=X:gains`` weighs the whole-model allocation by each
+layer's output gain measured on the first ``--gain-examples`` training images
+(:mod:`frugalnn.methods.lowrank.sensitivity`): still no training, but no longer
+data-free (the training split is read for them).
 """
 
 from __future__ import annotations
@@ -36,14 +41,21 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(test_limit=500)
     p.add_argument("--depth", type=int, default=20)
     p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--gain-examples", type=int, default=32,
+                   help="training images a METHOD:TARGET:gains config measures gains on (32)")
     p.add_argument("--markdown", default="benchmarks/results/lowrank_datafree.md")
     args = p.parse_args(argv)
+    configs = [cfg.split(":") for cfg in args.configs.split(",")]
+    bad = [":".join(c) for c in configs if len(c) not in (2, 3) or c[2:] not in ([], ["gains"])]
+    if bad:
+        p.error(f"--configs takes METHOD:TARGET or METHOD:TARGET:gains, not {bad[0]!r}")
     if not args.data_dir:
         from frugalnn.data.base import resolve_data_dir
 
         args.data_dir = str(resolve_data_dir(None))
     torch.set_num_threads(1)
-    test = splits_from_args(args).test
+    splits = splits_from_args(args)
+    test = splits.test
     loader = DataLoader(test, batch_size=250)
     pretrained = Path(args.data_dir) / "pretrained" / "resnet-cifar10"
     ckpt = next(pretrained.glob(f"resnet{args.depth}-*.th"))
@@ -51,22 +63,26 @@ def main(argv: list[str] | None = None) -> int:
     base_acc = loader_accuracy(base, loader)
     x = torch.stack([test[0][0], test[1][0]])
     rows = []
-    for cfg in args.configs.split(","):
-        method, target = cfg.split(":")
-        config = LowRankConfig(method=method, target=target, finetune_epochs=0, seed=args.seed)
+    for method, target, *gains in configs:
+        config = LowRankConfig(method=method, target=target, finetune_epochs=0, seed=args.seed,
+                               gain_examples=args.gain_examples if gains else 0)
+        label = f"{target}, gains" if gains else target
         try:
-            model, plan, _ = compress(base, config, example=x)
+            model, plan, _ = compress(base, config, example=x,
+                                      train_data=splits.train if gains else None)
         except UserError as exc:
-            rows.append(f"| {method} | {target} | not run: {exc} | | |")
+            rows.append(f"| {method} | {label} | not run: {exc} | | |")
             continue
         t = plan_totals(plan)
-        rows.append(f"| {method} | {target} | {t['layers_factorised']}/{t['layers_eligible']} | "
+        rows.append(f"| {method} | {label} | {t['layers_factorised']}/{t['layers_eligible']} | "
                     f"{t['flops_ratio']:.2f}x | {100 * loader_accuracy(model, loader):.2f} |")
         log(rows[-1])
     text = "\n".join([
         results_header(f"Data-free low-rank ResNet-{args.depth} (no fine-tuning)"), "",
         f"Pretrained ResNet-{args.depth}, {len(test)} CIFAR-10 JPEG test images; "
-        f"baseline accuracy {100 * base_acc:.2f} %. FLOP ratio over the eligible 3x3 convs.\n",
+        f"baseline accuracy {100 * base_acc:.2f} %. FLOP ratio over the eligible 3x3 convs; "
+        f"`gains`: allocation weighed by output gains on {args.gain_examples} training "
+        "images.\n",
         "| method | target | layers factorised | FLOPs ratio (convs) | accuracy (%) |",
         "|---|---|---|---|---|", *rows]) + "\n"
     write_results(args.markdown, text)

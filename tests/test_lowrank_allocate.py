@@ -133,6 +133,54 @@ def test_data_aware_allocation_cuts_the_layer_the_output_feels_least() -> None:
     assert rank["b"] < rank["a"]
 
 
+class _ConvBranches(nn.Module):
+    """:class:`_Branches` with two equal 3x3 convolutions (Tucker / tensor-train layers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Conv2d(16, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+        with torch.no_grad():
+            self.b.weight.copy_(self.a.weight)
+            self.b.bias.copy_(self.a.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 10.0 * self.a(x) + 0.1 * self.b(x)
+
+
+@pytest.mark.parametrize("method", ["tucker", "tt"])
+def test_gains_weigh_the_allocation_of_every_method_without_data_aware_svd(
+        method: str) -> None:
+    x = torch.randn(16, 16, 8, 8)
+    _, plan = compress_model(_ConvBranches().eval(), method, "model-flops=1.5", x[:2],
+                             gain_data=[(x, None)], gain_examples=16)
+    _, blind = compress_model(_ConvBranches().eval(), method, "model-flops=1.5", x[:2])
+    rows, blind_rows = {r.name: r for r in plan}, {r.name: r for r in blind}
+    assert rows["a"].extra["output_gain"] > 100 * rows["b"].extra["output_gain"]
+    assert "output_gain" not in blind_rows["a"].extra
+    # equal spectra: blind, the two layers are cut alike; with gains b (felt 100x less)
+    # is cut deeper than a, which may stay dense
+    assert blind_rows["a"].ranks == blind_rows["b"].ranks
+    assert rows["b"].ranks is not None
+    assert rows["a"].ranks is None or sum(rows["b"].ranks) < sum(rows["a"].ranks)
+
+
+def test_recipe_measures_gains_on_training_examples_for_any_method() -> None:
+    from torch.utils.data import TensorDataset
+
+    from frugalnn.methods.lowrank.recipe import LowRankConfig, compress
+
+    x = torch.randn(32, 16, 8, 8)
+    data = TensorDataset(x, torch.zeros(32, dtype=torch.long))
+    config = LowRankConfig(method="tucker", target="model-flops=1.5", finetune_epochs=0,
+                           gain_examples=8)
+    _, plan, _ = compress(_ConvBranches().eval(), config, train_data=data, example=x[:2])
+    assert all("output_gain" in row.extra for row in plan)
+    with pytest.raises(UserError, match="--gain-examples measures each layer on training"):
+        compress(_ConvBranches().eval(), config, example=x[:2])
+
+
 def test_every_probe_drops_about_the_same_small_share_and_never_nothing() -> None:
     """A probe chosen by cost can drop no energy on a short (calibrated) spectrum, and a
     zero change over zero energy read as a gain of zero: the layer looked free to cut.

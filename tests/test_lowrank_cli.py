@@ -124,3 +124,16 @@ def test_lowrank_demo_hook(tmp_path) -> None:
     hook = next(h for h in info["hooks"] if h["hook"] == "frugalnn.methods.lowrank.demo")
     assert hook["status"] == "ran" and len(hook["runs"]) == 3
     assert (out / "lowrank-tucker" / "extras" / "lowrank_model.md").exists()
+
+
+def test_gain_examples_weigh_a_tucker_whole_model_target_from_the_cli(tmp_path) -> None:
+    out = tmp_path / "run"
+    assert main(["lowrank", "compress", "cnn_small", "--random-init", "--method", "tucker",
+                 "--target", "model-flops=1.5", "--gain-examples", "16", "--data", "digits",
+                 "--finetune-epochs", "0", "--train-limit", "64", "--eval-limit", "32",
+                 "--latency-batch-sizes", "none", "--out", str(out), "--no-progress"]) == 0
+    layers = (out / "extras" / "lowrank_layers.md").read_text()
+    notes = [line for line in layers.splitlines() if "k3x3" in line]
+    assert notes and all("model-flops=1.5" in n and "output gain" in n for n in notes)
+    model = load_model(out / "checkpoint")
+    assert model.budget_name == "rank_fraction"

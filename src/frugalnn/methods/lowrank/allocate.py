@@ -130,12 +130,14 @@ def allocate(targets: list[Any], method: str, ratio: float, model_cost: float, *
     for (t, dense, options), k in zip(table, choice):
         cand = options[k][0]
         extra = {"allocation": f"model-{measure}={ratio:g}", "dense_cost": dense}
+        gain = ""
         if gains and t.name in gains:
             extra["output_gain"] = gains[t.name]
+            gain = f", output gain {gains[t.name]:.3g}"
         if cand is None:
-            out[t.name] = (None, f"kept dense under model-{measure}={ratio:g}", extra)
+            out[t.name] = (None, f"kept dense under model-{measure}={ratio:g}{gain}", extra)
         else:
             extra.update(chain_cost=cand.cost, energy_lost=cand.error)
             out[t.name] = (cand.ranks, f"model-{measure}={ratio:g}: {dense / cand.cost:.2f}x "
-                           f"this layer, {100 * cand.error:.1f} % energy dropped", extra)
+                           f"this layer, {100 * cand.error:.1f} % energy dropped{gain}", extra)
     return out

@@ -107,9 +107,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--calibration-examples", type=int, default=512,
                    help="training examples --data-aware calibrates on (default 512)")
     c.add_argument("--gain-examples", type=int, default=0,
-                   help="--data-aware with a model-* target: weigh the allocation by each "
-                        "layer's output gain measured on N calibration examples, one forward "
-                        "pass per layer (default 0: by spectral energy alone)")
+                   help="a model-* target: weigh the allocation by each layer's output "
+                        "gain measured on the first N training examples, one forward pass "
+                        "per layer (default 0: by spectral energy alone)")
     c.add_argument("--retain-freed-memory", action="store_true",
                    help="time (original, compressed, latency table) with glibc keeping freed "
                         "memory: no page faults for re-allocated activations (docs/cost.md)")

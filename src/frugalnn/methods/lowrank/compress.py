@@ -311,15 +311,16 @@ def compress_model(
     rank_multiple: int = 1,
     calibration: Any = None,
     gain_examples: int = 0,
+    gain_data: Any = None,
 ) -> tuple[nn.Module, list[LayerPlan]]:
     """Factorise the eligible layers of ``model`` in place; return it and the plan.
 
     ``calibration`` (batches of inputs, e.g. a loader of training examples) makes the
     SVD data-aware (:mod:`frugalnn.methods.lowrank.calibrate`): ranks and factors
-    from the layers' outputs on those inputs rather than from their weights alone;
-    for a ``model-*`` target with ``gain_examples`` > 0, each layer's output gain is
-    measured on that many examples of its first batch and weighs the allocation
-    (:mod:`.sensitivity`).
+    from the layers' outputs on those inputs rather than from their weights alone.
+    For a ``model-*`` target with ``gain_examples`` > 0, each layer's output gain is
+    measured on that many examples of the first batch of ``gain_data`` (default:
+    ``calibration``) and weighs the allocation (:mod:`.sensitivity`), for every method.
 
     ``layer_targets`` (``"PATTERN:SPEC"``) override ``target`` for matching
     layers; ``rank_multiple`` aligns the ranks of ``flops``/``params`` targets
@@ -338,9 +339,10 @@ def compress_model(
     if calibration is not None and (method != "svd" or crit.kind == "latency"):
         raise UserError("data-aware compression (--data-aware) works with --method svd and a "
                         "rank, flops, params, model-*, energy or vbmf target")
-    if gain_examples > 0 and (calibration is None or crit.kind not in MODEL_KINDS):
-        raise UserError("--gain-examples weighs a whole-model allocation: it needs --data-aware "
-                        "and a model-flops / model-params target")
+    gain_data = gain_data if gain_data is not None else calibration
+    if gain_examples > 0 and (gain_data is None or crit.kind not in MODEL_KINDS):
+        raise UserError("--gain-examples weighs a whole-model allocation: it needs a "
+                        "model-flops / model-params target and examples to measure on")
     if crit.kind in MODEL_KINDS and overrides:
         raise UserError(f"a {crit.kind} target allocates every layer's rank itself; drop "
                         "--layer-target, or use a per-layer flops/params target")
@@ -381,11 +383,11 @@ def compress_model(
                               depthwise=depthwise, **(latency or {}))
     elif crit.kind in MODEL_KINDS:
         gain_batch = None
-        if calibration is not None and gain_examples > 0:  # measured output gains
+        if gain_data is not None and gain_examples > 0:  # measured output gains
             from frugalnn.utils.batch import inputs_of, take, to_device
 
             device = next(model.parameters()).device
-            gain_batch = to_device(take(inputs_of(next(iter(calibration))), gain_examples),
+            gain_batch = to_device(take(inputs_of(next(iter(gain_data))), gain_examples),
                                    device)
         chosen = _allocated(model, targets, lin, crit, example_input, depthwise, rank_multiple,
                             weights, whiten, gain_batch)

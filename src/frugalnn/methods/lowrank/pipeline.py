@@ -44,6 +44,7 @@ def compress_and_finetune(
     device: str | torch.device = "cpu", seed: int = 0, progress: bool = True,
     eval_loader: Iterable[Any] | None = None, layerwise: dict[str, Any] | None = None,
     calibration: Iterable[Any] | None = None, gain_examples: int = 0,
+    gain_data: Iterable[Any] | None = None,
 ) -> tuple[nn.Module, list[LayerPlan], dict[str, Any]]:
     """A factorised, fine-tuned copy of ``teacher`` with its plan and training history.
 
@@ -52,8 +53,9 @@ def compress_and_finetune(
     (options of :func:`frugalnn.methods.lowrank.nonlinear.distill_layers`, e.g.
     ``{"steps": 200}``) first fits each factorised layer to its original on
     ``train_loader`` batches. ``calibration`` (batches of inputs) makes the SVD
-    data-aware (:mod:`frugalnn.methods.lowrank.calibrate`); ``gain_examples`` of it
-    measure the layers' output gains for a ``model-*`` target.
+    data-aware (:mod:`frugalnn.methods.lowrank.calibrate`); ``gain_examples`` of
+    ``gain_data`` (default: ``calibration``) measure the layers' output gains for a
+    ``model-*`` target.
     """
     teacher = teacher.to(device).eval()
     student = copy.deepcopy(teacher)
@@ -61,7 +63,7 @@ def compress_and_finetune(
                                    include=include, exclude=exclude, depthwise=depthwise,
                                    latency=latency, layer_targets=layer_targets,
                                    rank_multiple=rank_multiple, calibration=calibration,
-                                   gain_examples=gain_examples)
+                                   gain_examples=gain_examples, gain_data=gain_data)
     history: dict[str, Any] = {}
     if layerwise and layerwise.get("steps", 1) > 0 and train_loader is not None:
         from frugalnn.methods.lowrank.nonlinear import distill_layers

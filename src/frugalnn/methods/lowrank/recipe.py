@@ -82,11 +82,12 @@ class LowRankConfig:
     on training batches before fine-tuning; ``None`` means 200 for the nonlinear
     methods and 0 for the linear ones. ``data_aware`` (``svd`` only): ranks and factors
     from the layers' outputs on the first ``calibration_examples`` training examples
-    (:mod:`frugalnn.methods.lowrank.calibrate`) instead of from the weights alone;
-    with a ``model-*`` target and ``gain_examples`` > 0 the allocation then weighs each
-    layer by its output gain measured on that many of them
-    (:mod:`frugalnn.methods.lowrank.sensitivity`; opt-in, as it costs one forward pass
-    per layer; ``docs/lowrank.md`` has what it gains on MiniLM and EfficientNet-Lite0).
+    (:mod:`frugalnn.methods.lowrank.calibrate`) instead of from the weights alone.
+    ``gain_examples`` > 0 with a ``model-*`` target (any method): the allocation weighs
+    each layer by its output gain measured on that many training examples (the first
+    ones; :mod:`frugalnn.methods.lowrank.sensitivity`; opt-in, as it costs one forward
+    pass per layer; ``docs/lowrank.md`` has what it gains on MiniLM, EfficientNet-Lite0
+    and ResNet-56).
     """
 
     method: str = "tucker"
@@ -249,6 +250,15 @@ def compress(
         n = min(config.calibration_examples, len(train_data))
         calibration = seeded_loader(Subset(train_data, range(n)), config.batch_size,
                                     config.seed, shuffle=False)
+    gain_data = None
+    if config.gain_examples > 0 and calibration is None:
+        if train_data is None:
+            raise UserError("--gain-examples measures each layer on training examples; pass "
+                            "--data / train_data=")
+        from torch.utils.data import Subset
+
+        n = min(config.gain_examples, len(train_data))
+        gain_data = seeded_loader(Subset(train_data, range(n)), n, config.seed, shuffle=False)
     torch.manual_seed(config.seed)
     return compress_and_finetune(
         model.eval(), config.method, config.target, example, train_loader,
@@ -260,7 +270,7 @@ def compress(
         layer_targets=config.layer_targets, rank_multiple=config.rank_multiple,
         device=device, seed=config.seed, progress=progress, eval_loader=val_loader,
         layerwise={"steps": config.layerwise, "lr": config.layerwise_lr},
-        calibration=calibration, gain_examples=config.gain_examples,
+        calibration=calibration, gain_examples=config.gain_examples, gain_data=gain_data,
     )
 
 
