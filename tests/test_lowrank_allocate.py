@@ -179,6 +179,9 @@ def test_recipe_measures_gains_on_training_examples_for_any_method() -> None:
     assert all("output_gain" in row.extra for row in plan)
     with pytest.raises(UserError, match="--gain-examples measures each layer on training"):
         compress(_ConvBranches().eval(), config, example=x[:2])
+    per_layer = LowRankConfig(method="tucker", target="flops=1.5", gain_examples=8)
+    with pytest.raises(UserError, match="needs a model-flops / model-params target, not"):
+        compress(_ConvBranches().eval(), per_layer, train_data=data, example=x[:2])
 
 
 def test_every_probe_drops_about_the_same_small_share_and_never_nothing() -> None:

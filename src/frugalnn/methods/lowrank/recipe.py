@@ -116,12 +116,12 @@ class LowRankConfig:
 
     def validate(self) -> None:
         """Refuse impossible settings with one clear line (:class:`UserError`)."""
-        from frugalnn.methods.lowrank.rank import Criterion
+        from frugalnn.methods.lowrank.rank import MODEL_KINDS, Criterion
 
         if self.method not in METHODS:
             raise UserError(f"unknown low-rank method {self.method!r}; use one of "
                             f"{', '.join(METHODS)}")
-        Criterion.parse(self.target)
+        kind = Criterion.parse(self.target).kind
         if self.depthwise not in ("separable", "kxk"):
             raise UserError(f"depthwise must be 'separable' or 'kxk', got {self.depthwise!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -140,6 +140,9 @@ class LowRankConfig:
             raise UserError(f"--data-aware works with --method svd, not {self.method!r}")
         if self.gain_examples < 0:
             raise UserError(f"--gain-examples must be >= 0, got {self.gain_examples}")
+        if self.gain_examples > 0 and kind not in MODEL_KINDS:
+            raise UserError("--gain-examples weighs a whole-model allocation: it needs a "
+                            f"model-flops / model-params target, not {self.target!r}")
         for value, name in ((self.calibration_examples, "--calibration-examples"),
                             (self.rank_multiple, "--rank-multiple"),
                             (self.batch_size, "--batch-size"),
