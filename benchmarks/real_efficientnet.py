@@ -175,8 +175,10 @@ def lowrank_part(a: argparse.Namespace, dense: torch.nn.Module, dense_cost: Any,
 
 def resized(data: ResizedImages, size: int) -> ResizedImages:
     """The same pictures and labels, resized from their stored pixels to ``size``."""
+    description = data.info.description.replace(f"at {data.size}x{data.size}",
+                                                 f"at {size}x{size}")
     return ResizedImages(data.images, data.labels, size, mean=data.mean, std=data.std,
-                         description=f"{data.info.description} at {size}x{size}")
+                         description=description)
 
 
 def at_input_size(dense: torch.nn.Module, size: int) -> torch.nn.Module:

@@ -15,9 +15,10 @@ bench = load_benchmark("real_efficientnet")
 
 def test_resized_keeps_pixels_and_labels_and_changes_only_the_size() -> None:
     pixels = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
-    data = ResizedImages(pixels, torch.tensor([4, 1, 7]), 224, description="toy")
+    data = ResizedImages(pixels, torch.tensor([4, 1, 7]), 224, description="toy at 224x224")
     small = bench.resized(data, 160)
     assert small.size == 160 and small.labels.tolist() == [4, 1, 7]
+    assert small.info.description == "toy at 160x160"
     x = small.prepare(small.images)
     assert x.shape == (3, 3, 160, 160)
     # straight from the stored 32x32 pixels, not from the 224 version
