@@ -243,25 +243,27 @@ def compress(
                     if train_data is not None and (tune or config.layerwise) else None)
     val_loader = (seeded_loader(val_data, config.batch_size, config.seed, shuffle=False)
                   if tune and val_data is not None else None)
-    calibration = None
-    if config.data_aware:
+
+    def first_examples(n: int, batch_size: int, without_data: str) -> Any:
+        """A loader of the first ``n`` training examples, in order (``without_data``: the
+        error when there are none)."""
         if train_data is None:
-            raise UserError("--data-aware needs training data to calibrate on (pass --data / "
-                            "train_data=)")
+            raise UserError(without_data)
         from torch.utils.data import Subset
 
-        n = min(config.calibration_examples, len(train_data))
-        calibration = seeded_loader(Subset(train_data, range(n)), config.batch_size,
-                                    config.seed, shuffle=False)
-    gain_data = None
-    if config.gain_examples > 0 and calibration is None:
-        if train_data is None:
-            raise UserError("--gain-examples measures each layer on training examples; pass "
-                            "--data / train_data=")
-        from torch.utils.data import Subset
+        rows = range(min(n, len(train_data)))
+        return seeded_loader(Subset(train_data, rows), batch_size, config.seed, shuffle=False)
 
-        n = min(config.gain_examples, len(train_data))
-        gain_data = seeded_loader(Subset(train_data, range(n)), n, config.seed, shuffle=False)
+    calibration = gain_data = None
+    if config.data_aware:  # the calibration examples also give the gains
+        calibration = first_examples(
+            config.calibration_examples, config.batch_size,
+            "--data-aware needs training data to calibrate on (pass --data / train_data=)")
+    elif config.gain_examples > 0:
+        gain_data = first_examples(
+            config.gain_examples, config.gain_examples,
+            "--gain-examples measures each layer on training examples; pass --data / "
+            "train_data=")
     torch.manual_seed(config.seed)
     return compress_and_finetune(
         model.eval(), config.method, config.target, example, train_loader,
